@@ -1,0 +1,83 @@
+"""The `evsed` command."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+from controller import __version__, config, tomlout
+
+EXIT_CONFIG = 2
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = _parser()
+    args = parser.parse_args(argv)
+    if not getattr(args, "func", None):
+        parser.print_help()
+        return EXIT_CONFIG
+    return int(args.func(args) or 0)
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="evsed", description="OCPP 1.6J charge-point controller")
+    p.add_argument("--version", action="version", version=f"evsed {__version__}")
+    sub = p.add_subparsers(metavar="COMMAND")
+
+    cfg = sub.add_parser("config", help="configuration tools")
+    cfg_sub = cfg.add_subparsers(metavar="ACTION")
+    check = cfg_sub.add_parser("check", help="validate a configuration file and print it resolved")
+    check.add_argument("file", nargs="?", type=Path, help="TOML file (default: bench defaults)")
+    check.set_defaults(func=_config_check)
+
+    bench = sub.add_parser("bench", help="run the simulated bench alone")
+    bench.add_argument("--config", type=Path, help="TOML file (default: bench defaults)")
+    bench.set_defaults(func=_bench)
+
+    run = sub.add_parser("run", help="run the controller (with the bench when configured)")
+    run.add_argument("--config", type=Path, help="TOML file (default: bench defaults)")
+    run.set_defaults(func=_run)
+
+    demo = sub.add_parser("demo", help="play a charging session on the simulated bench")
+    demo.add_argument("--json", action="store_true", help="one JSON object per line")
+    demo.set_defaults(func=_demo)
+    return p
+
+
+def load_or_exit(path: Path | None) -> config.Config:
+    try:
+        return config.load(path)
+    except config.ConfigError as exc:
+        for line in str(exc).splitlines():
+            print(line, file=sys.stderr)
+        raise SystemExit(EXIT_CONFIG) from None
+
+
+def _config_check(args: argparse.Namespace) -> int:
+    cfg = load_or_exit(args.file)
+    sys.stdout.write(tomlout.dumps(config.redacted(cfg)))
+    return 0
+
+
+def _bench(args: argparse.Namespace) -> int:
+    from controller.run import run_bench
+
+    return run_bench(load_or_exit(args.config))
+
+
+def _run(args: argparse.Namespace) -> int:
+    from controller.run import run_controller
+
+    return run_controller(load_or_exit(args.config))
+
+
+def _demo(args: argparse.Namespace) -> int:
+    from controller.demo import run_demo
+
+    return run_demo(json_lines=args.json)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,420 @@
+"""The one TOML configuration file, validated by pydantic.
+
+Every key has a default that suits the simulated bench, so `evsed demo` needs no file.
+Unknown keys are errors: a typo must not pass silently on a charger.
+"""
+
+from __future__ import annotations
+
+import re
+import tomllib
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Annotated, Any, Literal
+from urllib.parse import urlsplit, urlunsplit
+
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    SecretStr,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
+
+from controller import __version__
+
+Gpio = Annotated[int, Field(ge=0, le=27, description="BCM GPIO number")]
+Amps = Annotated[float, Field(ge=6, le=80)]
+
+
+class Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_default=True)
+
+
+class Identity(Strict):
+    vendor: Annotated[str, Field(min_length=1, max_length=20)] = "evsed"
+    model: Annotated[str, Field(min_length=1, max_length=20)] = "evsed-sim"
+    charge_point_serial: Annotated[str, Field(max_length=25)] = "SIM-0001"
+    charge_box_serial: Annotated[str, Field(max_length=25)] = "SIM-0001"
+    firmware_version: Annotated[str, Field(max_length=50)] = __version__
+    meter_type: Annotated[str, Field(max_length=25)] = "SDM630"
+    meter_serial: Annotated[str, Field(max_length=25)] = ""
+
+
+class CentralSystem(Strict):
+    url: str = "ws://127.0.0.1:9000/ocpp"
+    charge_point_id: Annotated[str, Field(min_length=1, max_length=48, pattern=r"^[^/\s]+$")] = (
+        "CP-SIM-1"
+    )
+    security_profile: Annotated[int, Field(ge=0, le=3)] = 0
+    authorization_key: SecretStr = SecretStr("")
+    ca_file: Path | None = None
+    client_cert: Path | None = None
+    client_key: Path | None = None
+    enabled: bool = True
+
+    @field_validator("url")
+    @classmethod
+    def _url(cls, value: str) -> str:
+        parts = urlsplit(value)
+        if parts.scheme not in ("ws", "wss") or not parts.hostname:
+            raise ValueError("expected a ws:// or wss:// URL with a host")
+        if parts.password:
+            raise ValueError("put the password in authorization_key, not in the URL")
+        return value
+
+    @model_validator(mode="after")
+    def _profile(self) -> CentralSystem:
+        scheme = urlsplit(self.url).scheme
+        key = self.authorization_key.get_secret_value()
+        if self.security_profile in (1, 2) and len(key) < 16:
+            raise ValueError(
+                f"security_profile {self.security_profile} needs authorization_key "
+                "of at least 16 characters"
+            )
+        if self.security_profile >= 2 and scheme != "wss":
+            raise ValueError(f"security_profile {self.security_profile} needs a wss:// url")
+        if self.security_profile <= 1 and scheme != "ws":
+            raise ValueError(f"security_profile {self.security_profile} needs a ws:// url")
+        if self.security_profile == 3 and (self.client_cert is None or self.client_key is None):
+            raise ValueError("security_profile 3 needs client_cert and client_key")
+        return self
+
+
+class Adc(Strict):
+    chip: Literal["mcp3008", "mcp3208"] = "mcp3008"
+    spi_port: Annotated[int, Field(ge=0, le=1)] = 0
+    spi_device: Annotated[int, Field(ge=0, le=1)] = 0
+    vref: Annotated[float, Field(gt=0, le=5.5)] = 3.3
+
+    def spi_pins(self) -> dict[str, int]:
+        """The GPIOs the SPI bus takes (so nothing else may claim them)."""
+        if self.spi_port == 0:
+            return {"SCLK": 11, "MOSI": 10, "MISO": 9, "CE": 8 if self.spi_device == 0 else 7}
+        return {"SCLK": 21, "MOSI": 20, "MISO": 19, "CE": 18 if self.spi_device == 0 else 17}
+
+
+AdcChannel = Annotated[int, Field(ge=0, le=7)]
+
+
+class PilotConfig(Strict):
+    driver: Literal["gpiozero", "sysfs"] = "gpiozero"
+    pin: Gpio = 18
+    # Kernel PWM (driver = "sysfs"): GPIO 12/18 are channel 0, 13/19 channel 1 on a Pi <= 4.
+    pwm_chip: Annotated[int, Field(ge=0)] = 0
+    pwm_channel: Annotated[int, Field(ge=0, le=3)] = 0
+    sense_channel: AdcChannel = 0
+    # CP volts = ADC volts * gain + offset; the default maps 0..3.3 V onto -12..+12 V.
+    sense_gain: float = 24.0 / 3.3
+    sense_offset: float = -12.0
+
+
+class ProximityConfig(Strict):
+    enabled: bool = True
+    channel: AdcChannel = 1
+    pullup_ohms: Annotated[float, Field(gt=0)] = 1000.0
+    supply_v: Annotated[float, Field(gt=0)] = 3.3
+    # A tethered cable has no PP resistor to read: give its rating instead.
+    fixed_cable_a: Annotated[int, Field(ge=6, le=80)] | None = None
+
+
+class ContactorConfig(Strict):
+    relay_pin: Gpio = 17
+    feedback_pin: Gpio | None = 27
+    active_high: bool = True
+    feedback_active_high: bool = True
+    settle_s: Annotated[float, Field(gt=0, le=2)] = 0.1
+
+
+class RcdConfig(Strict):
+    enabled: bool = True
+    fault_pin: Gpio = 22
+    test_pin: Gpio | None = 23
+
+
+class LockConfig(Strict):
+    enabled: bool = False
+    lock_pin: Gpio = 24
+    unlock_pin: Gpio | None = 25
+    feedback_pin: Gpio | None = 5
+
+
+class TemperatureConfig(Strict):
+    driver: Literal["none", "ntc", "ds18b20"] = "ntc"
+    channel: AdcChannel = 2
+    beta: Annotated[float, Field(gt=0)] = 3950.0
+    r25_ohms: Annotated[float, Field(gt=0)] = 10000.0
+    series_ohms: Annotated[float, Field(gt=0)] = 10000.0
+    device_id: str = ""
+    max_c: Annotated[float, Field(ge=30, le=120)] = 80.0
+
+
+class MeterConfig(Strict):
+    model: str = "sdm630"
+    transport: Literal["tcp", "rtu", "none"] = "tcp"
+    host: str = "127.0.0.1"
+    port: Annotated[int, Field(ge=0, le=65535)] = 15020
+    serial_port: str = "/dev/ttyUSB0"
+    baudrate: Annotated[int, Field(ge=1200, le=115200)] = 9600
+    parity: Literal["N", "E", "O"] = "N"
+    stopbits: Literal[1, 2] = 1
+    device_id: Annotated[int, Field(ge=0, le=247)] = 1
+    timeout_s: Annotated[float, Field(gt=0, le=10)] = 1.0
+    poll_interval_s: Annotated[float, Field(ge=0.2, le=60)] = 1.0
+
+
+class Connector(Strict):
+    rated_current_a: Amps = 32
+    max_current_a: Amps | None = None
+    phases: Literal[1, 3] = 3
+    nominal_voltage_v: Annotated[float, Field(ge=100, le=480)] = 230.0
+    pilot: PilotConfig = PilotConfig()
+    proximity: ProximityConfig = ProximityConfig()
+    contactor: ContactorConfig = ContactorConfig()
+    rcd: RcdConfig = RcdConfig()
+    lock: LockConfig = LockConfig()
+    temperature: TemperatureConfig = TemperatureConfig()
+    meter: MeterConfig = MeterConfig()
+
+    @model_validator(mode="after")
+    def _max(self) -> Connector:
+        if self.max_current_a is not None and self.max_current_a > self.rated_current_a:
+            raise ValueError(
+                f"max_current_a {self.max_current_a} exceeds rated_current_a {self.rated_current_a}"
+            )
+        return self
+
+
+class Reader(Strict):
+    model: Literal["rdm6300", "pn532", "none"] = "rdm6300"
+    port: str = "/dev/serial0"
+    baudrate: Annotated[int, Field(ge=1200, le=115200)] | None = None
+
+
+class GridMeter(Strict):
+    enabled: bool = False
+    meter: MeterConfig = MeterConfig(port=15021)
+    main_fuse_a: Annotated[float, Field(gt=0, le=1000)] = 35.0
+    margin_a: Annotated[float, Field(ge=0)] = 2.0
+    solar: bool = False
+
+
+class Authorization(Strict):
+    free_vend: bool = False
+    free_vend_id_tag: Annotated[str, Field(min_length=1, max_length=20)] = "FREEVEND"
+    # Tags that may charge with no Central System at all (offline-first chargers).
+    local_tags: list[Annotated[str, Field(min_length=1, max_length=20)]] = []
+
+
+class Bench(Strict):
+    enabled: bool = True
+    control_host: str = "127.0.0.1"
+    control_port: Annotated[int, Field(ge=0, le=65535)] = 8765
+    ev_max_current_a: Annotated[float, Field(ge=0, le=80)] = 32.0
+    ev_phases: Literal[1, 3] = 3
+    ev_delay_s: Annotated[float, Field(ge=0, le=30)] = 2.0
+
+    @field_validator("control_host")
+    @classmethod
+    def _loopback(cls, value: str) -> str:
+        if value not in ("127.0.0.1", "localhost", "::1"):
+            raise ValueError("the bench control channel listens on loopback only")
+        return value
+
+
+class Logging(Strict):
+    level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
+    format: Literal["text", "json"] = "text"
+
+
+class Config(Strict):
+    identity: Identity = Identity()
+    central_system: CentralSystem = CentralSystem()
+    connectors: Annotated[list[Connector], Field(min_length=1, max_length=8)] = [Connector()]
+    adc: Adc = Adc()
+    reader: Reader = Reader()
+    grid: GridMeter = GridMeter()
+    authorization: Authorization = Authorization()
+    bench: Bench = Bench()
+    state_dir: Path = Path("state")
+    logging: Logging = Logging()
+
+    @model_validator(mode="after")
+    def _serial_ports_unique(self) -> Config:
+        owners: dict[str, str] = {}
+        for where, port in self.serial_claims():
+            if port in owners:
+                raise ValueError(f"{where}: serial port {port} is already used by {owners[port]}")
+            owners[port] = where
+        return self
+
+    def serial_claims(self) -> Iterator[tuple[str, str]]:
+        if self.reader.model != "none":
+            yield "reader.port", self.reader.port
+        meters = [(f"connectors[{i}].meter", c.meter) for i, c in enumerate(self.connectors)]
+        if self.grid.enabled:
+            meters.append(("grid.meter", self.grid.meter))
+        for where, m in meters:
+            if m.transport == "rtu":
+                yield f"{where}.serial_port", m.serial_port
+
+    @model_validator(mode="after")
+    def _pins_unique(self) -> Config:
+        owners: dict[int, str] = {}
+        for where, pin in self.gpio_claims():
+            if pin in owners:
+                raise PinConflict(where, pin, owners[pin])
+            owners[pin] = where
+        return self
+
+    def gpio_claims(self) -> Iterator[tuple[str, int]]:
+        """Every GPIO a part of this configuration drives or reads, with its key path."""
+        # The pilot sense ADC is always fitted, so its SPI bus is always taken; listed
+        # first so that a clash is reported at the user's own key.
+        for name, pin in self.adc.spi_pins().items():
+            yield f"adc (SPI{self.adc.spi_port} {name})", pin
+        if self.reader.model != "none" and self.reader.port in PI_UART_PORTS:
+            yield "reader.port (UART TXD)", 14
+            yield "reader.port (UART RXD)", 15
+        for i, c in enumerate(self.connectors):
+            base = f"connectors[{i}]"
+            yield f"{base}.pilot.pin", c.pilot.pin
+            yield f"{base}.contactor.relay_pin", c.contactor.relay_pin
+            if c.contactor.feedback_pin is not None:
+                yield f"{base}.contactor.feedback_pin", c.contactor.feedback_pin
+            if c.rcd.enabled:
+                yield f"{base}.rcd.fault_pin", c.rcd.fault_pin
+                if c.rcd.test_pin is not None:
+                    yield f"{base}.rcd.test_pin", c.rcd.test_pin
+            if c.lock.enabled:
+                yield f"{base}.lock.lock_pin", c.lock.lock_pin
+                for name in ("unlock_pin", "feedback_pin"):
+                    pin = getattr(c.lock, name)
+                    if pin is not None:
+                        yield f"{base}.lock.{name}", pin
+
+
+# The Pi's primary UART sits on GPIO 14/15, so a reader there takes those pins.
+PI_UART_PORTS = frozenset({"/dev/serial0", "/dev/ttyAMA0", "/dev/ttyS0"})
+
+
+class PinConflict(ValueError):
+    def __init__(self, where: str, pin: int, other: str) -> None:
+        super().__init__(f"GPIO {pin} is already used by {other}")
+        self.where, self.pin, self.other = where, pin, other
+
+
+@dataclass(frozen=True)
+class Problem:
+    path: str
+    given: str
+    expected: str
+
+    def __str__(self) -> str:
+        return f"{self.path}: {self.expected} (given: {self.given})"
+
+
+class ConfigError(Exception):
+    def __init__(self, source: str, problems: list[Problem]) -> None:
+        super().__init__("\n".join(f"{source}: {p}" for p in problems))
+        self.source = source
+        self.problems = problems
+
+
+def load(path: Path | None) -> Config:
+    """Read and validate a configuration file; None gives the bench defaults."""
+    if path is None:
+        return Config()
+    source = str(path)
+    try:
+        data = tomllib.loads(path.read_text(encoding="utf-8"))
+    except OSError as exc:
+        raise ConfigError(
+            source, [Problem("(file)", source, f"a readable file ({exc.strerror})")]
+        ) from None
+    except UnicodeDecodeError:
+        raise ConfigError(source, [Problem("(file)", "binary data", "UTF-8 TOML text")]) from None
+    except tomllib.TOMLDecodeError as exc:
+        problem = Problem("(file)", "invalid TOML", f"valid TOML: {exc}")
+        raise ConfigError(source, [problem]) from None
+    return parse(data, source)
+
+
+def parse(data: dict[str, Any], source: str = "<config>") -> Config:
+    try:
+        return Config.model_validate(data)
+    except ValidationError as exc:
+        raise ConfigError(source, [_problem(err, data) for err in exc.errors()]) from None
+
+
+def _problem(err: Any, data: dict[str, Any]) -> Problem:
+    loc = tuple(err["loc"])
+    kind = err["type"]
+    ctx_error = (err.get("ctx") or {}).get("error")
+    if isinstance(ctx_error, PinConflict):
+        given = _lookup(data, ctx_error.where)
+        return Problem(ctx_error.where, repr(given), f"a free GPIO ({ctx_error})")
+    path = key_path(loc)
+    given = err.get("input")
+    if kind == "extra_forbidden":
+        return Problem(path, repr(given), "a known key (unknown key; check the spelling)")
+    if kind == "missing":
+        return Problem(path, "nothing", "a value (required)")
+    msg = err["msg"].removeprefix("Value error, ")
+    if isinstance(given, dict) and kind in ("value_error", "assertion_error"):
+        given_text = "the section above"
+    else:
+        given_text = _mask(path, given)
+    return Problem(path, given_text, msg[:1].lower() + msg[1:])
+
+
+def key_path(loc: tuple[Any, ...]) -> str:
+    """("connectors", 0, "pilot") -> "connectors[0].pilot", the way a TOML user thinks of it."""
+    out = ""
+    for part in loc:
+        out += f"[{part}]" if isinstance(part, int) else (f".{part}" if out else str(part))
+    return out or "(top level)"
+
+
+def _lookup(data: dict[str, Any], path: str) -> Any:
+    node: Any = data
+    for part in re.findall(r"[^.\[\]]+", path):
+        if isinstance(node, list) and part.isdigit() and int(part) < len(node):
+            node = node[int(part)]
+        elif isinstance(node, dict) and part in node:
+            node = node[part]
+        else:
+            return "(default)"
+    return node
+
+
+def _mask(path: str, value: Any) -> str:
+    leaf = path.rsplit(".", 1)[-1]
+    if leaf == "authorization_key":
+        return "'***'"
+    if leaf == "url" and isinstance(value, str):
+        return repr(mask_url(value))
+    return repr(value)
+
+
+def redacted(config: Config) -> dict[str, Any]:
+    """The resolved configuration as plain data with secrets masked, for printing."""
+    data = config.model_dump(mode="json")
+    cs = data["central_system"]
+    cs["authorization_key"] = "***" if config.central_system.authorization_key else ""
+    cs["url"] = mask_url(cs["url"])
+    return data
+
+
+def mask_url(url: str) -> str:
+    parts = urlsplit(url)
+    if parts.password is None:
+        return url
+    host = parts.hostname or ""
+    if parts.port:
+        host = f"{host}:{parts.port}"
+    netloc = f"{parts.username}:***@{host}" if parts.username else f"***@{host}"
+    return urlunsplit(parts._replace(netloc=netloc))

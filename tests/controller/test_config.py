@@ -1,0 +1,172 @@
+"""`evsed config check`: one line per problem naming the key, the value and what was expected."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import tomllib
+from pathlib import Path
+
+import pytest
+
+from controller import cli, config, tomlout
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def check(tmp_path: Path, text: str | bytes, capsys: pytest.CaptureFixture[str]):
+    path = tmp_path / "evsed.toml"
+    if isinstance(text, bytes):
+        path.write_bytes(text)
+    else:
+        path.write_text(text)
+    with pytest.raises(SystemExit) as exc:
+        cli.main(["config", "check", str(path)])
+    out = capsys.readouterr()
+    return exc.value.code, out.err.splitlines(), out.out
+
+
+@pytest.mark.parametrize(
+    ("text", "needle"),
+    [
+        # wrong type
+        ('[[connectors]]\nphases = "three"\n', "connectors[0].phases: input should be 1 or 3"),
+        ('[bench]\ncontrol_port = "abc"\n', "bench.control_port: input should be a valid integer"),
+        # unknown key (a typo)
+        ('[identity]\nvendr = "x"\n', "identity.vendr: a known key (unknown key"),
+        ("[[connectors]]\nrated_curent_a = 16\n", "connectors[0].rated_curent_a: a known key"),
+        # out-of-range current
+        (
+            "[[connectors]]\nrated_current_a = 100\n",
+            "connectors[0].rated_current_a: input should be less than or equal to 80 (given: 100)",
+        ),
+        (
+            "[[connectors]]\nrated_current_a = 3\n",
+            "connectors[0].rated_current_a: input should be greater than or equal to 6 (given: 3)",
+        ),
+        (
+            "[[connectors]]\nrated_current_a = 16\nmax_current_a = 32\n",
+            "max_current_a 32.0 exceeds rated_current_a 16.0",
+        ),
+        # a pin used twice
+        (
+            "[[connectors]]\n[connectors.contactor]\nrelay_pin = 18\n",
+            "connectors[0].contactor.relay_pin: a free GPIO "
+            "(GPIO 18 is already used by connectors[0].pilot.pin) (given: 18)",
+        ),
+        (
+            "[[connectors]]\n[connectors.rcd]\ntest_pin = 9\n",
+            "connectors[0].rcd.test_pin: a free GPIO (GPIO 9 is already used by adc (SPI0 MISO))",
+        ),
+        (
+            "[[connectors]]\n[[connectors]]\n",
+            "connectors[1].pilot.pin: a free GPIO "
+            "(GPIO 18 is already used by connectors[0].pilot.pin)",
+        ),
+        # non-TOML and binary
+        ("x = [\n", "(file): valid TOML"),
+        (b"\x00\xff\xfe", "(file): UTF-8 TOML text (given: binary data)"),
+    ],
+)
+def test_each_problem_gets_one_clear_line_and_exit_2(tmp_path, capsys, text, needle) -> None:
+    code, err, out = check(tmp_path, text, capsys)
+    assert code == 2
+    assert out == ""
+    assert any(needle in line for line in err), err
+    assert all(line.startswith(str(tmp_path / "evsed.toml") + ": ") for line in err)
+
+
+def test_several_problems_are_all_reported(tmp_path, capsys) -> None:
+    code, err, _ = check(
+        tmp_path,
+        "[identity]\nvendr = 1\n[[connectors]]\nphases = 2\nrated_current_a = 99\n",
+        capsys,
+    )
+    assert code == 2
+    assert len(err) == 3
+
+
+def test_unreadable_file(tmp_path, capsys) -> None:
+    with pytest.raises(SystemExit) as exc:
+        cli.main(["config", "check", str(tmp_path / "nope.toml")])
+    assert exc.value.code == 2
+    assert "(file): a readable file (No such file or directory)" in capsys.readouterr().err
+
+
+def test_directory_is_unreadable(tmp_path, capsys) -> None:
+    with pytest.raises(SystemExit) as exc:
+        cli.main(["config", "check", str(tmp_path)])
+    assert exc.value.code == 2
+    assert "(file): a readable file" in capsys.readouterr().err
+
+
+def test_secrets_never_printed(tmp_path, capsys) -> None:
+    key = "s3cret-key-0123456789"
+    text = (
+        "[central_system]\nsecurity_profile = 1\n"
+        f'authorization_key = "{key}"\nurl = "ws://127.0.0.1:9000/ocpp"\n'
+    )
+    path = tmp_path / "ok.toml"
+    path.write_text(text)
+    assert cli.main(["config", "check", str(path)]) == 0
+    out = capsys.readouterr().out
+    assert key not in out
+    assert 'authorization_key = "***"' in out
+    # a password in the URL is refused, and the refusal does not echo it
+    code, err, _ = check(
+        tmp_path, '[central_system]\nurl = "ws://cp:hunter2@127.0.0.1/ocpp"\n', capsys
+    )
+    assert code == 2
+    assert "hunter2" not in "\n".join(err)
+
+
+def test_resolved_output_is_toml_that_loads_back_to_the_same_config(capsys) -> None:
+    assert cli.main(["config", "check"]) == 0
+    printed = tomllib.loads(capsys.readouterr().out)
+    assert config.parse(printed) == config.Config()
+
+
+def test_security_profile_rules() -> None:
+    with pytest.raises(config.ConfigError, match="needs a wss:// url"):
+        config.parse({"central_system": {"security_profile": 2, "authorization_key": "k" * 16}})
+    with pytest.raises(config.ConfigError, match="needs client_cert and client_key"):
+        config.parse({"central_system": {"security_profile": 3, "url": "wss://h/ocpp"}})
+
+
+@pytest.mark.parametrize("name", ["sim.toml", "raspberry-pi.toml"])
+def test_shipped_examples_are_valid(name: str, capsys) -> None:
+    assert cli.main(["config", "check", str(REPO / "config" / name)]) == 0
+
+
+def test_console_entry_point_exit_status(tmp_path) -> None:
+    bad = tmp_path / "bad.toml"
+    bad.write_text("[[connectors]]\nrated_current_a = 200\n")
+    proc = subprocess.run(
+        [sys.executable, "-m", "controller.cli", "config", "check", str(bad)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        cwd=REPO,
+    )
+    assert proc.returncode == 2
+    assert "connectors[0].rated_current_a" in proc.stderr
+
+
+def test_toml_writer_round_trips_nested_tables() -> None:
+    data = {
+        "a": 1,
+        "t": {"b": [1, 2], "s": 'x"y', "u": {"f": 1.5}},
+        "l": [{"x": True}, {"x": False}],
+    }
+    assert tomllib.loads(tomlout.dumps(data)) == data
+
+
+def test_serial_port_used_twice(tmp_path, capsys) -> None:
+    code, err, _ = check(
+        tmp_path,
+        '[reader]\nport = "/dev/ttyUSB0"\n[[connectors]]\n[connectors.meter]\n'
+        'transport = "rtu"\nserial_port = "/dev/ttyUSB0"\n',
+        capsys,
+    )
+    assert code == 2
+    assert any("serial port /dev/ttyUSB0 is already used by reader.port" in line for line in err)
