@@ -10,7 +10,7 @@ from __future__ import annotations
 
 
 class MeterError(Exception):
-    """The meter did not give a usable answer: silence, exception response, short or garbage data."""
+    """The meter gave no usable answer: silence, exception response, short or garbage data."""
 
 
 __all__ = ["MeterError"]
