@@ -1,0 +1,300 @@
+"""Share the main fuse (and, in solar mode, the exported surplus) among our connectors.
+
+Pure logic, no I/O; time comes in as `now` (monotonic seconds).
+
+Call `LoadBalancer.update(now, connectors, grid)` on every poll of the grid meter (the meter
+at the house connection), with `grid=None` when a poll failed, and again whenever the set of
+charging connectors changes. Feed each returned `Budget` into that connector's
+`LimitInputs.budget`. The grid meter should be polled at least once a second: a change in
+household load is then answered within one interval (the budget is recomputed in the same
+call), inside the 2 s the design allows; `margin_a` must cover the few seconds an EV takes to
+follow a lower duty. If no grid sample arrives for `grid_timeout_s` (default 2 s), every
+phase falls back to `fallback_budget_a` (default 0 A: everyone suspends, rule "fail safe").
+
+Per grid phase p (currents in A, import positive):
+    others[p] = grid[p] - ours[p]                  (household load, PV counted negative)
+    budget[p] = fuse_a - margin_a - others[p]      (what all our connectors may draw on p)
+`ours[p]` comes from each connector's own meter; a connector without a reading counts as 0,
+which puts its draw into `others` and shrinks the budget (the safe side). Grid currents are
+signed by the phase's active power when the meter gives it; an unsigned current without power
+counts as import (safe for the fuse; in solar mode it just means no surplus).
+
+Fair sharing is max-min fair ("water filling"): all connectors rise together until a phase
+budget is used up or a connector reaches its own cap (its `max_a`, or its `demand_a` when the
+EV takes less); what one cannot use goes to the others. A connector that would get less than
+6 A is not starved with the rest: the most recently started connector sharing a phase with it
+is suspended (budget 0) and the share recomputed, until everyone left has at least 6 A.
+
+Solar modes take only the exported surplus, pooled over the phases (a balancing meter bills
+the sum): pool = sum over phases of (ours[p] - grid[p]). Each connector needs 6 A x its phases
+to run. Going through connectors oldest first: one that is off starts once the pool left for
+it has stayed >= `solar_start_a` x phases for `solar_start_delay_s`; one that is on stops once
+the pool left has stayed below 6 A x phases for `solar_stop_delay_s` (and gets 6 A meanwhile:
+the hysteresis band). Running connectors share the pool fairly, at least 6 A each. MIN_SOLAR
+never stops: at least 6 A, more when the sun allows. The fuse limit applies in every mode.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from enum import StrEnum
+
+from controller.limiter import MIN_CURRENT_A, Budget, Reason, active_phases, representable_current
+from hal.types import MeterSample
+
+_EPS = 1e-9
+
+
+class Mode(StrEnum):
+    FUSE = "fuse"  # as fast as the fuse allows
+    SOLAR = "solar"  # exported surplus only; stop when it is too small
+    MIN_SOLAR = "min_solar"  # always at least 6 A, surplus on top
+
+
+@dataclass(frozen=True, slots=True)
+class LoadBalanceConfig:
+    fuse_a: float = 25.0  # main fuse rating per phase
+    margin_a: float = 2.0  # kept free for load steps and the EV's reaction time
+    mode: Mode = Mode.FUSE
+    grid_timeout_s: float = 2.0
+    fallback_budget_a: float = 0.0  # per phase, for all connectors together, while blind
+    solar_start_a: float = MIN_CURRENT_A  # surplus per phase needed to start
+    solar_start_delay_s: float = 60.0
+    solar_stop_delay_s: float = 300.0
+    active_threshold_a: float = 1.0  # a phase above this counts as drawn
+
+    def __post_init__(self) -> None:
+        if not self.solar_start_a >= MIN_CURRENT_A:
+            raise ValueError(f"solar_start_a must be >= {MIN_CURRENT_A} A")
+        for name in ("fuse_a", "margin_a", "grid_timeout_s", "fallback_budget_a"):
+            if not getattr(self, name) >= 0:
+                raise ValueError(f"{name} must be >= 0")
+
+
+@dataclass(frozen=True, slots=True)
+class ConnectorDemand:
+    """One connector whose EV wants energy (pass only those).
+
+    `max_a`: the connector's own limit without the budget, i.e.
+    `limiter.limit(inputs without budget).amps`. `grid_phases`: the grid phase (0 = L1) each
+    connector phase is wired to, e.g. (1,) for a single-phase connector on L2, (1, 2, 0) for a
+    rotated three-phase one. `demand_a`: what the EV takes at most, None if unknown (see
+    `estimate_demand`). `meter`: the connector's last own meter sample.
+    """
+
+    connector_id: int
+    started_at: float
+    max_a: float
+    meter: MeterSample | None = None
+    grid_phases: tuple[int, ...] = (0, 1, 2)
+    demand_a: float | None = None
+
+
+def estimate_demand(offered_a: float, drawn_a: float, headroom_a: float = 2.0) -> float | None:
+    """The EV's demand when it clearly takes less than offered, else None (unknown).
+
+    Offering `drawn + headroom` frees the rest for others yet lets the EV show it wants more:
+    once it draws up to the offer, the demand is unknown again and it gets its fair share.
+    """
+    if drawn_a < offered_a - headroom_a:
+        return drawn_a + headroom_a
+    return None
+
+
+def _signed_current(sample: MeterSample, i: int) -> float | None:
+    c = sample.current_a[i]
+    if c is None or not math.isfinite(c):
+        return None
+    p = sample.power_w[i]
+    if p is not None and math.isfinite(p) and p < 0:
+        return -abs(c)
+    return abs(c) if p is not None else c
+
+
+def _fill(
+    caps: dict[int, float], uses: dict[int, dict[int, float]], capacity: dict[int, float]
+) -> dict[int, float]:
+    """Max-min fair progressive filling.
+
+    Every connector i rises at the same rate, consuming `uses[i][r]` of resource r per amp,
+    until it reaches `caps[i]` or one of its resources is used up; the rest keep rising.
+    """
+    alloc = dict.fromkeys(caps, 0.0)
+    left = dict(capacity)
+    rising = {i for i in caps if caps[i] > _EPS}
+    while rising:
+        step = min(caps[i] - alloc[i] for i in rising)
+        rates = {r: sum(uses[i].get(r, 0.0) for i in rising) for r in left}
+        for r, rate in rates.items():
+            if rate > 0:
+                step = min(step, left[r] / rate)
+        step = max(step, 0.0)
+        for i in rising:
+            alloc[i] += step
+        for r, rate in rates.items():
+            left[r] -= step * rate
+        # Each round freezes at least one connector: one at its cap or on an exhausted resource.
+        done = {r for r, rate in rates.items() if rate > 0 and left[r] <= _EPS * max(1.0, rate)}
+        rising = {i for i in rising if alloc[i] < caps[i] - _EPS and not done.intersection(uses[i])}
+    return alloc
+
+
+@dataclass(slots=True)
+class _Gate:
+    on: bool = False
+    since: float | None = None  # when the condition for switching began to hold
+
+
+class LoadBalancer:
+    def __init__(self, config: LoadBalanceConfig | None = None) -> None:
+        self.config = config or LoadBalanceConfig()
+        self._grid: MeterSample | None = None
+        self._grid_at: float | None = None
+        self._gates: dict[int, _Gate] = {}
+        self.phase_budget_a: tuple[float, float, float] = (0.0, 0.0, 0.0)  # last, for logs
+        self.surplus_a: float = 0.0  # last solar pool (phase-amps), for logs
+
+    def update(
+        self, now: float, connectors: Sequence[ConnectorDemand], grid: MeterSample | None = None
+    ) -> dict[int, Budget]:
+        """Recompute every connector's budget; `grid` is a fresh grid sample, if any."""
+        cfg = self.config
+        if grid is not None:
+            self._grid, self._grid_at = grid, now
+        fresh = self._grid_at is not None and now - self._grid_at <= cfg.grid_timeout_s
+        sample = self._grid if fresh else None
+
+        phases = {c.connector_id: self._drawn_grid_phases(c) for c in connectors}
+        ours = [0.0, 0.0, 0.0]
+        for c in connectors:
+            if c.meter is None:
+                continue
+            for k, p in enumerate(c.grid_phases[:3]):
+                cur = c.meter.current_a[k]
+                if cur is not None and math.isfinite(cur):
+                    ours[p] += abs(cur)
+
+        budget = [cfg.fallback_budget_a] * 3
+        pool = 0.0
+        known = 0
+        for p in range(3):
+            g = None if sample is None else _signed_current(sample, p)
+            if g is not None:
+                budget[p] = cfg.fuse_a - cfg.margin_a - (g - ours[p])
+                pool += ours[p] - g
+                known += 1
+        if known < 3:
+            pool = 0.0  # a blind phase could be importing: no surplus we can vouch for
+        self.phase_budget_a = (budget[0], budget[1], budget[2])
+        self.surplus_a = pool
+
+        caps: dict[int, float] = {}
+        for c in connectors:
+            cap = c.max_a if c.max_a >= MIN_CURRENT_A else 0.0  # cannot charge anyway
+            if c.demand_a is not None:
+                cap = min(cap, max(c.demand_a, MIN_CURRENT_A))
+            caps[c.connector_id] = cap if math.isfinite(cap) else 0.0
+
+        solar: dict[int, float] = {}
+        if cfg.mode is not Mode.FUSE:
+            solar = self._solar_caps(now, connectors, phases, caps, pool)
+        else:
+            self._gates.clear()
+        final_caps = {i: min(cap, solar.get(i, math.inf)) for i, cap in caps.items()}
+
+        alloc = self._share(connectors, phases, final_caps, budget)
+        out: dict[int, Budget] = {}
+        for c in connectors:
+            i = c.connector_id
+            if not c.max_a >= MIN_CURRENT_A:
+                # Its own limit already suspends it: pass that through so it stays the reason.
+                out[i] = Budget(c.max_a if c.max_a > 0 else 0.0)
+                continue
+            a = alloc.get(i, 0.0)
+            solar_bound = i in solar and solar[i] < caps[i] - _EPS and a >= solar[i] - 1e-6
+            gated_off = i in solar and solar[i] == 0.0 and caps[i] > 0
+            reason = Reason.SOLAR if solar_bound or gated_off else Reason.LOAD_BALANCING
+            out[i] = Budget(a, reason)
+        return out
+
+    def _drawn_grid_phases(self, c: ConnectorDemand) -> tuple[int, ...]:
+        wired = c.grid_phases[:3]
+        drawn = active_phases(c.meter, len(wired), self.config.active_threshold_a)
+        return tuple(sorted({wired[k] for k in drawn}))
+
+    def _share(
+        self,
+        connectors: Sequence[ConnectorDemand],
+        phases: dict[int, tuple[int, ...]],
+        caps: dict[int, float],
+        budget: list[float],
+    ) -> dict[int, float]:
+        # Latest starter yields first; the connector id breaks ties deterministically.
+        order = {c.connector_id: (c.started_at, c.connector_id) for c in connectors}
+        present = {i for i, cap in caps.items() if cap > 0}
+        capacity = dict(enumerate(budget))
+        while True:
+            uses = {i: dict.fromkeys(phases[i], 1.0) for i in present}
+            raw = _fill({i: caps[i] for i in present}, uses, capacity)
+            # Floor to 0.01 A so float error can never round a phase over its budget.
+            alloc = {i: representable_current(math.floor(a * 100) / 100) for i, a in raw.items()}
+            starved = {i for i, a in alloc.items() if a < MIN_CURRENT_A}
+            if not starved:
+                return alloc
+            crowded = {p for i in starved for p in phases[i]}
+            candidates = [i for i in present if crowded.intersection(phases[i])]
+            present.discard(max(candidates, key=order.__getitem__))
+
+    def _solar_caps(
+        self,
+        now: float,
+        connectors: Iterable[ConnectorDemand],
+        phases: dict[int, tuple[int, ...]],
+        caps: dict[int, float],
+        pool: float,
+    ) -> dict[int, float]:
+        """Per-connector solar allowance: 0 when gated off, else a fair share (>= 6 A)."""
+        cfg = self.config
+        ids = {c.connector_id for c in connectors}
+        for gone in set(self._gates) - ids:
+            del self._gates[gone]
+        left = pool
+        running: list[int] = []
+        for c in sorted(connectors, key=lambda c: (c.started_at, c.connector_id)):
+            i, n = c.connector_id, len(phases[c.connector_id])
+            gate = self._gates.setdefault(i, _Gate())
+            need = MIN_CURRENT_A * n
+            if caps[i] <= 0:
+                gate.on, gate.since = False, None
+                continue
+            if cfg.mode is Mode.MIN_SOLAR:
+                gate.on, gate.since = True, None
+            elif gate.on:
+                if left >= need:
+                    gate.since = None
+                else:
+                    gate.since = now if gate.since is None else gate.since
+                    if now - gate.since >= cfg.solar_stop_delay_s:
+                        gate.on, gate.since = False, None
+            elif left >= cfg.solar_start_a * n:
+                gate.since = now if gate.since is None else gate.since
+                if now - gate.since >= cfg.solar_start_delay_s:
+                    gate.on, gate.since = True, None
+            else:
+                gate.since = None
+            if gate.on:
+                running.append(i)
+                left -= need
+
+        # Everyone running gets 6 A; what is left of the pool is shared fairly on top.
+        extra = _fill(
+            {i: max(0.0, caps[i] - MIN_CURRENT_A) for i in running},
+            {i: {0: float(len(phases[i]))} for i in running},
+            {0: max(0.0, pool - sum(MIN_CURRENT_A * len(phases[i]) for i in running))},
+        )
+        out = dict.fromkeys(caps, 0.0)
+        for i in running:
+            out[i] = MIN_CURRENT_A + extra[i]
+        return out
