@@ -1,0 +1,491 @@
+"""OCPP 1.6 configuration keys: the registry (spec §9, Security Whitepaper ed. 2 §7) and
+``ConfigurationKeys``, which answers GetConfiguration / ChangeConfiguration.
+
+Values are strings on the wire. A key's value is, in order of precedence: the value the CS
+set with ChangeConfiguration (persisted in the store), the operator's override given at
+construction (evsed's TOML file), the registry default. Keys are case-insensitive on the
+wire (CiString50) and answered with the spec's spelling.
+
+Choices where the spec is silent:
+- More keys requested than GetConfigurationMaxKeys: ``get`` raises ``TooManyKeys``; the
+  handler answers CALLERROR OccurenceConstraintViolation (the spec only defines the key as
+  the maximum number of keys in a request).
+- AuthorizationKey is write-only: left out of the full list, and named in unknownKey when
+  asked for explicitly, so neither its value nor its presence leaks. Never logged.
+- Keys of a feature profile not listed in SupportedFeatureProfiles are not supported
+  (NotSupported / unknownKey), as are keys for hardware evsed does not drive (BlinkRepeat,
+  LightIntensity).
+- SecurityProfile may only be raised (Whitepaper §2): to 1 only when an AuthorizationKey is
+  set; to 2 or 3 only when ``security_profile_ready(level)`` says the certificates are in
+  place (default: never, evsed has no certificate store yet).
+"""
+
+from __future__ import annotations
+
+import builtins
+import logging
+import re
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass
+from enum import StrEnum
+
+from ocpp.v16.datatypes import KeyValue
+from ocpp.v16.enums import Measurand
+
+from controller.store import Store
+
+log = logging.getLogger(__name__)
+
+
+class KeyType(StrEnum):
+    BOOL = "bool"
+    INT = "int"
+    CSL = "CSL"
+    STRING = "string"
+
+
+class Access(StrEnum):
+    R = "R"
+    RW = "RW"
+    W = "W"  # write-only: never reported
+
+
+class Profile(StrEnum):
+    CORE = "Core"
+    FIRMWARE = "FirmwareManagement"
+    LOCAL_AUTH = "LocalAuthListManagement"
+    RESERVATION = "Reservation"
+    SMART_CHARGING = "SmartCharging"
+    REMOTE_TRIGGER = "RemoteTrigger"
+    SECURITY = "Security"  # Whitepaper keys; not a SupportedFeatureProfiles entry
+
+
+class ConfigStatus(StrEnum):
+    ACCEPTED = "Accepted"
+    REJECTED = "Rejected"
+    REBOOT_REQUIRED = "RebootRequired"
+    NOT_SUPPORTED = "NotSupported"
+
+
+class TooManyKeys(ValueError):
+    """GetConfiguration asked for more keys than GetConfigurationMaxKeys."""
+
+
+@dataclass(frozen=True, slots=True)
+class KeySpec:
+    name: str
+    type: KeyType
+    access: Access
+    default: str | None  # None: no value until set
+    profile: Profile = Profile.CORE
+    min: int | None = None  # INT range, inclusive; STRING length
+    max: int | None = None
+    allowed: frozenset[str] | None = None  # CSL items (or None: any / custom check)
+    max_items_key: str | None = None  # the *MaxLength key bounding a CSL
+    reboot_required: bool = False
+    supported: bool = True
+
+
+MEASURANDS = frozenset(m.value for m in Measurand)
+# What a meter behind hal.types.MeterSample can deliver (plus what evsed itself knows).
+DEFAULT_MEASURANDS = frozenset(
+    {
+        "Current.Import",
+        "Current.Offered",
+        "Energy.Active.Import.Register",
+        "Energy.Active.Import.Interval",
+        "Frequency",
+        "Power.Active.Import",
+        "Power.Offered",
+        "Voltage",
+    }
+)
+PHASE_ROTATIONS = frozenset({"NotApplicable", "Unknown", "RST", "RTS", "SRT", "STR", "TRS", "TSR"})
+FEATURE_PROFILES = frozenset(p.value for p in Profile if p is not Profile.SECURITY)
+_DAY = 86400
+
+_B, _I, _C, _S = KeyType.BOOL, KeyType.INT, KeyType.CSL, KeyType.STRING
+_R, _RW, _W = Access.R, Access.RW, Access.W
+
+
+def _k(name: str, type_: KeyType, access: Access, default: str | None, **kw: object) -> KeySpec:
+    return KeySpec(name, type_, access, default, **kw)  # type: ignore[arg-type]
+
+
+# Defaults suit the simulated bench. "0" intervals mean "off" where the spec says so.
+REGISTRY: tuple[KeySpec, ...] = (
+    # -- Core (§9.1) ------------------------------------------------------------------------
+    _k("AllowOfflineTxForUnknownId", _B, _RW, "false"),
+    _k("AuthorizationCacheEnabled", _B, _RW, "true"),
+    _k("AuthorizeRemoteTxRequests", _B, _RW, "true"),
+    _k("BlinkRepeat", _I, _RW, "3", min=0, max=100, supported=False),
+    _k("ClockAlignedDataInterval", _I, _RW, "0", min=0, max=_DAY),
+    _k("ConnectionTimeOut", _I, _RW, "60", min=1, max=3600),
+    _k(
+        "ConnectorPhaseRotation",
+        _C,
+        _RW,
+        "0.Unknown",
+        max_items_key="ConnectorPhaseRotationMaxLength",
+    ),
+    _k("ConnectorPhaseRotationMaxLength", _I, _R, None),  # NumberOfConnectors + 1
+    _k("GetConfigurationMaxKeys", _I, _R, "64"),
+    _k("HeartbeatInterval", _I, _RW, "300", min=0, max=_DAY),
+    _k("LightIntensity", _I, _RW, "100", min=0, max=100, supported=False),
+    _k("LocalAuthorizeOffline", _B, _RW, "true"),
+    _k("LocalPreAuthorize", _B, _RW, "false"),
+    _k("MaxEnergyOnInvalidId", _I, _RW, "0", min=0, max=1_000_000),
+    _k(
+        "MeterValuesAlignedData",
+        _C,
+        _RW,
+        "Energy.Active.Import.Register",
+        max_items_key="MeterValuesAlignedDataMaxLength",
+    ),
+    _k("MeterValuesAlignedDataMaxLength", _I, _R, "8"),
+    _k(
+        "MeterValuesSampledData",
+        _C,
+        _RW,
+        "Energy.Active.Import.Register,Power.Active.Import,Current.Import",
+        max_items_key="MeterValuesSampledDataMaxLength",
+    ),
+    _k("MeterValuesSampledDataMaxLength", _I, _R, "8"),
+    _k("MeterValueSampleInterval", _I, _RW, "60", min=0, max=_DAY),
+    _k("MinimumStatusDuration", _I, _RW, "0", min=0, max=3600),
+    _k("NumberOfConnectors", _I, _R, None),  # given at construction
+    _k("ResetRetries", _I, _RW, "3", min=0, max=10),
+    _k("StopTransactionOnEVSideDisconnect", _B, _RW, "true"),
+    _k("StopTransactionOnInvalidId", _B, _RW, "true"),
+    _k("StopTxnAlignedData", _C, _RW, "", max_items_key="StopTxnAlignedDataMaxLength"),
+    _k("StopTxnAlignedDataMaxLength", _I, _R, "8"),
+    _k("StopTxnSampledData", _C, _RW, "", max_items_key="StopTxnSampledDataMaxLength"),
+    _k("StopTxnSampledDataMaxLength", _I, _R, "8"),
+    _k(
+        "SupportedFeatureProfiles",
+        _C,
+        _R,
+        None,
+        allowed=FEATURE_PROFILES,
+        max_items_key="SupportedFeatureProfilesMaxLength",
+    ),
+    _k("SupportedFeatureProfilesMaxLength", _I, _R, "6"),
+    _k("TransactionMessageAttempts", _I, _RW, "3", min=1, max=100),
+    _k("TransactionMessageRetryInterval", _I, _RW, "60", min=1, max=_DAY),
+    _k("UnlockConnectorOnEVSideDisconnect", _B, _RW, "true"),
+    _k("WebSocketPingInterval", _I, _RW, "30", min=0, max=3600),
+    # -- Firmware Management (only mentioned in §8, no §9 entry) ----------------------------
+    _k(
+        "SupportedFileTransferProtocols",
+        _C,
+        _R,
+        "HTTP,HTTPS",
+        profile=Profile.FIRMWARE,
+        allowed=frozenset({"FTP", "FTPS", "HTTP", "HTTPS"}),
+    ),
+    # -- Local Auth List Management (§9.2) --------------------------------------------------
+    _k("LocalAuthListEnabled", _B, _RW, "true", profile=Profile.LOCAL_AUTH),
+    _k("LocalAuthListMaxLength", _I, _R, "1000", profile=Profile.LOCAL_AUTH),
+    _k("SendLocalListMaxLength", _I, _R, "100", profile=Profile.LOCAL_AUTH),
+    # -- Reservation (§9.3) -----------------------------------------------------------------
+    _k("ReserveConnectorZeroSupported", _B, _R, "false", profile=Profile.RESERVATION),
+    # -- Smart Charging (§9.4) --------------------------------------------------------------
+    _k("ChargeProfileMaxStackLevel", _I, _R, "8", profile=Profile.SMART_CHARGING),
+    _k(
+        "ChargingScheduleAllowedChargingRateUnit",
+        _C,
+        _R,
+        "Current,Power",
+        profile=Profile.SMART_CHARGING,
+        allowed=frozenset({"Current", "Power"}),
+    ),
+    _k("ChargingScheduleMaxPeriods", _I, _R, "24", profile=Profile.SMART_CHARGING),
+    _k("ConnectorSwitch3to1PhaseSupported", _B, _R, "false", profile=Profile.SMART_CHARGING),
+    _k("MaxChargingProfilesInstalled", _I, _R, "16", profile=Profile.SMART_CHARGING),
+    # -- Security Whitepaper ed. 2 §7 -------------------------------------------------------
+    _k("AdditionalRootCertificateCheck", _B, _R, "false", profile=Profile.SECURITY),
+    # Basic-auth password: 16..20 bytes, or up to 40 hex digits.
+    _k("AuthorizationKey", _S, _W, None, profile=Profile.SECURITY, min=16, max=40),
+    _k("CertificateSignedMaxChainSize", _I, _R, "10000", profile=Profile.SECURITY),
+    _k("CertificateStoreMaxLength", _I, _R, "10", profile=Profile.SECURITY),
+    _k("CpoName", _S, _RW, None, profile=Profile.SECURITY, min=0, max=500),
+    _k("SecurityProfile", _I, _RW, "0", profile=Profile.SECURITY, min=0, max=3),
+)
+
+SPECS: dict[str, KeySpec] = {s.name: s for s in REGISTRY}
+_BY_LOWER: dict[str, KeySpec] = {s.name.lower(): s for s in REGISTRY}
+_MEASURAND_KEYS = frozenset(
+    {"MeterValuesAlignedData", "MeterValuesSampledData", "StopTxnAlignedData", "StopTxnSampledData"}
+)
+_INT_RE = re.compile(r"[+-]?\d+")
+_MAX_VALUE_LEN = 500  # CiString500
+
+Listener = Callable[[str, str], None]
+
+
+def parse_bool(value: str) -> bool | None:
+    low = value.strip().lower()
+    return True if low == "true" else False if low == "false" else None
+
+
+def parse_int(value: str) -> int | None:
+    text = value.strip()
+    return int(text) if _INT_RE.fullmatch(text) else None
+
+
+def parse_csl(value: str) -> list[str]:
+    return [item.strip() for item in value.split(",") if item.strip()]
+
+
+class ConfigurationKeys:
+    """The charge point's configuration keys. Event-loop thread only (like the Store).
+
+    ``overrides`` set defaults (e.g. from the TOML file), including read-only keys;
+    ``supported`` / ``unsupported`` switch optional keys on or off.
+    """
+
+    def __init__(
+        self,
+        store: Store,
+        *,
+        number_of_connectors: int,
+        supported_feature_profiles: Iterable[str],
+        overrides: Mapping[str, str] | None = None,
+        measurands: Iterable[str] = DEFAULT_MEASURANDS,
+        supported: Iterable[str] = (),
+        unsupported: Iterable[str] = (),
+        reboot_required: Iterable[str] = (),
+        security_profile_ready: Callable[[int], bool] = lambda level: False,
+    ) -> None:
+        self._store = store
+        profiles = list(supported_feature_profiles)
+        bad = [p for p in profiles if p not in FEATURE_PROFILES]
+        if bad or Profile.CORE.value not in profiles:
+            raise ValueError(f"bad SupportedFeatureProfiles {profiles!r} (Core is mandatory)")
+        self._profiles = frozenset(profiles)
+        self._measurands = frozenset(measurands)
+        if not self._measurands <= MEASURANDS:
+            raise ValueError(f"unknown measurands: {sorted(self._measurands - MEASURANDS)}")
+        self._on = set(supported)
+        self._off = set(unsupported)
+        self._reboot = set(reboot_required)
+        for name in self._on | self._off | self._reboot:
+            self._spec(name, strict=True)
+        self._security_ready = security_profile_ready
+        self._listeners: dict[str, list[Listener]] = {}
+        self._defaults: dict[str, str | None] = {s.name: s.default for s in REGISTRY}
+        self._defaults["NumberOfConnectors"] = str(number_of_connectors)
+        self._defaults["ConnectorPhaseRotationMaxLength"] = str(number_of_connectors + 1)
+        self._defaults["SupportedFeatureProfiles"] = ",".join(profiles)
+        self._number_of_connectors = number_of_connectors
+        for name, value in (overrides or {}).items():
+            spec = self._spec(name, strict=True)
+            assert spec is not None
+            if spec.access is not Access.R:
+                problem = self._validate(spec, value)
+                if problem:
+                    raise ValueError(f"configuration key {spec.name}: {problem}")
+            self._defaults[spec.name] = value
+        # CS-set values; a stored value the registry no longer knows is ignored.
+        self._values: dict[str, str] = {}
+        for name, value in store.config_values().items():
+            spec = _BY_LOWER.get(name.lower())
+            if spec is not None and spec.access is not Access.R:
+                self._values[spec.name] = value
+
+    # -- lookup -----------------------------------------------------------------------------
+
+    @staticmethod
+    def _spec(name: str, *, strict: bool = False) -> KeySpec | None:
+        spec = _BY_LOWER.get(name.lower())
+        if spec is None and strict:
+            raise KeyError(f"unknown configuration key {name!r}")
+        return spec
+
+    def is_supported(self, name: str) -> bool:
+        spec = self._spec(name)
+        if spec is None:
+            return False
+        if spec.name in self._off:
+            return False
+        if not spec.supported and spec.name not in self._on:
+            return False
+        return spec.profile in (Profile.CORE, Profile.SECURITY) or spec.profile in self._profiles
+
+    def spec(self, name: str) -> KeySpec | None:
+        """The key's registry entry if it is known and supported here."""
+        return self._spec(name) if self.is_supported(name) else None
+
+    def value(self, name: str) -> str | None:
+        """Current value (canonical or any-case name). KeyError if not supported."""
+        spec = self._spec(name)
+        if spec is None or not self.is_supported(name):
+            raise KeyError(f"configuration key {name!r} is not supported")
+        if spec.name in self._values:
+            return self._values[spec.name]
+        return self._defaults[spec.name]
+
+    def int(self, name: str) -> builtins.int:
+        parsed = parse_int(self.value(name) or "")
+        if parsed is None:
+            raise ValueError(f"configuration key {name} has no integer value")
+        return parsed
+
+    def bool(self, name: str) -> builtins.bool:
+        parsed = parse_bool(self.value(name) or "")
+        if parsed is None:
+            raise ValueError(f"configuration key {name} has no boolean value")
+        return parsed
+
+    def csl(self, name: str) -> list[str]:
+        return parse_csl(self.value(name) or "")
+
+    def str(self, name: str) -> builtins.str | None:
+        return self.value(name)
+
+    def on_change(self, name: str, callback: Listener) -> None:
+        """``callback(key, new_value)`` after a ChangeConfiguration was accepted and stored."""
+        spec = self._spec(name, strict=True)
+        assert spec is not None
+        self._listeners.setdefault(spec.name, []).append(callback)
+
+    # -- GetConfiguration -------------------------------------------------------------------
+
+    def get(
+        self, keys: list[builtins.str] | None = None
+    ) -> tuple[list[KeyValue], list[builtins.str]]:
+        """(configurationKey, unknownKey) for GetConfiguration.conf. An empty or missing
+        list means every key. TooManyKeys if more than GetConfigurationMaxKeys are asked."""
+        if not keys:
+            return [self._kv(s) for s in REGISTRY if self._reportable(s)], []
+        if len(keys) > self.int("GetConfigurationMaxKeys"):
+            raise TooManyKeys(
+                f"{len(keys)} keys requested, GetConfigurationMaxKeys is "
+                f"{self.int('GetConfigurationMaxKeys')}"
+            )
+        found: list[KeyValue] = []
+        unknown: list[builtins.str] = []
+        for name in keys:
+            spec = self._spec(name)
+            if spec is not None and self._reportable(spec):
+                found.append(self._kv(spec))
+            else:
+                unknown.append(name)
+        return found, unknown
+
+    def _reportable(self, spec: KeySpec) -> builtins.bool:
+        return spec.access is not Access.W and self.is_supported(spec.name)
+
+    def _kv(self, spec: KeySpec) -> KeyValue:
+        return KeyValue(
+            key=spec.name, readonly=spec.access is Access.R, value=self.value(spec.name)
+        )
+
+    # -- ChangeConfiguration ----------------------------------------------------------------
+
+    def change(self, key: builtins.str, value: builtins.str) -> ConfigStatus:
+        """Validate, persist (committed before returning), notify listeners, answer."""
+        spec = self._spec(key)
+        if spec is None or not self.is_supported(key):
+            log.info("ChangeConfiguration %s: NotSupported", key)
+            return ConfigStatus.NOT_SUPPORTED
+        shown = "<hidden>" if spec.access is Access.W else value
+        if spec.access is Access.R:
+            log.info("ChangeConfiguration %s=%s: Rejected (read-only)", spec.name, shown)
+            return ConfigStatus.REJECTED
+        problem = self._validate(spec, value)
+        if problem is None and spec.name == "SecurityProfile":
+            problem = self._check_security_profile(value)
+        if problem is not None:
+            log.info("ChangeConfiguration %s=%s: Rejected (%s)", spec.name, shown, problem)
+            return ConfigStatus.REJECTED
+        status = (
+            ConfigStatus.REBOOT_REQUIRED
+            if spec.reboot_required or spec.name in self._reboot
+            else ConfigStatus.ACCEPTED
+        )
+        if self._values.get(spec.name, self._defaults[spec.name]) == value:
+            return status  # nothing changes: no write, no listener
+        self._store.set_config(spec.name, value)
+        self._values[spec.name] = value
+        log.info("ChangeConfiguration %s=%s: %s", spec.name, shown, status.value)
+        for callback in self._listeners.get(spec.name, []):
+            try:
+                callback(spec.name, value)
+            except Exception:
+                # The value is stored and the CS gets its answer; a listener bug must not
+                # turn into a CALLERROR for a change that did happen.
+                log.exception("listener for %s failed", spec.name)
+        return status
+
+    def _validate(self, spec: KeySpec, value: builtins.str) -> builtins.str | None:
+        """None if ``value`` is acceptable for ``spec``, else the reason."""
+        if len(value) > _MAX_VALUE_LEN:
+            return "longer than 500 characters"
+        if spec.type is KeyType.BOOL:
+            return None if parse_bool(value) is not None else "not true/false"
+        if spec.type is KeyType.INT:
+            number = parse_int(value)
+            if number is None:
+                return "not a decimal integer"
+            if spec.min is not None and number < spec.min:
+                return f"below {spec.min}"
+            if spec.max is not None and number > spec.max:
+                return f"above {spec.max}"
+            return None
+        if spec.type is KeyType.STRING:
+            if spec.min is not None and len(value) < spec.min:
+                return f"shorter than {spec.min} characters"
+            if spec.max is not None and len(value) > spec.max:
+                return f"longer than {spec.max} characters"
+            if not value.isprintable():
+                return "non-printable characters"
+            return None
+        return self._validate_csl(spec, value)
+
+    def _validate_csl(self, spec: KeySpec, value: builtins.str) -> builtins.str | None:
+        raw = value.split(",") if value.strip() else []
+        items = [item.strip() for item in raw]
+        if any(not item for item in items):
+            return "empty list item"
+        if spec.max_items_key and self.is_supported(spec.max_items_key):
+            limit = self.int(spec.max_items_key)
+            if len(items) > limit:
+                return f"more than {limit} items"
+        if spec.name in _MEASURAND_KEYS:
+            bad = [item for item in items if item not in self._measurands]
+            return f"unsupported measurand(s) {bad}" if bad else None
+        if spec.name == "ConnectorPhaseRotation":
+            return self._validate_phase_rotation(items)
+        if spec.allowed is not None:
+            bad = [item for item in items if item not in spec.allowed]
+            return f"not allowed: {bad}" if bad else None
+        return None
+
+    def _validate_phase_rotation(self, items: list[builtins.str]) -> builtins.str | None:
+        seen: set[builtins.int] = set()
+        for item in items:
+            connector, _, rotation = item.partition(".")
+            number = parse_int(connector) if connector.isdigit() else None
+            if number is None or not 0 <= number <= self._number_of_connectors:
+                return f"bad connector in {item!r}"
+            if rotation not in PHASE_ROTATIONS:
+                return f"bad rotation in {item!r}"
+            if number in seen:
+                return f"connector {number} given twice"
+            seen.add(number)
+        return None
+
+    def _check_security_profile(self, value: builtins.str) -> builtins.str | None:
+        new = parse_int(value)
+        assert new is not None
+        current = self.int("SecurityProfile")
+        if new < current:
+            return "the security profile may only be raised"
+        if new == current:
+            return None
+        if new in (1, 2) and not self.value("AuthorizationKey"):
+            return "no AuthorizationKey set"
+        if new >= 2 and not self._security_ready(new):
+            return f"certificates for security profile {new} are missing"
+        return None
