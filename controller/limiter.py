@@ -34,7 +34,8 @@ from hal.types import MeterSample
 
 MIN_CURRENT_A = 6.0  # lowest current a PWM duty can offer (10 %)
 MAX_CURRENT_A = 80.0  # highest (96 %)
-# 51 A < I < 52.5 A has no duty value: 85 % reads as 51 A, the next step up is 52.5 A.
+# 51 A < I <= 52.5 A has no duty value of its own: 52.5 A would be 85 %, which the EV reads
+# on the lower formula as 51 A (REFERENCE 1.2). So the whole gap floors to 51 A.
 _GAP_LOW_A = 51.0
 _GAP_HIGH_A = 52.5
 
@@ -128,13 +129,13 @@ def representable_current(amps: float) -> float:
     """Floor `amps` to a current a pilot duty cycle can offer; 0.0 means "cannot charge".
 
     Same rule as `hal.pilot.duty.current_to_duty` (which further floors to the PWM resolution):
-    below 6 A nothing, 51 < I < 52.5 A -> 51 A, above 80 A -> 80 A. NaN -> 0 (fail safe).
+    below 6 A nothing, 51 < I <= 52.5 A -> 51 A, above 80 A -> 80 A. NaN -> 0 (fail safe).
     """
     if not amps >= MIN_CURRENT_A:
         return 0.0
     if amps > MAX_CURRENT_A:
         return MAX_CURRENT_A
-    if _GAP_LOW_A < amps < _GAP_HIGH_A:
+    if _GAP_LOW_A < amps <= _GAP_HIGH_A:
         return _GAP_LOW_A
     return float(amps)
 
