@@ -1,0 +1,637 @@
+"""The per-connector state machine: when energy may flow, and what the connector shows.
+
+Facts come in as events (pilot state, authorisation, faults, allowed current, commands);
+the session phase changes by the explicit table in `_transition`; after every event the
+outputs (pilot duty, contactor) and the OCPP status are derived again from the facts.
+
+Safety reactions happen first, synchronously, in the handler of the event that demands
+them: nothing on that path awaits the network, the disk or a log line.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass
+from enum import StrEnum
+
+from controller.clock import Clock
+from controller.connector.faults import RULES, Clear, Fault, most_serious
+from controller.connector.hooks import (
+    AuthResult,
+    ConnectorHooks,
+    Transaction,
+    TransactionStop,
+)
+from controller.connector.status import (
+    ChargePointStatus,
+    ConnectorStatus,
+    ErrorCode,
+    StopReason,
+)
+from hal.interfaces import Contactor, LockActuator, PilotOutput
+from hal.pilot.duty import current_to_duty
+from hal.types import ContactorFault, MeterSample, PilotReading, PilotState
+
+log = logging.getLogger(__name__)
+
+MIN_CURRENT_A = 6.0
+DUTY_OFF = 1.0  # steady +12 V: no current offered (A1/B1/C1)
+DUTY_F = 0.0  # steady -12 V: state F
+
+
+class Phase(StrEnum):
+    IDLE = "idle"  # no EV, nobody authorised
+    AUTHORIZED = "authorized"  # a card was accepted, waiting for the EV (ConnectionTimeOut)
+    PLUGGED = "plugged"  # EV connected, waiting for authorisation
+    TRANSACTION = "transaction"  # a transaction is open
+    FINISHING = "finishing"  # the transaction ended, the EV is still connected
+
+
+@dataclass(frozen=True, slots=True)
+class Settings:
+    connector_id: int = 1
+    rated_current_a: float = 32.0
+    max_current_a: float | None = None
+    phases: int = 3
+    free_vend: bool = False
+    free_vend_id_tag: str = "FREEVEND"
+    ventilation_available: bool = False  # state D may charge only where the room is ventilated
+    connection_timeout_s: float = 60.0  # OCPP ConnectionTimeOut
+    stop_on_ev_disconnect: bool = True  # OCPP StopTransactionOnEVSideDisconnect
+    # An EV may briefly overshoot after a duty decrease; IEC gives it 5 s to follow. EVerest
+    # trips after 7 s beyond the limit; we use the same grace and a 2 A / 10 % tolerance.
+    overcurrent_grace_s: float = 7.0
+    overcurrent_tolerance_a: float = 2.0
+    overcurrent_tolerance_ratio: float = 0.10
+    # C2 -> C1 (PWM withdrawn): the EV should open S2; force the contactor off after 6 s.
+    power_off_under_load_s: float = 6.0
+    # After a fault stops charging, state F for >= 300 ms (IEC 61851-1 Table A.5).
+    fault_state_f_s: float = 0.3
+    pwm_resolution: float = 0.001
+
+
+# Events (the "event" half of (phase, event) in `_transition`).
+@dataclass(frozen=True, slots=True)
+class EvPlugged:
+    pass
+
+
+@dataclass(frozen=True, slots=True)
+class EvUnplugged:
+    pass
+
+
+@dataclass(frozen=True, slots=True)
+class Authorized:
+    id_tag: str
+    parent_id_tag: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class StopRequested:
+    reason: StopReason
+    id_tag: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class AuthTimedOut:
+    pass
+
+
+Event = EvPlugged | EvUnplugged | Authorized | StopRequested | AuthTimedOut
+
+PLUGGED_STATES = frozenset({PilotState.B, PilotState.C, PilotState.D})
+
+
+class Connector:
+    def __init__(
+        self,
+        settings: Settings,
+        *,
+        pilot: PilotOutput,
+        contactor: Contactor,
+        hooks: ConnectorHooks,
+        clock: Clock,
+        lock: LockActuator | None = None,
+    ) -> None:
+        self.settings = settings
+        self.id = settings.connector_id
+        self._pilot = pilot
+        self._contactor = contactor
+        self._lock = lock
+        self._hooks = hooks
+        self._clock = clock
+
+        self.phase = Phase.IDLE
+        self.pilot_state = PilotState.A
+        self.faults: dict[Fault, str] = {}
+        self.transaction: Transaction | None = None
+        self.operative = True
+        self._pending_operative: bool | None = None  # Scheduled until the transaction ends
+        self.allowed_a = settings.max_current_a or settings.rated_current_a
+        self.cable_a: int | None = None  # from PP; None = unknown/fixed cable
+        self.last_sample: MeterSample | None = None
+        self.last_energy_wh: float | None = None
+        self.rcd_tested = False
+        self.reservation: tuple[int, str, str | None, float] | None = None
+        self._authorized: Authorized | None = None
+        self._auth_deadline: float | None = None
+        self._authorizing = False
+        self._f_until: float | None = None
+        self._soft_off_since: float | None = None
+        self._overcurrent_since: float | None = None
+        self._status: ConnectorStatus | None = None
+        self._listeners: list[Callable[[str, dict[str, object]], None]] = []
+        # Whether a fault's cause is still there; such a fault survives its clearing event.
+        self._probes: dict[Fault, Callable[[], bool]] = {
+            Fault.WELDED: lambda: self._contactor.fault() == ContactorFault.WELDED
+        }
+        self._tasks: set[asyncio.Task[None]] = set()
+        self.offered_a = 0.0
+
+    # ------------------------------------------------------------------ observers
+
+    @property
+    def energized(self) -> bool:
+        return self._contactor.energized
+
+    @property
+    def status(self) -> ConnectorStatus:
+        return self._status or self._derive_status()
+
+    def add_listener(self, listener: Callable[[str, dict[str, object]], None]) -> None:
+        """Called as listener(kind, fields) for transitions and output changes (timelines)."""
+        self._listeners.append(listener)
+
+    def _note(self, kind: str, **fields: object) -> None:
+        for listener in self._listeners:
+            listener(kind, {"connector": self.id, **fields})
+
+    # ------------------------------------------------------------------ safety inputs
+
+    def on_pilot(self, reading: PilotReading) -> None:
+        if self._pilot.duty == DUTY_F:
+            return  # the CP shows our own -12 V, not the EV
+        if reading.diode_fault and self._pilot.duty < DUTY_OFF:
+            self.raise_fault(Fault.DIODE_MISSING, f"CP low level {reading.low_v:.1f} V")
+            return
+        state = reading.state
+        if state is None or state == self.pilot_state:
+            return
+        previous, self.pilot_state = self.pilot_state, state
+        if self._contactor.energized and not self._may_draw(state):
+            # C -> B/A/E/F: open at once, before anything else (IEC 61851-1: <= 100 ms).
+            self._contactor.deenergize()
+            self._note("contactor", closed=False)
+        log.debug("connector %s pilot %s -> %s", self.id, previous, state)
+        self._note("pilot", state=str(state), previous=str(previous))
+        if state == PilotState.E:
+            self.raise_fault(Fault.PILOT_SHORT, "CP shorted to PE (state E)")
+            return
+        if Fault.PILOT_SHORT in self.faults and state != PilotState.F:
+            self._clear_fault(Fault.PILOT_SHORT, Clear.RECOVERY)
+        if state in PLUGGED_STATES and previous not in PLUGGED_STATES:
+            self._dispatch(EvPlugged())
+        elif state == PilotState.A:
+            self._clear_by(Clear.UNPLUG)
+            self._dispatch(EvUnplugged())
+        self._apply()
+
+    def raise_fault(self, fault: Fault, detail: str = "") -> None:
+        if fault in self.faults:
+            return
+        self.faults[fault] = detail
+        rule = RULES[fault]
+        if self._contactor.energized:
+            self._contactor.deenergize()
+        self._pilot.set_duty(DUTY_F)
+        self._f_until = self._clock.monotonic() + self.settings.fault_state_f_s
+        log.warning("connector %s fault %s: %s", self.id, fault, detail)
+        self._note("fault", fault=str(fault), active=True, detail=detail)
+        if rule.ends_transaction and self.transaction is not None:
+            self._dispatch(StopRequested(StopReason.OTHER))
+        self._apply()
+
+    def recover(self, fault: Fault) -> None:
+        """The source of a RECOVERY-clearable fault reports it is well again."""
+        self._clear_fault(fault, Clear.RECOVERY)
+        self._apply()
+
+    def reset_faults(self) -> None:
+        self._clear_by(Clear.RESET)
+        self._apply()
+
+    def on_contactor_fault(self, fault: ContactorFault | None) -> None:
+        if fault == ContactorFault.WELDED:
+            self.raise_fault(Fault.WELDED, "auxiliary contact closed while commanded open")
+        elif fault == ContactorFault.FAILED_TO_CLOSE:
+            self.raise_fault(Fault.FAILED_TO_CLOSE, "auxiliary contact open while commanded closed")
+
+    def on_rcd_self_test(self, passed: bool) -> None:
+        self.rcd_tested = passed
+        if passed:
+            self._clear_fault(Fault.RCD_SELF_TEST, Clear.RECOVERY)
+            self._apply()
+        else:
+            self.raise_fault(Fault.RCD_SELF_TEST, "RCD self-test did not trip")
+
+    def on_cable(self, cable_a: int | None, short: bool = False) -> None:
+        if short:
+            self.raise_fault(Fault.CABLE, "PP shorted")
+            return
+        if Fault.CABLE in self.faults:
+            self._clear_fault(Fault.CABLE, Clear.RECOVERY)
+        if cable_a != self.cable_a:
+            self.cable_a = cable_a
+            self._apply()
+
+    def on_meter_sample(self, sample: MeterSample) -> None:
+        self.last_sample = sample
+        if sample.energy_import_wh is not None:
+            self.last_energy_wh = sample.energy_import_wh
+        self._check_overcurrent(sample)
+
+    def _check_overcurrent(self, sample: MeterSample) -> None:
+        if not self._contactor.energized:
+            self._overcurrent_since = None
+            return
+        limit = self.offered_a + max(
+            self.settings.overcurrent_tolerance_a,
+            self.offered_a * self.settings.overcurrent_tolerance_ratio,
+        )
+        drawn = max((a for a in sample.current_a if a is not None), default=0.0)
+        now = self._clock.monotonic()
+        if drawn <= limit:
+            self._overcurrent_since = None
+        elif self._overcurrent_since is None:
+            self._overcurrent_since = now
+        elif now - self._overcurrent_since >= self.settings.overcurrent_grace_s:
+            self.raise_fault(
+                Fault.OVER_CURRENT, f"EV drew {drawn:.1f} A with {self.offered_a:.1f} A offered"
+            )
+
+    # ------------------------------------------------------------------ limits
+
+    def set_allowed_current(self, amps: float) -> None:
+        """From the limiter: the current this connector may offer now (< 6 A suspends)."""
+        if amps != self.allowed_a:
+            self.allowed_a = amps
+            self._apply()
+
+    # ------------------------------------------------------------------ people and the CS
+
+    def present_tag(self, id_tag: str) -> None:
+        """A card at the reader meant for this connector."""
+        tx = self.transaction
+        if tx is not None and id_tag.upper() == tx.id_tag.upper():
+            self.request_stop(StopReason.LOCAL, id_tag)
+            return
+        if self._authorizing:
+            return
+        self._authorizing = True
+        self._spawn(self._authorize(id_tag))
+
+    async def _authorize(self, id_tag: str) -> None:
+        try:
+            result = await self._hooks.authorize(self.id, id_tag)
+        except Exception:  # the hooks' failure must not kill the connector
+            log.exception("authorisation of a tag failed")
+            result = AuthResult("Invalid")
+        finally:
+            self._authorizing = False
+        self._note("authorized", id_tag=id_tag, status=result.status)
+        tx = self.transaction
+        if tx is not None:
+            same_group = (
+                result.accepted
+                and result.parent_id_tag is not None
+                and result.parent_id_tag.upper() == (tx.parent_id_tag or "").upper()
+            )
+            if same_group:
+                self.request_stop(StopReason.LOCAL, id_tag)
+            return
+        if result.accepted and self._reservation_allows(id_tag, result.parent_id_tag):
+            self._dispatch(Authorized(id_tag, result.parent_id_tag))
+            self._apply()
+
+    def authorize_remote(self, id_tag: str, parent_id_tag: str | None = None) -> bool:
+        """RemoteStartTransaction (already authorised by the caller if it had to be)."""
+        if self.transaction is not None or not self.operative or self._blocking_fault():
+            return False
+        if not self._reservation_allows(id_tag, parent_id_tag):
+            return False
+        self._dispatch(Authorized(id_tag, parent_id_tag))
+        self._apply()
+        return True
+
+    def request_stop(self, reason: StopReason, id_tag: str | None = None) -> bool:
+        if self.transaction is None:
+            return False
+        self._dispatch(StopRequested(reason, id_tag))
+        self._apply()
+        return True
+
+    def change_availability(self, operative: bool) -> str:
+        """ChangeAvailability: Accepted, or Scheduled while a transaction runs."""
+        if self.transaction is not None and not operative:
+            self._pending_operative = operative
+            return "Scheduled"
+        self._pending_operative = None
+        self.operative = operative
+        self._apply()
+        return "Accepted"
+
+    def reserve(self, reservation_id: int, id_tag: str, parent: str | None, expiry: float) -> str:
+        if self._blocking_fault() is not None:
+            return "Faulted"
+        if not self.operative:
+            return "Unavailable"
+        if self.transaction is not None or self.phase != Phase.IDLE:
+            return "Occupied"
+        self.reservation = (reservation_id, id_tag, parent, expiry)
+        self._apply()
+        return "Accepted"
+
+    def cancel_reservation(self, reservation_id: int) -> bool:
+        if self.reservation is None or self.reservation[0] != reservation_id:
+            return False
+        self.reservation = None
+        self._apply()
+        return True
+
+    def _reservation_allows(self, id_tag: str, parent: str | None) -> bool:
+        if self.reservation is None:
+            return True
+        _, tag, res_parent, _ = self.reservation
+        if id_tag.upper() == tag.upper():
+            return True
+        return (
+            res_parent is not None and parent is not None and parent.upper() == res_parent.upper()
+        )
+
+    def unlock(self) -> str:
+        """UnlockConnector: stops a running transaction, then releases the lock."""
+        if self.transaction is not None:
+            self.request_stop(StopReason.UNLOCK_COMMAND)
+        if self._lock is None:
+            return "NotSupported"
+        self._lock.unlock()
+        return "Unlocked" if self._lock.locked() is not True else "UnlockFailed"
+
+    def shutdown(self, reason: StopReason) -> None:
+        """Stop any transaction with `reason`, open the contactor, pilot to +12 V."""
+        if self._contactor.energized:
+            self._contactor.deenergize()
+        self._pilot.set_duty(DUTY_OFF)
+        if self.transaction is not None:
+            self._dispatch(StopRequested(reason))
+        for task in self._tasks:
+            task.cancel()
+        self._publish_status()
+
+    # ------------------------------------------------------------------ time
+
+    def supervise(self) -> None:
+        """Deadlines and contactor feedback; the sampler calls this every tick."""
+        now = self._clock.monotonic()
+        if self._contactor.feedback() is not None:
+            self.on_contactor_fault(self._contactor.fault())
+        if self._auth_deadline is not None and now >= self._auth_deadline:
+            self._dispatch(AuthTimedOut())
+        if self.reservation is not None and self._clock.now().timestamp() >= self.reservation[3]:
+            log.info("connector %s reservation %s expired", self.id, self.reservation[0])
+            self.reservation = None
+        self._apply()
+
+    # ------------------------------------------------------------------ the table
+
+    def _dispatch(self, event: Event) -> None:
+        before = self.phase
+        self.phase = self._transition(self.phase, event)
+        if self.phase != before:
+            log.debug("connector %s %s --%s--> %s", self.id, before, event, self.phase)
+            self._note("phase", previous=str(before), phase=str(self.phase), event=repr(event))
+
+    def _transition(self, phase: Phase, event: Event) -> Phase:
+        match phase, event:
+            case Phase.IDLE, EvPlugged():
+                if self.settings.free_vend and self.operative:
+                    self._start_transaction(Authorized(self.settings.free_vend_id_tag))
+                    return Phase.TRANSACTION
+                return Phase.PLUGGED
+            case Phase.IDLE, Authorized() as auth:
+                self._authorized = auth
+                self._auth_deadline = self._clock.monotonic() + self.settings.connection_timeout_s
+                return Phase.AUTHORIZED
+            case Phase.AUTHORIZED, Authorized() as auth:
+                self._authorized = auth
+                return Phase.AUTHORIZED
+            case Phase.AUTHORIZED, EvPlugged():
+                assert self._authorized is not None
+                self._start_transaction(self._authorized)
+                return Phase.TRANSACTION
+            case Phase.AUTHORIZED, AuthTimedOut():
+                self._authorized = None
+                self._auth_deadline = None
+                return Phase.IDLE
+            case Phase.PLUGGED, Authorized() as auth:
+                self._start_transaction(auth)
+                return Phase.TRANSACTION
+            case Phase.PLUGGED, EvUnplugged():
+                return Phase.IDLE
+            case Phase.TRANSACTION, EvUnplugged():
+                if self.settings.stop_on_ev_disconnect:
+                    self._stop_transaction(StopReason.EV_DISCONNECTED)
+                    return Phase.IDLE
+                return Phase.TRANSACTION
+            case Phase.TRANSACTION, StopRequested(reason=reason, id_tag=tag):
+                self._stop_transaction(reason, tag)
+                return Phase.FINISHING if self.pilot_state in PLUGGED_STATES else Phase.IDLE
+            case Phase.TRANSACTION, EvPlugged():
+                return Phase.TRANSACTION  # re-plug with StopTransactionOnEVSideDisconnect=false
+            case Phase.FINISHING, EvUnplugged():
+                return Phase.IDLE
+            case _:
+                return phase
+
+    # ------------------------------------------------------------------ transactions
+
+    def _start_transaction(self, auth: Authorized) -> None:
+        self._authorized = None
+        self._auth_deadline = None
+        reservation_id = None
+        if self.reservation is not None:
+            reservation_id = self.reservation[0]
+            self.reservation = None
+        tx = Transaction(
+            connector_id=self.id,
+            id_tag=auth.id_tag,
+            parent_id_tag=auth.parent_id_tag,
+            meter_start_wh=self._meter_wh(),
+            started_at=self._clock.now(),
+            reservation_id=reservation_id,
+        )
+        if self._lock is not None:
+            self._lock.lock()
+            if self._lock.locked() is False:
+                self.raise_fault(Fault.LOCK, "lock did not engage")
+                return
+        self.transaction = self._hooks.transaction_started(tx)
+        log.info("connector %s transaction %s started", self.id, self.transaction.local_id)
+        self._note("transaction_started", id_tag=tx.id_tag, meter_start_wh=tx.meter_start_wh)
+
+    def _stop_transaction(self, reason: StopReason, id_tag: str | None = None) -> None:
+        tx = self.transaction
+        if tx is None:
+            return
+        self.transaction = None
+        stop = TransactionStop(tx, reason, self._meter_wh(), self._clock.now(), id_tag)
+        self._hooks.transaction_stopped(stop)
+        log.info("connector %s transaction %s stopped: %s", self.id, tx.local_id, reason)
+        self._note(
+            "transaction_stopped",
+            reason=str(reason),
+            energy_wh=stop.meter_stop_wh - tx.meter_start_wh,
+        )
+        if self._lock is not None and reason != StopReason.LOCAL:
+            self._lock.unlock()
+        if self._pending_operative is not None:
+            self.operative, self._pending_operative = self._pending_operative, None
+
+    def _meter_wh(self) -> int:
+        return round(self.last_energy_wh) if self.last_energy_wh is not None else 0
+
+    # ------------------------------------------------------------------ outputs
+
+    def _blocking_fault(self) -> Fault | None:
+        return most_serious(set(self.faults))
+
+    def _may_draw(self, state: PilotState) -> bool:
+        return state == PilotState.C or (
+            state == PilotState.D and self.settings.ventilation_available
+        )
+
+    def offer_limit_a(self) -> float:
+        """What may be offered now, before the duty cycle's own rounding."""
+        caps = [self.settings.rated_current_a, self.allowed_a]
+        if self.settings.max_current_a is not None:
+            caps.append(self.settings.max_current_a)
+        if self.cable_a is not None:
+            caps.append(self.cable_a)
+        return min(caps)
+
+    def _apply(self) -> None:
+        now = self._clock.monotonic()
+        offering = (
+            self.transaction is not None
+            and self._blocking_fault() is None
+            and self.rcd_tested
+            and (self._lock is None or self._lock.locked() is not False)
+        )
+        limit = self.offer_limit_a() if offering else 0.0
+        if limit < MIN_CURRENT_A:
+            limit = 0.0
+        in_f = self._f_until is not None and now < self._f_until
+        if not in_f:
+            self._f_until = None
+        duty = (
+            DUTY_F
+            if in_f
+            else (current_to_duty(limit, self.settings.pwm_resolution) if limit else DUTY_OFF)
+        )
+        if duty != self._pilot.duty:
+            self._pilot.set_duty(duty)
+            self._note("duty", duty=duty, amps=limit)
+        self.offered_a = limit
+
+        want = limit > 0 and self._may_draw(self.pilot_state)
+        if want:
+            self._soft_off_since = None
+            if not self._contactor.energized:
+                self._contactor.energize()
+                self._note("contactor", closed=True)
+        elif self._contactor.energized:
+            hard = (
+                not self._may_draw(self.pilot_state)
+                or self._blocking_fault() is not None
+                or (self.transaction is None and self.phase != Phase.FINISHING)
+            )
+            if self._soft_off_since is None:
+                self._soft_off_since = now
+            # PWM withdrawn (C2 -> C1): give the EV time to stop drawing and open S2 first.
+            if hard or now - self._soft_off_since >= self.settings.power_off_under_load_s:
+                self._contactor.deenergize()
+                self._soft_off_since = None
+                self._note("contactor", closed=False)
+        self._publish_status()
+
+    def _derive_status(self) -> ConnectorStatus:
+        fault = self._blocking_fault()
+        error = RULES[fault].error_code if fault else ErrorCode.NO_ERROR
+        info = self.faults.get(fault, "") if fault else ""
+        if fault is not None and RULES[fault].faulted:
+            return ConnectorStatus(ChargePointStatus.FAULTED, error, info[:50])
+        if self.transaction is not None:
+            if self._contactor.energized and self._may_draw(self.pilot_state):
+                status = ChargePointStatus.CHARGING
+            elif self.offered_a > 0 and self.pilot_state == PilotState.B:
+                status = ChargePointStatus.SUSPENDED_EV
+            else:
+                status = ChargePointStatus.SUSPENDED_EVSE
+        elif not self.operative:
+            status = ChargePointStatus.UNAVAILABLE
+        elif self.phase == Phase.FINISHING:
+            status = ChargePointStatus.FINISHING
+        elif self.phase in (Phase.PLUGGED, Phase.AUTHORIZED):
+            status = ChargePointStatus.PREPARING
+        elif self.reservation is not None:
+            status = ChargePointStatus.RESERVED
+        else:
+            status = ChargePointStatus.AVAILABLE
+        return ConnectorStatus(status, error, info[:50])
+
+    def _publish_status(self) -> None:
+        status = self._derive_status()
+        if status != self._status:
+            self._status = status
+            self._note("status", status=str(status.status), error_code=str(status.error_code))
+            self._hooks.status_changed(self.id, status)
+
+    # ------------------------------------------------------------------ faults
+
+    def add_probe(self, fault: Fault, still_present: Callable[[], bool]) -> None:
+        self._probes[fault] = still_present
+
+    def _clear_fault(self, fault: Fault, how: Clear) -> None:
+        probe = self._probes.get(fault)
+        if probe is not None and probe():
+            return
+        if fault in self.faults and how in RULES[fault].clears_on:
+            del self.faults[fault]
+            log.info("connector %s fault %s cleared by %s", self.id, fault, how)
+            self._note("fault", fault=str(fault), active=False, cleared_by=str(how))
+
+    def _clear_by(self, how: Clear) -> None:
+        for fault in list(self.faults):
+            self._clear_fault(fault, how)
+
+    def _spawn(self, coro: object) -> None:
+        task = asyncio.get_running_loop().create_task(coro)  # type: ignore[arg-type]
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    def describe(self) -> dict[str, object]:
+        tx = self.transaction
+        return {
+            "connector": self.id,
+            "phase": str(self.phase),
+            "pilot": str(self.pilot_state),
+            "status": str(self.status.status),
+            "error_code": str(self.status.error_code),
+            "offered_a": self.offered_a,
+            "contactor": self._contactor.energized,
+            "faults": sorted(str(f) for f in self.faults),
+            "transaction": None if tx is None else tx.local_id,
+        }
