@@ -86,6 +86,9 @@ class SimMeter:
     ) -> None:
         self.regmap = model if isinstance(model, RegisterMap) else load_map(model)
         self.device_id = self.regmap.serial.device_id if device_id is None else device_id
+        names = {f.name for f in self.regmap.fields}
+        # A map with L1 values but no L2/L3 is a single-phase meter: it sees only L1.
+        self.phases = 1 if "voltage_l1" in names and not names & {"voltage_l2", "voltage_l3"} else 3
         self.host = host
         self._port = port
         self.serial_port = serial_port
@@ -117,7 +120,7 @@ class SimMeter:
 
     @property
     def power_total_w(self) -> float:
-        return sum(self.load.power_w)
+        return sum(self.load.power_w[: self.phases])
 
     def values(self) -> dict[str, float]:
         """The SI values the registers hold after the next update, by quantity name."""
@@ -167,6 +170,13 @@ class SimMeter:
             await self._server.async_setValues(
                 self.device_id, self.regmap.function_code, block.address, regs
             )
+
+    async def poke(self, address: int, values: list[int]) -> None:
+        """Write raw registers (e.g. a NaN marker) until the next update overwrites them."""
+        assert self._server is not None, "start() the meter first"
+        await self._server.async_setValues(
+            self.device_id, self.regmap.function_code, address, values
+        )
 
     # --- server ----------------------------------------------------------------------------
 
