@@ -116,7 +116,8 @@ class SimMeter:
         frequency_hz: float = 50.0,
     ) -> None:
         """New load from now on; call `update()` to publish it (energy so far uses the old one)."""
-        self.load = Load(tuple(voltage_v), tuple(current_a), power_factor, frequency_hz)  # type: ignore[arg-type]
+        v, i = voltage_v, current_a
+        self.load = Load((v[0], v[1], v[2]), (i[0], i[1], i[2]), power_factor, frequency_hz)
 
     @property
     def power_total_w(self) -> float:
@@ -145,11 +146,10 @@ class SimMeter:
         await self._publish()
 
     async def advance(self, dt_s: float) -> None:
-        """`update()` at `dt_s` seconds after the previous update."""
-        base = self.clock.monotonic() if self._last_t is None else self._last_t
+        """`update()` at `dt_s` seconds after the previous update (or after the clock's now)."""
         if self._last_t is None:
-            self._last_t = base
-        await self.update(base + dt_s)
+            self._last_t = self.clock.monotonic()
+        await self.update(self._last_t + dt_s)
 
     def registers(self) -> dict[int, int]:
         """Register image (address -> value) encoding `values()` with the map."""

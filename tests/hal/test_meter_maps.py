@@ -221,3 +221,18 @@ def test_missing_files_and_models() -> None:
         load_map("/nonexistent/meter.toml")
     with pytest.raises(MapError, match=r"unknown meter model 'sdm999'.*sdm630"):
         load_map("sdm999")
+
+
+@settings(max_examples=200, deadline=None)
+@given(data=st.data(), name=st.sampled_from(builtin_maps()))
+def test_whole_blocks_of_random_registers_decode_without_raising(
+    data: st.DataObject, name: str
+) -> None:
+    m = load_map(name)
+    for block in m.plan:
+        regs = data.draw(
+            st.lists(st.integers(0, 0xFFFF), min_size=block.count, max_size=block.count)
+        )
+        values = m.decode_block(block, regs)
+        assert set(values) == {f.name for f in block.fields}
+        assert all(v is None or math.isfinite(v) for v in values.values())
