@@ -115,7 +115,11 @@ class SimMeter:
         power_factor: float = 1.0,
         frequency_hz: float = 50.0,
     ) -> None:
-        """New load from now on; call `update()` to publish it (energy so far uses the old one)."""
+        """Set the load; `update()` publishes it.
+
+        `update(now)` integrates the time since the previous update at the load in effect when
+        it runs, so to change load at time t call `update(t)` first, then `set_load`.
+        """
         v, i = voltage_v, current_a
         self.load = Load((v[0], v[1], v[2]), (i[0], i[1], i[2]), power_factor, frequency_hz)
 
