@@ -278,16 +278,19 @@ class ConfigurationKeys:
         self._defaults["ConnectorPhaseRotationMaxLength"] = str(number_of_connectors + 1)
         self._defaults["SupportedFeatureProfiles"] = ",".join(profiles)
         self._number_of_connectors = number_of_connectors
+        self._values: dict[str, str] = {}
+        given: list[KeySpec] = []
         for name, value in (overrides or {}).items():
             spec = self._spec(name, strict=True)
             assert spec is not None
-            if spec.access is not Access.R:
-                problem = self._validate(spec, value)
-                if problem:
-                    raise ValueError(f"configuration key {spec.name}: {problem}")
             self._defaults[spec.name] = value
+            given.append(spec)
+        for spec in given:  # after all overrides: a CSL is checked against its MaxLength key
+            value = self._defaults[spec.name]
+            problem = None if value is None else self._validate(spec, value)
+            if problem:
+                raise ValueError(f"configuration key {spec.name}: {problem}")
         # CS-set values; a stored value the registry no longer knows is ignored.
-        self._values: dict[str, str] = {}
         for name, value in store.config_values().items():
             spec = _BY_LOWER.get(name.lower())
             if spec is not None and spec.access is not Access.R:
@@ -399,6 +402,7 @@ class ConfigurationKeys:
         if problem is not None:
             log.info("ChangeConfiguration %s=%s: Rejected (%s)", spec.name, shown, problem)
             return ConfigStatus.REJECTED
+        value = self._normalise(spec, value)
         status = (
             ConfigStatus.REBOOT_REQUIRED
             if spec.reboot_required or spec.name in self._reboot
@@ -417,6 +421,17 @@ class ConfigurationKeys:
                 # turn into a CALLERROR for a change that did happen.
                 log.exception("listener for %s failed", spec.name)
         return status
+
+    @staticmethod
+    def _normalise(spec: KeySpec, value: builtins.str) -> builtins.str:
+        """Canonical text for a valid value: "true"/"false", plain decimal, tidy CSL."""
+        if spec.type is KeyType.BOOL:
+            return "true" if parse_bool(value) else "false"
+        if spec.type is KeyType.INT:
+            return builtins.str(parse_int(value))
+        if spec.type is KeyType.CSL:
+            return ",".join(parse_csl(value))
+        return value
 
     def _validate(self, spec: KeySpec, value: builtins.str) -> builtins.str | None:
         """None if ``value`` is acceptable for ``spec``, else the reason."""
