@@ -404,3 +404,24 @@ async def test_solar_oldest_connector_starts_first_when_sun_is_short():
     out = lb.update(clock.monotonic(), two, export(27.0))  # enough for one at 9 A
     assert amps(out) == {1: 0.0, 2: 9.0}
     assert out[1].reason is Reason.SOLAR
+
+
+@settings(max_examples=100, deadline=None)
+@given(st.lists(st.tuples(phase_a, phase_a, phase_a), min_size=1, max_size=30))
+def test_closed_loop_with_limiters_keeps_every_phase_under_the_fuse(household):
+    """Balancer + limiters + EVs that draw what they are offered, one grid sample a second."""
+    lb = LoadBalancer(FUSE)
+    limiters = {1: CurrentLimiter(), 2: CurrentLimiter(), 3: CurrentLimiter()}
+    drawing = {1: 0.0, 2: 0.0, 3: 0.0}
+    for now, others in enumerate(household):
+        connectors = [conn(i, started_at=float(i), meter=own(a, a, a)) for i, a in drawing.items()]
+        sample = grid(*(o + sum(drawing.values()) for o in others))
+        budgets = lb.update(float(now), connectors, sample)
+        for i, limiter in limiters.items():
+            ins = LimitInputs(hardware_a=32.0, cable_a=32, config_a=32.0, budget=budgets[i])
+            drawing[i] = limiter.update(ins, float(now)).amps
+        for o in others:
+            if o <= 23.0:
+                assert o + sum(drawing.values()) <= 23.0 + 1e-9
+            else:
+                assert sum(drawing.values()) == 0.0
