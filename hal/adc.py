@@ -1,0 +1,87 @@
+"""An MCP3xxx SPI ADC channel read as volts.
+
+Sensors (pilot, proximity, NTC) take anything with `read_volts()` (the VoltageSource
+protocol) so they do not care which chip, bus or double sits underneath.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Protocol, runtime_checkable
+
+from gpiozero import MCP3004, MCP3008, MCP3204, MCP3208
+
+# Chips sharing the single-ended MCP3xxx protocol; value = code * vref / 2**bits (datasheet).
+_CHIPS: dict[str, tuple[type[Any], int, int]] = {
+    "MCP3004": (MCP3004, 10, 4),
+    "MCP3008": (MCP3008, 10, 8),
+    "MCP3204": (MCP3204, 12, 4),
+    "MCP3208": (MCP3208, 12, 8),
+}
+
+# Pi SPI0 pins (BCM): used when a chip select other than CE0/CE1 is wired to a plain GPIO.
+SPI0_SCLK, SPI0_MOSI, SPI0_MISO = 11, 10, 9
+
+
+@runtime_checkable
+class VoltageSource(Protocol):
+    def read_volts(self) -> float: ...
+
+    def close(self) -> None: ...
+
+
+class AdcChannel:
+    """One single-ended channel of an MCP3004/3008/3204/3208.
+
+    Either `port`/`device` (hardware SPI via spidev, CE0 = device 0) or `select_pin`
+    (software SPI on the SPI0 pins with that GPIO as chip select). `vref` is the voltage
+    on the chip's VREF pin. Read errors (OSError from spidev, gpiozero errors) propagate:
+    each sensor turns them into its own fault value.
+    """
+
+    def __init__(
+        self,
+        chip: str = "MCP3008",
+        channel: int = 0,
+        *,
+        port: int = 0,
+        device: int = 0,
+        select_pin: int | None = None,
+        vref: float = 3.3,
+        pin_factory: Any = None,
+    ) -> None:
+        try:
+            cls, bits, channels = _CHIPS[chip.upper()]
+        except KeyError:
+            raise ValueError(f"unknown ADC chip {chip!r}; known: {', '.join(_CHIPS)}") from None
+        if not 0 <= channel < channels:
+            raise ValueError(f"{chip} has channels 0..{channels - 1}, got {channel}")
+        if vref <= 0:
+            raise ValueError(f"vref must be positive, got {vref}")
+        spi: dict[str, Any]
+        if select_pin is None:
+            spi = {"port": port, "device": device}
+        else:
+            spi = {
+                "clock_pin": SPI0_SCLK,
+                "mosi_pin": SPI0_MOSI,
+                "miso_pin": SPI0_MISO,
+                "select_pin": select_pin,
+            }
+        self.chip = chip.upper()
+        self.channel = channel
+        self.bits = bits
+        self.vref = float(vref)
+        self._lsb_v = self.vref / (1 << bits)
+        self._dev = cls(channel=channel, max_voltage=vref, pin_factory=pin_factory, **spi)
+
+    def read_raw(self) -> int:
+        return int(self._dev.raw_value)
+
+    def read_volts(self) -> float:
+        return self._dev.raw_value * self._lsb_v
+
+    def close(self) -> None:
+        self._dev.close()
+
+
+__all__ = ["AdcChannel", "VoltageSource"]
