@@ -37,11 +37,18 @@ never stops: at least 6 A, more when the sun allows. The fuse limit applies in e
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from enum import StrEnum
 
-from controller.limiter import MIN_CURRENT_A, Budget, Reason, active_phases, representable_current
+from controller.limiter import (
+    MAX_CURRENT_A,
+    MIN_CURRENT_A,
+    Budget,
+    Reason,
+    active_phases,
+    representable_current,
+)
 from hal.types import MeterSample
 
 _EPS = 1e-9
@@ -90,6 +97,11 @@ class ConnectorDemand:
     meter: MeterSample | None = None
     grid_phases: tuple[int, ...] = (0, 1, 2)
     demand_a: float | None = None
+
+    def __post_init__(self) -> None:
+        p = self.grid_phases
+        if not 1 <= len(p) <= 3 or len(set(p)) != len(p) or not set(p) <= {0, 1, 2}:
+            raise ValueError(f"grid_phases must be 1-3 distinct indices 0..2, got {p!r}")
 
 
 def estimate_demand(offered_a: float, drawn_a: float, headroom_a: float = 2.0) -> float | None:
@@ -192,10 +204,11 @@ class LoadBalancer:
 
         caps: dict[int, float] = {}
         for c in connectors:
-            cap = c.max_a if c.max_a >= MIN_CURRENT_A else 0.0  # cannot charge anyway
-            if c.demand_a is not None:
+            # Below 6 A it cannot charge anyway; above 80 A no duty can offer more.
+            cap = min(c.max_a, MAX_CURRENT_A) if c.max_a >= MIN_CURRENT_A else 0.0
+            if c.demand_a is not None and c.demand_a >= 0:
                 cap = min(cap, max(c.demand_a, MIN_CURRENT_A))
-            caps[c.connector_id] = cap if math.isfinite(cap) else 0.0
+            caps[c.connector_id] = cap
 
         solar: dict[int, float] = {}
         if cfg.mode is not Mode.FUSE:
@@ -250,7 +263,7 @@ class LoadBalancer:
     def _solar_caps(
         self,
         now: float,
-        connectors: Iterable[ConnectorDemand],
+        connectors: Sequence[ConnectorDemand],
         phases: dict[int, tuple[int, ...]],
         caps: dict[int, float],
         pool: float,

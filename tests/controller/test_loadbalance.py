@@ -425,3 +425,14 @@ def test_closed_loop_with_limiters_keeps_every_phase_under_the_fuse(household):
                 assert o + sum(drawing.values()) <= 23.0 + 1e-9
             else:
                 assert sum(drawing.values()) == 0.0
+
+
+def test_bad_wiring_is_refused_and_unlimited_connector_is_capped_at_80():
+    with pytest.raises(ValueError, match="grid_phases"):
+        conn(1, grid_phases=(0, 0))
+    with pytest.raises(ValueError, match="grid_phases"):
+        conn(1, grid_phases=(3,))
+    big = LoadBalanceConfig(fuse_a=200.0, margin_a=0.0)
+    assert amps(LoadBalancer(big).update(0.0, [conn(1, max_a=math.inf)], grid(0, 0, 0))) == {
+        1: 80.0
+    }
