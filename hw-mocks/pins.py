@@ -13,7 +13,6 @@ the pilot's PWM pin.
 
 from __future__ import annotations
 
-import math
 import time
 from collections.abc import Callable
 from typing import Any
