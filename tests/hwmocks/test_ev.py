@@ -316,3 +316,27 @@ async def test_configure_soc_and_capacity() -> None:
     snap = ev.snapshot()
     assert snap["state"] == "B"
     assert snap["soc"] == pytest.approx(75.0)
+
+
+async def test_result_does_not_depend_on_how_often_it_is_read() -> None:
+    script = [(0.0, DUTY_16A), (7.3, DUTY_10A), (15.1, NO_PWM), (16.0, 0.5), (40.0, NO_PWM)]
+    results = []
+    for step in (0.1, None):
+        clock, ev = make_ev(capacity_kwh=0.05, soc=50.0, response_s=2.0)
+        ev.plug()
+        ev.set_contactor(True)
+        t = 0.0
+        for at, duty in script:
+            if step is not None:
+                while t + step < at:
+                    t += step
+                    await clock.advance(step)
+                    ev.phase_currents_a()  # looking must not change anything
+            await clock.advance(at - t)
+            t = at
+            ev.set_duty(duty)
+        await clock.advance(100.0)
+        results.append((ev.state, ev.soc, ev.energy_delivered_wh))
+    assert results[0][0] == results[1][0] == "B"
+    assert results[0][1] == pytest.approx(results[1][1])
+    assert results[0][2] == pytest.approx(results[1][2])
