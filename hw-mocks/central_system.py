@@ -1,0 +1,955 @@
+"""An embedded OCPP 1.6J Central System for the bench, tests and the demo.
+
+Built on the `ocpp` library's own peer class, used from the CS side, behind a websockets
+server on loopback. It answers the CP->CS messages of the Core and Firmware profiles with
+configurable outcomes, records every frame in both directions (so tests can assert order),
+sends any CS->CP command or raw text, and can misbehave on purpose: go offline, drop a
+link, answer late or never, override an answer with any payload, demand HTTP Basic auth.
+
+    async with CentralSystem(tags={"AABBCCDD": "Accepted"}) as cs:
+        ...connect a charge point to f"{cs.url}/CP_1" with subprotocol ocpp1.6...
+        await cs.wait_connected("CP_1")
+        boot = await cs.wait_for_call("BootNotification")
+        result = await cs.call("CP_1", call.Reset(type="Hard"))   # result.status
+
+Waiting never sleeps: `wait_for` scans the recording, then resolves a future on the
+first new frame that matches. `MALFORMED_FRAMES` is a table of bad CS->CP frames with
+the CALLERROR a strict OCPP 1.6 charge point must send back (None: no answer at all).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import base64
+import binascii
+import hmac
+import itertools
+import json
+import logging
+import ssl
+import time
+import uuid
+from collections import defaultdict
+from collections.abc import Awaitable, Callable, Mapping
+from contextlib import suppress
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from enum import StrEnum
+from http import HTTPStatus
+from typing import Any, TypeVar
+from urllib.parse import unquote
+
+from ocpp.routing import on
+from ocpp.v16 import ChargePoint, call_result
+from ocpp.v16.enums import Action
+from websockets.asyncio.server import Server, ServerConnection, serve
+from websockets.exceptions import ConnectionClosed
+from websockets.http11 import Request, Response
+
+LOGGER = logging.getLogger(__name__)
+SUBPROTOCOL = "ocpp1.6"
+T = TypeVar("T")
+
+
+class Direction(StrEnum):
+    CP_TO_CS = "cp->cs"
+    CS_TO_CP = "cs->cp"
+
+
+@dataclass(frozen=True, slots=True)
+class Frame:
+    """One websocket message as it crossed the wire, parsed as far as it parses."""
+
+    seq: int
+    cp_id: str
+    direction: Direction
+    monotonic: float
+    wall: datetime
+    raw: str
+    message_type: int | None = None  # 2 CALL, 3 CALLRESULT, 4 CALLERROR; None if unparsable
+    unique_id: str | None = None
+    action: str | None = None  # for results and errors: the action of the CALL they answer
+    payload: Any = None
+    error_code: str | None = None
+    error_description: str | None = None
+    error_details: Any = None
+
+    @property
+    def is_call(self) -> bool:
+        return self.message_type == 2
+
+    @property
+    def is_result(self) -> bool:
+        return self.message_type == 3
+
+    @property
+    def is_error(self) -> bool:
+        return self.message_type == 4
+
+
+@dataclass(frozen=True, slots=True)
+class TagInfo:
+    """What the CS says about an idTag (OCPP 1.6 IdTagInfo)."""
+
+    status: str = "Accepted"
+    parent_id_tag: str | None = None
+    expiry_date: str | None = None  # ISO 8601, sent as given
+
+    def as_id_tag_info(self) -> dict[str, str]:
+        info = {"status": self.status}
+        if self.parent_id_tag is not None:
+            info["parent_id_tag"] = self.parent_id_tag
+        if self.expiry_date is not None:
+            info["expiry_date"] = self.expiry_date
+        return info
+
+
+@dataclass(slots=True)
+class Transaction:
+    transaction_id: int
+    cp_id: str
+    connector_id: int
+    id_tag: str
+    meter_start: int
+    start_timestamp: str
+    meter_stop: int | None = None
+    stop_timestamp: str | None = None
+    stop_reason: str | None = None
+    stop_id_tag: str | None = None
+
+    @property
+    def stopped(self) -> bool:
+        return self.meter_stop is not None
+
+
+@dataclass(frozen=True, slots=True)
+class Handshake:
+    """One opening handshake, accepted or not (security profile tests look here)."""
+
+    cp_id: str
+    path: str
+    authorization: str | None
+    status: int  # 101 when accepted
+
+
+@dataclass(frozen=True, slots=True)
+class MalformedFrame:
+    name: str
+    unique_id: str | None  # the id a reply must carry; None when the id is unreadable
+    text: str
+    expected: str | None  # the 1.6 CALLERROR code, or None: ignored, no reply
+
+
+#: A reply override gets the CALL payload (camelCase) and returns the CALLRESULT payload
+#: (sent as is, unvalidated) or None for no reply.
+Override = Callable[
+    [str, dict[str, Any]], "dict[str, Any] | Awaitable[dict[str, Any] | None] | None"
+]
+
+
+class _RecordingConnection:
+    """Wraps the server connection so that every frame is recorded as it passes."""
+
+    def __init__(self, ws: ServerConnection, cs: CentralSystem, cp_id: str) -> None:
+        self.ws = ws
+        self._cs = cs
+        self._cp_id = cp_id
+
+    async def recv(self) -> str:
+        message = await self.ws.recv()
+        text = message if isinstance(message, str) else message.decode("utf-8", "replace")
+        self._cs._record(self._cp_id, Direction.CP_TO_CS, text)
+        return text
+
+    async def send(self, message: str) -> None:
+        # Recorded before the await: the CP's answer can never be recorded ahead of it.
+        self._cs._record(self._cp_id, Direction.CS_TO_CP, message)
+        await self.ws.send(message)
+
+
+class _CentralSystemPeer(ChargePoint):
+    """The library's peer class, used from the CS side; answers follow `CentralSystem` settings."""
+
+    def __init__(self, cp_id: str, connection: _RecordingConnection, cs: CentralSystem) -> None:
+        # Timeouts are enforced by CentralSystem.call, which can also see the link drop.
+        super().__init__(cp_id, connection, response_timeout=3600)
+        self._cs = cs
+        self.pending_id: str | None = None
+
+    async def route_message(self, raw_msg: str) -> None:
+        try:
+            frame = json.loads(raw_msg)
+        except ValueError:
+            frame = None
+        if not isinstance(frame, list) or len(frame) < 2:
+            await super().route_message(raw_msg)
+            return
+        if frame[0] in (3, 4):
+            # Answers to send_raw() CALLs are only recorded; queueing them would make the
+            # next call() wade through them.
+            if frame[1] == self.pending_id:
+                await super().route_message(raw_msg)
+            return
+        if frame[0] == 2 and len(frame) == 4 and isinstance(frame[2], str):
+            action, payload = frame[2], frame[3]
+            if action in self._cs.silent_actions or "*" in self._cs.silent_actions:
+                return
+            delay = self._cs.reply_delays.get(action)
+            if delay is not None:
+                self._cs._spawn(self._reply_later(delay, raw_msg, frame))
+                return
+            if action in self._cs.overrides:
+                await self._reply_override(frame[1], action, payload)
+                return
+        await super().route_message(raw_msg)
+
+    async def _reply_later(
+        self, delay: float | asyncio.Event, raw_msg: str, frame: list[Any]
+    ) -> None:
+        if isinstance(delay, asyncio.Event):
+            await delay.wait()
+        else:
+            await asyncio.sleep(delay)  # a deliberately slow CS, not a test waiting
+        if frame[2] in self._cs.overrides:
+            await self._reply_override(frame[1], frame[2], frame[3])
+        else:
+            await super().route_message(raw_msg)
+
+    async def _reply_override(self, unique_id: Any, action: str, payload: Any) -> None:
+        result = self._cs.overrides[action](self.id, payload)
+        if asyncio.iscoroutine(result) or isinstance(result, Awaitable):
+            result = await result
+        if result is not None:
+            await self._send(json.dumps([3, unique_id, result], separators=(",", ":")))
+
+    # ---- Core and Firmware Management CP->CS messages
+
+    @on(Action.boot_notification)
+    def _on_boot(self, **payload: Any) -> call_result.BootNotification:
+        self._cs.boots.append((self.id, payload))
+        return call_result.BootNotification(
+            current_time=self._cs.now_iso(),
+            interval=self._cs.heartbeat_interval,
+            status=self._cs.boot_status,
+        )
+
+    @on(Action.heartbeat)
+    def _on_heartbeat(self) -> call_result.Heartbeat:
+        return call_result.Heartbeat(current_time=self._cs.now_iso())
+
+    @on(Action.authorize)
+    def _on_authorize(self, id_tag: str) -> call_result.Authorize:
+        return call_result.Authorize(id_tag_info=self._cs.tag_info(id_tag).as_id_tag_info())
+
+    @on(Action.start_transaction)
+    def _on_start(
+        self, connector_id: int, id_tag: str, meter_start: int, timestamp: str, **_: Any
+    ) -> call_result.StartTransaction:
+        tx = Transaction(
+            transaction_id=next(self._cs._transaction_ids),
+            cp_id=self.id,
+            connector_id=connector_id,
+            id_tag=id_tag,
+            meter_start=meter_start,
+            start_timestamp=timestamp,
+        )
+        self._cs.transactions[tx.transaction_id] = tx
+        return call_result.StartTransaction(
+            transaction_id=tx.transaction_id,
+            id_tag_info=self._cs.tag_info(id_tag).as_id_tag_info(),
+        )
+
+    @on(Action.stop_transaction)
+    def _on_stop(
+        self,
+        meter_stop: int,
+        timestamp: str,
+        transaction_id: int,
+        id_tag: str | None = None,
+        reason: str | None = None,
+        **_: Any,
+    ) -> call_result.StopTransaction:
+        tx = self._cs.transactions.get(transaction_id)
+        if tx is not None:
+            tx.meter_stop, tx.stop_timestamp = meter_stop, timestamp
+            tx.stop_reason, tx.stop_id_tag = reason or "Local", id_tag
+        else:
+            LOGGER.warning(
+                "%s: StopTransaction for unknown transaction %s", self.id, transaction_id
+            )
+        info = None if id_tag is None else self._cs.tag_info(id_tag).as_id_tag_info()
+        return call_result.StopTransaction(id_tag_info=info)
+
+    @on(Action.meter_values)
+    def _on_meter_values(self, **payload: Any) -> call_result.MeterValues:
+        self._cs.meter_values.append((self.id, payload))
+        return call_result.MeterValues()
+
+    @on(Action.status_notification)
+    def _on_status(
+        self, connector_id: int, status: str, error_code: str, **_: Any
+    ) -> call_result.StatusNotification:
+        self._cs.connector_status[(self.id, connector_id)] = (status, error_code)
+        return call_result.StatusNotification()
+
+    @on(Action.data_transfer)
+    def _on_data_transfer(self, **payload: Any) -> call_result.DataTransfer:
+        self._cs.data_transfers.append((self.id, payload))
+        return call_result.DataTransfer(status=self._cs.data_transfer_status)
+
+    @on(Action.diagnostics_status_notification)
+    def _on_diagnostics_status(self, status: str) -> call_result.DiagnosticsStatusNotification:
+        self._cs.diagnostics_status[self.id] = status
+        return call_result.DiagnosticsStatusNotification()
+
+    @on(Action.firmware_status_notification)
+    def _on_firmware_status(self, status: str) -> call_result.FirmwareStatusNotification:
+        self._cs.firmware_status[self.id] = status
+        return call_result.FirmwareStatusNotification()
+
+
+@dataclass(slots=True)
+class _Session:
+    cp_id: str
+    ws: ServerConnection
+    peer: _CentralSystemPeer
+    closed: asyncio.Future[None]
+    call_lock: asyncio.Lock = field(default_factory=asyncio.Lock)
+
+
+class CentralSystem:
+    """See the module docstring. All settings are plain attributes, changeable at any time."""
+
+    def __init__(
+        self,
+        *,
+        host: str = "127.0.0.1",
+        port: int = 0,
+        tags: Mapping[str, str | TagInfo] | None = None,
+        boot_status: str = "Accepted",
+        heartbeat_interval: int = 300,
+        passwords: Mapping[str, str] | None = None,
+        ssl_context: ssl.SSLContext | None = None,
+        response_timeout: float = 10.0,
+        first_transaction_id: int = 1,
+        max_size: int | None = 2**20,
+        now: Callable[[], datetime] | None = None,
+    ) -> None:
+        self.host, self.port = host, port
+        self.tags: dict[str, TagInfo] = {
+            k: v if isinstance(v, TagInfo) else TagInfo(status=v) for k, v in (tags or {}).items()
+        }
+        self.boot_status = boot_status  # Accepted / Pending / Rejected
+        self.heartbeat_interval = heartbeat_interval
+        #: None: no authentication. Otherwise cp id -> expected Basic auth password; a CP
+        #: not listed, or with a wrong password, gets HTTP 401.
+        self.passwords: dict[str, str] | None = None if passwords is None else dict(passwords)
+        self.ssl_context = ssl_context
+        self.response_timeout = response_timeout
+        self.max_size = max_size
+        self.data_transfer_status = "Accepted"
+        #: Actions (or "*") whose CALLs are recorded but never answered.
+        self.silent_actions: set[str] = set()
+        #: Action -> seconds, or an asyncio.Event the answer waits for.
+        self.reply_delays: dict[str, float | asyncio.Event] = {}
+        #: Action -> function(cp_id, payload) giving the raw CALLRESULT payload (or None).
+        self.overrides: dict[str, Override] = {}
+        self._now = now or (lambda: datetime.now(UTC))
+
+        self.frames: list[Frame] = []
+        self.handshakes: list[Handshake] = []
+        self.transactions: dict[int, Transaction] = {}
+        self.boots: list[tuple[str, dict[str, Any]]] = []
+        self.meter_values: list[tuple[str, dict[str, Any]]] = []
+        self.data_transfers: list[tuple[str, dict[str, Any]]] = []
+        self.connector_status: dict[tuple[str, int], tuple[str, str]] = {}
+        self.diagnostics_status: dict[str, str] = {}
+        self.firmware_status: dict[str, str] = {}
+        self.connect_counts: dict[str, int] = defaultdict(int)
+
+        self._transaction_ids = itertools.count(first_transaction_id)
+        self._seq = itertools.count()
+        self._actions: dict[tuple[str, Direction, str], str] = {}
+        self._sessions: dict[str, _Session] = {}
+        self._waiters: list[tuple[Callable[[], Any], asyncio.Future[Any]]] = []
+        self._tasks: set[asyncio.Task[Any]] = set()
+        self._offline = False
+        self._server: Server | None = None
+
+    # ------------------------------------------------------------ lifecycle
+
+    async def start(self) -> CentralSystem:
+        self._server = await serve(
+            self._handle_connection,
+            self.host,
+            self.port,
+            subprotocols=[SUBPROTOCOL],  # type: ignore[list-item]
+            process_request=self._process_request,
+            ssl=self.ssl_context,
+            max_size=self.max_size,
+        )
+        self.port = self._server.sockets[0].getsockname()[1]
+        LOGGER.info("central system listening on %s", self.url)
+        return self
+
+    async def stop(self) -> None:
+        for task in list(self._tasks):
+            task.cancel()
+        if self._server is not None:
+            self._server.close()
+            await self._server.wait_closed()
+            self._server = None
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+
+    async def __aenter__(self) -> CentralSystem:
+        return await self.start()
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.stop()
+
+    @property
+    def url(self) -> str:
+        scheme = "wss" if self.ssl_context is not None else "ws"
+        return f"{scheme}://{self.host}:{self.port}"
+
+    def now_iso(self) -> str:
+        return self._now().astimezone(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+    def tag_info(self, id_tag: str) -> TagInfo:
+        """IdToken is case-insensitive (CiString20Type): an exact match first, then any case."""
+        info = self.tags.get(id_tag)
+        if info is None:
+            folded = id_tag.casefold()
+            info = next((v for k, v in self.tags.items() if k.casefold() == folded), None)
+        return info or TagInfo(status="Invalid")
+
+    # ------------------------------------------------------------ link control
+
+    def is_connected(self, cp_id: str) -> bool:
+        return cp_id in self._sessions
+
+    def set_offline(self, offline: bool) -> None:
+        """Offline: cut every link now (no close handshake) and answer new handshakes 503."""
+        self._offline = offline
+        if offline:
+            for session in list(self._sessions.values()):
+                session.ws.transport.abort()
+
+    async def disconnect(self, cp_id: str, *, abrupt: bool = False, code: int = 1000) -> None:
+        """Close one CP's link, cleanly or as a cut cable, and wait until it is gone."""
+        session = self._sessions.get(cp_id)
+        if session is None:
+            return
+        if abrupt:
+            session.ws.transport.abort()
+        else:
+            await session.ws.close(code)
+        await asyncio.wait_for(asyncio.shield(session.closed), self.response_timeout)
+
+    # ------------------------------------------------------------ talking to a CP
+
+    async def call(
+        self,
+        cp_id: str,
+        payload: Any,
+        *,
+        timeout: float | None = None,  # noqa: ASYNC109 - a deadline per call is the point
+    ) -> Any:
+        """Send a CS->CP CALL (an `ocpp.v16.call.*` object); return the library's result object.
+
+        Raises the library's OCPPError subclass for a CALLERROR, TimeoutError when no answer
+        comes in time, ConnectionError when the link drops first.
+        """
+        session = self._session(cp_id)
+        limit = self.response_timeout if timeout is None else timeout
+        async with session.call_lock:
+            unique_id = str(uuid.uuid4())
+            session.peer.pending_id = unique_id
+            task = asyncio.ensure_future(
+                session.peer.call(payload, suppress=False, unique_id=unique_id)
+            )
+            try:
+                done, _ = await asyncio.wait(
+                    {task, session.closed}, timeout=limit, return_when=asyncio.FIRST_COMPLETED
+                )
+            finally:
+                session.peer.pending_id = None
+                if not task.done():
+                    task.cancel()
+                    with suppress(asyncio.CancelledError):
+                        await task
+            if task in done:
+                return task.result()
+            if session.closed.done():
+                raise ConnectionError(f"{cp_id} disconnected before answering {unique_id}")
+            raise TimeoutError(f"{cp_id} did not answer {type(payload).__name__} within {limit}s")
+
+    async def send_raw(self, cp_id: str, text: str) -> None:
+        """Send any text frame, well-formed or not; answers are only recorded."""
+        await self._session(cp_id).peer._send(text)
+
+    # ------------------------------------------------------------ waiting
+
+    def mark(self) -> int:
+        """The seq the next frame will get: pass it as `since` to wait only for newer frames."""
+        return len(self.frames)
+
+    async def wait_for(
+        self,
+        predicate: Callable[[Frame], bool],
+        timeout: float = 5.0,  # noqa: ASYNC109 - a deadline per wait is the point
+        *,
+        since: int = 0,
+    ) -> Frame:
+        """The first recorded frame (seq >= since) matching `predicate`, waiting if needed."""
+        position = since
+
+        def scan() -> Frame | None:
+            nonlocal position
+            while position < len(self.frames):
+                frame = self.frames[position]
+                position += 1
+                if predicate(frame):
+                    return frame
+            return None
+
+        try:
+            return await self._wait_until(scan, timeout)
+        except TimeoutError:
+            tail = "\n".join(f"  {f.direction} {f.raw[:120]}" for f in self.frames[-8:])
+            raise TimeoutError(
+                f"no matching frame within {timeout}s; last frames:\n{tail}"
+            ) from None
+
+    async def wait_for_call(
+        self,
+        action: str,
+        cp_id: str | None = None,
+        timeout: float = 5.0,  # noqa: ASYNC109
+        *,
+        since: int = 0,
+    ) -> Frame:
+        """The first CP->CS CALL of `action` (from `cp_id`, if given)."""
+        return await self.wait_for(
+            lambda f: (
+                f.is_call
+                and f.direction is Direction.CP_TO_CS
+                and f.action == action
+                and (cp_id is None or f.cp_id == cp_id)
+            ),
+            timeout,
+            since=since,
+        )
+
+    async def wait_for_reply(
+        self,
+        unique_id: str,
+        timeout: float = 5.0,  # noqa: ASYNC109
+        *,
+        since: int = 0,
+    ) -> Frame:
+        """The CP's CALLRESULT or CALLERROR for a CALL the CS sent with `unique_id`."""
+        return await self.wait_for(
+            lambda f: (
+                f.direction is Direction.CP_TO_CS
+                and f.message_type in (3, 4)
+                and f.unique_id == unique_id
+            ),
+            timeout,
+            since=since,
+        )
+
+    async def wait_connected(self, cp_id: str, timeout: float = 5.0) -> None:  # noqa: ASYNC109
+        await self._wait_until(lambda: cp_id in self._sessions, timeout)
+
+    async def wait_disconnected(self, cp_id: str, timeout: float = 5.0) -> None:  # noqa: ASYNC109
+        await self._wait_until(lambda: cp_id not in self._sessions, timeout)
+
+    def frames_of(self, cp_id: str, *, since: int = 0) -> list[Frame]:
+        return [f for f in self.frames[since:] if f.cp_id == cp_id]
+
+    # ------------------------------------------------------------ internals
+
+    async def _wait_until(self, check: Callable[[], T | None], timeout: float) -> T:  # noqa: ASYNC109
+        found = check()
+        if found is not None and found is not False:
+            return found
+        future: asyncio.Future[T] = asyncio.get_running_loop().create_future()
+        entry = (check, future)
+        self._waiters.append(entry)
+        try:
+            return await asyncio.wait_for(future, timeout)
+        finally:
+            self._waiters.remove(entry)
+
+    def _notify(self) -> None:
+        for check, future in list(self._waiters):
+            if future.done():
+                continue
+            try:
+                found = check()
+            except Exception as e:  # a failing predicate fails its own wait, not the CS
+                future.set_exception(e)
+                continue
+            if found is not None and found is not False:
+                future.set_result(found)
+
+    def _record(self, cp_id: str, direction: Direction, raw: str) -> None:
+        fields: dict[str, Any] = {}
+        try:
+            message = json.loads(raw)
+        except (ValueError, RecursionError):
+            message = None
+        if isinstance(message, list) and len(message) >= 2 and type(message[0]) is int:
+            fields["message_type"] = message[0]
+            unique_id = message[1] if isinstance(message[1], str) else None
+            fields["unique_id"] = unique_id
+            if message[0] == 2 and len(message) >= 3 and isinstance(message[2], str):
+                fields["action"] = message[2]
+                fields["payload"] = message[3] if len(message) > 3 else None
+                if unique_id is not None:
+                    self._actions[(cp_id, direction, unique_id)] = message[2]
+            elif message[0] in (3, 4) and unique_id is not None:
+                answered = (
+                    Direction.CS_TO_CP if direction is Direction.CP_TO_CS else Direction.CP_TO_CS
+                )
+                fields["action"] = self._actions.get((cp_id, answered, unique_id))
+                if message[0] == 3:
+                    fields["payload"] = message[2] if len(message) > 2 else None
+                else:
+                    fields["error_code"] = message[2] if len(message) > 2 else None
+                    fields["error_description"] = message[3] if len(message) > 3 else None
+                    fields["error_details"] = message[4] if len(message) > 4 else None
+        self.frames.append(
+            Frame(
+                seq=next(self._seq),
+                cp_id=cp_id,
+                direction=direction,
+                monotonic=time.monotonic(),
+                wall=datetime.now(UTC),
+                raw=raw,
+                **fields,
+            )
+        )
+        self._notify()
+
+    def _spawn(self, coro: Awaitable[Any]) -> None:
+        task = asyncio.ensure_future(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    def _session(self, cp_id: str) -> _Session:
+        try:
+            return self._sessions[cp_id]
+        except KeyError:
+            raise ConnectionError(f"{cp_id} is not connected") from None
+
+    @staticmethod
+    def _cp_id(path: str) -> str:
+        return unquote(path.split("?", 1)[0].rstrip("/").rsplit("/", 1)[-1])
+
+    def _authorised(self, cp_id: str, header: str | None) -> bool:
+        if self.passwords is None:
+            return True
+        expected = self.passwords.get(cp_id)
+        if expected is None or header is None:
+            return False
+        scheme, _, encoded = header.partition(" ")
+        if scheme.lower() != "basic":
+            return False
+        try:
+            user, _, password = base64.b64decode(encoded, validate=True).decode().partition(":")
+        except (binascii.Error, UnicodeDecodeError):
+            return False
+        return user == cp_id and hmac.compare_digest(password.encode(), expected.encode())
+
+    def _process_request(self, connection: ServerConnection, request: Request) -> Response | None:
+        cp_id = self._cp_id(request.path)
+        authorization = request.headers.get("Authorization")
+        response: Response | None = None
+        if self._offline:
+            response = connection.respond(HTTPStatus.SERVICE_UNAVAILABLE, "offline\n")
+        elif not cp_id:
+            response = connection.respond(HTTPStatus.NOT_FOUND, "no charge point id in path\n")
+        elif not self._authorised(cp_id, authorization):
+            response = connection.respond(HTTPStatus.UNAUTHORIZED, "unauthorised\n")
+            response.headers["WWW-Authenticate"] = 'Basic realm="ocpp", charset="UTF-8"'
+        status = HTTPStatus.SWITCHING_PROTOCOLS if response is None else response.status_code
+        self.handshakes.append(Handshake(cp_id, request.path, authorization, int(status)))
+        return response
+
+    async def _handle_connection(self, ws: ServerConnection) -> None:
+        cp_id = self._cp_id(ws.request.path if ws.request else "")
+        peer = _CentralSystemPeer(cp_id, _RecordingConnection(ws, self, cp_id), self)
+        session = _Session(cp_id, ws, peer, asyncio.get_running_loop().create_future())
+        previous = self._sessions.get(cp_id)
+        if previous is not None:  # a CP reconnecting replaces its stale link
+            previous.ws.transport.abort()
+            with suppress(TimeoutError):
+                await asyncio.wait_for(asyncio.shield(previous.closed), self.response_timeout)
+        self._sessions[cp_id] = session
+        self.connect_counts[cp_id] += 1
+        self._notify()
+        try:
+            await peer.start()
+        except ConnectionClosed:
+            pass
+        except Exception:
+            LOGGER.exception("%s: session failed", cp_id)
+        finally:
+            if self._sessions.get(cp_id) is session:
+                del self._sessions[cp_id]
+            session.closed.set_result(None)
+            self._notify()
+
+
+# ---------------------------------------------------------------- a table of bad frames
+
+_PROFILE = (
+    '{"chargingProfileId":1,"stackLevel":0,"chargingProfilePurpose":"TxProfile",'
+    '"chargingProfileKind":"Absolute","chargingSchedule":{"chargingRateUnit":"A",'
+    '"chargingSchedulePeriod":[{"startPeriod":0,"limit":%s}]}%s}'
+)
+
+
+def _bad(name: str, uid: str | None, text: str, expected: str | None) -> MalformedFrame:
+    return MalformedFrame(name, uid, text, expected)
+
+
+#: Malformed CS->CP frames and the 1.6 CALLERROR code a strict charge point answers with
+#: (None: the frame is ignored, no reply). They only use Core CS->CP actions (mandatory for
+#: every CP) or CP->CS actions, and none of them can pass validation, so none reaches a
+#: handler: the table is safe to replay against a charge point in the middle of a session.
+MALFORMED_FRAMES: tuple[MalformedFrame, ...] = (
+    # -- no readable id: ignored
+    _bad("truncated-json", None, '[2,"m01","Reset",{"type":"Hard"}', None),
+    _bad("not-json", None, "hello, charge point", None),
+    _bad("json-object", None, '{"type":"Hard"}', None),
+    _bad("json-string", None, '"[2,\\"m04\\",\\"Reset\\",{}]"', None),
+    _bad("empty-array", None, "[]", None),
+    _bad("unknown-message-type", None, '[5,"m06","Reset",{"type":"Hard"}]', None),
+    _bad("message-type-as-string", None, '["2","m07","Reset",{"type":"Hard"}]', None),
+    _bad("message-type-as-bool", None, '[true,"m08","Reset",{"type":"Hard"}]', None),
+    _bad("numeric-unique-id", None, '[2,9,"Reset",{"type":"Hard"}]', None),
+    _bad("type-only", None, "[2]", None),
+    _bad("nan-value", None, '[2,"m11","ChangeConfiguration",{"key":"A","value":NaN}]', None),
+    _bad(
+        "nesting-bomb", None, '[2,"m12","Reset",{"type":' + "[" * 20000 + "]" * 20000 + "}]", None
+    ),
+    _bad("stray-callresult", None, '[3,"m13",{"status":"Accepted"}]', None),
+    _bad("stray-callerror", None, '[4,"m14","GenericError","",{}]', None),
+    # -- frame structure
+    _bad("call-without-payload", "m15", '[2,"m15","Reset"]', "ProtocolError"),
+    _bad("call-without-action", "m16", '[2,"m16"]', "ProtocolError"),
+    _bad("call-extra-element", "m17", '[2,"m17","Reset",{"type":"Hard"},{}]', "FormationViolation"),
+    _bad("action-not-string", "m18", '[2,"m18",7,{}]', "FormationViolation"),
+    _bad("payload-null", "m19", '[2,"m19","ClearCache",null]', "FormationViolation"),
+    _bad("payload-array", "m20", '[2,"m20","ClearCache",[]]', "FormationViolation"),
+    _bad("payload-string", "m21", '[2,"m21","Reset","Hard"]', "FormationViolation"),
+    _bad(
+        "unique-id-37-chars",
+        "x" * 37,
+        '[2,"' + "x" * 37 + '","Reset",{"type":"Hard"}]',
+        "FormationViolation",
+    ),
+    _bad("unique-id-empty", "", '[2,"","Reset",{"type":"Hard"}]', "FormationViolation"),
+    # -- actions
+    _bad("unknown-action", "m24", '[2,"m24","FooBar",{}]', "NotImplemented"),
+    _bad("action-wrong-case", "m25", '[2,"m25","reset",{"type":"Hard"}]', "NotImplemented"),
+    _bad("ocpp201-action", "m26", '[2,"m26","RequestStartTransaction",{}]', "NotImplemented"),
+    _bad(
+        "cp-action-boot",
+        "m27",
+        '[2,"m27","BootNotification",{"chargePointVendor":"V","chargePointModel":"M"}]',
+        "NotSupported",
+    ),
+    _bad("cp-action-start-tx", "m28", '[2,"m28","StartTransaction",{}]', "NotSupported"),
+    _bad("cp-action-heartbeat", "m29", '[2,"m29","Heartbeat",{}]', "NotSupported"),
+    # -- schema
+    _bad(
+        "extra-property",
+        "m30",
+        '[2,"m30","Reset",{"type":"Hard","force":true}]',
+        "FormationViolation",
+    ),
+    _bad(
+        "extra-nested-property",
+        "m31",
+        '[2,"m31","RemoteStartTransaction",{"idTag":"A","chargingProfile":'
+        + _PROFILE % ("16", ',"colour":"red"')
+        + "}]",
+        "FormationViolation",
+    ),
+    _bad("extra-and-missing", "m32", '[2,"m32","Reset",{"foo":1}]', "FormationViolation"),
+    _bad("missing-reset-type", "m33", '[2,"m33","Reset",{}]', "OccurenceConstraintViolation"),
+    _bad(
+        "missing-config-value",
+        "m34",
+        '[2,"m34","ChangeConfiguration",{"key":"HeartbeatInterval"}]',
+        "OccurenceConstraintViolation",
+    ),
+    _bad(
+        "missing-transaction-id",
+        "m35",
+        '[2,"m35","RemoteStopTransaction",{}]',
+        "OccurenceConstraintViolation",
+    ),
+    _bad(
+        "missing-vendor-id",
+        "m36",
+        '[2,"m36","DataTransfer",{"messageId":"x"}]',
+        "OccurenceConstraintViolation",
+    ),
+    _bad(
+        "missing-and-bad-enum",
+        "m37",
+        '[2,"m37","ChangeAvailability",{"type":"Nope"}]',
+        "OccurenceConstraintViolation",
+    ),
+    _bad(
+        "connector-as-string",
+        "m38",
+        '[2,"m38","ChangeAvailability",{"connectorId":"1","type":"Operative"}]',
+        "TypeConstraintViolation",
+    ),
+    _bad(
+        "transaction-id-float",
+        "m39",
+        '[2,"m39","RemoteStopTransaction",{"transactionId":1.5}]',
+        "TypeConstraintViolation",
+    ),
+    _bad(
+        "connector-as-bool",
+        "m40",
+        '[2,"m40","UnlockConnector",{"connectorId":true}]',
+        "TypeConstraintViolation",
+    ),
+    _bad("enum-null", "m41", '[2,"m41","Reset",{"type":null}]', "TypeConstraintViolation"),
+    _bad(
+        "keys-not-array",
+        "m42",
+        '[2,"m42","GetConfiguration",{"key":"HeartbeatInterval"}]',
+        "TypeConstraintViolation",
+    ),
+    _bad(
+        "keys-of-numbers",
+        "m43",
+        '[2,"m43","GetConfiguration",{"key":[1]}]',
+        "TypeConstraintViolation",
+    ),
+    _bad(
+        "id-tag-21-chars",
+        "m44",
+        '[2,"m44","RemoteStartTransaction",{"idTag":"' + "A" * 21 + '"}]',
+        "TypeConstraintViolation",
+    ),
+    _bad(
+        "config-key-51-chars",
+        "m45",
+        '[2,"m45","ChangeConfiguration",{"key":"' + "K" * 51 + '","value":"1"}]',
+        "TypeConstraintViolation",
+    ),
+    _bad(
+        "vendor-id-256-chars",
+        "m46",
+        '[2,"m46","DataTransfer",{"vendorId":"' + "v" * 256 + '"}]',
+        "TypeConstraintViolation",
+    ),
+    _bad(
+        "date-not-a-date",
+        "m47",
+        '[2,"m47","RemoteStartTransaction",{"idTag":"A","chargingProfile":'
+        + _PROFILE % ("16", ',"validFrom":"yesterday"')
+        + "}]",
+        "TypeConstraintViolation",
+    ),
+    _bad(
+        "date-month-13",
+        "m48",
+        '[2,"m48","RemoteStartTransaction",{"idTag":"A","chargingProfile":'
+        + _PROFILE % ("16", ',"validFrom":"2026-13-01T00:00:00Z"')
+        + "}]",
+        "TypeConstraintViolation",
+    ),
+    _bad(
+        "reset-type-typo",
+        "m49",
+        '[2,"m49","Reset",{"type":"Hardd"}]',
+        "PropertyConstraintViolation",
+    ),
+    _bad(
+        "reset-type-lowercase",
+        "m50",
+        '[2,"m50","Reset",{"type":"hard"}]',
+        "PropertyConstraintViolation",
+    ),
+    _bad(
+        "availability-offline",
+        "m51",
+        '[2,"m51","ChangeAvailability",{"connectorId":0,"type":"Offline"}]',
+        "PropertyConstraintViolation",
+    ),
+    _bad(
+        "limit-not-tenths",
+        "m52",
+        '[2,"m52","RemoteStartTransaction",{"idTag":"A","chargingProfile":'
+        + _PROFILE % ("16.05", "")
+        + "}]",
+        "PropertyConstraintViolation",
+    ),
+    _bad(
+        "unit-kw",
+        "m53",
+        '[2,"m53","RemoteStartTransaction",{"idTag":"A","chargingProfile":'
+        + (_PROFILE % ("16", "")).replace('"A"', '"kW"')
+        + "}]",
+        "PropertyConstraintViolation",
+    ),
+)
+
+
+# ---------------------------------------------------------------- demo / CLI
+
+
+async def run_central_system(
+    host: str = "127.0.0.1",
+    port: int = 9000,
+    tags: Mapping[str, str | TagInfo] | None = None,
+    *,
+    ready: Callable[[CentralSystem], None] | None = None,
+) -> None:
+    """Serve until cancelled; `ready` gets the running CS (its `url` and recordings)."""
+    async with CentralSystem(host=host, port=port, tags=tags) as cs:
+        if ready is not None:
+            ready(cs)
+        await asyncio.Future()  # forever, until the caller cancels
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description="Embedded OCPP 1.6J test Central System")
+    parser.add_argument("--host", default="127.0.0.1")
+    parser.add_argument("--port", type=int, default=9000)
+    parser.add_argument(
+        "--tag",
+        action="append",
+        default=[],
+        metavar="IDTAG[=STATUS]",
+        help="an idTag the CS knows (status Accepted unless given); repeatable",
+    )
+    args = parser.parse_args(argv)
+    tags = dict(t.split("=", 1) if "=" in t else (t, "Accepted") for t in args.tag)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
+    with suppress(KeyboardInterrupt):
+        asyncio.run(
+            run_central_system(
+                args.host,
+                args.port,
+                tags,
+                ready=lambda cs: print(f"Central System at {cs.url}/<ChargePointId>", flush=True),
+            )
+        )
+
+
+if __name__ == "__main__":
+    main()
