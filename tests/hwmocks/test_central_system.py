@@ -318,8 +318,10 @@ async def test_basic_auth_accepts_the_right_password(cs: CentralSystem) -> None:
     assert cs.handshakes[-1].authorization is not None
 
 
-@pytest.mark.skipif(shutil.which("openssl") is None, reason="needs the openssl command")
-async def test_tls_when_given_an_ssl_context(tmp_path: Path) -> None:
+@pytest.fixture
+def self_signed(tmp_path: Path) -> tuple[Path, Path]:
+    if shutil.which("openssl") is None:
+        pytest.skip("needs the openssl command")
     key, cert = tmp_path / "key.pem", tmp_path / "cert.pem"
     subprocess.run(
         ["openssl", "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1",
@@ -327,6 +329,11 @@ async def test_tls_when_given_an_ssl_context(tmp_path: Path) -> None:
          "-subj", "/CN=127.0.0.1", "-addext", "subjectAltName=IP:127.0.0.1"],
         check=True, capture_output=True,
     )  # fmt: skip
+    return key, cert
+
+
+async def test_tls_when_given_an_ssl_context(self_signed: tuple[Path, Path]) -> None:
+    key, cert = self_signed
     server_ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
     server_ctx.load_cert_chain(cert, key)
     client_ctx = ssl.create_default_context(cafile=str(cert))
