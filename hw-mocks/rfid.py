@@ -194,6 +194,7 @@ class SimPn532(_SimPty):
         self._thread: threading.Thread | None = None
         self._wake_r = self._wake_w = -1
         super().__init__()
+        self._cond = threading.Condition(self._lock)
         self._reset_chip()
         self._start_thread()
 
@@ -222,6 +223,11 @@ class SimPn532(_SimPty):
     def command_codes(self) -> list[int]:
         with self._lock:
             return [c[0] for c in self.commands]
+
+    def wait_commands(self, count: int, timeout: float) -> bool:
+        """Block until `count` commands in total have been received (for tests: polls)."""
+        with self._cond:
+            return self._cond.wait_for(lambda: len(self.commands) >= count, timeout)
 
     def unplug(self) -> None:
         self._stop_thread()
@@ -301,9 +307,10 @@ class SimPn532(_SimPty):
             elif frame.kind == "nack":
                 self._write(self._last_answer)
             elif frame.kind == "data" and frame.tfi == 0xD4 and frame.data:
-                self.commands.append(frame.data)
                 self._write(ACK_FRAME)
                 self._command(frame.data)
+                self.commands.append(frame.data)
+                self._cond.notify_all()
 
     def _command(self, cmd: bytes) -> None:
         code = cmd[0]
