@@ -16,7 +16,7 @@ from collections.abc import Callable
 
 import serial
 
-from hal.interfaces import EventSink
+from hal.interfaces import EventSink, TagReader
 from hal.rfid.idtag import PresenceDebouncer
 from hal.types import DeviceFault, TagPresented
 
@@ -158,3 +158,21 @@ class SerialTagReader:
             if self._stop.wait(delay):
                 break
             delay = min(delay * 2, self._retry_max_s)
+
+
+def make_reader(model: str, port: str, baudrate: int | None = None, **options: object) -> TagReader:
+    """The driver for a configured `[reader]` ("rdm6300" or "pn532"); baudrate None = chip default.
+
+    `options` go to the driver's constructor (e.g. id_format="decimal10" for an RDM6300).
+    """
+    # Imported here: the driver modules import this package for the base class.
+    from hal.rfid.pn532 import Pn532Reader
+    from hal.rfid.rdm6300 import Rdm6300Reader
+
+    drivers: dict[str, type[SerialTagReader]] = {"rdm6300": Rdm6300Reader, "pn532": Pn532Reader}
+    if model not in drivers:
+        raise ValueError(f"unknown reader model {model!r}; expected one of {', '.join(drivers)}")
+    cls = drivers[model]
+    if baudrate is not None:
+        options["baudrate"] = baudrate
+    return cls(port, **options)  # type: ignore[arg-type]

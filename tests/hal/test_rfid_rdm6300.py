@@ -11,6 +11,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from hal.interfaces import TagReader
+from hal.rfid import make_reader
 from hal.rfid.rdm6300 import (
     Rdm6300Parser,
     Rdm6300Reader,
@@ -146,6 +147,11 @@ async def hold(sim: SimRdm6300, frames: int) -> None:
 
 def test_implements_tag_reader() -> None:
     assert isinstance(Rdm6300Reader("loop://"), TagReader)
+    r = make_reader("rdm6300", "loop://", id_format="decimal10")
+    assert isinstance(r, Rdm6300Reader) and r.id_format == "decimal10" and r.baudrate == 9600
+    assert isinstance(make_reader("pn532", "loop://", 57600), TagReader)
+    with pytest.raises(ValueError):
+        make_reader("mifare", "loop://")
     with pytest.raises(ValueError):
         Rdm6300Reader("loop://", id_format="octal")  # type: ignore[arg-type]
 
