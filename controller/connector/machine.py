@@ -245,6 +245,7 @@ class Connector:
             self._clear_fault(Fault.CABLE, Clear.RECOVERY)
         if cable_a != self.cable_a:
             self.cable_a = cable_a
+            self._note("cable", cable_a=cable_a)
             self._apply()
 
     def on_meter_sample(self, sample: MeterSample) -> None:

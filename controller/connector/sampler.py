@@ -92,22 +92,39 @@ class Sampler:
     def tick(self) -> float:
         """One round of sampling; returns the delay until the next."""
         interval, reads = self.plan()
-        try:
-            self.connector.on_pilot(self.sensor.read(reads))
-        except Exception:  # a broken ADC must not end sampling: treat as fault below
-            log.exception("pilot sensing failed")
         now = self.clock.monotonic()
-        if self.proximity is not None and now >= self._next_pp:
-            self._next_pp = now + self.rates.proximity_interval_s
-            if self.connector.pilot_state in PLUGGED_STATES:
-                pp = self.proximity.read()
-                self.connector.on_cable(pp.cable_a, pp.short)
+        try:
+            reading = self.sensor.read(reads)
+        except Exception:  # a broken ADC must not end sampling
+            log.exception("pilot sensing failed")
+            reading = None
+        if reading is not None:
+            arriving = (
+                reading.state in PLUGGED_STATES and self.connector.pilot_state not in PLUGGED_STATES
+            )
+            if arriving or (self.connector.pilot_state in PLUGGED_STATES and now >= self._next_pp):
+                # Read the cable before the connector hears of the EV, so that nothing is
+                # ever offered beyond a cable rating it has not seen yet.
+                self._read_proximity(now)
+            self.connector.on_pilot(reading)
         if self.temperature is not None and now >= self._next_temp:
             self._next_temp = now + self.rates.temperature_interval_s
             self._check_temperature()
         self.connector.supervise()
         self.ticks += 1
         return interval
+
+    def _read_proximity(self, now: float) -> None:
+        if self.proximity is None:
+            return
+        self._next_pp = now + self.rates.proximity_interval_s
+        try:
+            pp = self.proximity.read()
+        except Exception:
+            log.exception("proximity sensing failed")
+            self.connector.on_cable(None)
+            return
+        self.connector.on_cable(pp.cable_a, pp.short)
 
     def _check_temperature(self) -> None:
         assert self.temperature is not None

@@ -1,0 +1,368 @@
+"""The whole charge point: connectors with their sensors, meters, limiter, reader and balancer.
+
+It wires hardware events to the connectors, routes cards to the right connector and feeds
+each connector the current its limiter allows. It decides nothing about energy itself:
+that is the connector's job.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+from controller.clock import Clock
+from controller.config import Config
+from controller.config import Connector as ConnectorConfig
+from controller.connector.faults import Fault
+from controller.connector.hooks import ConnectorHooks
+from controller.connector.machine import Connector, Phase, Settings
+from controller.connector.sampler import Rates, Sampler
+from controller.connector.status import StopReason
+from controller.limiter import (
+    Budget,
+    CurrentLimiter,
+    Electrical,
+    LimiterConfig,
+    LimitInputs,
+    SmartChargingLimit,
+    limit,
+)
+from controller.loadbalance import ConnectorDemand, LoadBalanceConfig, LoadBalancer, Mode
+from hal.interfaces import (
+    Contactor,
+    EnergyMeter,
+    LockActuator,
+    PilotOutput,
+    PilotSensor,
+    ProximitySensor,
+    ResidualCurrentMonitor,
+    TagReader,
+    TemperatureSensor,
+)
+from hal.meters.poller import MeterPoller
+from hal.types import DeviceFault, MeterSample, TagPresented
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class ConnectorParts:
+    pilot: PilotOutput
+    sensor: PilotSensor
+    contactor: Contactor
+    rcd: ResidualCurrentMonitor | None = None
+    proximity: ProximitySensor | None = None
+    lock: LockActuator | None = None
+    temperature: TemperatureSensor | None = None
+    meter: EnergyMeter | None = None
+
+
+@dataclass
+class Parts:
+    connectors: list[ConnectorParts]
+    reader: TagReader | None = None
+    grid_meter: EnergyMeter | None = None
+
+    def shutdown(self) -> None:
+        """Release every device in its safe state; contactors first."""
+        for c in self.connectors:
+            _quietly(c.contactor.shutdown)
+        for c in self.connectors:
+            for dev in (c.pilot, c.sensor, c.rcd, c.proximity, c.lock, c.temperature):
+                if dev is not None:
+                    _quietly(dev.shutdown)
+        if self.reader is not None:
+            _quietly(self.reader.shutdown)
+
+
+def _quietly(fn: Callable[[], None]) -> None:
+    try:
+        fn()
+    except Exception:
+        log.exception("shutting a device down failed")
+
+
+@dataclass
+class _Slot:
+    """Everything the charger keeps per connector."""
+
+    connector: Connector
+    config: ConnectorConfig
+    parts: ConnectorParts
+    sampler: Sampler
+    limiter: CurrentLimiter
+    poller: MeterPoller | None = None
+    smart: SmartChargingLimit | None = None
+    budget: Budget | None = None
+    started_at: float = 0.0
+
+
+@dataclass
+class ChargerEvents:
+    """Charge-point-level observers (connector 0 status, timelines)."""
+
+    reader_fault: list[Callable[[bool, str], None]] = field(default_factory=list)
+    tag: list[Callable[[str], None]] = field(default_factory=list)
+
+
+class Charger:
+    def __init__(
+        self,
+        config: Config,
+        parts: Parts,
+        hooks: ConnectorHooks,
+        clock: Clock,
+        *,
+        rates: Rates | None = None,
+        limiter_config: LimiterConfig | None = None,
+    ) -> None:
+        self.config = config
+        self.parts = parts
+        self.clock = clock
+        self.events = ChargerEvents()
+        self.reader_faulted = False
+        self._slots: dict[int, _Slot] = {}
+        self._tasks: list[asyncio.Task[None]] = []
+        self._grid_poller: MeterPoller | None = None
+        self._balancer: LoadBalancer | None = None
+        if config.grid.enabled:
+            self._balancer = LoadBalancer(
+                LoadBalanceConfig(
+                    fuse_a=config.grid.main_fuse_a,
+                    margin_a=config.grid.margin_a,
+                    mode=Mode.SOLAR if config.grid.solar else Mode.FUSE,
+                )
+            )
+        for index, (cfg, hw) in enumerate(zip(config.connectors, parts.connectors, strict=True)):
+            cid = index + 1
+            connector = Connector(
+                Settings(
+                    connector_id=cid,
+                    rated_current_a=cfg.rated_current_a,
+                    max_current_a=cfg.max_current_a,
+                    phases=cfg.phases,
+                    free_vend=config.authorization.free_vend,
+                    free_vend_id_tag=config.authorization.free_vend_id_tag,
+                    pwm_resolution=getattr(hw.pilot, "resolution", 0.001),
+                ),
+                pilot=hw.pilot,
+                contactor=hw.contactor,
+                hooks=hooks,
+                clock=clock,
+                lock=hw.lock,
+            )
+            sampler = Sampler(
+                connector,
+                hw.sensor,
+                clock,
+                proximity=hw.proximity if cfg.proximity.enabled else None,
+                temperature=hw.temperature,
+                max_temperature_c=cfg.temperature.max_c,
+                rates=rates or Rates(),
+                duty=lambda p=hw.pilot: p.duty,
+            )
+            electrical = Electrical(nominal_v=cfg.nominal_voltage_v, phases=cfg.phases)
+            lim_cfg = limiter_config or LimiterConfig()
+            limiter = CurrentLimiter(
+                LimiterConfig(
+                    resume_a=lim_cfg.resume_a,
+                    resume_after_s=lim_cfg.resume_after_s,
+                    electrical=electrical,
+                )
+            )
+            slot = _Slot(connector, cfg, hw, sampler, limiter)
+            if hw.meter is not None:
+                slot.poller = MeterPoller(
+                    hw.meter,
+                    lambda ev, s=slot: self._on_meter(s, ev),
+                    clock,
+                    interval_s=cfg.meter.poll_interval_s,
+                )
+            if hw.rcd is not None:
+                connector.add_probe(Fault.RCD, lambda r=hw.rcd: r.tripped)
+            connector.add_listener(lambda kind, fields, s=slot: self._on_note(s, kind, fields))
+            self._slots[cid] = slot
+            self.recompute(cid)
+
+    # ------------------------------------------------------------------ access
+
+    @property
+    def connectors(self) -> dict[int, Connector]:
+        return {cid: s.connector for cid, s in self._slots.items()}
+
+    def connector(self, connector_id: int) -> Connector:
+        return self._slots[connector_id].connector
+
+    def last_sample(self, connector_id: int) -> MeterSample | None:
+        return self._slots[connector_id].connector.last_sample
+
+    def sampler(self, connector_id: int) -> Sampler:
+        return self._slots[connector_id].sampler
+
+    # ------------------------------------------------------------------ life cycle
+
+    async def start(self) -> None:
+        for cid, slot in self._slots.items():
+            rcd = slot.parts.rcd
+            if rcd is not None:
+                rcd.start(lambda ev, c=slot.connector: self._on_rcd(c, ev))
+                passed = await rcd.self_test()
+                log.info("connector %s RCD self-test %s", cid, "passed" if passed else "FAILED")
+                slot.connector.on_rcd_self_test(passed)
+            else:
+                slot.connector.on_rcd_self_test(True)
+            slot.sampler.calibrate()
+            slot.sampler.start()
+            if slot.poller is not None:
+                slot.poller.start()
+        if self.parts.reader is not None:
+            self.parts.reader.start(self._on_reader)
+        if self.parts.grid_meter is not None and self._balancer is not None:
+            self._grid_poller = MeterPoller(
+                self.parts.grid_meter,
+                self._on_grid,
+                self.clock,
+                interval_s=min(1.0, self.config.grid.meter.poll_interval_s),
+                device="grid_meter",
+            )
+            self._grid_poller.start()
+        self._tasks.append(asyncio.get_running_loop().create_task(self._tick(), name="limits"))
+
+    async def stop(self, reason: StopReason = StopReason.REBOOT) -> None:
+        """Stop transactions with `reason`, open contactors, release the hardware."""
+        for slot in self._slots.values():
+            slot.connector.shutdown(reason)
+        for slot in self._slots.values():
+            await slot.sampler.stop()
+            if slot.poller is not None:
+                await slot.poller.stop()
+        if self._grid_poller is not None:
+            await self._grid_poller.stop()
+        for task in self._tasks:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        self._tasks.clear()
+        self.parts.shutdown()
+
+    async def _tick(self) -> None:
+        # The limiter's resume delay only advances when it is asked; without a meter nothing
+        # else would ask it.
+        while True:
+            await self.clock.sleep(1.0)
+            for cid in self._slots:
+                self.recompute(cid)
+
+    # ------------------------------------------------------------------ limits
+
+    def set_smart_charging_limit(self, connector_id: int, value: SmartChargingLimit | None) -> None:
+        slot = self._slots[connector_id]
+        if value != slot.smart:
+            slot.smart = value
+            self.recompute(connector_id)
+
+    def _inputs(self, slot: _Slot, with_budget: bool = True) -> LimitInputs:
+        cfg = slot.config
+        if cfg.proximity.fixed_cable_a is not None:
+            cable: float | None = cfg.proximity.fixed_cable_a
+        elif cfg.proximity.enabled and slot.parts.proximity is not None:
+            cable = slot.connector.cable_a
+        else:
+            cable = cfg.rated_current_a
+        return LimitInputs(
+            hardware_a=cfg.rated_current_a,
+            cable_a=cable,
+            config_a=cfg.max_current_a or cfg.rated_current_a,
+            smart_charging=slot.smart,
+            budget=slot.budget if with_budget else None,
+            meter=slot.connector.last_sample,
+        )
+
+    def recompute(self, connector_id: int) -> None:
+        slot = self._slots[connector_id]
+        if slot.connector.transaction is None:
+            # The resume delay protects a running session from flapping; a new session
+            # starts on the present limits, not on the history of an idle connector.
+            slot.limiter.reset()
+        allowance = slot.limiter.update(self._inputs(slot), self.clock.monotonic())
+        slot.connector.set_allowed_current(allowance.amps)
+
+    def _rebalance(self, grid: MeterSample | None = None) -> None:
+        if self._balancer is None:
+            return
+        demands = [
+            ConnectorDemand(
+                connector_id=cid,
+                started_at=slot.started_at,
+                max_a=limit(self._inputs(slot, with_budget=False)).amps,
+                meter=slot.connector.last_sample,
+                grid_phases=(0, 1, 2)[: slot.config.phases],
+            )
+            for cid, slot in self._slots.items()
+            if slot.connector.transaction is not None
+        ]
+        budgets = self._balancer.update(self.clock.monotonic(), demands, grid)
+        for cid, slot in self._slots.items():
+            slot.budget = budgets.get(cid, Budget(0.0)) if demands else None
+            self.recompute(cid)
+
+    # ------------------------------------------------------------------ events
+
+    def _on_note(self, slot: _Slot, kind: str, fields: dict[str, object]) -> None:
+        if kind == "cable":
+            self.recompute(slot.connector.id)
+        elif kind == "phase":
+            if fields.get("phase") == Phase.TRANSACTION:
+                slot.started_at = self.clock.monotonic()
+            self._rebalance()
+            self.recompute(slot.connector.id)
+
+    def _on_meter(self, slot: _Slot, event: MeterSample | DeviceFault) -> None:
+        if isinstance(event, MeterSample):
+            slot.connector.on_meter_sample(event)
+            self.recompute(slot.connector.id)
+        elif event.active:
+            slot.connector.raise_fault(Fault.METER, event.detail)
+        else:
+            slot.connector.recover(Fault.METER)
+
+    def _on_grid(self, event: MeterSample | DeviceFault) -> None:
+        if isinstance(event, MeterSample):
+            self._rebalance(event)
+        elif event.active:
+            log.warning("grid meter silent: %s", event.detail)
+
+    def _on_rcd(self, connector: Connector, event: object) -> None:
+        if isinstance(event, DeviceFault) and event.active:
+            connector.raise_fault(Fault.RCD, event.detail or "residual current")
+
+    def _on_reader(self, event: object) -> None:
+        if isinstance(event, TagPresented):
+            for listener in self.events.tag:
+                listener(event.id_tag)
+            self.present_tag(event.id_tag)
+        elif isinstance(event, DeviceFault):
+            self.reader_faulted = event.active
+            for fault_listener in self.events.reader_fault:
+                fault_listener(event.active, event.detail)
+
+    def present_tag(self, id_tag: str) -> None:
+        """Route a card: to the session it stops, else to a connector waiting, else a free one."""
+        connectors = [s.connector for s in self._slots.values()]
+        for c in connectors:
+            if c.transaction is not None and c.transaction.id_tag.upper() == id_tag.upper():
+                c.present_tag(id_tag)
+                return
+        for c in connectors:
+            if c.phase == Phase.PLUGGED:
+                c.present_tag(id_tag)
+                return
+        for c in connectors:
+            if c.transaction is None and c.operative:
+                c.present_tag(id_tag)
+                return
+        if len(connectors) == 1:
+            connectors[0].present_tag(id_tag)  # a group card stopping the running session
