@@ -84,7 +84,6 @@ class GpioLock:
             self._close_all()
             raise
         self._pulse: asyncio.Task[None] | None = None
-        self._commanded_locked = False
 
     def _add(self, dev: Any) -> Any:
         self._devices.append(dev)
@@ -116,7 +115,6 @@ class GpioLock:
                 out.off()
 
     def _drive(self, locked: bool) -> None:
-        self._commanded_locked = locked
         if self._unlock_out is None:
             if locked:
                 self._lock_out.on()
