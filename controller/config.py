@@ -191,6 +191,9 @@ class Connector(Strict):
 class Reader(Strict):
     model: Literal["rdm6300", "pn532", "none"] = "rdm6300"
     port: str = "/dev/serial0"
+    # RDM6300 only: "hex" = the 10 hex characters of the frame, "decimal10" = the number
+    # printed on most 125 kHz cards.
+    id_format: Literal["hex", "decimal10"] = "hex"
     baudrate: Annotated[int, Field(ge=1200, le=115200)] | None = None
 
 

@@ -1,0 +1,144 @@
+"""Build the configured drivers (hal) from the configuration: one place that knows both."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Any
+
+from controller.charger import ConnectorParts, Parts
+from controller.clock import Clock
+from controller.config import Adc, Config, Connector, MeterConfig
+from hal.adc import AdcChannel
+from hal.contactor import RelayContactor
+from hal.interfaces import EnergyMeter, PilotOutput, TemperatureSensor
+from hal.lock import GpioLock
+from hal.meters.modbus import ModbusMeter, RtuTransport, TcpTransport
+from hal.pilot.pwm_gpiozero import GpiozeroPwmPilot
+from hal.pilot.pwm_sysfs import SysfsPwmPilot
+from hal.pilot.sense import AdcPilotSensor
+from hal.proximity import AdcProximity
+from hal.rcd import GpioRcd
+from hal.rfid import make_reader
+from hal.temperature import AdcNtcTemperature, W1Ds18b20
+
+log = logging.getLogger(__name__)
+
+
+def build(config: Config, clock: Clock, *, pin_factory: Any = None) -> Parts:
+    """Every device of the charger. On failure, what was built is released again."""
+    built: list[ConnectorParts] = []
+    try:
+        for cfg in config.connectors:
+            built.append(_connector(cfg, config.adc, clock, pin_factory))
+        reader = None
+        if config.reader.model != "none":
+            options: dict[str, Any] = {}
+            if config.reader.model == "rdm6300":
+                options["id_format"] = config.reader.id_format
+            reader = make_reader(
+                config.reader.model, config.reader.port, config.reader.baudrate, **options
+            )
+        grid = meter(config.grid.meter, clock) if config.grid.enabled else None
+    except BaseException:
+        Parts(built).shutdown()
+        raise
+    return Parts(built, reader=reader, grid_meter=grid)
+
+
+def _connector(cfg: Connector, adc: Adc, clock: Clock, pin_factory: Any) -> ConnectorParts:
+    def channel(number: int) -> AdcChannel:
+        return AdcChannel(
+            adc.chip.upper(),
+            number,
+            port=adc.spi_port,
+            device=adc.spi_device,
+            vref=adc.vref,
+            pin_factory=pin_factory,
+        )
+
+    # The contactor first: whatever fails after it, the relay is held de-energised.
+    contactor = RelayContactor(
+        cfg.contactor.relay_pin,
+        cfg.contactor.feedback_pin,
+        active_high=cfg.contactor.active_high,
+        feedback_active_high=cfg.contactor.feedback_active_high,
+        settle_s=cfg.contactor.settle_s,
+        monotonic=clock.monotonic,
+        pin_factory=pin_factory,
+    )
+    pilot = pilot_output(cfg, pin_factory)
+    sensor = AdcPilotSensor(
+        channel(cfg.pilot.sense_channel),
+        gain=cfg.pilot.sense_gain,
+        offset=cfg.pilot.sense_offset,
+        commanded_duty=lambda: pilot.duty,
+    )
+    parts = ConnectorParts(pilot=pilot, sensor=sensor, contactor=contactor)
+    if cfg.rcd.enabled:
+        parts.rcd = GpioRcd(cfg.rcd.fault_pin, cfg.rcd.test_pin, pin_factory=pin_factory)
+    if cfg.proximity.enabled and cfg.proximity.fixed_cable_a is None:
+        parts.proximity = AdcProximity(
+            channel(cfg.proximity.channel),
+            pull_up_ohms=cfg.proximity.pullup_ohms,
+            supply_v=cfg.proximity.supply_v,
+        )
+    if cfg.lock.enabled:
+        parts.lock = GpioLock(
+            cfg.lock.lock_pin,
+            cfg.lock.unlock_pin,
+            cfg.lock.feedback_pin,
+            clock=clock,
+            pin_factory=pin_factory,
+        )
+    parts.temperature = temperature(cfg, channel)
+    parts.meter = meter(cfg.meter, clock)
+    return parts
+
+
+def pilot_output(cfg: Connector, pin_factory: Any) -> PilotOutput:
+    if cfg.pilot.driver == "sysfs":
+        return SysfsPwmPilot(cfg.pilot.pwm_chip, cfg.pilot.pwm_channel)
+    return GpiozeroPwmPilot(cfg.pilot.pin, pin_factory=pin_factory)
+
+
+def temperature(cfg: Connector, channel: Any) -> TemperatureSensor | None:
+    t = cfg.temperature
+    if t.driver == "ntc":
+        return AdcNtcTemperature(
+            channel(t.channel), beta=t.beta, r25=t.r25_ohms, series_r=t.series_ohms
+        )
+    if t.driver == "ds18b20":
+        return W1Ds18b20(t.device_id)
+    return None
+
+
+def meter(cfg: MeterConfig, clock: Clock) -> EnergyMeter | None:
+    if cfg.transport == "none":
+        return None
+    transport: TcpTransport | RtuTransport
+    if cfg.transport == "tcp":
+        transport = TcpTransport(cfg.host, cfg.port)
+    else:
+        transport = RtuTransport(
+            cfg.serial_port, baudrate=cfg.baudrate, parity=cfg.parity, stopbits=cfg.stopbits
+        )
+    model: str | Path = Path(cfg.model) if cfg.model.endswith(".toml") else cfg.model
+    return ModbusMeter(
+        model, transport, device_id=cfg.device_id, timeout_s=cfg.timeout_s, clock=clock
+    )
+
+
+def safe_off(config: Config) -> None:
+    """After any exit: relay outputs low and pilots at +12 V, whatever state they were left in."""
+    for cfg in config.connectors:
+        try:
+            RelayContactor(
+                cfg.contactor.relay_pin, active_high=cfg.contactor.active_high
+            ).shutdown()
+        except Exception:
+            log.exception("could not drive relay GPIO %s low", cfg.contactor.relay_pin)
+        try:
+            pilot_output(cfg, None).shutdown()
+        except Exception:
+            log.exception("could not set the pilot of GPIO %s to +12 V", cfg.pilot.pin)

@@ -1,0 +1,74 @@
+"""What the OCPP session, its handlers and the connector hooks share.
+
+One object, built once by `controller.ocpp16.app`, so that no module reaches into another's
+internals: the session owns the link, the handlers answer the CS, the hooks carry the
+connectors' transactions into the persistent queue.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, Protocol
+
+from controller.clock import Clock
+from controller.config import Config
+from controller.ocpp16.keys import ConfigurationKeys
+from controller.ocpp16.txqueue import TxQueue
+from controller.store import Store
+
+if TYPE_CHECKING:
+    from controller.charger import Charger
+    from controller.ocpp16.auth import Authorizer
+
+
+class SessionControl(Protocol):
+    """What the rest of the OCPP layer may ask of the session."""
+
+    @property
+    def online(self) -> bool:
+        """Connected and the BootNotification was Accepted."""
+        ...
+
+    async def call(self, payload: Any, *, timeout: float | None = None) -> Any | None:
+        """Send one CP->CS CALL (an `ocpp.v16.call.*` object) and return the result object.
+
+        Returns None when offline, on timeout or on CALLERROR: callers fall back to their
+        offline behaviour. Never raises for a transport problem. Not for transaction
+        messages: those go through `TxQueue` and are delivered by the session in order.
+        """
+        ...
+
+    def wake_delivery(self) -> None:
+        """A transaction message was queued: deliver it now if the link is up."""
+        ...
+
+    def status_changed(self, connector_id: int) -> None:
+        """Connector `connector_id`'s status changed: notify the CS (MinimumStatusDuration)."""
+        ...
+
+    def request_reset(self, kind: str) -> None:
+        """Reset (Soft/Hard) accepted: stop transactions, then restart the process."""
+        ...
+
+
+@dataclass
+class OcppContext:
+    config: Config
+    clock: Clock
+    store: Store
+    keys: ConfigurationKeys
+    txqueue: TxQueue
+    charger: Charger | None = None
+    authorizer: Authorizer | None = None
+    session: SessionControl | None = None
+    # Called with (event, fields) for the demo's timeline and the tests; never on a safety path.
+    observers: list[Callable[[str, dict[str, Any]], None]] = field(default_factory=list)
+    # Vendor DataTransfer handlers: vendorId -> async fn(message_id, data) -> (status, data)
+    vendor_handlers: dict[
+        str, Callable[[str | None, str | None], Awaitable[tuple[str, str | None]]]
+    ] = field(default_factory=dict)
+
+    def emit(self, event: str, **fields: Any) -> None:
+        for observer in self.observers:
+            observer(event, fields)
