@@ -40,6 +40,10 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("--config", type=Path, help="TOML file (default: bench defaults)")
     run.set_defaults(func=_run)
 
+    off = sub.add_parser("safe-off", help="relay off and pilot at +12 V (systemd ExecStopPost)")
+    off.add_argument("--config", type=Path, help="TOML file (default: bench defaults)")
+    off.set_defaults(func=_safe_off)
+
     demo = sub.add_parser("demo", help="play a charging session on the simulated bench")
     demo.add_argument("--json", action="store_true", help="one JSON object per line")
     demo.set_defaults(func=_demo)
@@ -71,6 +75,12 @@ def _run(args: argparse.Namespace) -> int:
     from controller.run import run_controller
 
     return run_controller(load_or_exit(args.config))
+
+
+def _safe_off(args: argparse.Namespace) -> int:
+    from controller.run import safe_off
+
+    return safe_off(load_or_exit(args.config))
 
 
 def _demo(args: argparse.Namespace) -> int:

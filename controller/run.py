@@ -1,0 +1,204 @@
+"""Running evsed: the stack (bench, drivers, charger, OCPP) and the `run`/`bench` commands."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import signal
+import socket
+import sys
+from collections.abc import Callable
+from typing import Any
+
+from controller import hardware
+from controller.charger import Charger
+from controller.clock import Clock, SystemClock
+from controller.config import Config
+from controller.connector.hooks import ConnectorHooks, LocalHooks
+from controller.connector.sampler import Rates
+from controller.connector.status import StopReason
+from controller.limiter import LimiterConfig
+
+log = logging.getLogger(__name__)
+
+
+class Stack:
+    """Bench (when configured), drivers, charger: everything `evsed run` runs, in one place.
+
+    Tests and the demo use it as `async with Stack(config) as stack:`.
+    """
+
+    def __init__(
+        self,
+        config: Config,
+        *,
+        clock: Clock | None = None,
+        bench: bool | None = None,
+        control: bool = True,
+        hooks: ConnectorHooks | None = None,
+        rates: Rates | None = None,
+        limiter_config: LimiterConfig | None = None,
+        stop_reason: StopReason = StopReason.REBOOT,
+    ) -> None:
+        self.config = config
+        self.clock = clock or SystemClock()
+        self.use_bench = config.bench.enabled if bench is None else bench
+        self.control = control
+        self.hooks: ConnectorHooks = hooks or LocalHooks(tags=config.authorization.local_tags)
+        self.rates = rates
+        self.limiter_config = limiter_config
+        self.stop_reason = stop_reason
+        self.bench: Any = None
+        self.charger: Charger | None = None
+
+    async def __aenter__(self) -> Stack:
+        await self.start()
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.stop()
+
+    async def start(self) -> None:
+        config = self.config
+        if self.use_bench:
+            from hwmocks.bench import Bench  # the bench only exists where it is used
+
+            self.bench = Bench(config, self.clock)
+            try:
+                await self.bench.start(control=self.control)
+                config = self.bench.wired(config)
+            except BaseException:
+                await self.bench.stop()
+                raise
+        try:
+            parts = hardware.build(config, self.clock)
+            if self.bench is not None:
+                self.bench.drivers_ready()
+            self.charger = Charger(
+                config,
+                parts,
+                self.hooks,
+                self.clock,
+                rates=self.rates,
+                limiter_config=self.limiter_config,
+            )
+            await self.charger.start()
+        except BaseException:
+            await self.stop()
+            raise
+
+    async def stop(self) -> None:
+        if self.charger is not None:
+            await self.charger.stop(self.stop_reason)
+            self.charger = None
+        if self.bench is not None:
+            await self.bench.stop()
+            self.bench = None
+
+
+def sd_notify(state: str) -> bool:
+    """Tell systemd (Type=notify) about readiness and liveness; a no-op elsewhere."""
+    addr = os.environ.get("NOTIFY_SOCKET")
+    if not addr:
+        return False
+    if addr[0] == "@":
+        addr = "\0" + addr[1:]
+    try:
+        with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM | socket.SOCK_CLOEXEC) as s:
+            s.connect(addr)
+            s.sendall(state.encode())
+    except OSError:
+        return False
+    return True
+
+
+async def _watchdog() -> None:
+    usec = int(os.environ.get("WATCHDOG_USEC", "0") or 0)
+    if usec <= 0:
+        return
+    while True:
+        sd_notify("WATCHDOG=1")
+        await asyncio.sleep(usec / 2e6)
+
+
+def configure_logging(config: Config) -> None:
+    logging.basicConfig(
+        level=config.logging.level,
+        stream=sys.stderr,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
+    # pymodbus logs every timeout with frame dumps at ERROR: our poller reports meter faults.
+    logging.getLogger("pymodbus").setLevel(logging.CRITICAL)
+
+
+async def serve(
+    config: Config, *, on_ready: Callable[[Stack], None] | None = None, stop: asyncio.Event
+) -> None:
+    async with Stack(config) as stack:
+        if on_ready is not None:
+            on_ready(stack)
+        sd_notify("READY=1\nSTATUS=charging controller running")
+        watchdog = asyncio.create_task(_watchdog())
+        try:
+            await stop.wait()
+        finally:
+            watchdog.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await watchdog
+            sd_notify("STOPPING=1")
+
+
+def _main(coro_factory: Callable[[asyncio.Event], Any]) -> int:
+    async def runner() -> None:
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, stop.set)
+        await coro_factory(stop)
+
+    try:
+        asyncio.run(runner())
+    except KeyboardInterrupt:
+        pass
+    return 0
+
+
+def run_controller(config: Config) -> int:
+    configure_logging(config)
+
+    def ready(stack: Stack) -> None:
+        if stack.bench is not None and stack.bench.control_port is not None:
+            print(f"bench control port {stack.bench.control_port}", flush=True)
+        print("evsed running", flush=True)
+
+    return _main(lambda stop: serve(config, on_ready=ready, stop=stop))
+
+
+def run_bench(config: Config) -> int:
+    configure_logging(config)
+
+    async def bench_only(stop: asyncio.Event) -> None:
+        from hwmocks.bench import Bench
+
+        bench = Bench(config)
+        await bench.start()
+        try:
+            wired = bench.wired(config)
+            print(f"bench control port {bench.control_port}", flush=True)
+            for i, c in enumerate(wired.connectors, 1):
+                if c.meter.transport == "tcp":
+                    print(f"connector {i} meter modbus-tcp 127.0.0.1:{c.meter.port}", flush=True)
+            print(f"rdm6300 reader {bench.rdm6300.port}", flush=True)
+            print(f"pn532 reader {bench.pn532.port}", flush=True)
+            await stop.wait()
+        finally:
+            await bench.stop()
+
+    return _main(bench_only)
+
+
+def safe_off(config: Config) -> int:
+    hardware.safe_off(config)
+    return 0

@@ -1,0 +1,332 @@
+"""The simulated charger bench: pins, ADC, EV, meter and readers wired as one charger.
+
+Build it from the same configuration the controller reads. It must exist *before* the
+drivers (gpiozero mock pins are created here first), and `wired(config)` tells the
+controller where the bench put what the configuration cannot know in advance (the
+meter's TCP port when it was 0, the reader's pseudo-terminal).
+
+    bench = Bench(config)
+    await bench.start()
+    config = bench.wired(config)
+    parts = hardware.build(config, clock)   # the real drivers, on the bench's pins
+    bench.drivers_ready()
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from controller.clock import Clock, SystemClock
+from controller.config import Config
+from controller.config import Connector as ConnectorConfig
+from hwmocks.control import ControlServer
+from hwmocks.ev import EvConfig, SimEv
+from hwmocks.meter import Load, MeterFault, SimMeter
+from hwmocks.pins import BenchPins, install_mock_factory, uninstall_mock_factory
+from hwmocks.rfid import SimPn532, SimRdm6300
+
+log = logging.getLogger(__name__)
+
+# A Type 2 cable rated 32 A (REFERENCE §2: 220 ohm).
+DEFAULT_CABLE_OHMS = 220.0
+# How long a card stays on the reader when the caller gives no hold time: a tap.
+TAP_S = 0.4
+HOT_C = 95.0
+NORMAL_C = 25.0
+METER_UPDATE_S = 0.5
+
+BENCH_WIDE_FAULTS = frozenset({"reader_unplugged"})
+
+
+@dataclass
+class SimConnector:
+    """One simulated connector: its pins, its EV and its meter."""
+
+    id: int
+    config: ConnectorConfig
+    pins: BenchPins
+    ev: SimEv
+    meter: SimMeter | None
+    faults: set[str]
+    _duty: float = 1.0
+    _closed: bool = False
+
+    def sync(self) -> None:
+        """Tell the EV what the charger does now (PWM duty, contactor)."""
+        duty = self.pins.pilot_duty
+        duty = 1.0 if duty is None else duty
+        if duty != self._duty:
+            self._duty = duty
+            self.ev.set_duty(duty)
+        closed = self.pins.contactor_closed
+        if closed != self._closed:
+            self._closed = closed
+            self.ev.set_contactor(closed)
+
+    def cp_high_volts(self) -> float:
+        # Called at every ADC conversion of CP: the EV sees the latest duty first.
+        self.sync()
+        return self.ev.cp_high_volts()
+
+    def load(self) -> Load:
+        self.sync()
+        return Load(self.ev.phase_voltages_v(), self.ev.phase_currents_a())
+
+
+class Bench:
+    """Implements hwmocks.control.BenchControl."""
+
+    def __init__(self, config: Config, clock: Clock | None = None) -> None:
+        self.config = config
+        self.clock = clock or SystemClock()
+        if len(config.connectors) != 1:
+            # One simulated MCP3008 per connector would share a chip-select line; the bench
+            # models one connector until the ADC double can be shared.
+            raise ValueError("the simulated bench models exactly one connector")
+        self.factory = install_mock_factory()
+        self._connectors: dict[int, SimConnector] = {}
+        self.rdm6300: SimRdm6300 | None = None
+        self.pn532: SimPn532 | None = None
+        self.control: ControlServer | None = None
+        self._bench_faults: set[str] = set()
+        self._timers: set[asyncio.TimerHandle] = set()
+        try:
+            for index, cfg in enumerate(config.connectors):
+                self._connectors[index + 1] = self._build_connector(index + 1, cfg)
+        except BaseException:
+            uninstall_mock_factory(self.factory)
+            raise
+
+    def _build_connector(self, cid: int, cfg: ConnectorConfig) -> SimConnector:
+        adc = self.config.adc
+        lock = cfg.lock
+        pins = BenchPins(
+            self.factory,
+            pilot_pin=cfg.pilot.pin,
+            relay_pin=cfg.contactor.relay_pin,
+            relay_feedback_pin=cfg.contactor.feedback_pin,
+            rcd_fault_pin=cfg.rcd.fault_pin if cfg.rcd.enabled else None,
+            rcd_test_pin=cfg.rcd.test_pin if cfg.rcd.enabled else None,
+            lock_pin=lock.lock_pin if lock.enabled else None,
+            unlock_pin=lock.unlock_pin if lock.enabled else None,
+            lock_feedback_pin=lock.feedback_pin if lock.enabled else None,
+            adc_select_pin=adc.spi_pins()["CE"],
+            adc_bits=12 if adc.chip == "mcp3208" else 10,
+            vref=adc.vref,
+            cp_channel=cfg.pilot.sense_channel,
+            pp_channel=cfg.proximity.channel,
+            temp_channel=cfg.temperature.channel,
+            cp_gain=cfg.pilot.sense_gain,
+            cp_offset=cfg.pilot.sense_offset,
+            pp_pull_up_ohms=cfg.proximity.pullup_ohms,
+            pp_supply_v=cfg.proximity.supply_v,
+            ntc_beta=cfg.temperature.beta,
+            ntc_r25=cfg.temperature.r25_ohms,
+            ntc_series_r=cfg.temperature.series_ohms,
+            ntc_vref=adc.vref,
+        )
+        bench = self.config.bench
+        ev = SimEv(
+            self.clock,
+            EvConfig(
+                max_current_a=bench.ev_max_current_a,
+                phases=min(bench.ev_phases, cfg.phases),
+                response_s=bench.ev_delay_s,
+                nominal_voltage_v=cfg.nominal_voltage_v,
+            ),
+        )
+        sim = SimConnector(cid, cfg, pins, ev, None, set())
+        pins.set_cp(sim.cp_high_volts)
+        if cfg.meter.transport == "tcp":
+            sim.meter = SimMeter(
+                cfg.meter.model,
+                device_id=cfg.meter.device_id,
+                port=cfg.meter.port,
+                source=sim.load,
+                update_interval_s=METER_UPDATE_S,
+                clock=self.clock,
+            )
+        return sim
+
+    # ------------------------------------------------------------------ life cycle
+
+    async def start(self, *, control: bool = True) -> None:
+        for sim in self._connectors.values():
+            if sim.meter is not None:
+                await sim.meter.start()
+        self.rdm6300 = SimRdm6300()
+        self.pn532 = SimPn532()
+        if control:
+            self.control = ControlServer(
+                self, self.config.bench.control_host, self.config.bench.control_port
+            )
+            await self.control.start()
+
+    def wired(self, config: Config) -> Config:
+        """`config` with the bench's actual meter ports and reader device."""
+        data = config.model_dump()
+        for index, sim in self._connectors.items():
+            if sim.meter is not None:
+                meter = data["connectors"][index - 1]["meter"]
+                meter["host"], meter["port"] = "127.0.0.1", sim.meter.port
+        reader = data["reader"]
+        if reader["model"] == "rdm6300" and self.rdm6300 is not None:
+            reader["port"] = self.rdm6300.port
+        elif reader["model"] == "pn532" and self.pn532 is not None:
+            reader["port"] = self.pn532.port
+        return Config.model_validate(data)
+
+    def drivers_ready(self) -> None:
+        """Re-drive inputs after the drivers set their pulls (they reset mock input pins)."""
+        for sim in self._connectors.values():
+            sim.pins.sync()
+
+    async def stop(self) -> None:
+        for timer in self._timers:
+            timer.cancel()
+        if self.control is not None:
+            await self.control.close()
+        for sim in self._connectors.values():
+            if sim.meter is not None:
+                await sim.meter.stop()
+        for reader in (self.rdm6300, self.pn532):
+            if reader is not None:
+                reader.close()
+        for sim in self._connectors.values():
+            with contextlib.suppress(Exception):
+                sim.pins.close()
+        uninstall_mock_factory(self.factory)
+
+    @property
+    def control_port(self) -> int | None:
+        return None if self.control is None else self.control.port
+
+    # ------------------------------------------------------------------ BenchControl
+
+    @property
+    def connector_ids(self) -> Sequence[int]:
+        return list(self._connectors)
+
+    def sim(self, connector: int) -> SimConnector:
+        try:
+            return self._connectors[connector]
+        except KeyError:
+            raise LookupError(f"unknown connector {connector}") from None
+
+    async def plug(self, connector: int, cable_ohms: float = DEFAULT_CABLE_OHMS) -> dict[str, Any]:
+        sim = self.sim(connector)
+        if sim.ev.plugged:
+            raise ValueError(f"connector {connector} already has an EV plugged")
+        sim.pins.set_pp_ohms(cable_ohms)
+        sim.ev.plug()
+        return {"ev_state": sim.ev.state}
+
+    async def unplug(self, connector: int) -> dict[str, Any]:
+        sim = self.sim(connector)
+        if not sim.ev.plugged:
+            raise ValueError(f"connector {connector} has no EV plugged")
+        sim.ev.unplug()
+        sim.pins.set_pp_ohms(None)
+        return {"ev_state": sim.ev.state}
+
+    async def set_ev(self, connector: int, **fields: Any) -> dict[str, Any]:
+        sim = self.sim(connector)
+        sim.ev.configure(**fields)
+        return {"ev": sim.ev.snapshot()}
+
+    async def present_card(
+        self, uid: str, reader: str = "rdm6300", hold_s: float | None = None
+    ) -> dict[str, Any]:
+        sim_reader = self.rdm6300 if reader == "rdm6300" else self.pn532
+        if sim_reader is None:
+            raise ValueError("the bench is not started")
+        sim_reader.present(uid, hold_s=TAP_S if hold_s is None else hold_s)
+        return {"reader": reader, "uid": uid}
+
+    async def inject_fault(self, name: str, connector: int, on: bool) -> dict[str, Any]:
+        if name in BENCH_WIDE_FAULTS:
+            self._reader_fault(on)
+            (self._bench_faults.add if on else self._bench_faults.discard)(name)
+            return {"faults": sorted(self._bench_faults)}
+        sim = self.sim(connector)
+        action = self._fault_actions(sim).get(name)
+        if action is None:
+            raise ValueError(f"unknown fault {name!r}")
+        action(on)
+        (sim.faults.add if on else sim.faults.discard)(name)
+        return {"faults": sorted(sim.faults | self._bench_faults)}
+
+    def _fault_actions(self, sim: SimConnector) -> Mapping[str, Callable[[bool], None]]:
+        def meter(kind: MeterFault) -> Callable[[bool], None]:
+            def set_fault(on: bool) -> None:
+                if sim.meter is None:
+                    raise ValueError(f"connector {sim.id} has no simulated meter")
+                sim.meter.fault = kind if on else None
+
+            return set_fault
+
+        def ev_fault(name: str) -> Callable[[bool], None]:
+            return lambda on: sim.ev.set_fault(name, on)
+
+        def diode(on: bool) -> None:
+            sim.ev.set_fault("diode_missing", on)
+            sim.pins.set_cp(sim.cp_high_volts, diode=not on)
+
+        return {
+            "meter_silent": meter(MeterFault.SILENT),
+            "meter_garbage": meter(MeterFault.GARBAGE),
+            "contactor_welded": sim.pins.weld,
+            "contactor_fails_to_close": sim.pins.fail_to_close,
+            "rcd_trip": sim.pins.rcd_trip,
+            "over_temperature": lambda on: sim.pins.set_temperature(HOT_C if on else NORMAL_C),
+            "pilot_short": ev_fault("pilot_short"),
+            "diode_missing": diode,
+        }
+
+    def _reader_fault(self, on: bool) -> None:
+        for reader in (self.rdm6300, self.pn532):
+            if reader is not None:
+                (reader.unplug if on else reader.replug)()
+
+    async def status(self, connector: int | None = None) -> dict[str, Any]:
+        if connector is not None:
+            return self._status(self.sim(connector))
+        return {
+            "connectors": [self._status(sim) for sim in self._connectors.values()],
+            "faults": sorted(self._bench_faults),
+        }
+
+    def _status(self, sim: SimConnector) -> dict[str, Any]:
+        sim.sync()
+        meter: dict[str, Any] = {}
+        if sim.meter is not None:
+            v = sim.meter.values()
+            meter = {
+                "voltage_v": [v.get(f"voltage_l{i}") for i in (1, 2, 3)],
+                "current_a": [v.get(f"current_l{i}") for i in (1, 2, 3)],
+                "power_w": [v.get(f"power_l{i}") for i in (1, 2, 3)],
+                "power_total_w": v.get("power_total"),
+                "energy_wh": v.get("energy_import"),
+            }
+        return {
+            "connector": sim.id,
+            "pilot": {
+                "duty": sim.pins.pilot_duty,
+                "state": sim.ev.state,
+                "high_v": sim.ev.cp_high_volts(),
+                "low_v": sim.ev.cp_low_volts(),
+            },
+            "relay": {
+                "energized": sim.pins.relay_energized,
+                "contactor_closed": sim.pins.contactor_closed,
+            },
+            "lock": {"locked": sim.pins.locked},
+            "meter": meter,
+            "ev": sim.ev.snapshot(),
+            "faults": sorted(sim.faults | self._bench_faults),
+        }
