@@ -13,8 +13,8 @@ import pytest
 from controller.clock import FakeClock
 from controller.connector.hooks import AuthResult
 from controller.ocpp16.auth import (
-    AuthSource,
     Authorizer,
+    AuthSource,
     StartConfAction,
     parse_expiry,
     same_group,
