@@ -95,6 +95,20 @@ class Bench:
         self.control: ControlServer | None = None
         self._bench_faults: set[str] = set()
         self._timers: set[asyncio.TimerHandle] = set()
+        # The house behind the grid meter: its own consumption and a PV inverter's output,
+        # per phase in amps; the grid meter sees house + EVs - PV.
+        self.house_a: tuple[float, float, float] = (0.0, 0.0, 0.0)
+        self.pv_a: tuple[float, float, float] = (0.0, 0.0, 0.0)
+        self.grid_meter: SimMeter | None = None
+        if config.grid.enabled and config.grid.meter.transport == "tcp":
+            self.grid_meter = SimMeter(
+                config.grid.meter.model,
+                device_id=config.grid.meter.device_id,
+                port=config.grid.meter.port,
+                source=self._grid_load,
+                update_interval_s=METER_UPDATE_S,
+                clock=self.clock,
+            )
         try:
             for index, cfg in enumerate(config.connectors):
                 self._connectors[index + 1] = self._build_connector(index + 1, cfg)
@@ -155,10 +169,36 @@ class Bench:
 
     # ------------------------------------------------------------------ life cycle
 
+    def _grid_load(self) -> Load:
+        ev = [0.0, 0.0, 0.0]
+        for sim in self._connectors.values():
+            sim.sync()
+            for i, a in enumerate(sim.ev.phase_currents_a()):
+                ev[i] += a
+        # Export shows as negative current and power, as a bidirectional meter's power does.
+        net = (
+            self.house_a[0] + ev[0] - self.pv_a[0],
+            self.house_a[1] + ev[1] - self.pv_a[1],
+            self.house_a[2] + ev[2] - self.pv_a[2],
+        )
+        return Load((230.0, 230.0, 230.0), net)
+
+    def set_house(
+        self,
+        house_a: tuple[float, float, float] | None = None,
+        pv_a: tuple[float, float, float] | None = None,
+    ) -> None:
+        if house_a is not None:
+            self.house_a = house_a
+        if pv_a is not None:
+            self.pv_a = pv_a
+
     async def start(self, *, control: bool = True) -> None:
         for sim in self._connectors.values():
             if sim.meter is not None:
                 await sim.meter.start()
+        if self.grid_meter is not None:
+            await self.grid_meter.start()
         self.rdm6300 = SimRdm6300()
         self.pn532 = SimPn532()
         if control:
@@ -174,6 +214,9 @@ class Bench:
             if sim.meter is not None:
                 meter = data["connectors"][index - 1]["meter"]
                 meter["host"], meter["port"] = "127.0.0.1", sim.meter.port
+        if self.grid_meter is not None:
+            data["grid"]["meter"]["host"] = "127.0.0.1"
+            data["grid"]["meter"]["port"] = self.grid_meter.port
         reader = data["reader"]
         if reader["model"] == "rdm6300" and self.rdm6300 is not None:
             reader["port"] = self.rdm6300.port
@@ -194,6 +237,8 @@ class Bench:
         for sim in self._connectors.values():
             if sim.meter is not None:
                 await sim.meter.stop()
+        if self.grid_meter is not None:
+            await self.grid_meter.stop()
         for reader in (self.rdm6300, self.pn532):
             if reader is not None:
                 reader.close()

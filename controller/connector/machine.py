@@ -253,6 +253,7 @@ class Connector:
         if sample.energy_import_wh is not None:
             self.last_energy_wh = sample.energy_import_wh
         self._check_overcurrent(sample)
+        self._note("meter", energy_wh=sample.energy_import_wh, power_w=sample.power_total_w)
 
     def _check_overcurrent(self, sample: MeterSample) -> None:
         if not self._contactor.energized:

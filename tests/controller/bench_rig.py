@@ -1,0 +1,93 @@
+"""A whole charger on the simulated bench, driven by a FakeClock: deterministic and fast."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from controller.clock import FakeClock
+from controller.config import Config, parse
+from controller.connector.machine import Connector
+from controller.run import Stack
+
+TICK_S = 0.01
+
+
+def bench_config(**sections: Any) -> Config:
+    data: dict[str, Any] = {
+        "bench": {"control_port": 0, "ev_delay_s": 0.5},
+        "connectors": [{"meter": {"port": 0, "poll_interval_s": 1.0}}],
+        "authorization": {"local_tags": ["AABBCCDDEE"]},
+    }
+    for key, value in sections.items():
+        if isinstance(value, dict) and isinstance(data.get(key), dict):
+            data[key] = {**data[key], **value}
+        else:
+            data[key] = value
+    return parse(data)
+
+
+@dataclass
+class Rig:
+    stack: Stack
+    clock: FakeClock
+    notes: list[tuple[str, dict[str, object]]] = field(default_factory=list)
+
+    @property
+    def bench(self) -> Any:
+        return self.stack.bench
+
+    @property
+    def connector(self) -> Connector:
+        assert self.stack.charger is not None
+        return self.stack.charger.connector(1)
+
+    @property
+    def sim(self) -> Any:
+        return self.bench.sim(1)
+
+    @property
+    def status(self) -> str:
+        return str(self.connector.status.status)
+
+    async def run(self, seconds: float) -> None:
+        """Let `seconds` of simulated time pass (sampler, limiter, EV all follow)."""
+        await self.clock.advance(seconds)
+
+    async def until(self, pred: Callable[[], bool], within_s: float = 5.0) -> float:
+        """Advance simulated time tick by tick until `pred()`; returns the time it took."""
+        start = self.clock.monotonic()
+        while not pred():
+            if self.clock.monotonic() - start > within_s:
+                raise AssertionError(f"not within {within_s} s of simulated time")
+            await self.clock.advance(TICK_S)
+        return self.clock.monotonic() - start
+
+    async def note(
+        self,
+        kind: str,
+        pred: Callable[[dict[str, object]], bool] = lambda _: True,
+        *,
+        timeout: float = 3.0,
+    ) -> dict[str, object]:
+        """Wait (real time) for the connector to report `kind`: for what moves in real time,
+        a reader thread or a socket, not the simulated clock."""
+        fut: asyncio.Future[dict[str, object]] = asyncio.get_running_loop().create_future()
+
+        def listener(k: str, fields: dict[str, object]) -> None:
+            if k == kind and pred(fields) and not fut.done():
+                fut.set_result(fields)
+
+        self.connector.add_listener(listener)
+        return await asyncio.wait_for(fut, timeout)
+
+    async def meter_sample(self) -> dict[str, object]:
+        """Let the poller's interval pass, then wait for the sample it fetches."""
+        waiting = asyncio.ensure_future(self.note("meter"))
+        await self.clock.advance(1.0)
+        return await waiting
+
+    def kinds(self, kind: str) -> list[dict[str, object]]:
+        return [f for k, f in self.notes if k == kind]
