@@ -186,7 +186,7 @@ def test_offered_current_and_power() -> None:
     b = MeterValueBuilder(["Current.Offered", "Power.Offered"], 3)
     mv = b.build(THREE, "Sample.Periodic", timestamp=TS, offered_a=16)
     assert mv is not None
-    assert by(mv, "Current.Offered")[0] | {} == {
+    assert by(mv, "Current.Offered")[0] == {
         "value": "16.0",
         "context": "Sample.Periodic",
         "format": "Raw",
