@@ -1,0 +1,174 @@
+"""The OCPP side of a charger, assembled: store, keys, queue, authoriser, hooks, session.
+
+    app = OcppApp(config, clock, state_dir)
+    charger = Charger(config, parts, app.hooks, clock)   # or Stack(..., hooks=app.hooks)
+    app.attach(charger)
+    await charger.start()
+    await app.start()          # recovers open transactions, then connects
+    ...
+    await app.stop()
+
+With `config.central_system.enabled` false there is no session: the hooks authorise with
+the configuration's local tags, then the store's local list and cache (offline rules).
+"""
+
+from __future__ import annotations
+
+import inspect
+import logging
+from collections.abc import Awaitable, Callable
+from dataclasses import replace
+from pathlib import Path
+from typing import Any, Protocol
+
+from ocpp.charge_point import snake_to_camel_case
+from ocpp.v16 import call
+
+from controller.charger import Charger
+from controller.clock import Clock
+from controller.config import Config
+from controller.ocpp16.auth import Authorizer
+from controller.ocpp16.bridge import OcppHooks
+from controller.ocpp16.context import OcppContext, SessionControl
+from controller.ocpp16.handlers import EvsedChargePoint, restore_availability
+from controller.ocpp16.keys import ConfigurationKeys
+from controller.ocpp16.txqueue import TxQueue
+from controller.store import Store
+
+log = logging.getLogger(__name__)
+
+#: Feature profiles this build implements (later issues extend it).
+FEATURE_PROFILES = ("Core",)
+
+ChargePointFactory = Callable[[str, Any], EvsedChargePoint]
+ResetCallback = Callable[[str], Awaitable[None] | None]
+
+
+class RunnableSession(SessionControl, Protocol):
+    async def start(self) -> None: ...
+
+    async def stop(self) -> None: ...
+
+
+#: Builds the session: (ctx, charge point factory, on_reset) -> session.
+SessionFactory = Callable[[OcppContext, ChargePointFactory, ResetCallback], RunnableSession]
+
+
+def default_session_factory(
+    ctx: OcppContext, factory: ChargePointFactory, on_reset: ResetCallback
+) -> RunnableSession:
+    from controller.ocpp16.session import OcppSession  # type: ignore[import-not-found]
+
+    session: RunnableSession = OcppSession(ctx, factory, on_reset=on_reset)
+    return session
+
+
+class OcppApp:
+    def __init__(
+        self,
+        config: Config,
+        clock: Clock,
+        state_dir: Path,
+        *,
+        on_reset: ResetCallback | None = None,
+        session_factory: SessionFactory | None = None,
+        store: Store | None = None,
+    ) -> None:
+        self.config = config
+        self.clock = clock
+        state_dir.mkdir(parents=True, exist_ok=True)
+        self.store = store or Store(state_dir / "evsed.db")
+        self.keys = ConfigurationKeys(
+            self.store,
+            number_of_connectors=len(config.connectors),
+            supported_feature_profiles=FEATURE_PROFILES,
+        )
+        self.txqueue = TxQueue.from_keys(self.store, self.keys)
+        self.ctx = OcppContext(
+            config=config, clock=clock, store=self.store, keys=self.keys, txqueue=self.txqueue
+        )
+        self.ctx.authorizer = Authorizer(
+            self.store,
+            self.keys,
+            clock,
+            online=self._online,
+            send_authorize=self._send_authorize,
+        )
+        self._hooks = OcppHooks(self.ctx)
+        self._on_reset = on_reset
+        self._session_factory = session_factory or default_session_factory
+        self.session: RunnableSession | None = None
+        self.keys.on_change("ConnectionTimeOut", lambda _k, _v: self._apply_keys())
+        self.keys.on_change("StopTransactionOnEVSideDisconnect", lambda _k, _v: self._apply_keys())
+
+    # ------------------------------------------------------------ wiring
+
+    @property
+    def hooks(self) -> OcppHooks:
+        """Give these to the Charger: `Charger(config, parts, app.hooks, clock)`."""
+        return self._hooks
+
+    def attach(self, charger: Charger) -> None:
+        """The charger built with `hooks`: restore what the CS set before the restart."""
+        self.ctx.charger = charger
+        restore_availability(self.ctx)
+        self._apply_keys()
+
+    def _apply_keys(self) -> None:
+        """Keys the connector itself honours (its Settings are read at each use)."""
+        if self.ctx.charger is None:
+            return
+        timeout = float(self.keys.int("ConnectionTimeOut"))
+        stop_on_disconnect = self.keys.bool("StopTransactionOnEVSideDisconnect")
+        for connector in self.ctx.charger.connectors.values():
+            connector.settings = replace(
+                connector.settings,
+                connection_timeout_s=timeout,
+                stop_on_ev_disconnect=stop_on_disconnect,
+            )
+
+    # ------------------------------------------------------------ life cycle
+
+    async def start(self) -> None:
+        self._hooks.recover_open_transactions()
+        self._hooks.start()
+        if not self.config.central_system.enabled:
+            log.info("no Central System configured: local authorisation only")
+            return
+        self.session = self._session_factory(self.ctx, self._make_charge_point, self._reset)
+        self.ctx.session = self.session
+        await self.session.start()
+
+    async def stop(self) -> None:
+        if self.session is not None:
+            await self.session.stop()
+        await self._hooks.stop()
+
+    def close(self) -> None:
+        """Close the database (after `stop()` and after the charger stopped)."""
+        self.store.close()
+
+    def _make_charge_point(self, cp_id: str, connection: Any) -> EvsedChargePoint:
+        return EvsedChargePoint(cp_id, connection, self.ctx)
+
+    async def _reset(self, kind: str) -> None:
+        if self._on_reset is None:
+            log.warning("Reset %s accepted but no restart handler is configured", kind)
+            return
+        result = self._on_reset(kind)
+        if inspect.isawaitable(result):
+            await result
+
+    # ------------------------------------------------------------ for the authoriser
+
+    def _online(self) -> bool:
+        return self.ctx.session is not None and self.ctx.session.online
+
+    async def _send_authorize(self, id_tag: str) -> dict[str, Any] | None:
+        if self.ctx.session is None:
+            return None
+        result = await self.ctx.session.call(call.Authorize(id_tag=id_tag))
+        info = getattr(result, "id_tag_info", None)
+        # The library hands nested types over as snake_case dicts; the authoriser (and the
+        # store) keep the wire's camelCase.
+        return snake_to_camel_case(info) if isinstance(info, dict) else None

@@ -1,0 +1,449 @@
+"""The connectors' hooks towards OCPP: authorisation, transactions into the persistent
+queue, meter values, status, and the reactions to what the CS says about a transaction.
+
+Everything a transaction produces goes through `TxQueue` (committed before the hook
+returns), so an outage or a kill -9 loses nothing; the session delivers it in order.
+
+- Sampled meter values (MeterValueSampleInterval, MeterValuesSampledData, Sample.Periodic):
+  one task per running transaction, queued as transaction MeterValues.
+- Clock-aligned meter values (ClockAlignedDataInterval, MeterValuesAlignedData, Sample.Clock):
+  one task for the charger, on midnight-UTC boundaries. With a transaction they are
+  transaction messages (queued); without one they are sent only while online and dropped
+  otherwise: a stale idle reading replayed later is of no use to anyone.
+- StopTxnSampledData / StopTxnAlignedData: collected per transaction (Transaction.Begin,
+  every periodic/aligned reading, Transaction.End) into StopTransaction.transactionData.
+- StopTransactionOnInvalidId: on the session's "start_transaction_result" event.
+  Suspending (key false) sets a 0 A smart-charging limit on the connector until the
+  transaction ends; MaxEnergyOnInvalidId > 0 lets that much energy through first.
+- Power loss: `recover_open_transactions()` stops, once, every transaction left open.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import sqlite3
+from collections.abc import Coroutine
+from dataclasses import dataclass, field, replace
+from datetime import datetime
+from typing import Any
+
+from ocpp.charge_point import snake_to_camel_case
+from ocpp.v16 import call
+
+from controller.connector.hooks import AuthResult, Transaction, TransactionStop
+from controller.connector.machine import Connector
+from controller.connector.status import ChargePointStatus, ConnectorStatus, StopReason
+from controller.limiter import SmartChargingLimit
+from controller.ocpp16.context import OcppContext
+from controller.ocpp16.metering import (
+    ClockAlignedSchedule,
+    MeterValueBuilder,
+    SampledSchedule,
+    TransactionData,
+)
+from hal.types import MeterSample
+
+log = logging.getLogger(__name__)
+
+#: How often the last meter register is offered to the store (which throttles the writes).
+METER_RECORD_INTERVAL_S = 30.0
+
+
+@dataclass
+class _Running:
+    """What the bridge keeps for one open transaction."""
+
+    tx: Transaction
+    data: TransactionData = field(default_factory=TransactionData)
+    sampler: asyncio.Task[None] | None = None
+    suspended: bool = False
+    suspend_after_wh: float | None = None  # MaxEnergyOnInvalidId: energy still allowed
+
+
+class OcppHooks:
+    """`ConnectorHooks` for every connector of the charger, backed by `OcppContext`."""
+
+    def __init__(self, ctx: OcppContext) -> None:
+        self.ctx = ctx
+        self._running: dict[int, _Running] = {}  # connector id -> open transaction
+        self._tasks: set[asyncio.Task[Any]] = set()
+        self._aligned_task: asyncio.Task[None] | None = None
+        self._recorder_task: asyncio.Task[None] | None = None
+        self._profile_limited: set[int] = set()  # connectors with a RemoteStart TxProfile
+        self._started = False
+        ctx.observers.append(self._observe)
+        ctx.keys.on_change("MeterValueSampleInterval", lambda _k, _v: self._restart_samplers())
+        ctx.keys.on_change("ClockAlignedDataInterval", lambda _k, _v: self._restart_aligned())
+
+    # ------------------------------------------------------------ life cycle
+
+    def start(self) -> None:
+        """Start the charger-wide tasks (clock-aligned values, meter recorder)."""
+        self._started = True
+        self._restart_aligned()
+        if self._recorder_task is None:
+            self._recorder_task = self._spawn(self._record_meters(), "meter-recorder")
+
+    async def stop(self) -> None:
+        self._started = False
+        for running in self._running.values():
+            if running.sampler is not None:
+                running.sampler.cancel()
+        tasks = list(self._tasks)
+        for task in tasks:
+            task.cancel()
+        for task in tasks:
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        self._aligned_task = self._recorder_task = None
+
+    def _spawn(self, coro: Coroutine[Any, Any, Any], name: str) -> asyncio.Task[Any]:
+        task = asyncio.get_running_loop().create_task(coro, name=name)
+        self._tasks.add(task)
+        task.add_done_callback(self._done)
+        return task
+
+    def _done(self, task: asyncio.Task[Any]) -> None:
+        self._tasks.discard(task)
+        if not task.cancelled() and task.exception() is not None:
+            log.error("bridge task %s failed", task.get_name(), exc_info=task.exception())
+
+    # ------------------------------------------------------------ ConnectorHooks
+
+    async def authorize(self, connector_id: int, id_tag: str) -> AuthResult:
+        result = await self._authorize(id_tag)
+        self.ctx.emit("authorize", connector_id=connector_id, id_tag=id_tag, status=result.status)
+        return result
+
+    async def _authorize(self, id_tag: str) -> AuthResult:
+        if self.ctx.session is None:
+            # No Central System configured: the operator's local tags first.
+            tags = {t.casefold() for t in self.ctx.config.authorization.local_tags}
+            if id_tag.casefold() in tags:
+                return AuthResult("Accepted")
+        if self.ctx.authorizer is None:
+            return AuthResult("Invalid")
+        return await self.ctx.authorizer.authorize(id_tag)
+
+    def transaction_started(self, tx: Transaction) -> Transaction:
+        q = self.ctx.txqueue
+        args = (tx.connector_id, tx.id_tag, tx.meter_start_wh, tx.started_at, tx.reservation_id)
+        try:
+            local_id = q.start_transaction(*args)
+        except sqlite3.IntegrityError:
+            # A transaction of this connector was left open (recovery did not run): close
+            # it the way a power loss would, then record the new one.
+            stale = self.ctx.store.open_transaction_on(tx.connector_id)
+            if stale is not None:
+                self._stop_stale(stale, StopReason.POWER_LOSS.value)
+            local_id = q.start_transaction(*args)
+        tx = replace(tx, local_id=local_id)
+        running = _Running(tx)
+        self._running[tx.connector_id] = running
+        connector = self._connector(tx.connector_id)
+        running.data.add(self._reading(connector, "StopTxnSampledData", "Transaction.Begin"))
+        self._wake()
+        self._start_sampler(running)
+        self.ctx.emit(
+            "transaction_started",
+            connector_id=tx.connector_id,
+            local_id=local_id,
+            id_tag=tx.id_tag,
+            meter_start_wh=tx.meter_start_wh,
+        )
+        return tx
+
+    def transaction_stopped(self, stop: TransactionStop) -> None:
+        tx = stop.transaction
+        running = self._running.pop(tx.connector_id, None)
+        data: list[dict[str, Any]] | None = None
+        if running is not None and running.tx.local_id == tx.local_id:
+            if running.sampler is not None:
+                running.sampler.cancel()
+            connector = self._connector(tx.connector_id)
+            end = self._reading(
+                connector, "StopTxnSampledData", "Transaction.End", at=stop.stopped_at
+            )
+            running.data.add(end)
+            data = running.data.to_list()
+            if running.suspended:
+                self._set_limit(tx.connector_id, None)
+        self.ctx.txqueue.stop_transaction(
+            tx.local_id,
+            stop.meter_stop_wh,
+            stop.stopped_at,
+            stop.reason.value,
+            data,
+            stop.id_tag,
+        )
+        self._clear_tx_profile(tx.connector_id)
+        self._wake()
+        self.ctx.emit(
+            "transaction_stopped",
+            connector_id=tx.connector_id,
+            local_id=tx.local_id,
+            reason=stop.reason.value,
+            meter_stop_wh=stop.meter_stop_wh,
+        )
+
+    def status_changed(self, connector_id: int, status: ConnectorStatus) -> None:
+        if status.status == ChargePointStatus.AVAILABLE:
+            # A RemoteStart whose EV never came: its TxProfile must not reach the next session.
+            self._clear_tx_profile(connector_id)
+        if self.ctx.session is not None:
+            self.ctx.session.status_changed(connector_id)
+        self.ctx.emit(
+            "status",
+            connector_id=connector_id,
+            status=status.status.value,
+            error_code=status.error_code.value,
+        )
+
+    # ------------------------------------------------------------ power loss recovery
+
+    def recover_open_transactions(self) -> int:
+        """At start-up, before the connectors run: stop every transaction the last run left
+        open, with the planned reason (Reboot, HardReset, SoftReset) or PowerLoss, and the
+        last meter reading stored. Returns how many were stopped."""
+        reason = self.ctx.store.take_pending_stop_reason() or StopReason.POWER_LOSS.value
+        stopped = 0
+        for tx in self.ctx.txqueue.open_transactions():
+            if self._stop_stale(tx, reason):
+                stopped += 1
+        if stopped:
+            self._wake()
+        return stopped
+
+    def _stop_stale(self, tx: Any, reason: str) -> bool:
+        reading = self.ctx.store.last_meter(tx.connector_id)
+        meter_stop = tx.meter_start_wh
+        at: datetime = tx.start_time
+        if reading is not None and reading.at >= tx.start_time:
+            meter_stop = max(tx.meter_start_wh, round(reading.energy_wh))
+            at = reading.at
+        msg = self.ctx.txqueue.stop_transaction(tx.local_id, meter_stop, at, reason)
+        log.warning(
+            "transaction %s on connector %s left open: stopped (%s, %d Wh)",
+            tx.local_id,
+            tx.connector_id,
+            reason,
+            meter_stop,
+        )
+        self.ctx.emit(
+            "transaction_stopped",
+            connector_id=tx.connector_id,
+            local_id=tx.local_id,
+            reason=reason,
+            meter_stop_wh=meter_stop,
+        )
+        return msg is not None
+
+    # ------------------------------------------------------------ observers
+
+    def _observe(self, event: str, fields: dict[str, Any]) -> None:
+        if event == "start_transaction_result":
+            self._on_start_result(fields.get("local_id"), fields.get("id_tag_info"))
+        elif event == "tx_profile":
+            cid = fields.get("connector_id")
+            if isinstance(cid, int):
+                self._profile_limited.add(cid)
+
+    def _on_start_result(self, local_id: Any, id_tag_info: Any) -> None:
+        if not isinstance(id_tag_info, dict):
+            return
+        info = snake_to_camel_case(id_tag_info)
+        status = info.get("status")
+        running = next((r for r in self._running.values() if r.tx.local_id == local_id), None)
+        id_tag = running.tx.id_tag if running is not None else None
+        if id_tag is None:
+            stored = self.ctx.store.transaction(local_id) if isinstance(local_id, int) else None
+            id_tag = stored.id_tag if stored is not None else None
+        if id_tag is not None and self.ctx.authorizer is not None:
+            # Updates the cache too (§4.8).
+            action = self.ctx.authorizer.on_start_transaction_conf(id_tag, info).value
+        elif status == "Accepted" or status is None:
+            action = "continue"
+        else:
+            action = "stop" if self._flag("StopTransactionOnInvalidId") else "suspend"
+        if action == "continue" or running is None:
+            return
+        connector = self._connector(running.tx.connector_id)
+        if connector is None:
+            return
+        log.info("transaction %s: idTag %s answered %s: %s", local_id, id_tag, status, action)
+        if action == "stop":
+            connector.request_stop(StopReason.DE_AUTHORIZED)
+            return
+        allowance = self._int("MaxEnergyOnInvalidId")
+        energy = self._energy_so_far(connector, running.tx)
+        if allowance > 0 and energy < allowance:
+            running.suspend_after_wh = running.tx.meter_start_wh + allowance
+        else:
+            self._suspend(running)
+
+    def _suspend(self, running: _Running) -> None:
+        running.suspended = True
+        running.suspend_after_wh = None
+        self._set_limit(running.tx.connector_id, SmartChargingLimit(0.0))
+        self.ctx.emit(
+            "suspended", connector_id=running.tx.connector_id, local_id=running.tx.local_id
+        )
+
+    # ------------------------------------------------------------ sampled meter values
+
+    def _restart_samplers(self) -> None:
+        for running in self._running.values():
+            if running.sampler is not None:
+                running.sampler.cancel()
+            self._start_sampler(running)
+
+    def _start_sampler(self, running: _Running) -> None:
+        running.sampler = None
+        interval = self._int("MeterValueSampleInterval")
+        if interval > 0:
+            name = f"sampled-values-{running.tx.local_id}"
+            running.sampler = self._spawn(self._sample(running, interval), name)
+
+    async def _sample(self, running: _Running, interval: int) -> None:
+        schedule = SampledSchedule(interval)
+        started = self.ctx.clock.monotonic()
+        cid = running.tx.connector_id
+        while True:
+            await schedule.wait_next(self.ctx.clock, started)
+            connector = self._connector(cid)
+            if connector is None or connector.transaction is None:
+                return
+            at = self.ctx.clock.now()
+            value = self._reading(connector, "MeterValuesSampledData", "Sample.Periodic", at=at)
+            if value is not None:
+                self.ctx.txqueue.meter_values(cid, [value], running.tx.local_id)
+                self._wake()
+            running.data.add(
+                self._reading(connector, "StopTxnSampledData", "Sample.Periodic", at=at)
+            )
+            self._record(connector, at)
+
+    # ------------------------------------------------------------ clock-aligned meter values
+
+    def _restart_aligned(self) -> None:
+        if self._aligned_task is not None:
+            self._aligned_task.cancel()
+            self._aligned_task = None
+        if self._started and self._int("ClockAlignedDataInterval") > 0:
+            self._aligned_task = self._spawn(self._aligned(), "aligned-values")
+
+    async def _aligned(self) -> None:
+        schedule = ClockAlignedSchedule(self._int("ClockAlignedDataInterval"), self.ctx.clock)
+        while True:
+            boundary = await schedule.wait_next()
+            self.aligned_tick(boundary)
+
+    def aligned_tick(self, boundary: datetime) -> None:
+        """One clock-aligned reading of every connector, stamped with the boundary."""
+        for cid, connector in self._connectors().items():
+            value = self._reading(connector, "MeterValuesAlignedData", "Sample.Clock", at=boundary)
+            running = self._running.get(cid)
+            if running is not None and connector.transaction is not None:
+                if value is not None:
+                    self.ctx.txqueue.meter_values(cid, [value], running.tx.local_id)
+                    self._wake()
+                running.data.add(
+                    self._reading(connector, "StopTxnAlignedData", "Sample.Clock", at=boundary)
+                )
+            elif value is not None and self.ctx.session is not None and self.ctx.session.online:
+                payload = call.MeterValues(connector_id=cid, meter_value=[value])
+                self._spawn(self.ctx.session.call(payload), f"aligned-send-{cid}")
+            self._record(connector, boundary)
+
+    # ------------------------------------------------------------ meter register for recovery
+
+    async def _record_meters(self) -> None:
+        while True:
+            await self.ctx.clock.sleep(METER_RECORD_INTERVAL_S)
+            at = self.ctx.clock.now()
+            for connector in self._connectors().values():
+                self._record(connector, at)
+                self._check_allowance(connector)
+
+    def _record(self, connector: Connector, at: datetime) -> None:
+        if connector.transaction is not None and connector.last_energy_wh is not None:
+            self.ctx.store.record_meter(connector.id, connector.last_energy_wh, at)
+
+    def _check_allowance(self, connector: Connector) -> None:
+        running = self._running.get(connector.id)
+        if running is None or running.suspend_after_wh is None:
+            return
+        if (connector.last_energy_wh or 0.0) >= running.suspend_after_wh:
+            self._suspend(running)
+
+    # ------------------------------------------------------------ helpers
+
+    def _reading(
+        self,
+        connector: Connector | None,
+        key: str,
+        context: str,
+        *,
+        at: datetime | None = None,
+    ) -> dict[str, Any] | None:
+        if connector is None:
+            return None
+        measurands = self._csl(key)
+        if not measurands:
+            return None
+        sample: MeterSample | None = connector.last_sample
+        if sample is None and connector.last_energy_wh is None:
+            return None
+        try:
+            builder = MeterValueBuilder(measurands, connector.settings.phases)
+            return builder.build(
+                sample,
+                context,
+                timestamp=at or self.ctx.clock.now(),
+                offered_a=connector.offered_a,
+            )
+        except ValueError:
+            log.exception("%s could not be built", key)
+            return None
+
+    def _connectors(self) -> dict[int, Connector]:
+        return {} if self.ctx.charger is None else self.ctx.charger.connectors
+
+    def _connector(self, connector_id: int) -> Connector | None:
+        return self._connectors().get(connector_id)
+
+    def _energy_so_far(self, connector: Connector, tx: Transaction) -> float:
+        return (connector.last_energy_wh or tx.meter_start_wh) - tx.meter_start_wh
+
+    def _set_limit(self, connector_id: int, value: SmartChargingLimit | None) -> None:
+        if self.ctx.charger is not None:
+            self.ctx.charger.set_smart_charging_limit(connector_id, value)
+
+    def _clear_tx_profile(self, connector_id: int) -> None:
+        if connector_id in self._profile_limited:
+            self._profile_limited.discard(connector_id)
+            self._set_limit(connector_id, None)
+
+    def _wake(self) -> None:
+        if self.ctx.session is not None:
+            self.ctx.session.wake_delivery()
+
+    def _int(self, key: str) -> int:
+        try:
+            return self.ctx.keys.int(key)
+        except (KeyError, ValueError):
+            return 0
+
+    def _flag(self, key: str) -> bool:
+        try:
+            return self.ctx.keys.bool(key)
+        except (KeyError, ValueError):
+            return False
+
+    def _csl(self, key: str) -> list[str]:
+        try:
+            return self.ctx.keys.csl(key)
+        except KeyError:
+            return []
