@@ -395,6 +395,13 @@ class Connector:
 
     # ------------------------------------------------------------------ time
 
+    def wake_at(self) -> float | None:
+        """The next moment `supervise()` has something to do (monotonic), if any."""
+        deadlines = [self._f_until, self._auth_deadline]
+        if self._soft_off_since is not None:
+            deadlines.append(self._soft_off_since + self.settings.power_off_under_load_s)
+        return min((d for d in deadlines if d is not None), default=None)
+
     def supervise(self) -> None:
         """Deadlines and contactor feedback; the sampler calls this every tick."""
         now = self._clock.monotonic()

@@ -112,6 +112,10 @@ class Sampler:
             self._check_temperature()
         self.connector.supervise()
         self.ticks += 1
+        wake_at = self.connector.wake_at()
+        if wake_at is not None:
+            # A deadline (the end of state F, a timeout) falls before the next tick.
+            interval = min(interval, max(0.0, wake_at - self.clock.monotonic()))
         return interval
 
     def _read_proximity(self, now: float) -> None:

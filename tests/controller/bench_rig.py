@@ -89,5 +89,21 @@ class Rig:
         await self.clock.advance(1.0)
         return await waiting
 
+    async def until_note(
+        self,
+        kind: str,
+        pred: Callable[[dict[str, object]], bool] = lambda _: True,
+        *,
+        step_s: float = 1.0,
+        timeout: float = 15.0,
+    ) -> dict[str, object]:
+        """Advance simulated time step by step until the connector reports `kind`; for what
+        needs both simulated time (a poll interval) and real I/O (the meter's socket)."""
+        waiting = asyncio.ensure_future(self.note(kind, pred, timeout=timeout))
+        while not waiting.done():
+            await self.clock.advance(step_s)
+            await asyncio.wait([waiting], timeout=0.05)
+        return waiting.result()
+
     def kinds(self, kind: str) -> list[dict[str, object]]:
         return [f for k, f in self.notes if k == kind]
