@@ -106,6 +106,7 @@ class ChargerEvents:
 
     reader_fault: list[Callable[[bool, str], None]] = field(default_factory=list)
     tag: list[Callable[[str], None]] = field(default_factory=list)
+    grid: list[Callable[[MeterSample], None]] = field(default_factory=list)
 
 
 class Charger:
@@ -332,6 +333,8 @@ class Charger:
     def _on_grid(self, event: MeterSample | DeviceFault) -> None:
         if isinstance(event, MeterSample):
             self._rebalance(event)
+            for listener in self.events.grid:
+                listener(event)
         elif event.active:
             log.warning("grid meter silent: %s", event.detail)
 
