@@ -454,7 +454,7 @@ class CentralSystem:
         cp_id: str,
         payload: Any,
         *,
-        timeout: float | None = None,  # noqa: ASYNC109 - a deadline per call is the point
+        timeout: float | None = None,
     ) -> Any:
         """Send a CS->CP CALL (an `ocpp.v16.call.*` object); return the library's result object.
 
@@ -498,7 +498,7 @@ class CentralSystem:
     async def wait_for(
         self,
         predicate: Callable[[Frame], bool],
-        timeout: float = 5.0,  # noqa: ASYNC109 - a deadline per wait is the point
+        timeout: float = 5.0,
         *,
         since: int = 0,
     ) -> Frame:
@@ -526,7 +526,7 @@ class CentralSystem:
         self,
         action: str,
         cp_id: str | None = None,
-        timeout: float = 5.0,  # noqa: ASYNC109
+        timeout: float = 5.0,
         *,
         since: int = 0,
     ) -> Frame:
@@ -545,7 +545,7 @@ class CentralSystem:
     async def wait_for_reply(
         self,
         unique_id: str,
-        timeout: float = 5.0,  # noqa: ASYNC109
+        timeout: float = 5.0,
         *,
         since: int = 0,
     ) -> Frame:
@@ -560,10 +560,10 @@ class CentralSystem:
             since=since,
         )
 
-    async def wait_connected(self, cp_id: str, timeout: float = 5.0) -> None:  # noqa: ASYNC109
+    async def wait_connected(self, cp_id: str, timeout: float = 5.0) -> None:
         await self._wait_until(lambda: cp_id in self._sessions, timeout)
 
-    async def wait_disconnected(self, cp_id: str, timeout: float = 5.0) -> None:  # noqa: ASYNC109
+    async def wait_disconnected(self, cp_id: str, timeout: float = 5.0) -> None:
         await self._wait_until(lambda: cp_id not in self._sessions, timeout)
 
     def frames_of(self, cp_id: str, *, since: int = 0) -> list[Frame]:
@@ -571,7 +571,7 @@ class CentralSystem:
 
     # ------------------------------------------------------------ internals
 
-    async def _wait_until(self, check: Callable[[], T | None], timeout: float) -> T:  # noqa: ASYNC109
+    async def _wait_until(self, check: Callable[[], T | None], timeout: float) -> T:
         found = check()
         if found is not None and found is not False:
             return found
