@@ -45,7 +45,9 @@ ResetCallback = Callable[[str], Awaitable[None] | None]
 
 
 class RunnableSession(SessionControl, Protocol):
-    async def start(self) -> None: ...
+    def start(self) -> Any:
+        """Begin connecting (may return an awaitable, which is awaited)."""
+        ...
 
     async def stop(self) -> None: ...
 
@@ -57,7 +59,7 @@ SessionFactory = Callable[[OcppContext, ChargePointFactory, ResetCallback], Runn
 def default_session_factory(
     ctx: OcppContext, factory: ChargePointFactory, on_reset: ResetCallback
 ) -> RunnableSession:
-    from controller.ocpp16.session import OcppSession  # type: ignore[import-not-found]
+    from controller.ocpp16.session import OcppSession
 
     session: RunnableSession = OcppSession(ctx, factory, on_reset=on_reset)
     return session
@@ -137,7 +139,9 @@ class OcppApp:
             return
         self.session = self._session_factory(self.ctx, self._make_charge_point, self._reset)
         self.ctx.session = self.session
-        await self.session.start()
+        started = self.session.start()
+        if inspect.isawaitable(started):
+            await started
 
     async def stop(self) -> None:
         if self.session is not None:
