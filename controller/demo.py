@@ -219,6 +219,8 @@ class ReactionProbe:
     def __init__(self, relay_pin: Any, energized: Callable[[], bool]) -> None:
         self._pin = relay_pin
         self._energized = energized
+        # Called with the relay's new state after each change (in the driving thread).
+        self.listeners: list[Callable[[bool], None]] = []
         self._previous: Callable[[], None] | None = relay_pin.on_change
         self._armed_at: float | None = None
         self.dropped_at: float | None = None
@@ -234,10 +236,13 @@ class ReactionProbe:
         now = time.perf_counter()
         if self._previous is not None:
             self._previous()
-        if self._armed_at is not None and not self._energized():
+        energized = bool(self._energized())
+        if self._armed_at is not None and not energized:
             self.dropped_at = now
             self.samples_ms.append((now - self._armed_at) * 1000.0)
             self._armed_at = None
+        for listener in self.listeners:
+            listener(energized)
 
     def close(self) -> None:
         if self._pin.on_change == self._on_change:
