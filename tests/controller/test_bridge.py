@@ -3,10 +3,13 @@ power-loss recovery and charging with no Central System, on the bench charger.""
 
 from __future__ import annotations
 
+import itertools
+from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
+import pytest
 from ocpp.v16 import call
 
 from controller.clock import FakeClock
@@ -14,9 +17,15 @@ from controller.ocpp16.keys import ConfigurationKeys
 from controller.ocpp16.txqueue import TxQueue
 from controller.store import Store
 from hwmocks.central_system import CentralSystem, Frame
-from tests.controller.test_handlers import CARD, OcppRig, cs, ocpp_rig  # noqa: F401
+from tests.controller.test_handlers import CARD, OTHER, OcppRig, ocpp_rig
 
 START = datetime(2026, 1, 1, tzinfo=UTC)  # FakeClock's default start
+
+
+@pytest.fixture
+async def cs() -> AsyncIterator[CentralSystem]:
+    async with CentralSystem(tags={CARD: "Accepted", OTHER: "Accepted"}) as central:
+        yield central
 
 
 def measurands(frame: Frame) -> set[str]:
@@ -103,9 +112,7 @@ async def test_sampled_meter_values_at_the_interval_with_the_configured_measuran
             assert contexts(frame.payload["meterValue"]) == ["Sample.Periodic"]
             stamp = frame.payload["meterValue"][0]["timestamp"]
             stamps.append(datetime.fromisoformat(stamp.replace("Z", "+00:00")))
-        assert [b - a for a, b in zip(stamps, stamps[1:], strict=False)] == [
-            timedelta(seconds=10)
-        ] * 2
+        assert [b - a for a, b in itertools.pairwise(stamps)] == [timedelta(seconds=10)] * 2
 
 
 async def test_sample_interval_zero_sends_no_sampled_values(
