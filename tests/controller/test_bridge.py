@@ -169,22 +169,26 @@ async def test_clock_aligned_values_in_a_transaction_and_stop_txn_data(
     }
     async with ocpp_rig(cs, tmp_path, keys=keys) as rig:
         await rig.meter_sample()
+        before = cs.mark()
         tx_id = await rig.start_transaction()
-        mark = cs.mark()
         await rig.run(60)
-        frames = await n_calls(rig, "MeterValues", 2, mark)
-        assert all(f.payload["transactionId"] == tx_id for f in frames)
-        stamps = [f.payload["meterValue"][0]["timestamp"] for f in frames]
-        assert all(s.endswith(("00Z", "30Z")) for s in stamps)
+        await n_calls(rig, "MeterValues", 2, before)
         assert (await rig.command(call.RemoteStopTransaction(transaction_id=tx_id))).status
-        stop = await rig.call_of("StopTransaction", since=mark)
+        stop = await rig.call_of("StopTransaction", since=before)
+        start = await rig.call_of("StartTransaction", since=before)
+        in_tx = [f for f in rig.calls("MeterValues", start.seq) if f.seq < stop.seq]
+        assert len(in_tx) >= 2
+        assert all(f.payload["transactionId"] == tx_id for f in in_tx)
+        stamps = [f.payload["meterValue"][0]["timestamp"] for f in in_tx]
+        assert all(s.endswith(("00Z", "30Z")) for s in stamps)
+        # Begin, one entry per aligned reading of the transaction, End.
         data = stop.payload["transactionData"]
         assert contexts(data) == [
             "Transaction.Begin",
-            "Sample.Clock",
-            "Sample.Clock",
-            ("Transaction.End"),
+            *["Sample.Clock"] * len(in_tx),
+            "Transaction.End",
         ]
+        assert [mv["timestamp"] for mv in data[1:-1]] == stamps
 
 
 async def test_changing_the_aligned_interval_takes_effect(
