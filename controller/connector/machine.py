@@ -374,11 +374,15 @@ class Connector:
         )
 
     def unlock(self) -> str:
-        """UnlockConnector: stops a running transaction, then releases the lock."""
-        if self.transaction is not None:
-            self.request_stop(StopReason.UNLOCK_COMMAND)
+        """UnlockConnector: stops a running transaction, then releases the lock.
+
+        Without a lock (a tethered cable) there is nothing to release: NotSupported, and a
+        running session is left alone rather than ended for nothing.
+        """
         if self._lock is None:
             return "NotSupported"
+        if self.transaction is not None:
+            self.request_stop(StopReason.UNLOCK_COMMAND)
         self._lock.unlock()
         return "Unlocked" if self._lock.locked() is not True else "UnlockFailed"
 
