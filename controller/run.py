@@ -10,6 +10,7 @@ import signal
 import socket
 import sys
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 from controller import hardware
@@ -38,20 +39,30 @@ class Stack:
         bench: bool | None = None,
         control: bool = True,
         hooks: ConnectorHooks | None = None,
+        ocpp: bool = False,
+        state_dir: Path | None = None,
         rates: Rates | None = None,
         limiter_config: LimiterConfig | None = None,
         stop_reason: StopReason = StopReason.REBOOT,
     ) -> None:
+        """`ocpp=True`: the OCPP side (store, queue, session when a CS is configured) supplies
+        the connector hooks; otherwise `hooks`, or local tags with transactions in memory."""
         self.config = config
         self.clock = clock or SystemClock()
         self.use_bench = config.bench.enabled if bench is None else bench
         self.control = control
+        self.use_ocpp = ocpp
+        self.state_dir = state_dir or config.state_dir
         self.hooks: ConnectorHooks = hooks or LocalHooks(tags=config.authorization.local_tags)
         self.rates = rates
         self.limiter_config = limiter_config
         self.stop_reason = stop_reason
         self.bench: Any = None
         self.charger: Charger | None = None
+        self.ocpp: Any = None
+        self._wired = config
+        self._restarting: asyncio.Task[None] | None = None
+        self.restarts = 0
 
     async def __aenter__(self) -> Stack:
         await self.start()
@@ -72,27 +83,77 @@ class Stack:
             except BaseException:
                 await self.bench.stop()
                 raise
+        self._wired = config
         try:
-            parts = hardware.build(config, self.clock)
-            if self.bench is not None:
-                self.bench.drivers_ready()
-            self.charger = Charger(
-                config,
-                parts,
-                self.hooks,
-                self.clock,
-                rates=self.rates,
-                limiter_config=self.limiter_config,
-            )
-            await self.charger.start()
+            await self._start_controller()
         except BaseException:
             await self.stop()
             raise
 
-    async def stop(self) -> None:
+    async def _start_controller(self) -> None:
+        config = self._wired
+        hooks = self.hooks
+        if self.use_ocpp:
+            from controller.ocpp16.app import OcppApp
+
+            self.ocpp = OcppApp(config, self.clock, Path(self.state_dir), on_reset=self._on_reset)
+            hooks = self.ocpp.hooks
+        parts = hardware.build(config, self.clock)
+        if self.bench is not None:
+            self.bench.drivers_ready()
+        self.charger = Charger(
+            config, parts, hooks, self.clock, rates=self.rates, limiter_config=self.limiter_config
+        )
+        if self.ocpp is not None:
+            self.ocpp.attach(self.charger)
+        await self.charger.start()
+        if self.ocpp is not None:
+            await self.ocpp.start()
+
+    async def _stop_controller(self, reason: StopReason) -> None:
         if self.charger is not None:
-            await self.charger.stop(self.stop_reason)
+            await self.charger.stop(reason)
             self.charger = None
+        if self.ocpp is not None:
+            await self._flush()
+            await self.ocpp.stop()
+            self.ocpp.close()
+            self.ocpp = None
+
+    async def _flush(self, timeout_s: float = 3.0) -> None:
+        """Give the session a moment to deliver the StopTransactions just queued: they are
+        safe on disk either way, but a CS that hears of them now is nicer to its drivers."""
+        ocpp = self.ocpp
+        session = ocpp.session if ocpp is not None else None
+        deadline = self.clock.monotonic() + timeout_s
+        while (
+            session is not None
+            and session.online
+            and len(ocpp.txqueue)
+            and self.clock.monotonic() < deadline
+        ):
+            await self.clock.sleep(0.05)
+
+    def _on_reset(self, kind: str) -> None:
+        # Called from inside the session: restart from a task of its own, so the session
+        # can be stopped without waiting on itself.
+        if self._restarting is None or self._restarting.done():
+            self._restarting = asyncio.get_running_loop().create_task(self.restart(kind))
+
+    async def restart(self, kind: str) -> None:
+        """Reset: stop every transaction with SoftReset/HardReset, then start again."""
+        reason = StopReason.HARD_RESET if kind == "Hard" else StopReason.SOFT_RESET
+        log.info("%s reset: restarting the controller", kind)
+        await self._stop_controller(reason)
+        await self._start_controller()
+        self.restarts += 1
+
+    async def stop(self) -> None:
+        if self._restarting is not None and not self._restarting.done():
+            self._restarting.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._restarting
+        await self._stop_controller(self.stop_reason)
         if self.bench is not None:
             await self.bench.stop()
             self.bench = None
@@ -136,7 +197,7 @@ def configure_logging(config: Config) -> None:
 async def serve(
     config: Config, *, on_ready: Callable[[Stack], None] | None = None, stop: asyncio.Event
 ) -> None:
-    async with Stack(config) as stack:
+    async with Stack(config, ocpp=True) as stack:
         if on_ready is not None:
             on_ready(stack)
         sd_notify("READY=1\nSTATUS=charging controller running")
