@@ -129,31 +129,12 @@ def read_until(proc: subprocess.Popen[bytes], marker: str, timeout: float) -> li
     raise RuntimeError(f"evsed did not print {marker!r} in {timeout:g} s; got {lines!r}")
 
 
-# Experiment only: what `evsed run` costs once the bench's mock pins stop recording their
-# whole history (gpiozero MockPin.states grows by every SPI clock edge of the simulated ADC).
-BOUNDED_PINS_PROLOGUE = """\
-import collections, sys, time
-from gpiozero.pins.mock import PinState
-from hwmocks import pins
-
-def clear_states(self):
-    self._last_change = time.monotonic()
-    self.states = collections.deque([PinState(0.0, self._state)], maxlen=16)
-
-pins.LogicPin.clear_states = clear_states
-from controller.cli import main
-sys.exit(main(sys.argv[1:]))
-"""
-
-
-def run(idle_s: float, charging_s: float, bound_pin_history: bool = False) -> dict[str, Any]:
+def run(idle_s: float, charging_s: float) -> dict[str, Any]:
     with tempfile.TemporaryDirectory(prefix="evsed-footprint-") as tmp:
         config = Path(tmp) / "evsed.toml"
         config.write_text(CONFIG.format(state_dir=Path(tmp) / "state", card=CARD))
         argv = ["run", "--config", str(config)]
         command = [sys.executable, "-m", "controller.cli", *argv]
-        if bound_pin_history:
-            command = [sys.executable, "-c", BOUNDED_PINS_PROLOGUE, *argv]
         proc = subprocess.Popen(
             command,
             cwd=REPO,
@@ -197,7 +178,6 @@ def run(idle_s: float, charging_s: float, bound_pin_history: bool = False) -> di
         "shutdown_s": round(shutdown_s, 2),
         "idle_s": idle_s,
         "charging_s": charging_s,
-        "bound_pin_history": bound_pin_history,
     }
 
 
@@ -205,13 +185,8 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--idle-s", type=float, default=60.0)
     p.add_argument("--charging-s", type=float, default=60.0)
-    p.add_argument(
-        "--bound-pin-history",
-        action="store_true",
-        help="experiment: cap the bench's mock-pin state history (its memory leak)",
-    )
     args = p.parse_args(argv)
-    result = run(args.idle_s, args.charging_s, args.bound_pin_history)
+    result = run(args.idle_s, args.charging_s)
     print(json.dumps(result), flush=True)
     return 0 if result["exit_code"] == 0 else 1
 

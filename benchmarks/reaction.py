@@ -40,7 +40,7 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout
 
 from controller.config import Config, parse
-from controller.demo import ReactionProbe, bound_pin_history
+from controller.demo import ReactionProbe
 from controller.run import Stack
 
 STEP_TIMEOUT_S = 2.0
@@ -148,18 +148,14 @@ async def measure(
     *,
     settle_s: float,
     load_rate: float,
-    fix_pins: bool,
-    freeze: bool,
     inline: bool,
     progress: Callable[[str], None],
 ) -> dict[str, Any]:
     with tempfile.TemporaryDirectory(prefix="evsed-bench-") as state_dir:
         async with Stack(bench_config(Path(state_dir))) as stack:
-            if fix_pins:
-                bound_pin_history(stack.bench.factory)
-            if freeze:
-                gc.collect()
-                gc.freeze()
+            # As `evsed run` does once started: the start-up objects leave the GC's scans.
+            gc.collect()
+            gc.freeze()
             sim = stack.bench.sim(1)
             energized = lambda: bool(sim.pins.relay_energized)  # noqa: E731
             probe = ReactionProbe(sim.pins.relay, energized)
@@ -220,16 +216,10 @@ def main(argv: list[str] | None = None) -> int:
         "--settle-ms", type=float, default=60.0, help="wait after the contactor closed again"
     )
     p.add_argument(
-        "--bound-pin-history",
-        action="store_true",
-        help="cap the gpiozero mock pins' state history (the bench's memory leak)",
-    )
-    p.add_argument(
         "--inline-validation",
         action="store_true",
         help="loaded: validate on the event loop (ocpp.messages.ASYNC_VALIDATION = False)",
     )
-    p.add_argument("--gc-freeze", action="store_true", help="gc.freeze() after start-up")
     args = p.parse_args(argv)
     logging.basicConfig(level=logging.WARNING, stream=sys.stderr)
     logging.getLogger("pymodbus").setLevel(logging.CRITICAL)
@@ -247,8 +237,6 @@ def main(argv: list[str] | None = None) -> int:
                 args.n,
                 settle_s=args.settle_ms / 1000.0,
                 load_rate=args.rate if name == "loaded" else 0.0,
-                fix_pins=args.bound_pin_history,
-                freeze=args.gc_freeze,
                 inline=args.inline_validation,
                 progress=progress,
             )

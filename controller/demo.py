@@ -15,7 +15,6 @@ embedded Central System's frames, say) only has to call `timeline.add(kind, **fi
 from __future__ import annotations
 
 import asyncio
-import collections
 import json
 import logging
 import signal
@@ -39,20 +38,6 @@ EV_DELAY_S = 0.5  # the EV's ramp to a new current: short, so the demo stays sho
 LIMIT_A = 10.0
 STEP_TIMEOUT_S = 10.0  # a step that takes longer than this is a bug, not a slow machine
 EXIT_INTERRUPTED = 130
-
-
-def bound_pin_history(factory: Any, keep: int = 16) -> None:
-    """Cap each gpiozero mock pin's state history (MockPin.states grows without bound).
-
-    The bit-banged SPI of the simulated ADC toggles pins ~100k times a minute while
-    charging; the history then leaks ~24k objects/s and full garbage collections of
-    20-40 ms stall the event loop, which shows up as the contactor's reaction time. The
-    lasting fix belongs in hw-mocks/pins.py (LogicPin); this keeps the demo honest until
-    then: it measures the controller, not the simulator's bookkeeping.
-    """
-    for pin in factory.pins.values():
-        if not isinstance(pin.states, collections.deque):
-            pin.states = collections.deque(pin.states, maxlen=keep)
 
 
 def demo_config(state_dir: Path) -> Config:
@@ -383,7 +368,6 @@ def _attach(stack: Stack, timeline: Timeline, session: Session) -> None:
 async def demo(timeline: Timeline, state_dir: Path) -> dict[str, Any]:
     config = demo_config(state_dir)
     async with Stack(config) as stack:
-        bound_pin_history(stack.bench.factory)
         sim = stack.bench.sim(CONNECTOR)
         probe = ReactionProbe(sim.pins.relay, lambda: bool(sim.pins.relay_energized))
         try:

@@ -199,8 +199,12 @@ class Bench:
                 await sim.meter.start()
         if self.grid_meter is not None:
             await self.grid_meter.start()
-        self.rdm6300 = SimRdm6300()
-        self.pn532 = SimPn532()
+        # Only the configured reader is simulated: the other's thread would cost idle CPU
+        # for a device no driver listens to.
+        if self.config.reader.model == "pn532":
+            self.pn532 = SimPn532()
+        else:
+            self.rdm6300 = SimRdm6300()
         if control:
             self.control = ControlServer(
                 self, self.config.bench.control_host, self.config.bench.control_port
@@ -289,7 +293,7 @@ class Bench:
     ) -> dict[str, Any]:
         sim_reader = self.rdm6300 if reader == "rdm6300" else self.pn532
         if sim_reader is None:
-            raise ValueError("the bench is not started")
+            raise ValueError(f"this bench simulates no {reader} reader (see [reader] model)")
         sim_reader.present(uid, hold_s=TAP_S if hold_s is None else hold_s)
         return {"reader": reader, "uid": uid}
 

@@ -13,7 +13,9 @@ the pilot's PWM pin.
 
 from __future__ import annotations
 
+import gc
 import time
+from collections import deque
 from collections.abc import Callable
 from typing import Any
 
@@ -31,12 +33,12 @@ SPI0_SCLK, SPI0_MOSI, SPI0_MISO = 11, 10, 9
 
 
 def install_mock_factory() -> MockFactory:
-    """A fresh MockFactory(pin_class=MockPWMPin), installed as Device.pin_factory.
+    """A fresh MockFactory of PWM-capable pins, installed as Device.pin_factory.
 
     It must be the global default, not only passed as pin_factory=: gpiozero 2.0.1's
     software SPI bus ignores the pin_factory argument and uses Device.pin_factory.
     """
-    factory = MockFactory(pin_class=MockPWMPin)
+    factory = MockFactory(pin_class=BoundedPin)
     Device.pin_factory = factory
     return factory
 
@@ -46,6 +48,10 @@ def uninstall_mock_factory(factory: MockFactory) -> None:
     factory.reset()
     if Device.pin_factory is factory:
         Device.pin_factory = None
+    # gpiozero shares SPI buses through a weak-valued cache keyed by pin numbers; a bus of
+    # this factory that only a reference cycle keeps alive would otherwise be found (or
+    # vanish mid-lookup) when the next bench builds its ADC on the same pins.
+    gc.collect()
 
 
 def _factory(pin_factory: MockFactory | None) -> MockFactory:
@@ -58,7 +64,23 @@ def _factory(pin_factory: MockFactory | None) -> MockFactory:
 # -- pin classes ------------------------------------------------------------------------
 
 
-class LogicPin(MockPWMPin):
+class BoundedPin(MockPWMPin):
+    """A MockPWMPin that keeps only its last few states.
+
+    gpiozero's mock pins append every change to `states` for test assertions and never
+    drop any; the bench's software SPI toggles its clock ~24,000 times a second while
+    charging, so an unbounded history grows by megabytes a minute and its garbage
+    collections stall the event loop for tens of milliseconds.
+    """
+
+    HISTORY = 16
+
+    def clear_states(self) -> None:
+        super().clear_states()
+        self.states = deque(self.states, maxlen=self.HISTORY)
+
+
+class LogicPin(BoundedPin):
     """A PWM-capable mock pin that stores plain bools when used as a digital output.
 
     MockPWMPin stores 1.0/0.0 even for on/off outputs; the SPI double needs bits.

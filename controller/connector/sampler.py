@@ -112,6 +112,9 @@ class Sampler:
             self._check_temperature()
         self.connector.supervise()
         self.ticks += 1
+        # Plan again: this tick may have closed the contactor, and the next one must then
+        # come at the charging rate, not at the rate planned before the read.
+        interval = self.plan()[0]
         wake_at = self.connector.wake_at()
         if wake_at is not None:
             # A deadline (the end of state F, a timeout) falls before the next tick.

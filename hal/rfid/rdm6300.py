@@ -84,6 +84,10 @@ class Rdm6300Parser:
         self._buf.clear()
 
 
+# Also bounds how long shutdown() waits for the reader thread.
+IDLE_READ_TIMEOUT_S = 0.25
+
+
 class Rdm6300Reader(SerialTagReader):
     """TagReader for an RDM6300 on `port` (any `serial.serial_for_url` string)."""
 
@@ -116,6 +120,9 @@ class Rdm6300Reader(SerialTagReader):
         self._parser = Rdm6300Parser()
 
     def _step(self, ser: serial.SerialBase) -> None:
+        # With a card in the field the removal timeout needs short reads; with none there is
+        # nothing to time out, and fewer wake-ups keep an idle charger idle.
+        ser.timeout = self._read_timeout_s if self._debounce.current else IDLE_READ_TIMEOUT_S
         # Block for the first byte (or the timeout), then take whatever else has arrived.
         data = ser.read(max(1, ser.in_waiting))
         for data_hex in self._parser.feed(data):
