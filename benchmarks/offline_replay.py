@@ -109,7 +109,7 @@ class Confirmed:
             self.errors.append(fields)
         self._changed.set()
 
-    async def wait_for(self, count: int, timeout: float) -> None:  # noqa: ASYNC109
+    async def wait_for(self, count: int, timeout: float) -> None:
         async with asyncio.timeout(timeout):
             while self.count < count:
                 self._changed.clear()

@@ -38,6 +38,8 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import functools
+import json
 import logging
 import random
 import re
@@ -50,6 +52,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
+import ocpp.v16
 from ocpp.charge_point import camel_to_snake_case, serialize_as_dict, snake_to_camel_case
 from ocpp.exceptions import OCPPError
 from ocpp.v16 import call
@@ -58,7 +61,13 @@ from websockets.exceptions import InvalidHandshake, InvalidStatus, InvalidURI
 
 from controller.connector.status import ChargePointStatus, ConnectorStatus, ErrorCode
 from controller.ocpp16.context import OcppContext
-from controller.ocpp16.protocol import SUBPROTOCOL, StrictChargePoint, websocket_options
+from controller.ocpp16.protocol import (
+    SUBPROTOCOL,
+    CallErrorReply,
+    StrictChargePoint,
+    validate_payload,
+    websocket_options,
+)
 from controller.ocpp16.txqueue import START, STOP, QueuedMessage, UnresolvedTransaction
 
 log = logging.getLogger(__name__)
@@ -246,6 +255,42 @@ def _as_camel(result: Any) -> dict[str, Any]:
     return snake_to_camel_case(
         {k: v for k, v in serialize_as_dict(result).items() if v is not None}
     )
+
+
+def _schema_property_names(schema: Any) -> set[str]:
+    names: set[str] = set()
+    if isinstance(schema, dict):
+        for key, value in schema.items():
+            if key == "properties" and isinstance(value, dict):
+                names.update(value)
+            names |= _schema_property_names(value)
+    elif isinstance(schema, list):
+        for value in schema:
+            names |= _schema_property_names(value)
+    return names
+
+
+@functools.cache
+def _nested_names_survive(action: str) -> bool:
+    """True if the library's snake->camel conversion leaves every property name of the
+    action's request schema as it is (no "_", no "soc"/"csms"/"url" it would rewrite)."""
+    path = Path(ocpp.v16.__file__).parent / "schemas" / f"{action}.json"
+    schema = json.loads(path.read_text(encoding="utf-8-sig"))
+    names = _schema_property_names(schema)
+    return all(snake_to_camel_case({n: None}) == {n: None} for n in names)
+
+
+def _request(action: str, payload: dict[str, Any]) -> Any:
+    """The `ocpp.v16.call` object for a queued camelCase payload.
+
+    Only the top-level names need snake_case (they are the dataclass fields); nested
+    objects stay camelCase when the library's way back to camelCase leaves them unchanged,
+    which saves a deep camel->snake walk per message (checked once per action)."""
+    cls = getattr(call, action)
+    if _nested_names_survive(action):
+        snake_names = camel_to_snake_case(dict.fromkeys(payload))  # keys only, same order
+        return cls(**dict(zip(snake_names, payload.values(), strict=True)))
+    return cls(**camel_to_snake_case(payload))
 
 
 def _log_failure(task: asyncio.Task[Any]) -> None:
@@ -689,16 +734,24 @@ class OcppSession:
         clock = self._ctx.clock
         try:
             payload = queue.resolve_payload(msg)
-            request = getattr(call, msg.action)(**camel_to_snake_case(payload))
-        except (UnresolvedTransaction, TypeError) as e:
-            queue.mark_attempt(msg.id, clock.monotonic(), f"cannot build: {e}")
+            # Validated here, in the loop, against the cached 1.6 schema: the library would
+            # do it in a worker thread, and two thread hops per message were most of the
+            # replay time after an outage. The answer is validated below the same way.
+            validate_payload(msg.action, payload)
+            request = _request(msg.action, payload)
+        except (UnresolvedTransaction, CallErrorReply, TypeError) as e:
+            queue.mark_attempt(msg.id, clock.monotonic(), f"cannot send: {e}")
             self._delivered(msg, "invalid", str(e))
             return True
         try:
             async with self._call_lock:
-                result = await self._exchange(link, request, self.response_timeout)
-        except OCPPError as e:
+                result = await self._exchange(link, request, self.response_timeout, validated=True)
+            answer = _as_camel(result)
+            validate_payload(msg.action, answer, response=True)
+        except (OCPPError, CallErrorReply) as e:
             error = f"CALLERROR {e.code}: {e.description}"
+            if isinstance(e, CallErrorReply):
+                error = f"invalid CALLRESULT ({e.code}): {e.description}"
             retry = queue.mark_attempt(msg.id, clock.monotonic(), error)
             self._delivered(msg, "callerror" if retry else "given_up", error)
             return True
@@ -710,7 +763,11 @@ class OcppSession:
             queue.mark_attempt(msg.id, clock.monotonic(), "link lost", failed_to_process=False)
             self._delivered(msg, "link_lost")
             return False
-        answer = _as_camel(result)
+        except Exception as e:  # e.g. a CALLRESULT with properties the library cannot take
+            log.exception("session: %s %d failed", msg.action, msg.id)
+            retry = queue.mark_attempt(msg.id, clock.monotonic(), f"failed: {e!r}")
+            self._delivered(msg, "callerror" if retry else "given_up", repr(e))
+            return True
         queue.ack(msg.id, answer)
         self._after_ack(msg, payload, answer)
         self._delivered(msg, "confirmed")
@@ -743,15 +800,19 @@ class OcppSession:
 
     # ------------------------------------------------------------ plumbing
 
-    async def _exchange(self, link: _Link, payload: Any, timeout: float) -> Any:
+    async def _exchange(
+        self, link: _Link, payload: Any, timeout: float, *, validated: bool = False
+    ) -> Any:
         """One CALL on ``link``; the caller holds the call lock.
 
         Returns the library's result object; raises OCPPError (CALLERROR), TimeoutError
         or LinkLost. Racing the link's reader stops a dropped link from costing the full
-        response timeout."""
+        response timeout. ``validated``: the caller validates request and answer itself."""
         if link.reader.done():
             raise LinkLost()
-        pending = asyncio.ensure_future(link.cp.call(payload, suppress=False))
+        pending = asyncio.ensure_future(
+            link.cp.call(payload, suppress=False, skip_schema_validation=validated)
+        )
         try:
             done, _ = await asyncio.wait(
                 {pending, link.reader}, timeout=timeout, return_when=asyncio.FIRST_COMPLETED
