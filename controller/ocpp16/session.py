@@ -760,7 +760,8 @@ class OcppSession:
             self._delivered(msg, "timeout")
             return True
         except LinkLost:
-            queue.mark_attempt(msg.id, clock.monotonic(), "link lost", failed_to_process=False)
+            # Not the CS's failure, and not a reason to wait after reconnecting: the message
+            # stays at the head, due as soon as the link is back.
             self._delivered(msg, "link_lost")
             return False
         except Exception as e:  # e.g. a CALLRESULT with properties the library cannot take
