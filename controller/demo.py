@@ -1,15 +1,16 @@
 """`evsed demo`: one charging session on the simulated bench, printed as a timeline.
 
-Bench and controller run in this process with the bench defaults (no configuration file),
-on ephemeral ports and a temporary state directory. The session script drives the bench
+Bench, controller and a small OCPP 1.6J Central System run in this process with the bench
+defaults (no configuration file), on ephemeral ports and a temporary state directory. The
+session script drives the bench
 the way a person and a car would: plug in, tap the card on the simulated RDM6300 (it
 travels through a real pseudo-terminal and the real driver), charge, lower the limit, let
 the EV pause and resume, unplug. Every event the controller reports lands on a `Timeline`;
 the reaction time from the EV's pilot change to the relay dropping is measured in real
 time (perf_counter) at the relay pin itself.
 
-The timeline is the extension point: anything else that happens in the process (an
-embedded Central System's frames, say) only has to call `timeline.add(kind, **fields)`.
+The OCPP exchange appears on the timeline as the charge point sees it ("ocpp" events:
+direction, action, payload; `--json` adds the raw frame).
 """
 
 from __future__ import annotations
@@ -40,13 +41,17 @@ STEP_TIMEOUT_S = 10.0  # a step that takes longer than this is a bug, not a slow
 EXIT_INTERRUPTED = 130
 
 
-def demo_config(state_dir: Path) -> Config:
-    """The bench defaults, on ports nothing else can hold, with the demo card on the list."""
+CHARGE_POINT_ID = "CP-DEMO"
+SAMPLE_INTERVAL_S = 3  # MeterValueSampleInterval for the demo: a few MeterValues to show
+
+
+def demo_config(state_dir: Path, cs_url: str) -> Config:
+    """The bench defaults, on ports nothing else can hold, talking to the demo's CS."""
     return parse(
         {
             "bench": {"control_port": 0, "ev_delay_s": EV_DELAY_S},
             "connectors": [{"meter": {"port": 0}}],
-            "authorization": {"local_tags": [DEMO_CARD]},
+            "central_system": {"url": cs_url, "charge_point_id": CHARGE_POINT_ID},
             "state_dir": str(state_dir),
             "logging": {"level": "WARNING"},
         }
@@ -179,11 +184,21 @@ def describe(event: Event) -> str:
             return f"fault          {f.get('fault')} {state} {f.get('detail', '')}".rstrip()
         case "reaction":
             return f"reaction       pilot {f.get('cause')} -> relay open in {f.get('ms'):.1f} ms"
+        case "ocpp":
+            arrow = "->" if f.get("direction") == "cp->cs" else "<-"
+            what = f.get("action") or ""
+            kind = {2: "", 3: " result", 4: " ERROR"}.get(int(f.get("type") or 0), "")
+            payload = json.dumps(f.get("payload"), separators=(",", ":"), default=str)
+            if len(payload) > 90:
+                payload = payload[:87] + "..."
+            return f"ocpp        {arrow} {what}{kind} {payload}"
         case "bench" | "step":
             return f"{event.kind:<14} {f.get('what')}"
         case "summary":
             return (
-                f"summary        {f.get('transactions')} transaction(s), "
+                f"summary        {f.get('transactions')} transaction(s) "
+                f"(CS transactionId {f.get('cs_transaction_ids')}), "
+                f"{f.get('ocpp_frames')} OCPP frames, "
                 f"{f.get('energy_wh'):.1f} Wh, slowest contactor reaction "
                 f"{f.get('max_reaction_ms'):.1f} ms, {f.get('duration_s'):.1f} s"
             )
@@ -332,13 +347,63 @@ def summary(timeline: Timeline, probe: ReactionProbe) -> dict[str, Any]:
         for e in timeline.of("meter")
         if e.fields.get("energy_wh") is not None
     ]
+    cs_ids = [
+        e.fields["payload"].get("transactionId")
+        for e in timeline.of("ocpp")
+        if e.fields.get("action") == "StartTransaction" and e.fields.get("type") == 3
+    ]
+    billed = [float(e.fields["energy_wh"]) for e in timeline.of("transaction_stopped")]
     return {
-        "energy_wh": round(energies[-1] - energies[0], 3) if energies else 0.0,
+        # What the transactions billed (meterStop - meterStart, Wh); the meter's own
+        # difference when no transaction ended.
+        "energy_wh": sum(billed)
+        if billed
+        else round(energies[-1] - energies[0], 3)
+        if energies
+        else 0.0,
         "transactions": len(timeline.of("transaction_started")),
+        "cs_transaction_ids": cs_ids,
+        "ocpp_frames": len(timeline.of("ocpp")),
         "max_reaction_ms": round(max(probe.samples_ms), 3) if probe.samples_ms else None,
         "reactions_ms": [round(ms, 3) for ms in probe.samples_ms],
         "duration_s": round(timeline.elapsed(), 3),
     }
+
+
+class FrameTap:
+    """Puts the charge point's OCPP frames on the timeline, results named by their CALL."""
+
+    def __init__(self, timeline: Timeline, json_frames: bool) -> None:
+        self.timeline = timeline
+        self.json_frames = json_frames
+        self._actions: dict[str, str] = {}
+
+    def __call__(self, event: str, fields: dict[str, Any]) -> None:
+        if event != "frame":
+            return
+        raw = str(fields.get("raw", ""))
+        try:
+            frame = json.loads(raw)
+            kind, unique_id = int(frame[0]), str(frame[1])
+        except (ValueError, TypeError, IndexError, KeyError):
+            self.timeline.add("ocpp", direction=fields.get("direction"), raw=raw)
+            return
+        if kind == 2:
+            action, payload = str(frame[2]), frame[3]
+            self._actions[unique_id] = action
+        else:
+            action = self._actions.pop(unique_id, "")
+            payload = frame[2] if kind == 3 else {"code": frame[2], "description": frame[3]}
+        extra = {"raw": raw} if self.json_frames else {}
+        self.timeline.add(
+            "ocpp",
+            direction=fields.get("direction"),
+            type=kind,
+            id=unique_id,
+            action=action,
+            payload=payload,
+            **extra,
+        )
 
 
 def _attach(stack: Stack, timeline: Timeline, session: Session) -> None:
@@ -365,26 +430,41 @@ def _attach(stack: Stack, timeline: Timeline, session: Session) -> None:
     charger.events.tag.append(lambda id_tag: timeline.add("card", id_tag=id_tag))
 
 
-async def demo(timeline: Timeline, state_dir: Path) -> dict[str, Any]:
-    config = demo_config(state_dir)
-    async with Stack(config) as stack:
-        sim = stack.bench.sim(CONNECTOR)
-        probe = ReactionProbe(sim.pins.relay, lambda: bool(sim.pins.relay_energized))
-        try:
-            session = Session(stack, timeline, probe)
-            _attach(stack, timeline, session)
-            timeline.add(
-                "step",
-                what=f"bench ready: control port {stack.bench.control_port}, "
-                f"meter port {sim.meter.port if sim.meter else '-'}",
-            )
-            await play(session)
-        finally:
-            probe.close()
+async def demo(timeline: Timeline, state_dir: Path, json_frames: bool = False) -> dict[str, Any]:
+    from hwmocks.central_system import CentralSystem
+
+    async with CentralSystem(tags={DEMO_CARD: "Accepted"}) as cs:
+        config = demo_config(state_dir, cs.url)
+
+        def setup(app: Any) -> None:
+            app.ctx.observers.append(FrameTap(timeline, json_frames))
+            app.keys.change("MeterValueSampleInterval", str(SAMPLE_INTERVAL_S))
+
+        online = timeline.expect("ocpp", lambda f: f.get("action") == "StatusNotification")
+        async with Stack(config, ocpp=True, ocpp_setup=setup, state_dir=state_dir) as stack:
+            sim = stack.bench.sim(CONNECTOR)
+            probe = ReactionProbe(sim.pins.relay, lambda: bool(sim.pins.relay_energized))
+            try:
+                session = Session(stack, timeline, probe)
+                _attach(stack, timeline, session)
+                timeline.add(
+                    "step",
+                    what=f"bench ready: control port {stack.bench.control_port}, "
+                    f"meter port {sim.meter.port if sim.meter else '-'}; "
+                    f"Central System {cs.url}",
+                )
+                await session.step(online, "boot and StatusNotification")
+                confirmed = timeline.expect(
+                    "ocpp", lambda f: f.get("action") == "StopTransaction" and f.get("type") == 3
+                )
+                await play(session)
+                await session.step(confirmed, "the CS confirms the StopTransaction")
+            finally:
+                probe.close()
         return summary(timeline, probe)
 
 
-async def _main(timeline: Timeline) -> dict[str, Any]:
+async def _main(timeline: Timeline, json_frames: bool) -> dict[str, Any]:
     task = asyncio.current_task()
     loop = asyncio.get_running_loop()
     assert task is not None
@@ -392,7 +472,7 @@ async def _main(timeline: Timeline) -> dict[str, Any]:
         loop.add_signal_handler(sig, task.cancel)
     try:
         with tempfile.TemporaryDirectory(prefix="evsed-demo-") as state_dir:
-            return await demo(timeline, Path(state_dir))
+            return await demo(timeline, Path(state_dir), json_frames)
     finally:
         for sig in (signal.SIGINT, signal.SIGTERM):
             loop.remove_signal_handler(sig)
@@ -405,7 +485,7 @@ def run_demo(json_lines: bool = False) -> int:
     logging.getLogger("pymodbus").setLevel(logging.CRITICAL)
     timeline = Timeline(json_printer() if json_lines else text_printer())
     try:
-        result = asyncio.run(_main(timeline))
+        result = asyncio.run(_main(timeline, json_lines))
     except (asyncio.CancelledError, KeyboardInterrupt):
         print("demo interrupted", file=sys.stderr)
         return EXIT_INTERRUPTED

@@ -41,6 +41,7 @@ class Stack:
         control: bool = True,
         hooks: ConnectorHooks | None = None,
         ocpp: bool = False,
+        ocpp_setup: Callable[[Any], None] | None = None,
         state_dir: Path | None = None,
         rates: Rates | None = None,
         limiter_config: LimiterConfig | None = None,
@@ -53,6 +54,8 @@ class Stack:
         self.use_bench = config.bench.enabled if bench is None else bench
         self.control = control
         self.use_ocpp = ocpp
+        # Called with the OcppApp before its session starts (observers, key changes).
+        self.ocpp_setup = ocpp_setup
         self.state_dir = state_dir or config.state_dir
         self.hooks: ConnectorHooks = hooks or LocalHooks(tags=config.authorization.local_tags)
         self.rates = rates
@@ -98,6 +101,8 @@ class Stack:
             from controller.ocpp16.app import OcppApp
 
             self.ocpp = OcppApp(config, self.clock, Path(self.state_dir), on_reset=self._on_reset)
+            if self.ocpp_setup is not None:
+                self.ocpp_setup(self.ocpp)
             hooks = self.ocpp.hooks
         parts = hardware.build(config, self.clock)
         if self.bench is not None:

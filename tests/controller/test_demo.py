@@ -78,3 +78,22 @@ def test_the_ev_follows_the_lower_limit(demo_lines: list[dict[str, Any]]) -> Non
         if line["kind"] == "meter" and line.get("current_a")
     ]
     assert before and max(before) > 30
+
+
+def test_the_ocpp_exchange_is_on_the_timeline(demo_lines: list[dict[str, Any]]) -> None:
+    frames = [line for line in demo_lines if line["kind"] == "ocpp"]
+    assert all(isinstance(f["raw"], str) for f in frames)  # --json carries the raw frames
+    calls = [f["action"] for f in frames if f["direction"] == "cp->cs" and f["type"] == 2]
+    assert calls[0] == "BootNotification"
+    order = [a for a in calls if a in ("Authorize", "StartTransaction", "StopTransaction")]
+    assert order == ["Authorize", "StartTransaction", "StopTransaction"]
+    assert "MeterValues" in calls
+    start_result = next(f for f in frames if f["action"] == "StartTransaction" and f["type"] == 3)
+    stop = next(f for f in frames if f["action"] == "StopTransaction" and f["type"] == 2)
+    assert stop["payload"]["transactionId"] == start_result["payload"]["transactionId"]
+    assert stop["payload"]["reason"] == "EVDisconnected"
+    summary = demo_lines[-1]
+    start = next(f for f in frames if f["action"] == "StartTransaction" and f["type"] == 2)
+    # Wh, not kWh: the billed energy is what the StopTransaction says.
+    assert summary["energy_wh"] == stop["payload"]["meterStop"] - start["payload"]["meterStart"]
+    assert summary["cs_transaction_ids"] == [start_result["payload"]["transactionId"]]
