@@ -55,6 +55,8 @@ class CentralSystem(Strict):
     client_cert: Path | None = None
     client_key: Path | None = None
     enabled: bool = True
+    # Larger frames from the CS are refused before they are read into memory.
+    max_frame_bytes: Annotated[int, Field(ge=4096, le=16 * 1024 * 1024)] = 65536
 
     @field_validator("url")
     @classmethod

@@ -153,7 +153,12 @@ class OcppApp:
         self.store.close()
 
     def _make_charge_point(self, cp_id: str, connection: Any) -> EvsedChargePoint:
-        return EvsedChargePoint(cp_id, connection, self.ctx)
+        return EvsedChargePoint(
+            cp_id,
+            connection,
+            self.ctx,
+            max_frame_bytes=self.config.central_system.max_frame_bytes,
+        )
 
     async def _reset(self, kind: str) -> None:
         if self._on_reset is None:

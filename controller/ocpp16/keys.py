@@ -88,6 +88,9 @@ class KeySpec:
 
 MEASURANDS = frozenset(m.value for m in Measurand)
 # What a meter behind hal.types.MeterSample can deliver (plus what evsed itself knows).
+# Phase names a measurand item may be narrowed to (OCPP 1.6 §7.30 Phase).
+_PHASES = frozenset({"L1", "L2", "L3", "N", "L1-N", "L2-N", "L3-N", "L1-L2", "L2-L3", "L3-L1"})
+
 DEFAULT_MEASURANDS = frozenset(
     {
         "Current.Import",
@@ -458,6 +461,13 @@ class ConfigurationKeys:
             return None
         return self._validate_csl(spec, value)
 
+    def _measurand_item_ok(self, item: builtins.str) -> bool:
+        """A measurand, optionally narrowed to one phase ("Voltage.L1", spec §9.1.17)."""
+        if item in self._measurands:
+            return True
+        base, _, phase = item.rpartition(".")
+        return base in self._measurands and phase in _PHASES
+
     def _validate_csl(self, spec: KeySpec, value: builtins.str) -> builtins.str | None:
         raw = value.split(",") if value.strip() else []
         items = [item.strip() for item in raw]
@@ -468,7 +478,7 @@ class ConfigurationKeys:
             if len(items) > limit:
                 return f"more than {limit} items"
         if spec.name in _MEASURAND_KEYS:
-            bad = [item for item in items if item not in self._measurands]
+            bad = [item for item in items if not self._measurand_item_ok(item)]
             return f"unsupported measurand(s) {bad}" if bad else None
         if spec.name == "ConnectorPhaseRotation":
             return self._validate_phase_rotation(items)

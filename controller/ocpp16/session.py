@@ -517,7 +517,7 @@ class OcppSession:
                 close_timeout=self._close_timeout,
                 proxy=None,
                 logger=_ws_log,
-                **websocket_options(),
+                **websocket_options(self._ctx.config.central_system.max_frame_bytes),
             )
         except InvalidStatus as e:
             status = e.response.status_code

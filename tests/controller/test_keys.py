@@ -332,3 +332,14 @@ def test_bad_construction_is_refused(store: Store) -> None:
             supported_feature_profiles=["Core"],
             overrides={"NoSuchKey": "1"},
         )
+
+
+def test_measurand_keys_accept_a_single_phase_item(tmp_path) -> None:
+    from controller.ocpp16.keys import ConfigurationKeys
+    from controller.store import Store
+
+    keys = ConfigurationKeys(
+        Store(tmp_path / "k.db"), number_of_connectors=1, supported_feature_profiles=["Core"]
+    )
+    assert keys.change("MeterValuesSampledData", "Voltage.L1,Current.Import.L2") == "Accepted"
+    assert keys.change("MeterValuesSampledData", "Voltage.L7") == "Rejected"
