@@ -252,6 +252,8 @@ async def test_online_authorize_accepted_then_cache_hit_offline(
         await cs.wait_for_call("StopTransaction", CP_ID, since=mark)
 
         # The Authorize.conf went into the cache: offline, the same card charges.
+        cached = rig.ocpp.store.cache_get(CARD)
+        assert cached is not None and cached.id_tag_info["status"] == "Accepted"
         await cut_link(rig)
         await rig.plug()
         assert (await _present(rig, CARD))["status"] == "Accepted"
