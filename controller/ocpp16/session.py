@@ -57,7 +57,7 @@ from ocpp.charge_point import camel_to_snake_case, serialize_as_dict, snake_to_c
 from ocpp.exceptions import OCPPError
 from ocpp.v16 import call
 from websockets.asyncio.client import ClientConnection, connect
-from websockets.exceptions import InvalidHandshake, InvalidStatus, InvalidURI
+from websockets.exceptions import ConnectionClosed, InvalidHandshake, InvalidStatus, InvalidURI
 
 from controller.connector.status import ChargePointStatus, ConnectorStatus, ErrorCode
 from controller.ocpp16.context import OcppContext
@@ -824,7 +824,12 @@ class OcppSession:
                 # gather, not suppress(CancelledError): a cancel aimed at us must go through.
                 await asyncio.gather(pending, return_exceptions=True)
         if pending in done:
-            return pending.result()
+            try:
+                return pending.result()
+            except ConnectionClosed:
+                # The send failed because the link dropped in the same loop turn as the
+                # reader noticed: a lost link, not a failure of the CS to process.
+                raise LinkLost() from None
         if link.reader.done():
             raise LinkLost()
         raise TimeoutError()
