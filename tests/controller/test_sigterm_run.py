@@ -1,0 +1,58 @@
+"""`evsed run` stopped with SIGTERM or SIGINT mid-charge: transaction stopped, nothing left on.
+
+The StopTransaction (reason Reboot) reaches the CS before the process exits, its
+meterStop is the meter's reading in Wh, the exit status is 0, and the state on disk has no
+open transaction, so the next start has nothing to recover.
+"""
+
+from __future__ import annotations
+
+import signal
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import pytest
+
+from controller.store import Store
+from hwmocks.central_system import CentralSystem, Direction
+from tests.controller.test_kill9_run import CP_ID, FREE_TAG, Evsed, _config, _cp_calls
+
+
+@pytest.fixture
+async def cs() -> AsyncIterator[CentralSystem]:
+    async with CentralSystem(tags={FREE_TAG: "Accepted"}) as central:
+        yield central
+
+
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT])
+async def test_signal_while_charging_stops_cleanly(
+    cs: CentralSystem, tmp_path: Path, sig: signal.Signals
+) -> None:
+    evsed = Evsed(_config(tmp_path, cs.url), tmp_path / "evsed.log")
+    try:
+        await evsed.start()
+        await evsed.bench("plug", connector=1)
+        start = await cs.wait_for_call("StartTransaction", CP_ID, timeout=20)
+        await cs.wait_for(
+            lambda f: (
+                f.is_call
+                and f.direction is Direction.CP_TO_CS
+                and f.action == "StatusNotification"
+                and f.payload.get("status") == "Charging"
+            ),
+            timeout=20,
+            since=start.seq,
+        )
+        status = await evsed.bench("status", connector=1)
+        assert status["relay"]["energized"] is True
+
+        assert await evsed.signal(sig) == 0
+        stops = _cp_calls(cs, "StopTransaction")
+        assert len(stops) == 1, "the StopTransaction was delivered before the exit"
+        assert stops[0].payload["reason"] == "Reboot"
+        assert stops[0].payload["meterStop"] >= start.payload["meterStart"]
+        with Store(tmp_path / "state" / "evsed.db") as store:
+            assert store.open_transactions() == []
+        assert "Traceback" not in (tmp_path / "evsed.log").read_text()
+    finally:
+        await evsed.close()
