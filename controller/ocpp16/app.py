@@ -168,6 +168,22 @@ class OcppApp:
         if inspect.isawaitable(result):
             await result
 
+    # ------------------------------------------------------------ CP -> CS DataTransfer
+
+    async def data_transfer(
+        self, vendor_id: str, message_id: str | None = None, data: str | None = None
+    ) -> tuple[str, str | None] | None:
+        """Send a vendor DataTransfer to the CS: (status, data), or None when offline or
+        unanswered (a DataTransfer is not a transaction message: it is not queued)."""
+        if self.ctx.session is None:
+            return None
+        result = await self.ctx.session.call(
+            call.DataTransfer(vendor_id=vendor_id, message_id=message_id, data=data)
+        )
+        if result is None:
+            return None
+        return str(result.status), getattr(result, "data", None)
+
     # ------------------------------------------------------------ for the authoriser
 
     def _online(self) -> bool:
