@@ -134,6 +134,7 @@ class Connector:
         self.cable_a: int | None = None  # from PP; None = unknown/fixed cable
         self.last_sample: MeterSample | None = None
         self.last_energy_wh: float | None = None
+        self.temperature_c: float | None = None  # the socket's, when a sensor is fitted
         self.rcd_tested = False
         self.reservation: tuple[int, str, str | None, float] | None = None
         self._authorized: Authorized | None = None

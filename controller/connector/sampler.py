@@ -138,8 +138,10 @@ class Sampler:
         try:
             celsius = self.temperature.read_celsius()
         except Exception as exc:  # an unreadable sensor is treated as too hot: fail safe
+            self.connector.temperature_c = None
             self.connector.raise_fault(Fault.OVER_TEMPERATURE, f"sensor unreadable: {exc}")
             return
+        self.connector.temperature_c = celsius
         if celsius >= self.max_temperature_c:
             self.connector.raise_fault(Fault.OVER_TEMPERATURE, f"{celsius:.0f} C")
         elif celsius <= self.max_temperature_c - self.rates.temperature_hysteresis_c:

@@ -403,6 +403,7 @@ class OcppHooks:
                 context,
                 timestamp=at or self.ctx.clock.now(),
                 offered_a=connector.offered_a,
+                temperature_c=connector.temperature_c,
             )
         except ValueError:
             log.exception("%s could not be built", key)

@@ -100,6 +100,7 @@ DEFAULT_MEASURANDS = frozenset(
         "Frequency",
         "Power.Active.Import",
         "Power.Offered",
+        "Temperature",
         "Voltage",
     }
 )

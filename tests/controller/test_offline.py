@@ -304,3 +304,21 @@ async def test_unknown_tag_offline_is_refused_without_allow_offline_tx(
         assert rig.connector.transaction is None
         assert rig.status == "Preparing"
         assert len(rig.ocpp.txqueue) == 0
+
+
+async def test_sampled_meter_values_carry_the_socket_temperature(
+    cs: CentralSystem, tmp_path: Path
+) -> None:
+    async with ocpp_rig(
+        cs,
+        tmp_path,
+        keys={**KEYS, "MeterValuesSampledData": "Temperature"},
+    ) as rig:
+        await rig.start_transaction(CARD)
+        mark = cs.mark()
+        await charge_for(rig, 6)
+        frame = await cs.wait_for_call("MeterValues", CP_ID, timeout=10, since=mark)
+        (value,) = frame.payload["meterValue"][0]["sampledValue"]
+        assert value["measurand"] == "Temperature"
+        assert value["unit"] == "Celsius"
+        assert float(value["value"]) == pytest.approx(25.0, abs=0.5)  # the bench's socket
