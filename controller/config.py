@@ -275,6 +275,25 @@ class Config(Strict):
             owners[pin] = where
         return self
 
+    @model_validator(mode="after")
+    def _adc_channels_unique(self) -> Config:
+        owners: dict[int, str] = {}
+        for where, channel in self.adc_claims():
+            if channel in owners:
+                raise ChannelConflict(where, channel, owners[channel])
+            owners[channel] = where
+        return self
+
+    def adc_claims(self) -> Iterator[tuple[str, int]]:
+        """Every channel of the one `[adc]` chip a connector reads, with its key path."""
+        for i, c in enumerate(self.connectors):
+            base = f"connectors[{i}]"
+            yield f"{base}.pilot.sense_channel", c.pilot.sense_channel
+            if c.proximity.enabled and c.proximity.fixed_cable_a is None:
+                yield f"{base}.proximity.channel", c.proximity.channel
+            if c.temperature.driver == "ntc":
+                yield f"{base}.temperature.channel", c.temperature.channel
+
     def gpio_claims(self) -> Iterator[tuple[str, int]]:
         """Every GPIO a part of this configuration drives or reads, with its key path."""
         # The pilot sense ADC is always fitted, so its SPI bus is always taken; listed
@@ -310,6 +329,12 @@ class PinConflict(ValueError):
     def __init__(self, where: str, pin: int, other: str) -> None:
         super().__init__(f"GPIO {pin} is already used by {other}")
         self.where, self.pin, self.other = where, pin, other
+
+
+class ChannelConflict(ValueError):
+    def __init__(self, where: str, channel: int, other: str) -> None:
+        super().__init__(f"channel {channel} is already used by {other}")
+        self.where, self.channel, self.other = where, channel, other
 
 
 @dataclass(frozen=True)
@@ -362,6 +387,11 @@ def _problem(err: Any, data: dict[str, Any]) -> Problem:
     if isinstance(ctx_error, PinConflict):
         given = _lookup(data, ctx_error.where)
         return Problem(ctx_error.where, repr(given), f"a free GPIO ({ctx_error})")
+    if isinstance(ctx_error, ChannelConflict):
+        given = _lookup(data, ctx_error.where)
+        # A clash can come from a default the user never wrote: show the value in effect.
+        given_text = f"{ctx_error.channel} (default)" if given == "(default)" else repr(given)
+        return Problem(ctx_error.where, given_text, f"a free ADC channel ({ctx_error})")
     path = key_path(loc)
     given = err.get("input")
     if kind == "extra_forbidden":

@@ -3,7 +3,10 @@
 Build it from the same configuration the controller reads. It must exist *before* the
 drivers (gpiozero mock pins are created here first), and `wired(config)` tells the
 controller where the bench put what the configuration cannot know in advance (the
-meter's TCP port when it was 0, the reader's pseudo-terminal).
+meter's TCP port when it was 0, an RTU meter's and the reader's pseudo-terminal).
+
+Each connector has its own pins, EV and meter; all share the one ADC chip of `[adc]`
+(each on its own channels, as `evsed config check` demands) and the grid meter.
 
     bench = Bench(config)
     await bench.start()
@@ -22,13 +25,14 @@ from dataclasses import dataclass
 from typing import Any
 
 from controller.clock import Clock, SystemClock
-from controller.config import Config
+from controller.config import Config, MeterConfig
 from controller.config import Connector as ConnectorConfig
 from hwmocks.control import ControlServer
 from hwmocks.ev import EvConfig, SimEv
 from hwmocks.meter import Load, MeterFault, SimMeter
-from hwmocks.pins import BenchPins, install_mock_factory, uninstall_mock_factory
+from hwmocks.pins import BenchPins, SimMcp3xxx, install_mock_factory, uninstall_mock_factory
 from hwmocks.rfid import SimPn532, SimRdm6300
+from hwmocks.serialpair import SerialPair
 
 log = logging.getLogger(__name__)
 
@@ -53,6 +57,8 @@ class SimConnector:
     ev: SimEv
     meter: SimMeter | None
     faults: set[str]
+    # An RTU meter's null-modem cable: the meter serves port_a, the driver opens port_b.
+    serial: SerialPair | None = None
     _duty: float = 1.0
     _closed: bool = False
 
@@ -78,16 +84,22 @@ class SimConnector:
         return Load(self.ev.phase_voltages_v(), self.ev.phase_currents_a())
 
 
+def _wire_meter(data: dict[str, Any], meter: SimMeter | None, pair: SerialPair | None) -> None:
+    """Point a meter's configuration (as plain data) at the simulated meter serving it."""
+    if meter is None:
+        return
+    if pair is not None:
+        data["serial_port"], data["parity"] = pair.port_b, "N"
+    else:
+        data["host"], data["port"] = "127.0.0.1", meter.port
+
+
 class Bench:
     """Implements hwmocks.control.BenchControl."""
 
     def __init__(self, config: Config, clock: Clock | None = None) -> None:
         self.config = config
         self.clock = clock or SystemClock()
-        if len(config.connectors) != 1:
-            # One simulated MCP3008 per connector would share a chip-select line; the bench
-            # models one connector until the ADC double can be shared.
-            raise ValueError("the simulated bench models exactly one connector")
         self.factory = install_mock_factory()
         self._connectors: dict[int, SimConnector] = {}
         self.rdm6300: SimRdm6300 | None = None
@@ -100,25 +112,51 @@ class Bench:
         self.house_a: tuple[float, float, float] = (0.0, 0.0, 0.0)
         self.pv_a: tuple[float, float, float] = (0.0, 0.0, 0.0)
         self.grid_meter: SimMeter | None = None
-        if config.grid.enabled and config.grid.meter.transport == "tcp":
-            self.grid_meter = SimMeter(
-                config.grid.meter.model,
-                device_id=config.grid.meter.device_id,
-                port=config.grid.meter.port,
-                source=self._grid_load,
-                update_interval_s=METER_UPDATE_S,
-                clock=self.clock,
-            )
+        self.grid_serial: SerialPair | None = None
+        self._adc: SimMcp3xxx | None = None
         try:
+            if config.grid.enabled:
+                self.grid_meter, self.grid_serial = self._meter(config.grid.meter, self._grid_load)
             for index, cfg in enumerate(config.connectors):
                 self._connectors[index + 1] = self._build_connector(index + 1, cfg)
         except BaseException:
+            self._close_serial()
+            for sim in self._connectors.values():
+                with contextlib.suppress(Exception):
+                    sim.pins.close()
             uninstall_mock_factory(self.factory)
             raise
+
+    def _meter(
+        self, cfg: MeterConfig, source: Callable[[], Load]
+    ) -> tuple[SimMeter | None, SerialPair | None]:
+        """A simulated meter for `cfg`: on loopback TCP, or on a pty pair for RTU."""
+        if cfg.transport == "none":
+            return None, None
+        pair = SerialPair() if cfg.transport == "rtu" else None
+        meter = SimMeter(
+            cfg.model,
+            device_id=cfg.device_id,
+            port=cfg.port,
+            # Linux ptys refuse even parity (EINVAL) though they ignore it: both ends use N.
+            serial_port=None if pair is None else pair.port_a,
+            serial_parity=None if pair is None else "N",
+            source=source,
+            update_interval_s=METER_UPDATE_S,
+            clock=self.clock,
+        )
+        return meter, pair
+
+    def _close_serial(self) -> None:
+        pairs = [sim.serial for sim in self._connectors.values()] + [self.grid_serial]
+        for pair in pairs:
+            if pair is not None:
+                pair.close()
 
     def _build_connector(self, cid: int, cfg: ConnectorConfig) -> SimConnector:
         adc = self.config.adc
         lock = cfg.lock
+        proximity = cfg.proximity
         pins = BenchPins(
             self.factory,
             pilot_pin=cfg.pilot.pin,
@@ -133,8 +171,11 @@ class Bench:
             adc_bits=12 if adc.chip == "mcp3208" else 10,
             vref=adc.vref,
             cp_channel=cfg.pilot.sense_channel,
-            pp_channel=cfg.proximity.channel,
-            temp_channel=cfg.temperature.channel,
+            # Channels a connector does not read are left to the others on the shared chip.
+            pp_channel=proximity.channel
+            if proximity.enabled and proximity.fixed_cable_a is None
+            else None,
+            temp_channel=cfg.temperature.channel if cfg.temperature.driver == "ntc" else None,
             cp_gain=cfg.pilot.sense_gain,
             cp_offset=cfg.pilot.sense_offset,
             pp_pull_up_ohms=cfg.proximity.pullup_ohms,
@@ -143,7 +184,10 @@ class Bench:
             ntc_r25=cfg.temperature.r25_ohms,
             ntc_series_r=cfg.temperature.series_ohms,
             ntc_vref=adc.vref,
+            adc=self._adc,
         )
+        # The first connector's pins create the chip; the others wire into it.
+        self._adc = pins.adc
         bench = self.config.bench
         ev = SimEv(
             self.clock,
@@ -156,15 +200,11 @@ class Bench:
         )
         sim = SimConnector(cid, cfg, pins, ev, None, set())
         pins.set_cp(sim.cp_high_volts)
-        if cfg.meter.transport == "tcp":
-            sim.meter = SimMeter(
-                cfg.meter.model,
-                device_id=cfg.meter.device_id,
-                port=cfg.meter.port,
-                source=sim.load,
-                update_interval_s=METER_UPDATE_S,
-                clock=self.clock,
-            )
+        try:
+            sim.meter, sim.serial = self._meter(cfg.meter, sim.load)
+        except BaseException:
+            pins.close()
+            raise
         return sim
 
     # ------------------------------------------------------------------ life cycle
@@ -194,6 +234,9 @@ class Bench:
             self.pv_a = pv_a
 
     async def start(self, *, control: bool = True) -> None:
+        for pair in [sim.serial for sim in self._connectors.values()] + [self.grid_serial]:
+            if pair is not None:
+                pair.start()
         for sim in self._connectors.values():
             if sim.meter is not None:
                 await sim.meter.start()
@@ -215,12 +258,8 @@ class Bench:
         """`config` with the bench's actual meter ports and reader device."""
         data = config.model_dump()
         for index, sim in self._connectors.items():
-            if sim.meter is not None:
-                meter = data["connectors"][index - 1]["meter"]
-                meter["host"], meter["port"] = "127.0.0.1", sim.meter.port
-        if self.grid_meter is not None:
-            data["grid"]["meter"]["host"] = "127.0.0.1"
-            data["grid"]["meter"]["port"] = self.grid_meter.port
+            _wire_meter(data["connectors"][index - 1]["meter"], sim.meter, sim.serial)
+        _wire_meter(data["grid"]["meter"], self.grid_meter, self.grid_serial)
         reader = data["reader"]
         if reader["model"] == "rdm6300" and self.rdm6300 is not None:
             reader["port"] = self.rdm6300.port
@@ -243,6 +282,7 @@ class Bench:
                 await sim.meter.stop()
         if self.grid_meter is not None:
             await self.grid_meter.stop()
+        self._close_serial()
         for reader in (self.rdm6300, self.pn532):
             if reader is not None:
                 reader.close()

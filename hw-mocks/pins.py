@@ -252,7 +252,11 @@ class BenchPins:
       freezes it.
     - ADC (SimMcp3xxx on SPI0, chip select adc_select_pin): channel cp_channel = CP through
       the pilot front-end (gain/offset as hal.pilot.sense), pp_channel = PP divider,
-      temp_channel = NTC divider (parameters as hal.temperature.AdcNtcTemperature).
+      temp_channel = NTC divider (parameters as hal.temperature.AdcNtcTemperature); a
+      channel given as None is not wired. Pass `adc=` another connector's chip to share it
+      (as connectors of one charger share the one ADC): adc_select_pin/adc_bits are then
+      unused, the channels must differ from the other connector's, and only the connector
+      that created the chip closes it.
     All injection methods take effect immediately (callbacks of the drivers' input
     devices run synchronously in the caller's thread).
     """
@@ -273,8 +277,8 @@ class BenchPins:
         adc_bits: int = 10,
         vref: float = 3.3,
         cp_channel: int = 0,
-        pp_channel: int = 1,
-        temp_channel: int = 2,
+        pp_channel: int | None = 1,
+        temp_channel: int | None = 2,
         cp_gain: float = DEFAULT_GAIN,
         cp_offset: float = DEFAULT_OFFSET,
         pp_pull_up_ohms: float = 1000.0,
@@ -283,9 +287,13 @@ class BenchPins:
         ntc_r25: float = 10_000.0,
         ntc_series_r: float = 10_000.0,
         ntc_vref: float = 3.3,
+        adc: SimMcp3xxx | None = None,
     ) -> None:
         f = self.factory = _factory(factory)
-        self.adc = SimMcp3xxx(bits=adc_bits, vref=vref, select_pin=adc_select_pin, pin_factory=f)
+        self._owns_adc = adc is None
+        if adc is None:
+            adc = SimMcp3xxx(bits=adc_bits, vref=vref, select_pin=adc_select_pin, pin_factory=f)
+        self.adc = adc
         self.pilot = f.pin(pilot_pin)
         self.relay = self._watched(relay_pin, self._sync_relay)
         self.relay_feedback = None if relay_feedback_pin is None else f.pin(relay_feedback_pin)
@@ -394,11 +402,14 @@ class BenchPins:
 
     def set_temperature(self, celsius: float) -> None:
         """NTC channel voltage for `celsius` (parameters as given to the constructor)."""
-        self.adc.set_channel(self._temp_channel, ntc_volts(celsius, *self._ntc))
+        # No NTC wired: nothing to drive, and the channel may be another connector's.
+        if self._temp_channel is not None:
+            self.adc.set_channel(self._temp_channel, ntc_volts(celsius, *self._ntc))
 
     def set_pp_ohms(self, ohms: float | None) -> None:
         """PP resistor in the plug (None = no cable / open; 0 = short)."""
-        self.adc.set_channel(self._pp_channel, pp_volts(ohms, *self._pp))
+        if self._pp_channel is not None:
+            self.adc.set_channel(self._pp_channel, pp_volts(ohms, *self._pp))
 
     def set_cp(self, high_v_fn: Callable[[], float] | float, diode: bool = True) -> None:
         """What the EV does to CP. `high_v_fn()` returns the high plateau the EV's load
@@ -449,7 +460,8 @@ class BenchPins:
         return min(max(v, 0.0), self._vref)
 
     def close(self) -> None:
-        self.adc.close()
+        if self._owns_adc:
+            self.adc.close()
         for pin in (self.relay, self.rcd_test, self.lock_out, self.unlock_out):
             if pin is not None:
                 pin.on_change = None

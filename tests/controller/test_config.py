@@ -170,3 +170,77 @@ def test_serial_port_used_twice(tmp_path, capsys) -> None:
     )
     assert code == 2
     assert any("serial port /dev/ttyUSB0 is already used by reader.port" in line for line in err)
+
+
+# ---------------------------------------------------------------- ADC channels, several connectors
+
+# Connector 2 on GPIOs of its own, so that only its ADC channels can clash.
+SECOND = (
+    "[[connectors]]\n[[connectors]]\n[connectors.pilot]\npin = 13\n{pilot}"
+    "[connectors.contactor]\nrelay_pin = 16\nfeedback_pin = 26\n"
+    "[connectors.rcd]\nfault_pin = 6\ntest_pin = 12\n{rest}"
+)
+
+
+@pytest.mark.parametrize(
+    ("pilot", "rest", "needle"),
+    [
+        (
+            "sense_channel = 0\n",
+            "[connectors.proximity]\nchannel = 4\n[connectors.temperature]\nchannel = 5\n",
+            "connectors[1].pilot.sense_channel: a free ADC channel "
+            "(channel 0 is already used by connectors[0].pilot.sense_channel) (given: 0)",
+        ),
+        (
+            "sense_channel = 3\n",
+            "[connectors.proximity]\nchannel = 4\n[connectors.temperature]\nchannel = 1\n",
+            "connectors[1].temperature.channel: a free ADC channel "
+            "(channel 1 is already used by connectors[0].proximity.channel) (given: 1)",
+        ),
+        (  # a clash with a default the user never wrote still names the value in effect
+            "sense_channel = 3\n",
+            "[connectors.temperature]\nchannel = 5\n",
+            "connectors[1].proximity.channel: a free ADC channel "
+            "(channel 1 is already used by connectors[0].proximity.channel) (given: 1 (default))",
+        ),
+    ],
+)
+def test_adc_channel_used_twice_is_one_line_and_exit_2(
+    tmp_path, capsys, pilot: str, rest: str, needle: str
+) -> None:
+    code, err, out = check(tmp_path, SECOND.format(pilot=pilot, rest=rest), capsys)
+    assert code == 2
+    assert out == ""
+    assert err == [f"{tmp_path / 'evsed.toml'}: {needle}"]
+
+
+def test_adc_channel_clash_within_one_connector(tmp_path, capsys) -> None:
+    code, err, _ = check(tmp_path, "[[connectors]]\n[connectors.proximity]\nchannel = 0\n", capsys)
+    assert code == 2
+    assert any(
+        "connectors[0].proximity.channel: a free ADC channel "
+        "(channel 0 is already used by connectors[0].pilot.sense_channel) (given: 0)" in line
+        for line in err
+    )
+
+
+def test_channels_a_connector_does_not_read_are_free() -> None:
+    # A tethered cable reads no PP and a DS18B20 no ADC: their channels are not claimed.
+    config.parse(
+        {
+            "connectors": [
+                {
+                    "proximity": {"channel": 0, "fixed_cable_a": 32},
+                    "temperature": {"driver": "ds18b20", "channel": 0},
+                }
+            ]
+        }
+    )
+
+
+def test_two_connector_example_is_valid(capsys) -> None:
+    path = REPO / "config" / "sim-two-connectors.toml"
+    assert cli.main(["config", "check", str(path)]) == 0
+    loaded = config.load(path)
+    assert len(loaded.connectors) == 2
+    assert loaded.grid.enabled
