@@ -98,7 +98,7 @@ RW_CASES: dict[str, tuple[str, str | None, str | None]] = {
     "ResetRetries": ("2", "two", "11"),
     "StopTransactionOnEVSideDisconnect": ("false", "no", None),
     "StopTransactionOnInvalidId": ("false", "nope", None),
-    "StopTxnAlignedData": ("Energy.Active.Import.Register", ",", "Temperature"),
+    "StopTxnAlignedData": ("Energy.Active.Import.Register", ",", "RPM"),
     "StopTxnSampledData": ("Voltage, Frequency", ",,", "Current.Export"),
     "TransactionMessageAttempts": ("5", "5.0", "0"),
     "TransactionMessageRetryInterval": ("30", "0x1e", "0"),
