@@ -43,7 +43,7 @@ from hal.interfaces import (
     TemperatureSensor,
 )
 from hal.meters.poller import MeterPoller
-from hal.types import DeviceFault, MeterSample, TagPresented
+from hal.types import DeviceFault, MeterSample, PilotState, TagPresented
 
 log = logging.getLogger(__name__)
 
@@ -301,6 +301,9 @@ class Charger:
                 max_a=limit(self._inputs(slot, with_budget=False)).amps,
                 meter=slot.connector.last_sample,
                 grid_phases=(0, 1, 2)[: slot.config.phases],
+                # An EV that paused (back to B) draws nothing: it keeps the minimum, so the
+                # PWM stays on and it can resume, and the rest goes to the others.
+                demand_a=0.0 if slot.connector.pilot_state == PilotState.B else None,
             )
             for cid, slot in self._slots.items()
             if slot.connector.transaction is not None

@@ -222,11 +222,6 @@ async def test_the_fuse_is_shared_fairly_between_the_two(make_two: MakeTwo) -> N
     assert two.status(1) == two.status(2) == "Charging"
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="controller/charger.py passes no demand_a to the LoadBalancer, and a connector "
-    "drawing nothing counts on all its wired phases: a paused EV keeps its share",
-)
 async def test_a_paused_evs_share_goes_to_the_other(make_two: MakeTwo) -> None:
     two = await make_two(grid=True)
     for _ in range(3):
@@ -238,14 +233,17 @@ async def test_a_paused_evs_share_goes_to_the_other(make_two: MakeTwo) -> None:
     for _ in range(5):
         await two.grid_step()
     assert two.status(1) == "SuspendedEV"
-    # Connector 1 draws nothing now: connector 2 may take the whole 20 A.
-    await two.offers_become((two.connector(1).offered_a, 20.0), within_s=10)
+    # Connector 1 draws nothing now: it keeps the 6 A minimum (the PWM stays on, so the
+    # EV can resume), and connector 2 takes the rest of the 20 A.
+    await two.offers_become((6.0, 14.0), within_s=10)
     worst = 0.0
     for _ in range(10):
         await two.grid_step()
         worst = max(worst, *grid_currents(two))
     assert worst <= 32.0
-    assert max(two.bench.sim(2).ev.phase_currents_a()) > 15.0
+    assert max(two.bench.sim(2).ev.phase_currents_a()) > 13.0
+    await two.bench.set_ev(1, paused=False)  # and it does resume
+    await two.offers_become((10.0, 10.0), within_s=10)
 
 
 # ---------------------------------------------------------------- (c) Modbus RTU over a pty
