@@ -103,6 +103,7 @@ class AuthTimedOut:
 Event = EvPlugged | EvUnplugged | Authorized | StopRequested | AuthTimedOut
 
 PLUGGED_STATES = frozenset({PilotState.B, PilotState.C, PilotState.D})
+NO_EV_STATES = frozenset({PilotState.A, PilotState.E, PilotState.F})
 
 
 class Connector:
@@ -186,6 +187,10 @@ class Connector:
             # C -> B/A/E/F: open at once, before anything else (IEC 61851-1: <= 100 ms).
             self._contactor.deenergize()
             self._note("contactor", closed=False)
+        if state in NO_EV_STATES and self._pilot.duty not in (DUTY_OFF, DUTY_F):
+            # No EV to offer current to: the PWM goes too, before the transaction's
+            # bookkeeping (a disk write) below.
+            self._pilot.set_duty(DUTY_OFF)
         log.debug("connector %s pilot %s -> %s", self.id, previous, state)
         self._note("pilot", state=str(state), previous=str(previous))
         if state == PilotState.E:

@@ -14,6 +14,7 @@ import pytest
 
 from controller.clock import FakeClock
 from controller.connector.faults import Fault
+from controller.connector.hooks import LocalHooks
 from controller.connector.status import StopReason
 from controller.limiter import SmartChargingLimit
 from controller.run import Stack
@@ -451,3 +452,23 @@ async def test_shutdown_stops_the_transaction_and_leaves_everything_safe(free: R
     free.stack.charger = None
     assert free.stack.hooks.stopped[-1].reason == StopReason.REBOOT
     assert not pins.relay_energized
+
+
+async def test_unplug_drops_contactor_and_pwm_before_the_transaction_is_recorded(
+    free: Rig,
+) -> None:
+    seen: list[tuple[bool, float | None]] = []
+    hooks = free.stack.hooks
+    assert isinstance(hooks, LocalHooks)
+    hooks.listeners.append(
+        lambda kind, _: (
+            seen.append((free.sim.pins.relay_energized, free.sim.pins.pilot_duty))
+            if kind == "transaction_stopped"
+            else None
+        )
+    )
+    await free.bench.plug(1)
+    await charging(free)
+    await free.bench.unplug(1)
+    await free.until(lambda: bool(seen), within_s=0.1)
+    assert seen == [(False, 1.0)]  # both safe before the stop reached the store
