@@ -197,12 +197,6 @@ class Charger:
     def connector(self, connector_id: int) -> Connector:
         return self._slots[connector_id].connector
 
-    def last_sample(self, connector_id: int) -> MeterSample | None:
-        return self._slots[connector_id].connector.last_sample
-
-    def sampler(self, connector_id: int) -> Sampler:
-        return self._slots[connector_id].sampler
-
     # ------------------------------------------------------------------ life cycle
 
     async def start(self) -> None:
@@ -234,6 +228,9 @@ class Charger:
 
     async def stop(self, reason: StopReason = StopReason.REBOOT) -> None:
         """Stop transactions with `reason`, open contactors, release the hardware."""
+        # Every connector safe first: no connector's outputs wait on another's disk write.
+        for slot in self._slots.values():
+            slot.connector.cut_outputs()
         for slot in self._slots.values():
             slot.connector.shutdown(reason)
         for slot in self._slots.values():
@@ -250,12 +247,13 @@ class Charger:
         self.parts.shutdown()
 
     async def _tick(self) -> None:
-        # The limiter's resume delay only advances when it is asked; without a meter nothing
-        # else would ask it.
+        # A suspended limiter's resume delay only advances when it is asked; without a
+        # meter nothing else would ask it.
         while True:
             await self.clock.sleep(1.0)
-            for cid in self._slots:
-                self.recompute(cid)
+            for cid, slot in self._slots.items():
+                if slot.limiter.suspended:
+                    self.recompute(cid)
 
     # ------------------------------------------------------------------ limits
 
@@ -321,8 +319,10 @@ class Charger:
         elif kind == "phase":
             if fields.get("phase") == Phase.TRANSACTION:
                 slot.started_at = self.clock.monotonic()
-            self._rebalance()
-            self.recompute(slot.connector.id)
+            if self._balancer is not None:
+                self._rebalance()  # recomputes every connector, this one included
+            else:
+                self.recompute(slot.connector.id)
 
     def _on_meter(self, slot: _Slot, event: MeterSample | DeviceFault) -> None:
         if isinstance(event, MeterSample):

@@ -84,6 +84,8 @@ class W1Ds18b20:
 
     # 85.000 C is the power-on value of the scratchpad: a conversion that never ran.
     POWER_ON_RESET_MILLI_C = 85_000
+    # Callers read a blocking sensor off the event loop (see controller.connector.sampler).
+    blocking = True
 
     def __init__(self, device_id: str, root: Path = Path("/sys/bus/w1/devices")) -> None:
         self.device_id = device_id

@@ -7,6 +7,7 @@ stopped answering, a hot socket): the transaction stays open and resumes when it
 
 from __future__ import annotations
 
+from collections.abc import Container
 from dataclasses import dataclass
 from enum import StrEnum
 
@@ -82,7 +83,7 @@ SEVERITY: tuple[Fault, ...] = (
 )
 
 
-def most_serious(active: set[Fault]) -> Fault | None:
+def most_serious(active: Container[Fault]) -> Fault | None:
     for fault in SEVERITY:
         if fault in active:
             return fault

@@ -31,13 +31,12 @@ from controller.connector.status import (
     StopReason,
 )
 from hal.interfaces import Contactor, LockActuator, PilotOutput
-from hal.pilot.duty import current_to_duty
+from hal.pilot.duty import MIN_CURRENT_A, NO_PWM, current_to_duty
 from hal.types import ContactorFault, MeterSample, PilotReading, PilotState
 
 log = logging.getLogger(__name__)
 
-MIN_CURRENT_A = 6.0
-DUTY_OFF = 1.0  # steady +12 V: no current offered (A1/B1/C1)
+DUTY_OFF = NO_PWM  # steady +12 V: no current offered (A1/B1/C1)
 DUTY_F = 0.0  # steady -12 V: state F
 
 
@@ -70,6 +69,8 @@ class Settings:
     # After a fault stops charging, state F for >= 300 ms (IEC 61851-1 Table A.5).
     fault_state_f_s: float = 0.3
     pwm_resolution: float = 0.001
+    # A motor lock's pulse is ~0.5 s; no confirmation within this is a ConnectorLockFailure.
+    lock_timeout_s: float = 2.0
 
 
 # Events (the "event" half of (phase, event) in `_transition`).
@@ -143,6 +144,7 @@ class Connector:
         self._authorizing = False
         self._f_until: float | None = None
         self._soft_off_since: float | None = None
+        self._lock_since: float | None = None  # lock commanded, not yet confirmed
         self._overcurrent_since: float | None = None
         self._status: ConnectorStatus | None = None
         self._listeners: list[Callable[[str, dict[str, object]], None]] = []
@@ -183,18 +185,16 @@ class Connector:
         if state is None or state == self.pilot_state:
             return
         previous, self.pilot_state = self.pilot_state, state
-        if self._contactor.energized and not self._may_draw(state):
-            # C -> B/A/E/F: open at once, before anything else (IEC 61851-1: <= 100 ms).
-            self._contactor.deenergize()
+        # C -> B/A/E/F: open at once, before anything else (IEC 61851-1: <= 100 ms); with
+        # no EV the PWM goes too. Notes, logs and the transaction's disk write come after.
+        opened = self._cut(DUTY_OFF if state in NO_EV_STATES else None)
+        if state == PilotState.E:
+            self.raise_fault(Fault.PILOT_SHORT, "CP shorted to PE (state E)")
+        if opened:
             self._note("contactor", closed=False)
-        if state in NO_EV_STATES and self._pilot.duty not in (DUTY_OFF, DUTY_F):
-            # No EV to offer current to: the PWM goes too, before the transaction's
-            # bookkeeping (a disk write) below.
-            self._pilot.set_duty(DUTY_OFF)
         log.debug("connector %s pilot %s -> %s", self.id, previous, state)
         self._note("pilot", state=str(state), previous=str(previous))
         if state == PilotState.E:
-            self.raise_fault(Fault.PILOT_SHORT, "CP shorted to PE (state E)")
             return
         if Fault.PILOT_SHORT in self.faults and state != PilotState.F:
             self._clear_fault(Fault.PILOT_SHORT, Clear.RECOVERY)
@@ -210,9 +210,7 @@ class Connector:
             return
         self.faults[fault] = detail
         rule = RULES[fault]
-        if self._contactor.energized:
-            self._contactor.deenergize()
-        self._pilot.set_duty(DUTY_F)
+        self._cut(DUTY_F)
         self._f_until = self._clock.monotonic() + self.settings.fault_state_f_s
         log.warning("connector %s fault %s: %s", self.id, fault, detail)
         self._note("fault", fault=str(fault), active=True, detail=detail)
@@ -251,8 +249,8 @@ class Connector:
             self._clear_fault(Fault.CABLE, Clear.RECOVERY)
         if cable_a != self.cable_a:
             self.cable_a = cable_a
+            # The charger hears of it and hands the connector the new allowed current.
             self._note("cable", cable_a=cable_a)
-            self._apply()
 
     def on_meter_sample(self, sample: MeterSample) -> None:
         self.last_sample = sample
@@ -392,11 +390,25 @@ class Connector:
         self._lock.unlock()
         return "Unlocked" if self._lock.locked() is not True else "UnlockFailed"
 
+    def cut_outputs(self) -> None:
+        """Contactor open and pilot at steady +12 V, now, with nothing else done first."""
+        self._cut(DUTY_OFF)
+
+    def _cut(self, duty: float | None) -> bool:
+        """The one place a safety reaction touches the outputs: the contactor opens (always
+        with a `duty`, else only when the pilot state forbids drawing), then the pilot takes
+        `duty` if one is given. True if the contactor opened."""
+        opened = False
+        if self._contactor.energized and (duty is not None or not self._may_draw(self.pilot_state)):
+            self._contactor.deenergize()
+            opened = True
+        if duty is not None and self._pilot.duty != duty:
+            self._pilot.set_duty(duty)
+        return opened
+
     def shutdown(self, reason: StopReason) -> None:
         """Stop any transaction with `reason`, open the contactor, pilot to +12 V."""
-        if self._contactor.energized:
-            self._contactor.deenergize()
-        self._pilot.set_duty(DUTY_OFF)
+        self._cut(DUTY_OFF)
         if self.transaction is not None:
             self._dispatch(StopRequested(reason))
         for task in self._tasks:
@@ -408,6 +420,8 @@ class Connector:
     def wake_at(self) -> float | None:
         """The next moment `supervise()` has something to do (monotonic), if any."""
         deadlines = [self._f_until, self._auth_deadline]
+        if self._lock_since is not None:
+            deadlines.append(self._lock_since + self.settings.lock_timeout_s)
         if self._soft_off_since is not None:
             deadlines.append(self._soft_off_since + self.settings.power_off_under_load_s)
         return min((d for d in deadlines if d is not None), default=None)
@@ -415,8 +429,13 @@ class Connector:
     def supervise(self) -> None:
         """Deadlines and contactor feedback; the sampler calls this every tick."""
         now = self._clock.monotonic()
-        if self._contactor.feedback() is not None:
-            self.on_contactor_fault(self._contactor.fault())
+        self.on_contactor_fault(self._contactor.fault())
+        if self._lock_since is not None and self.transaction is not None:
+            if self._lock is not None and self._lock.locked() is not False:
+                self._lock_since = None
+            elif now - self._lock_since >= self.settings.lock_timeout_s:
+                self._lock_since = None
+                self.raise_fault(Fault.LOCK, "lock did not engage")
         if self._auth_deadline is not None and now >= self._auth_deadline:
             self._dispatch(AuthTimedOut())
         if self.reservation is not None and self._clock.now().timestamp() >= self.reservation[3]:
@@ -493,10 +512,10 @@ class Connector:
             reservation_id=reservation_id,
         )
         if self._lock is not None:
+            # A motor lock takes a pulse to move: `supervise` judges it after lock_timeout_s,
+            # and until it reports locked `_apply` offers nothing.
             self._lock.lock()
-            if self._lock.locked() is False:
-                self.raise_fault(Fault.LOCK, "lock did not engage")
-                return
+            self._lock_since = self._clock.monotonic()
         self.transaction = self._hooks.transaction_started(tx)
         log.info("connector %s transaction %s started", self.id, self.transaction.local_id)
         self._note("transaction_started", id_tag=tx.id_tag, meter_start_wh=tx.meter_start_wh)
@@ -525,31 +544,25 @@ class Connector:
     # ------------------------------------------------------------------ outputs
 
     def _blocking_fault(self) -> Fault | None:
-        return most_serious(set(self.faults))
+        return most_serious(self.faults)
 
     def _may_draw(self, state: PilotState) -> bool:
         return state == PilotState.C or (
             state == PilotState.D and self.settings.ventilation_available
         )
 
-    def offer_limit_a(self) -> float:
-        """What may be offered now, before the duty cycle's own rounding."""
-        caps = [self.settings.rated_current_a, self.allowed_a]
-        if self.settings.max_current_a is not None:
-            caps.append(self.settings.max_current_a)
-        if self.cable_a is not None:
-            caps.append(self.cable_a)
-        return min(caps)
-
     def _apply(self) -> None:
         now = self._clock.monotonic()
         offering = (
             self.transaction is not None
+            and self.pilot_state in PLUGGED_STATES
             and self._blocking_fault() is None
             and self.rcd_tested
             and (self._lock is None or self._lock.locked() is not False)
         )
-        limit = self.offer_limit_a() if offering else 0.0
+        # The limiter already took the minimum of rating, cable, configuration, schedule
+        # and budget, and rounded it to what a duty can say.
+        limit = self.allowed_a if offering else 0.0
         if limit < MIN_CURRENT_A:
             limit = 0.0
         in_f = self._f_until is not None and now < self._f_until
@@ -640,17 +653,3 @@ class Connector:
         task = asyncio.get_running_loop().create_task(coro)  # type: ignore[arg-type]
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
-
-    def describe(self) -> dict[str, object]:
-        tx = self.transaction
-        return {
-            "connector": self.id,
-            "phase": str(self.phase),
-            "pilot": str(self.pilot_state),
-            "status": str(self.status.status),
-            "error_code": str(self.status.error_code),
-            "offered_a": self.offered_a,
-            "contactor": self._contactor.energized,
-            "faults": sorted(str(f) for f in self.faults),
-            "transaction": None if tx is None else tx.local_id,
-        }

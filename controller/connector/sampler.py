@@ -16,6 +16,7 @@ Proximity only matters with a plug in the socket; temperature changes slowly.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import math
 import time
@@ -69,7 +70,7 @@ class Sampler:
         self._next_pp = 0.0
         self._next_temp = 0.0
         self._task: asyncio.Task[None] | None = None
-        self.ticks = 0
+        self._temperature_task: asyncio.Task[None] | None = None
 
     def calibrate(self, reads: int = 8) -> float:
         """Time one ADC read, so a burst can be sized to span one PWM period."""
@@ -91,7 +92,7 @@ class Sampler:
 
     def tick(self) -> float:
         """One round of sampling; returns the delay until the next."""
-        interval, reads = self.plan()
+        _, reads = self.plan()
         now = self.clock.monotonic()
         try:
             reading = self.sensor.read(reads)
@@ -111,7 +112,6 @@ class Sampler:
             self._next_temp = now + self.rates.temperature_interval_s
             self._check_temperature()
         self.connector.supervise()
-        self.ticks += 1
         # Plan again: this tick may have closed the contactor, and the next one must then
         # come at the charging rate, not at the rate planned before the read.
         interval = self.plan()[0]
@@ -135,16 +135,27 @@ class Sampler:
 
     def _check_temperature(self) -> None:
         assert self.temperature is not None
-        try:
-            celsius = self.temperature.read_celsius()
-        except Exception as exc:  # an unreadable sensor is treated as too hot: fail safe
+        if not getattr(self.temperature, "blocking", False):
+            self._judge_temperature(_read(self.temperature.read_celsius))
+        elif self._temperature_task is None or self._temperature_task.done():
+            # A 1-wire conversion takes ~750 ms: never on the loop that samples the pilot.
+            self._temperature_task = asyncio.get_running_loop().create_task(
+                self._read_in_thread(), name="temperature"
+            )
+
+    async def _read_in_thread(self) -> None:
+        assert self.temperature is not None
+        self._judge_temperature(await asyncio.to_thread(_read, self.temperature.read_celsius))
+
+    def _judge_temperature(self, reading: float | Exception) -> None:
+        if isinstance(reading, Exception):  # an unreadable sensor counts as too hot: fail safe
             self.connector.temperature_c = None
-            self.connector.raise_fault(Fault.OVER_TEMPERATURE, f"sensor unreadable: {exc}")
+            self.connector.raise_fault(Fault.OVER_TEMPERATURE, f"sensor unreadable: {reading}")
             return
-        self.connector.temperature_c = celsius
-        if celsius >= self.max_temperature_c:
-            self.connector.raise_fault(Fault.OVER_TEMPERATURE, f"{celsius:.0f} C")
-        elif celsius <= self.max_temperature_c - self.rates.temperature_hysteresis_c:
+        self.connector.temperature_c = reading
+        if reading >= self.max_temperature_c:
+            self.connector.raise_fault(Fault.OVER_TEMPERATURE, f"{reading:.0f} C")
+        elif reading <= self.max_temperature_c - self.rates.temperature_hysteresis_c:
             self.connector.recover(Fault.OVER_TEMPERATURE)
 
     async def run(self) -> None:
@@ -155,6 +166,10 @@ class Sampler:
         self._task = asyncio.get_running_loop().create_task(self.run(), name="sampler")
 
     async def stop(self) -> None:
+        if self._temperature_task is not None:
+            self._temperature_task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._temperature_task
         if self._task is not None:
             self._task.cancel()
             try:
@@ -162,3 +177,10 @@ class Sampler:
             except asyncio.CancelledError:
                 pass
             self._task = None
+
+
+def _read(read_celsius: Callable[[], float]) -> float | Exception:
+    try:
+        return read_celsius()
+    except Exception as exc:
+        return exc

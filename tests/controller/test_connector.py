@@ -472,3 +472,78 @@ async def test_unplug_drops_contactor_and_pwm_before_the_transaction_is_recorded
     await free.bench.unplug(1)
     await free.until(lambda: bool(seen), within_s=0.1)
     assert seen == [(False, 1.0)]  # both safe before the stop reached the store
+
+
+async def test_jammed_lock_is_connectorlockfailure_and_no_energy(make_rig: MakeRig) -> None:
+    rig = await make_rig(
+        authorization={"free_vend": True},
+        connectors=[{"meter": {"port": 0}, "lock": {"enabled": True}}],
+    )
+    rig.sim.pins.lock_jam(True)
+    await rig.bench.plug(1)
+    took = await rig.until(lambda: rig.status == "Faulted", within_s=3)
+    assert 2.0 <= took <= 2.1  # lock_timeout_s: a motor lock gets its pulse first
+    assert rig.connector.status.error_code == "ConnectorLockFailure"
+    assert not rig.sim.pins.relay_energized
+    assert rig.sim.pins.pilot_duty != pytest.approx(0.533)
+
+
+async def test_working_lock_engages_before_energy(make_rig: MakeRig) -> None:
+    rig = await make_rig(
+        authorization={"free_vend": True},
+        connectors=[{"meter": {"port": 0}, "lock": {"enabled": True}}],
+    )
+    await rig.bench.plug(1)
+    await charging(rig)
+    assert rig.sim.pins.locked
+    await rig.run(3)
+    assert rig.status == "Charging"
+
+
+async def test_no_pwm_on_an_empty_socket_while_the_session_outlives_unplug(free: Rig) -> None:
+    from dataclasses import replace
+
+    free.connector.settings = replace(free.connector.settings, stop_on_ev_disconnect=False)
+    await free.bench.plug(1)
+    await charging(free)
+    await free.bench.unplug(1)
+    await free.run(1)
+    assert free.connector.transaction is not None  # StopTransactionOnEVSideDisconnect=false
+    assert free.sim.pins.pilot_duty == 1.0
+    assert not free.sim.pins.relay_energized
+    await free.bench.plug(1)
+    await charging(free)  # the same session resumes
+
+
+async def test_a_1wire_sensor_is_read_off_the_event_loop(
+    make_rig: MakeRig, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import asyncio
+    import threading
+
+    from hal.temperature import W1Ds18b20
+
+    threads: list[int] = []
+    hot = threading.Event()
+
+    def read_celsius(self: W1Ds18b20) -> float:
+        threads.append(threading.get_ident())
+        return 95.0 if hot.is_set() else 30.0
+
+    monkeypatch.setattr(W1Ds18b20, "read_celsius", read_celsius)
+    rig = await make_rig(
+        authorization={"free_vend": True},
+        connectors=[
+            {"meter": {"port": 0}, "temperature": {"driver": "ds18b20", "device_id": "28-0"}}
+        ],
+    )
+    await rig.bench.plug(1)
+    await charging(rig)
+    hot.set()
+    hot_seen = asyncio.ensure_future(rig.note("fault", lambda f: f["fault"] == "over_temperature"))
+    while not hot_seen.done():
+        await rig.run(0.5)
+        await asyncio.wait([hot_seen], timeout=0.05)
+    assert threads and threading.get_ident() not in threads  # never on the loop's thread
+    assert not rig.sim.pins.relay_energized
+    assert rig.connector.status.error_code == "HighTemperature"
