@@ -232,7 +232,6 @@ class Bench(Strict):
 
 class Logging(Strict):
     level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
-    format: Literal["text", "json"] = "text"
 
 
 class Config(Strict):

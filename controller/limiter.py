@@ -30,14 +30,13 @@ from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Literal
 
+from hal.pilot.duty import HIGH_RANGE_MIN_A, LOW_RANGE_MAX_A, MAX_CURRENT_A, MIN_CURRENT_A
 from hal.types import MeterSample
 
-MIN_CURRENT_A = 6.0  # lowest current a PWM duty can offer (10 %)
-MAX_CURRENT_A = 80.0  # highest (96 %)
 # 51 A < I <= 52.5 A has no duty value of its own: 52.5 A would be 85 %, which the EV reads
 # on the lower formula as 51 A (REFERENCE 1.2). So the whole gap floors to 51 A.
-_GAP_LOW_A = 51.0
-_GAP_HIGH_A = 52.5
+_GAP_LOW_A = LOW_RANGE_MAX_A
+_GAP_HIGH_A = HIGH_RANGE_MIN_A
 
 
 class Reason(StrEnum):

@@ -41,14 +41,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from enum import StrEnum
 
-from controller.limiter import (
-    MAX_CURRENT_A,
-    MIN_CURRENT_A,
-    Budget,
-    Reason,
-    active_phases,
-    representable_current,
-)
+from controller.limiter import Budget, Reason, active_phases, representable_current
+from hal.pilot.duty import MAX_CURRENT_A, MIN_CURRENT_A
 from hal.types import MeterSample
 
 _EPS = 1e-9

@@ -12,16 +12,14 @@ def dumps(data: dict[str, Any]) -> str:
     return "\n".join(lines).strip() + "\n"
 
 
-def _table(data: dict[str, Any], path: list[str], lines: list[str]) -> None:
+def _table(data: dict[str, Any], path: list[str], lines: list[str], header: bool = True) -> None:
+    """`data` as a table at `path`; `header=False` when an [[array]] header already stands."""
     scalars = {k: v for k, v in data.items() if not _is_table(v) and not _is_table_list(v)}
-    if path and (scalars or not data):
+    if header and path and (scalars or not data):
         lines.append("")
         lines.append(f"[{'.'.join(path)}]")
     for key, value in scalars.items():
-        if value is None:
-            lines.append(f"# {key} is not set")
-        else:
-            lines.append(f"{key} = {_value(value)}")
+        lines.append(f"# {key} is not set" if value is None else f"{key} = {_value(value)}")
     for key, value in data.items():
         if _is_table(value):
             _table(value, [*path, key], lines)
@@ -29,16 +27,7 @@ def _table(data: dict[str, Any], path: list[str], lines: list[str]) -> None:
             for item in value:
                 lines.append("")
                 lines.append(f"[[{'.'.join([*path, key])}]]")
-                _table_body(item, [*path, key], lines)
-
-
-def _table_body(data: dict[str, Any], path: list[str], lines: list[str]) -> None:
-    for key, value in data.items():
-        if not _is_table(value) and not _is_table_list(value):
-            lines.append(f"# {key} is not set" if value is None else f"{key} = {_value(value)}")
-    for key, value in data.items():
-        if _is_table(value):
-            _table(value, [*path, key], lines)
+                _table(item, [*path, key], lines, header=False)
 
 
 def _is_table(value: Any) -> bool:
