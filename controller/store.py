@@ -234,6 +234,18 @@ class Store:
                 f"BEGIN IMMEDIATE;\n{script}\nPRAGMA user_version={target};\nCOMMIT;"
             )
 
+    def checkpoint(self) -> None:
+        """Write the WAL back into the database, on a connection of the calling thread.
+
+        Meant for `asyncio.to_thread`: a checkpoint flushes to the card twice, which must not
+        happen inside a commit on the event loop that also samples the pilot. PASSIVE: it
+        never waits for, nor blocks, the loop's own connection."""
+        con = sqlite3.connect(self.path, isolation_level=None)
+        try:
+            con.execute("PRAGMA wal_checkpoint(PASSIVE)")
+        finally:
+            con.close()
+
     @property
     def schema_version(self) -> int:
         return int(self._con.execute("PRAGMA user_version").fetchone()[0])

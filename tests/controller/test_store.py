@@ -223,3 +223,29 @@ def test_an_hour_of_charging_writes_under_2_mb(
             file=sys.stderr,
         )
     assert per_hour <= 2 * 1024 * 1024
+
+
+async def test_checkpoint_runs_off_the_loop_and_writes_the_wal_back(tmp_path: Path) -> None:
+    import asyncio
+    import threading
+
+    path = tmp_path / "cp.db"
+    store = Store(path, wal_autocheckpoint_pages=0)
+    try:
+        for i in range(200):
+            store.set_config(f"k{i}", "x" * 200)
+        before = path.stat().st_size  # with no automatic checkpoint the rows sit in the WAL
+        loop_thread = threading.get_ident()
+        ran_in: list[int] = []
+        original = store.checkpoint
+
+        def checkpoint() -> None:
+            ran_in.append(threading.get_ident())
+            original()
+
+        await asyncio.to_thread(checkpoint)
+        assert ran_in and ran_in[0] != loop_thread
+        assert path.stat().st_size > before + 200 * 200  # now in the database file
+        assert store.config_values()["k199"] == "x" * 200
+    finally:
+        store.close()
