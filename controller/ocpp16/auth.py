@@ -283,14 +283,20 @@ class Authorizer:
         self._offline_unknown.discard(id_tag.casefold())
 
     def on_start_transaction_conf(
-        self, id_tag: str, id_tag_info: Mapping[str, Any] | None
+        self,
+        id_tag: str,
+        id_tag_info: Mapping[str, Any] | None,
+        *,
+        update_cache: bool = True,
     ) -> StartConfAction:
-        """StartTransaction.conf arrived for a running transaction: update the cache and say
-        what to do (§3.5.4 as moved by errata v4.0 3.17: applies online and offline)."""
+        """StartTransaction.conf arrived for a running transaction: update the cache (unless
+        the caller already did) and say what to do (§3.5.4 as moved by errata v4.0 3.17:
+        applies online and offline)."""
         info = _valid_info(id_tag_info)
         if info is None:
             return StartConfAction.CONTINUE
-        self.update_from(id_tag, info)
+        if update_cache:
+            self.update_from(id_tag, info)
         self.forget_offline_unknown(id_tag)
         if info["status"] == ACCEPTED:
             return StartConfAction.CONTINUE

@@ -29,7 +29,6 @@ from dataclasses import dataclass, field, replace
 from datetime import datetime
 from typing import Any
 
-from ocpp.charge_point import snake_to_camel_case
 from ocpp.v16 import call
 
 from controller.connector.hooks import AuthResult, Transaction, TransactionStop
@@ -253,7 +252,7 @@ class OcppHooks:
     def _on_start_result(self, local_id: Any, id_tag_info: Any) -> None:
         if not isinstance(id_tag_info, dict):
             return
-        info = snake_to_camel_case(id_tag_info)
+        info = id_tag_info  # the session hands over the wire's camelCase
         status = info.get("status")
         running = next((r for r in self._running.values() if r.tx.local_id == local_id), None)
         id_tag = running.tx.id_tag if running is not None else None
@@ -261,8 +260,10 @@ class OcppHooks:
             stored = self.ctx.store.transaction(local_id) if isinstance(local_id, int) else None
             id_tag = stored.id_tag if stored is not None else None
         if id_tag is not None and self.ctx.authorizer is not None:
-            # Updates the cache too (§4.8).
-            action = self.ctx.authorizer.on_start_transaction_conf(id_tag, info).value
+            # The session has already put this answer in the cache.
+            action = self.ctx.authorizer.on_start_transaction_conf(
+                id_tag, info, update_cache=False
+            ).value
         elif status == "Accepted" or status is None:
             action = "continue"
         else:

@@ -347,14 +347,11 @@ class EvsedChargePoint(StrictChargePoint):
     @after(Action.reset)
     def after_reset(self, type: str) -> None:
         reason = StopReason.HARD_RESET if type == "Hard" else StopReason.SOFT_RESET
-        # Should anything still be open at the next start, it is stopped with this reason.
-        self.ctx.store.set_pending_stop_reason(reason.value)
-        for connector in self._connectors().values():
-            connector.request_stop(reason)
-        self.ctx.emit("reset", type=type)
         if self.ctx.session is not None:
-            self.ctx.session.wake_delivery()
+            # Records the reason for whatever is still open at the next start, then restarts.
             self.ctx.session.request_reset(type)
+        for connector in self._connectors().values():
+            connector.request_stop(reason)  # each stop wakes the delivery itself
 
     # ------------------------------------------------------------ UnlockConnector §5.17
 
