@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 import sqlite3
 from collections.abc import Coroutine
@@ -398,8 +399,7 @@ class OcppHooks:
         if sample is None and connector.last_energy_wh is None:
             return None
         try:
-            builder = MeterValueBuilder(measurands, connector.settings.phases)
-            return builder.build(
+            return _builder(tuple(measurands), connector.settings.phases).build(
                 sample,
                 context,
                 timestamp=at or self.ctx.clock.now(),
@@ -449,3 +449,9 @@ class OcppHooks:
             return self.ctx.keys.csl(key)
         except KeyError:
             return []
+
+
+@functools.lru_cache(maxsize=16)
+def _builder(measurands: tuple[str, ...], phases: int) -> MeterValueBuilder:
+    """One builder per (measurands, phases): the list was validated when it was set."""
+    return MeterValueBuilder(list(measurands), phases)

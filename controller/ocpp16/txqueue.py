@@ -192,7 +192,8 @@ class TxQueue:
                 return None
             # The unique index on (tx_local_id) for StopTransaction backs this up.
             msg_id = self._store.queue_insert(STOP, payload, local_id)
-            self._store.record_meter(tx.connector_id, meter_stop_wh, timestamp, force=True)
+        # No meter record here: it is read only to stop a transaction still open after a
+        # power cut, and the next start writes its own.
         return msg_id
 
     def meter_values(
