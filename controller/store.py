@@ -511,9 +511,6 @@ class Store:
         ).fetchone()
         return None if row is None else CachedAuth(row[0], json.loads(row[1]), _dt(row[2]))
 
-    def cache_delete(self, id_tag: str) -> None:
-        self._x("DELETE FROM auth_cache WHERE id_tag = ?", (id_tag,))
-
     def cache_clear(self) -> None:
         self._x("DELETE FROM auth_cache")
 

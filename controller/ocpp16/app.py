@@ -142,6 +142,8 @@ class OcppApp:
 
     async def start(self) -> None:
         self._hooks.recover_open_transactions()
+        # Stopped and delivered transactions are history: keep the last hundred, not all.
+        self.store.prune_transactions()
         self._hooks.start()
         self._checkpointing = asyncio.get_running_loop().create_task(
             self._checkpoints(), name="wal-checkpoint"

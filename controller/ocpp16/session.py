@@ -59,6 +59,7 @@ from ocpp.v16 import call
 from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed, InvalidHandshake, InvalidStatus, InvalidURI
 
+from controller.config import mask_url
 from controller.connector.status import ChargePointStatus, ConnectorStatus, ErrorCode
 from controller.ocpp16.context import OcppContext
 from controller.ocpp16.protocol import (
@@ -68,7 +69,13 @@ from controller.ocpp16.protocol import (
     validate_payload,
     websocket_options,
 )
-from controller.ocpp16.txqueue import START, STOP, QueuedMessage, UnresolvedTransaction
+from controller.ocpp16.txqueue import (
+    START,
+    STOP,
+    QueuedMessage,
+    UnresolvedTransaction,
+    ocpp_timestamp,
+)
 
 log = logging.getLogger(__name__)
 # Given to websockets: at DEBUG it logs every handshake header, Authorization included.
@@ -222,16 +229,6 @@ class ConnectSettings:
     headers: dict[str, str]
     ssl: ssl.SSLContext | None
     password: str
-
-
-def _masked(url: str) -> str:
-    parts = urlsplit(url)
-    if parts.password is None and parts.username is None:
-        return url
-    host = parts.hostname or ""
-    if parts.port is not None:
-        host = f"{host}:{parts.port}"
-    return urlunsplit((parts.scheme, host, parts.path, parts.query, parts.fragment))
 
 
 def _parse_time(value: Any) -> datetime | None:
@@ -505,7 +502,7 @@ class OcppSession:
             return
         _FILTER.secrets = (settings.password,) if settings.password else ()
         ping_interval, ping_timeout = self._ping_settings()
-        where = _masked(settings.url)
+        where = mask_url(settings.url)
         try:
             ws = await connect(
                 settings.url,
@@ -676,7 +673,7 @@ class OcppSession:
             status=str(st.status),
             info=st.info[:_CI_STRING_50] or None,
             vendor_error_code=st.vendor_error_code[:_CI_STRING_50] or None,
-            timestamp=(since or self._ctx.clock.now()).isoformat().replace("+00:00", "Z"),
+            timestamp=ocpp_timestamp(since or self._ctx.clock.now()),
         )
 
     async def _send_status(self, link: _Link, connector_id: int) -> None:

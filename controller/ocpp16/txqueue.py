@@ -209,11 +209,6 @@ class TxQueue:
         """Messages still to deliver (parked ones excluded)."""
         return self._store.queue_len()
 
-    def peek(self) -> QueuedMessage | None:
-        """The oldest message to deliver, due or not."""
-        row = self._store.queue_head()
-        return None if row is None else _msg(row)
-
     def next_due(self, now: float) -> QueuedMessage | None:
         """The head of the queue if it may be sent at ``now`` (monotonic seconds), else None.
         Messages whose transaction can never get a transactionId are parked on the way."""
