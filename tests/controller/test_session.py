@@ -228,6 +228,12 @@ async def test_boot_accepted_goes_online_with_identity_and_time(
         assert cs.handshakes[-1].path == f"/{CP}"
 
 
+async def round_trip(cs: CentralSystem) -> None:
+    """A CS call answered by the CP: whatever it sent before is recorded by now."""
+    result = await cs.call(CP, call.GetConfiguration(key=["X"]))
+    assert result.unknown_key == ["X"]
+
+
 @pytest.mark.parametrize("status", ["Pending", "Rejected"])
 async def test_boot_not_accepted_retries_at_interval_and_stays_offline(
     tmp_path: Path, cs: CentralSystem, status: str
@@ -244,6 +250,7 @@ async def test_boot_not_accepted_retries_at_interval_and_stays_offline(
             result = await cs.call(CP, call.GetConfiguration(key=["X"]))
             assert result.unknown_key == ["X"]
         await clock.advance(39)
+        await round_trip(cs)
         assert len(calls(cs, "BootNotification")) == 1
         cs.boot_status = "Accepted"
         await clock.advance(1)
@@ -265,6 +272,7 @@ async def test_boot_interval_zero_uses_default_retry(tmp_path: Path, cs: Central
     async with rig(tmp_path, cs, clock=clock, boot_retry_s=25) as r:
         await r.events.wait(lambda: bool(r.events.named("boot")))
         await clock.advance(24)
+        await round_trip(cs)
         assert len(calls(cs, "BootNotification")) == 1
         await clock.advance(1)
         await cs.wait_for(
@@ -285,6 +293,7 @@ async def test_heartbeat_at_interval_restarts_on_key_change_and_learns_time(
         await r.session.wait_online(5)
         mark = cs.mark()
         await clock.advance(99)
+        await round_trip(cs)
         assert calls(cs, "Heartbeat", mark) == []
         await clock.advance(1)
         await cs.wait_for_call("Heartbeat", CP, since=mark)
@@ -295,6 +304,7 @@ async def test_heartbeat_at_interval_restarts_on_key_change_and_learns_time(
         mark = cs.mark()
         r.keys.change("HeartbeatInterval", "30")
         await clock.advance(29)
+        await round_trip(cs)
         assert calls(cs, "Heartbeat", mark) == []
         cs_now = datetime.now(UTC) - timedelta(days=3)
         cs._now = lambda: cs_now

@@ -12,6 +12,7 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
+from ocpp.v16 import call
 
 from controller.store import Store
 from hwmocks.central_system import CentralSystem, Direction
@@ -45,14 +46,40 @@ async def test_signal_while_charging_stops_cleanly(
         )
         status = await evsed.bench("status", connector=1)
         assert status["relay"]["energized"] is True
+        # A reading the CS sees, to hold the StopTransaction's meterStop against.
+        reply = await cs.call(
+            CP_ID, call.ChangeConfiguration(key="MeterValueSampleInterval", value="1")
+        )
+        assert reply.status == "Accepted"
+        sample = await cs.wait_for(
+            lambda f: (
+                f.is_call
+                and f.action == "MeterValues"
+                and _energy_wh(f.payload) > start.payload["meterStart"]
+            ),
+            timeout=20,
+            since=start.seq,
+        )
+        reading_wh = _energy_wh(sample.payload)
 
         assert await evsed.signal(sig) == 0
         stops = _cp_calls(cs, "StopTransaction")
         assert len(stops) == 1, "the StopTransaction was delivered before the exit"
         assert stops[0].payload["reason"] == "Reboot"
-        assert stops[0].payload["meterStop"] >= start.payload["meterStart"]
+        # Wh, from the same meter: not below the last reading, not kWh (a thousand times less).
+        assert reading_wh <= stops[0].payload["meterStop"] <= reading_wh + 100
         with Store(tmp_path / "state" / "evsed.db") as store:
             assert store.open_transactions() == []
         assert "Traceback" not in (tmp_path / "evsed.log").read_text()
     finally:
         await evsed.close()
+
+
+def _energy_wh(payload: dict[str, object]) -> float:
+    for value in payload["meterValue"][0]["sampledValue"]:  # type: ignore[index]
+        if value.get("measurand", "Energy.Active.Import.Register") == (
+            "Energy.Active.Import.Register"
+        ):
+            assert value.get("unit", "Wh") == "Wh"
+            return float(value["value"])
+    return 0.0
