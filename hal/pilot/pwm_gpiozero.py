@@ -55,13 +55,13 @@ class GpiozeroPwmPilot:
         return self._duty
 
     def set_duty(self, duty: float) -> None:
-        if math.isnan(duty):
-            log.error("pilot duty NaN requested; driving steady +12 V instead")
-            duty = 1.0
-        duty = _floor_to(min(max(duty, 0.0), 1.0), self.resolution)
+        nan = math.isnan(duty)
+        duty = 1.0 if nan else _floor_to(min(max(duty, 0.0), 1.0), self.resolution)
         if duty != self._duty:
             self._dev.value = duty
             self._duty = duty
+        if nan:  # logged after the safe level is driven, never before
+            log.error("pilot duty NaN requested; driving steady +12 V instead")
 
     def shutdown(self) -> None:
         if self._dev.closed:

@@ -102,13 +102,13 @@ class SysfsPwmPilot:
     def set_duty(self, duty: float) -> None:
         if self._closed:
             raise RuntimeError("pilot PWM is shut down")
-        if math.isnan(duty):
-            log.error("pilot duty NaN requested; driving steady +12 V instead")
-            duty = 1.0
-        duty = min(max(duty, 0.0), 1.0)
+        nan = math.isnan(duty)
+        duty = 1.0 if nan else min(max(duty, 0.0), 1.0)
         duty_ns = math.floor(duty * self.period_ns)  # floor: never offer more than asked
         self._write("duty_cycle", duty_ns)
         self._duty = duty_ns / self.period_ns
+        if nan:  # logged after the safe level is written, never before
+            log.error("pilot duty NaN requested; driving steady +12 V instead")
 
     def shutdown(self) -> None:
         if self._closed:

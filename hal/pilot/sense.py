@@ -53,6 +53,9 @@ DEFAULT_THRESHOLDS: dict[PilotState, float] = {
 # A low plateau above this while PWM runs means the EV diode is missing or shorted
 # (Tinkerforge uses -10 V; a shorted diode gives -(high level)).
 DEFAULT_DIODE_LOW_MAX_V = -10.0
+# One failed burst is a glitch (inconclusive); this many in a row (~30 ms while charging)
+# is a broken pilot front-end, reported as F.
+FAILED_BURSTS_TO_F = 3
 # Max - min above this means the burst saw two plateaus, i.e. the PWM is running.
 PWM_SWING_MIN_V = 4.0
 
@@ -94,6 +97,7 @@ class AdcPilotSensor:
         self._diode_low_max = diode_low_max_v
         self._commanded_duty = commanded_duty
         self._prev: PilotState | None = None
+        self._failures = 0  # failed bursts in a row
 
     @property
     def last_state(self) -> PilotState | None:
@@ -126,8 +130,17 @@ class AdcPilotSensor:
                 hi = v if v > hi else hi
                 lo = v if v < lo else lo
         except Exception as exc:  # spidev/gpiozero errors: a fault value, never a traceback
-            log.warning("pilot ADC read failed: %s", exc)
+            self._failures += 1
+            if self._failures >= FAILED_BURSTS_TO_F:
+                # A pilot we cannot read is no EV we may charge: report F, the controller
+                # opens the contactor (DESIGN rule 7: when in doubt, open).
+                return PilotReading(state=PilotState.F, high_v=math.nan, low_v=math.nan)
+            if self._failures == 1:  # once per run of failures, not per 10 ms burst
+                log.warning("pilot ADC read failed: %s", exc)
             return PilotReading(state=None, high_v=math.nan, low_v=math.nan)
+        if self._failures:
+            log.info("pilot ADC readable again after %d failed bursts", self._failures)
+            self._failures = 0
         # The max is always >= the no-PWM levels, so the unclamped classify is correct;
         # only an all-low burst under running PWM needs the "inconclusive" escape.
         state = self.classify(hi)

@@ -122,7 +122,9 @@ class Rdm6300Reader(SerialTagReader):
     def _step(self, ser: serial.SerialBase) -> None:
         # With a card in the field the removal timeout needs short reads; with none there is
         # nothing to time out, and fewer wake-ups keep an idle charger idle.
-        ser.timeout = self._read_timeout_s if self._debounce.current else IDLE_READ_TIMEOUT_S
+        timeout = self._read_timeout_s if self._debounce.current else IDLE_READ_TIMEOUT_S
+        if ser.timeout != timeout:  # the setter reconfigures the tty (tcsetattr) every time
+            ser.timeout = timeout
         # Block for the first byte (or the timeout), then take whatever else has arrived.
         data = ser.read(max(1, ser.in_waiting))
         for data_hex in self._parser.feed(data):

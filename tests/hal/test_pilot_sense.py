@@ -183,3 +183,25 @@ def test_real_time_waveform_sees_both_plateaus(rig: Rig) -> None:
     r = rig.sensor.read(40)
     assert r.state is PilotState.B
     assert r.low_v == pytest.approx(-12.0, abs=0.1)
+
+
+def test_an_adc_that_stays_dead_reads_as_state_f(caplog: pytest.LogCaptureFixture) -> None:
+    class Flaky(ConstantVolts):
+        broken = True
+
+        def read_volts(self) -> float:
+            if self.broken:
+                raise OSError("spidev gone")
+            return super().read_volts()
+
+    adc = Flaky(6.0)
+    sensor = AdcPilotSensor(adc)
+    states = [sensor.read(5).state for _ in range(5)]
+    # One or two failed bursts are a glitch; from the third on the pilot counts as lost,
+    # which makes the connector open the contactor.
+    assert states == [None, None, PilotState.F, PilotState.F, PilotState.F]
+    assert sum("pilot ADC read failed" in r.getMessage() for r in caplog.records) == 1
+    adc.broken = False
+    assert sensor.read(5).state is PilotState.C
+    adc.broken = True
+    assert sensor.read(5).state is None  # the count starts again after a good burst
