@@ -74,9 +74,6 @@ class AdcChannel:
         self._lsb_v = self.vref / (1 << bits)
         self._dev = cls(channel=channel, max_voltage=vref, pin_factory=pin_factory, **spi)
 
-    def read_raw(self) -> int:
-        return int(self._dev.raw_value)
-
     def read_volts(self) -> float:
         return self._dev.raw_value * self._lsb_v
 

@@ -90,11 +90,6 @@ class GpioLock:
         return dev
 
     @property
-    def pulsed(self) -> bool:
-        """True for the H-bridge (pulse) model."""
-        return self._unlock_out is not None
-
-    @property
     def busy(self) -> bool:
         """A pulse is in progress."""
         return self._pulse is not None and not self._pulse.done()

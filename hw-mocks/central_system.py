@@ -65,7 +65,6 @@ class Frame:
     cp_id: str
     direction: Direction
     monotonic: float
-    wall: datetime
     raw: str
     message_type: int | None = None  # 2 CALL, 3 CALLRESULT, 4 CALLERROR; None if unparsable
     unique_id: str | None = None
@@ -627,7 +626,6 @@ class CentralSystem:
                 cp_id=cp_id,
                 direction=direction,
                 monotonic=time.monotonic(),
-                wall=datetime.now(UTC),
                 raw=raw,
                 **fields,
             )

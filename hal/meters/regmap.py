@@ -9,6 +9,7 @@ same data the driver reads with.
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import struct
 import tomllib
@@ -61,10 +62,6 @@ _UNITS: dict[str, dict[str, float]] = {
 
 class MapError(ValueError):
     """A register map file is missing, unreadable or invalid; the message names the problem."""
-
-
-def register_count(data_type: str) -> int:
-    return _TYPES[data_type][0]
 
 
 class SerialDefaults(BaseModel):
@@ -177,17 +174,8 @@ class RegisterMap:
         """The same map with other request limits (and the plan recomputed)."""
         mr = self.max_registers if max_registers is None else max_registers
         mg = self.max_gap if max_gap is None else max_gap
-        return RegisterMap(
-            name=self.name,
-            description=self.description,
-            function_code=self.function_code,
-            max_registers=mr,
-            max_gap=mg,
-            request_gap_s=self.request_gap_s,
-            nan_markers=self.nan_markers,
-            serial=self.serial,
-            fields=self.fields,
-            plan=plan_reads(self.fields, mr, mg),
+        return dataclasses.replace(
+            self, max_registers=mr, max_gap=mg, plan=plan_reads(self.fields, mr, mg)
         )
 
 
