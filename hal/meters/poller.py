@@ -10,7 +10,6 @@ reconnected on the next attempt, which also flushes a stream left dirty by a tim
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 
 from controller.clock import Clock
@@ -58,8 +57,11 @@ class MeterPoller:
         task, self._task = self._task, None
         if task is not None:
             task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+            # wait(), not `await task` under suppress(CancelledError): a cancel aimed at
+            # the caller of stop() must go through, not be swallowed with the poller's.
+            await asyncio.wait([task])
+            if not task.cancelled() and task.exception() is not None:
+                log.error("meter poller ended with %r", task.exception())
         await self._close()
 
     async def poll_once(self) -> MeterSample | None:
@@ -95,9 +97,15 @@ class MeterPoller:
         return min(self.max_backoff_s, self.interval_s * 2.0 ** min(over + 1, 32))
 
     async def _run(self) -> None:
+        task = asyncio.current_task()
         while True:
             started = self.clock.monotonic()
             await self.poll_once()
+            if task is not None and task.cancelling():
+                # pymodbus turns a CancelledError that lands inside a request into an I/O
+                # error; without this the poller would take stop() for a failed poll and
+                # go round again, and stop() would wait for ever.
+                raise asyncio.CancelledError
             elapsed = self.clock.monotonic() - started
             await self.clock.sleep(max(0.0, self.next_delay() - elapsed))
 

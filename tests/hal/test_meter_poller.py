@@ -154,3 +154,34 @@ async def test_real_meter_fault_and_recovery_through_the_bench() -> None:
     assert [f.active for f in fs] == [True, False]
     assert "exception response 4" in fs[0].detail
     assert not meter.connected
+
+
+async def test_stop_works_when_the_driver_swallows_the_cancellation() -> None:
+    """pymodbus turns a CancelledError inside a request into an I/O error: stop() must
+    still end the poller rather than wait for ever."""
+    import asyncio
+
+    from controller.clock import FakeClock
+    from hal.meters import MeterError
+    from hal.meters.poller import MeterPoller
+
+    in_request = asyncio.Event()
+
+    class Swallowing:
+        async def connect(self) -> None:
+            pass
+
+        async def poll(self):  # type: ignore[no-untyped-def]
+            in_request.set()
+            try:
+                await asyncio.Event().wait()
+            except asyncio.CancelledError:
+                raise MeterError("request cancelled") from None
+
+        async def close(self) -> None:
+            pass
+
+    poller = MeterPoller(Swallowing(), lambda _e: None, FakeClock(), interval_s=1.0)  # type: ignore[arg-type]
+    poller.start()
+    await asyncio.wait_for(in_request.wait(), 2)
+    await asyncio.wait_for(poller.stop(), 2)
