@@ -1,6 +1,6 @@
 """Footprint of `evsed run` on the simulated bench: CPU while idle and while charging, RSS.
 
-Starts `python -m controller.cli run --config <tmp toml>` (the bench defaults, ephemeral
+Starts `python -m evsed.controller.cli run --config <tmp toml>` (the bench defaults, ephemeral
 control and meter ports, state in a temporary directory, no Central System), waits for
 "evsed running", then samples /proc/PID/stat (utime + stime over wall time) and
 /proc/PID/status (VmRSS) once a second: `--idle-s` seconds with nothing plugged, then
@@ -33,9 +33,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout
-
-from hwmocks.control import BenchClient
+from evsed.hwmocks.control import BenchClient
 
 REPO = Path(__file__).resolve().parents[1]
 CARD = "AABBCCDDEE"
@@ -134,7 +132,7 @@ def run(idle_s: float, charging_s: float) -> dict[str, Any]:
         config = Path(tmp) / "evsed.toml"
         config.write_text(CONFIG.format(state_dir=Path(tmp) / "state", card=CARD))
         argv = ["run", "--config", str(config)]
-        command = [sys.executable, "-m", "controller.cli", *argv]
+        command = [sys.executable, "-m", "evsed.controller.cli", *argv]
         proc = subprocess.Popen(
             command,
             cwd=REPO,

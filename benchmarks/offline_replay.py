@@ -28,31 +28,16 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
-ROOT = Path(__file__).resolve().parents[1]
-if str(ROOT) not in sys.path:
-    sys.path.insert(0, str(ROOT))
-if (ROOT / "hw-mocks").is_dir() and not (ROOT / "hwmocks").exists():
-    import importlib.util
-
-    spec = importlib.util.spec_from_file_location(
-        "hwmocks", ROOT / "hw-mocks" / "__init__.py", submodule_search_locations=[]
-    )
-    assert spec is not None and spec.loader is not None
-    _pkg = importlib.util.module_from_spec(spec)
-    _pkg.__path__ = [str(ROOT / "hw-mocks")]
-    sys.modules["hwmocks"] = _pkg
-    spec.loader.exec_module(_pkg)
-
-from controller.clock import Clock, FakeClock, SystemClock  # noqa: E402
-from controller.config import CentralSystem as CentralSystemConfig  # noqa: E402
-from controller.config import Config  # noqa: E402
-from controller.ocpp16.context import OcppContext  # noqa: E402
-from controller.ocpp16.keys import ConfigurationKeys  # noqa: E402
-from controller.ocpp16.protocol import StrictChargePoint  # noqa: E402
-from controller.ocpp16.session import Backoff, OcppSession  # noqa: E402
-from controller.ocpp16.txqueue import TxQueue  # noqa: E402
-from controller.store import Store  # noqa: E402
-from hwmocks.central_system import CentralSystem, Direction  # noqa: E402
+from evsed.controller.clock import Clock, FakeClock, SystemClock
+from evsed.controller.config import CentralSystem as CentralSystemConfig
+from evsed.controller.config import Config
+from evsed.controller.ocpp16.context import OcppContext
+from evsed.controller.ocpp16.keys import ConfigurationKeys
+from evsed.controller.ocpp16.protocol import StrictChargePoint
+from evsed.controller.ocpp16.session import Backoff, OcppSession
+from evsed.controller.ocpp16.txqueue import TxQueue
+from evsed.controller.store import Store
+from evsed.hwmocks.central_system import CentralSystem, Direction
 
 CP = "CP-BENCH"
 MESSAGES = 5000

@@ -37,11 +37,9 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout
-
-from controller.config import Config, parse
-from controller.demo import ReactionProbe
-from controller.run import Stack
+from evsed.controller.config import Config, parse
+from evsed.controller.demo import ReactionProbe
+from evsed.controller.run import Stack
 
 STEP_TIMEOUT_S = 2.0
 

@@ -13,15 +13,15 @@ import logging
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from controller.clock import Clock
-from controller.config import Config
-from controller.config import Connector as ConnectorConfig
-from controller.connector.faults import Fault
-from controller.connector.hooks import ConnectorHooks
-from controller.connector.machine import Connector, Phase, Settings
-from controller.connector.sampler import Rates, Sampler
-from controller.connector.status import StopReason
-from controller.limiter import (
+from evsed.controller.clock import Clock
+from evsed.controller.config import Config
+from evsed.controller.config import Connector as ConnectorConfig
+from evsed.controller.connector.faults import Fault
+from evsed.controller.connector.hooks import ConnectorHooks
+from evsed.controller.connector.machine import Connector, Phase, Settings
+from evsed.controller.connector.sampler import Rates, Sampler
+from evsed.controller.connector.status import StopReason
+from evsed.controller.limiter import (
     Budget,
     CurrentLimiter,
     Electrical,
@@ -30,8 +30,8 @@ from controller.limiter import (
     SmartChargingLimit,
     limit,
 )
-from controller.loadbalance import ConnectorDemand, LoadBalanceConfig, LoadBalancer, Mode
-from hal.interfaces import (
+from evsed.controller.loadbalance import ConnectorDemand, LoadBalanceConfig, LoadBalancer, Mode
+from evsed.hal.interfaces import (
     Contactor,
     EnergyMeter,
     LockActuator,
@@ -42,8 +42,8 @@ from hal.interfaces import (
     TagReader,
     TemperatureSensor,
 )
-from hal.meters.poller import MeterPoller
-from hal.types import DeviceFault, MeterSample, PilotState, TagPresented
+from evsed.hal.meters.poller import MeterPoller
+from evsed.hal.types import DeviceFault, MeterSample, PilotState, TagPresented
 
 log = logging.getLogger(__name__)
 

@@ -7,7 +7,7 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from controller import __version__, config, tomlout
+from evsed.controller import __version__, config, tomlout
 
 EXIT_CONFIG = 2
 
@@ -66,25 +66,25 @@ def _config_check(args: argparse.Namespace) -> int:
 
 
 def _bench(args: argparse.Namespace) -> int:
-    from controller.run import run_bench
+    from evsed.controller.run import run_bench
 
     return run_bench(load_or_exit(args.config))
 
 
 def _run(args: argparse.Namespace) -> int:
-    from controller.run import run_controller
+    from evsed.controller.run import run_controller
 
     return run_controller(load_or_exit(args.config))
 
 
 def _safe_off(args: argparse.Namespace) -> int:
-    from controller.run import safe_off
+    from evsed.controller.run import safe_off
 
     return safe_off(load_or_exit(args.config))
 
 
 def _demo(args: argparse.Namespace) -> int:
-    from controller.demo import run_demo
+    from evsed.controller.demo import run_demo
 
     return run_demo(json_lines=args.json)
 

@@ -24,7 +24,7 @@ from pydantic import (
     model_validator,
 )
 
-from controller import __version__
+from evsed.controller import __version__
 
 Gpio = Annotated[int, Field(ge=0, le=27, description="BCM GPIO number")]
 Amps = Annotated[float, Field(ge=6, le=80)]

@@ -27,9 +27,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TextIO
 
-from controller.config import Config, parse
-from controller.limiter import SmartChargingLimit
-from controller.run import Stack
+from evsed.controller.config import Config, parse
+from evsed.controller.limiter import SmartChargingLimit
+from evsed.controller.run import Stack
 
 log = logging.getLogger(__name__)
 
@@ -431,7 +431,7 @@ def _attach(stack: Stack, timeline: Timeline, session: Session) -> None:
 
 
 async def demo(timeline: Timeline, state_dir: Path, json_frames: bool = False) -> dict[str, Any]:
-    from hwmocks.central_system import CentralSystem
+    from evsed.hwmocks.central_system import CentralSystem
 
     async with CentralSystem(tags={DEMO_CARD: "Accepted"}) as cs:
         config = demo_config(state_dir, cs.url)

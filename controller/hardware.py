@@ -6,21 +6,21 @@ import logging
 from pathlib import Path
 from typing import Any
 
-from controller.charger import ConnectorParts, Parts
-from controller.clock import Clock
-from controller.config import Adc, Config, Connector, MeterConfig
-from hal.adc import AdcChannel
-from hal.contactor import RelayContactor
-from hal.interfaces import EnergyMeter, PilotOutput, TemperatureSensor
-from hal.lock import GpioLock
-from hal.meters.modbus import ModbusMeter, RtuTransport, TcpTransport
-from hal.pilot.pwm_gpiozero import GpiozeroPwmPilot
-from hal.pilot.pwm_sysfs import SysfsPwmPilot
-from hal.pilot.sense import AdcPilotSensor
-from hal.proximity import AdcProximity
-from hal.rcd import GpioRcd
-from hal.rfid import make_reader
-from hal.temperature import AdcNtcTemperature, W1Ds18b20
+from evsed.controller.charger import ConnectorParts, Parts
+from evsed.controller.clock import Clock
+from evsed.controller.config import Adc, Config, Connector, MeterConfig
+from evsed.hal.adc import AdcChannel
+from evsed.hal.contactor import RelayContactor
+from evsed.hal.interfaces import EnergyMeter, PilotOutput, TemperatureSensor
+from evsed.hal.lock import GpioLock
+from evsed.hal.meters.modbus import ModbusMeter, RtuTransport, TcpTransport
+from evsed.hal.pilot.pwm_gpiozero import GpiozeroPwmPilot
+from evsed.hal.pilot.pwm_sysfs import SysfsPwmPilot
+from evsed.hal.pilot.sense import AdcPilotSensor
+from evsed.hal.proximity import AdcProximity
+from evsed.hal.rcd import GpioRcd
+from evsed.hal.rfid import make_reader
+from evsed.hal.temperature import AdcNtcTemperature, W1Ds18b20
 
 log = logging.getLogger(__name__)
 

@@ -30,8 +30,8 @@ from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Literal
 
-from hal.pilot.duty import HIGH_RANGE_MIN_A, LOW_RANGE_MAX_A, MAX_CURRENT_A, MIN_CURRENT_A
-from hal.types import MeterSample
+from evsed.hal.pilot.duty import HIGH_RANGE_MIN_A, LOW_RANGE_MAX_A, MAX_CURRENT_A, MIN_CURRENT_A
+from evsed.hal.types import MeterSample
 
 # 51 A < I <= 52.5 A has no duty value of its own: 52.5 A would be 85 %, which the EV reads
 # on the lower formula as 51 A (REFERENCE 1.2). So the whole gap floors to 51 A.
@@ -127,8 +127,9 @@ class LimiterConfig:
 def representable_current(amps: float) -> float:
     """Floor `amps` to a current a pilot duty cycle can offer; 0.0 means "cannot charge".
 
-    Same rule as `hal.pilot.duty.current_to_duty` (which further floors to the PWM resolution):
-    below 6 A nothing, 51 < I <= 52.5 A -> 51 A, above 80 A -> 80 A. NaN -> 0 (fail safe).
+    Same rule as `evsed.hal.pilot.duty.current_to_duty` (which further floors to the PWM
+    resolution): below 6 A nothing, 51 < I <= 52.5 A -> 51 A, above 80 A -> 80 A. NaN -> 0
+    (fail safe).
     """
     if not amps >= MIN_CURRENT_A:
         return 0.0

@@ -41,9 +41,9 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from enum import StrEnum
 
-from controller.limiter import Budget, Reason, active_phases, representable_current
-from hal.pilot.duty import MAX_CURRENT_A, MIN_CURRENT_A
-from hal.types import MeterSample
+from evsed.controller.limiter import Budget, Reason, active_phases, representable_current
+from evsed.hal.pilot.duty import MAX_CURRENT_A, MIN_CURRENT_A
+from evsed.hal.types import MeterSample
 
 _EPS = 1e-9
 

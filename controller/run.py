@@ -14,14 +14,14 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from controller import hardware
-from controller.charger import Charger
-from controller.clock import Clock, SystemClock
-from controller.config import Config
-from controller.connector.hooks import ConnectorHooks, LocalHooks
-from controller.connector.sampler import Rates
-from controller.connector.status import StopReason
-from controller.limiter import LimiterConfig
+from evsed.controller import hardware
+from evsed.controller.charger import Charger
+from evsed.controller.clock import Clock, SystemClock
+from evsed.controller.config import Config
+from evsed.controller.connector.hooks import ConnectorHooks, LocalHooks
+from evsed.controller.connector.sampler import Rates
+from evsed.controller.connector.status import StopReason
+from evsed.controller.limiter import LimiterConfig
 
 log = logging.getLogger(__name__)
 
@@ -78,7 +78,7 @@ class Stack:
     async def start(self) -> None:
         config = self.config
         if self.use_bench:
-            from hwmocks.bench import Bench  # the bench only exists where it is used
+            from evsed.hwmocks.bench import Bench  # the bench only exists where it is used
 
             self.bench = Bench(config, self.clock)
             try:
@@ -98,7 +98,7 @@ class Stack:
         config = self._wired
         hooks = self.hooks
         if self.use_ocpp:
-            from controller.ocpp16.app import OcppApp
+            from evsed.controller.ocpp16.app import OcppApp
 
             self.ocpp = OcppApp(config, self.clock, Path(self.state_dir), on_reset=self._on_reset)
             if self.ocpp_setup is not None:
@@ -251,7 +251,7 @@ def run_bench(config: Config) -> int:
     configure_logging(config)
 
     async def bench_only(stop: asyncio.Event) -> None:
-        from hwmocks.bench import Bench
+        from evsed.hwmocks.bench import Bench
 
         bench = Bench(config)
         await bench.start()

@@ -435,7 +435,7 @@ class Store:
         )
         return cur.rowcount
 
-    # -- transaction-message queue (policy lives in controller.ocpp16.txqueue) ---------------
+    # -- transaction-message queue (policy lives in evsed.controller.ocpp16.txqueue) ---------------
 
     @staticmethod
     def _q(row: tuple[Any, ...]) -> QueuedRow:

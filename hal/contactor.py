@@ -8,7 +8,7 @@ from typing import Any
 
 from gpiozero import DigitalInputDevice, DigitalOutputDevice
 
-from hal.types import ContactorFault
+from evsed.hal.types import ContactorFault
 
 
 class RelayContactor:

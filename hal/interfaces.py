@@ -15,7 +15,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Protocol, runtime_checkable
 
-from hal.types import (
+from evsed.hal.types import (
     ContactorFault,
     DeviceFault,
     MeterSample,
@@ -130,7 +130,7 @@ class EnergyMeter(Protocol):
     async def connect(self) -> None: ...
 
     async def poll(self) -> MeterSample:
-        """Read one sample. Raises hal.meters.MeterError when silent or answering garbage."""
+        """Read one sample. Raises evsed.hal.meters.MeterError when silent or answering garbage."""
         ...
 
     async def close(self) -> None: ...

@@ -8,7 +8,7 @@ Two models, chosen by whether `unlock_pin` is given:
 `feedback_pin` (optional) is the lock's position switch: active = locked.
 
 Pulses end through `clock.sleep`, on the running event loop (lock()/unlock() must be
-called from it), so tests drive them with controller.clock.FakeClock.
+called from it), so tests drive them with evsed.controller.clock.FakeClock.
 """
 
 from __future__ import annotations
@@ -21,7 +21,7 @@ from gpiozero import DigitalInputDevice, DigitalOutputDevice
 
 
 class Sleeper(Protocol):
-    """The part of controller.clock.Clock the lock needs (hal does not import controller)."""
+    """The part of evsed.controller.clock.Clock the lock needs (hal does not import controller)."""
 
     async def sleep(self, seconds: float) -> None: ...
 

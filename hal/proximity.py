@@ -11,8 +11,8 @@ from __future__ import annotations
 import logging
 import math
 
-from hal.adc import VoltageSource
-from hal.types import ProximityReading
+from evsed.hal.adc import VoltageSource
+from evsed.hal.types import ProximityReading
 
 log = logging.getLogger(__name__)
 

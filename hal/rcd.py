@@ -7,8 +7,8 @@ from typing import Any
 
 from gpiozero import DigitalInputDevice, DigitalOutputDevice
 
-from hal.interfaces import EventSink
-from hal.types import DeviceFault
+from evsed.hal.interfaces import EventSink
+from evsed.hal.types import DeviceFault
 
 
 class GpioRcd:

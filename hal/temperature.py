@@ -10,7 +10,7 @@ from __future__ import annotations
 import math
 from pathlib import Path
 
-from hal.adc import VoltageSource
+from evsed.hal.adc import VoltageSource
 
 KELVIN = 273.15
 
@@ -84,7 +84,7 @@ class W1Ds18b20:
 
     # 85.000 C is the power-on value of the scratchpad: a conversion that never ran.
     POWER_ON_RESET_MILLI_C = 85_000
-    # Callers read a blocking sensor off the event loop (see controller.connector.sampler).
+    # Callers read a blocking sensor off the event loop (see evsed.controller.connector.sampler).
     blocking = True
 
     def __init__(self, device_id: str, root: Path = Path("/sys/bus/w1/devices")) -> None:

@@ -24,15 +24,15 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from controller.clock import Clock, SystemClock
-from controller.config import Config, MeterConfig
-from controller.config import Connector as ConnectorConfig
-from hwmocks.control import ControlServer
-from hwmocks.ev import EvConfig, SimEv
-from hwmocks.meter import Load, MeterFault, SimMeter
-from hwmocks.pins import BenchPins, SimMcp3xxx, install_mock_factory, uninstall_mock_factory
-from hwmocks.rfid import SimPn532, SimRdm6300
-from hwmocks.serialpair import SerialPair
+from evsed.controller.clock import Clock, SystemClock
+from evsed.controller.config import Config, MeterConfig
+from evsed.controller.config import Connector as ConnectorConfig
+from evsed.hwmocks.control import ControlServer
+from evsed.hwmocks.ev import EvConfig, SimEv
+from evsed.hwmocks.meter import Load, MeterFault, SimMeter
+from evsed.hwmocks.pins import BenchPins, SimMcp3xxx, install_mock_factory, uninstall_mock_factory
+from evsed.hwmocks.rfid import SimPn532, SimRdm6300
+from evsed.hwmocks.serialpair import SerialPair
 
 log = logging.getLogger(__name__)
 
@@ -95,7 +95,7 @@ def _wire_meter(data: dict[str, Any], meter: SimMeter | None, pair: SerialPair |
 
 
 class Bench:
-    """Implements hwmocks.control.BenchControl."""
+    """Implements evsed.hwmocks.control.BenchControl."""
 
     def __init__(self, config: Config, clock: Clock | None = None) -> None:
         self.config = config

@@ -8,7 +8,7 @@ the connection stays open. Commands and replies are documented in hw-mocks/READM
 
 The server only parses, validates and dispatches; the bench behind it implements
 `BenchControl`. `BenchClient` is a small blocking client for scripts and other processes,
-and `python -m hwmocks.control --port N <cmd> [key=value ...]` is its command line.
+and `python -m evsed.hwmocks.control --port N <cmd> [key=value ...]` is its command line.
 """
 
 from __future__ import annotations
@@ -633,9 +633,9 @@ def _cli_value(cmd: str, key: str, text: str) -> Any:
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
-        prog="python -m hwmocks.control",
+        prog="python -m evsed.hwmocks.control",
         description="Send one command to the simulated bench and print the reply JSON.",
-        epilog="example: python -m hwmocks.control --port 8765 plug connector=1",
+        epilog="example: python -m evsed.hwmocks.control --port 8765 plug connector=1",
     )
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, default=DEFAULT_PORT)

@@ -30,8 +30,8 @@ from pymodbus.pdu import ExceptionResponse, ModbusPDU
 from pymodbus.server import ModbusSerialServer, ModbusTcpServer
 from pymodbus.simulator import DataType, SimData, SimDevice
 
-from controller.clock import Clock, SystemClock
-from hal.meters.regmap import RegisterMap, encode, load_map
+from evsed.controller.clock import Clock, SystemClock
+from evsed.hal.meters.regmap import RegisterMap, encode, load_map
 
 log = logging.getLogger(__name__)
 
@@ -65,7 +65,7 @@ class SimMeter:
     """A simulated meter of `model` (built-in map name, path, or RegisterMap).
 
     TCP on `host`:`port` (port 0 = ephemeral; read `.port` after `start()`), or Modbus RTU on
-    `serial_port` (e.g. one end of `hwmocks.serialpair.SerialPair`) when that is given; the
+    `serial_port` (e.g. one end of `evsed.hwmocks.serialpair.SerialPair`) when that is given; the
     line settings are the map's serial defaults, `serial_parity` overriding the parity.
     """
 

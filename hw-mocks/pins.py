@@ -22,9 +22,9 @@ from typing import Any
 from gpiozero import Device
 from gpiozero.pins.mock import MockFactory, MockPin, MockPWMPin, MockSPIDevice
 
-from hal.pilot.sense import DEFAULT_GAIN, DEFAULT_OFFSET, cp_to_adc_volts
-from hal.proximity import pp_volts
-from hal.temperature import ntc_volts
+from evsed.hal.pilot.sense import DEFAULT_GAIN, DEFAULT_OFFSET, cp_to_adc_volts
+from evsed.hal.proximity import pp_volts
+from evsed.hal.temperature import ntc_volts
 
 Volts = float | Callable[[], float]
 
@@ -146,7 +146,7 @@ class SimMcp3xxx(MockSPIDevice):
     Each of the 8 channels is a constant in volts or a zero-argument callable evaluated at
     the instant of the conversion (so a waveform can be sampled like a real ADC does).
     Values are clamped to 0..vref and quantised as code = floor(v / vref * 2**bits).
-    Create it before the hal.adc.AdcChannel that reads it. `reads` counts conversions.
+    Create it before the evsed.hal.adc.AdcChannel that reads it. `reads` counts conversions.
     """
 
     def __init__(
@@ -251,8 +251,8 @@ class BenchPins:
       clears it (with unlock_pin=None the feedback follows the hold output); lock_jam()
       freezes it.
     - ADC (SimMcp3xxx on SPI0, chip select adc_select_pin): channel cp_channel = CP through
-      the pilot front-end (gain/offset as hal.pilot.sense), pp_channel = PP divider,
-      temp_channel = NTC divider (parameters as hal.temperature.AdcNtcTemperature); a
+      the pilot front-end (gain/offset as evsed.hal.pilot.sense), pp_channel = PP divider,
+      temp_channel = NTC divider (parameters as evsed.hal.temperature.AdcNtcTemperature); a
       channel given as None is not wired. Pass `adc=` another connector's chip to share it
       (as connectors of one charger share the one ADC): adc_select_pin/adc_bits are then
       unused, the channels must differ from the other connector's, and only the connector

@@ -27,8 +27,8 @@ import tty
 from types import TracebackType
 from typing import Self
 
-from hal.rfid.pn532 import ACK_FRAME, ERROR_FRAME, TFI_PN532, Pn532FrameParser, build_frame
-from hal.rfid.rdm6300 import build_rdm6300_frame
+from evsed.hal.rfid.pn532 import ACK_FRAME, ERROR_FRAME, TFI_PN532, Pn532FrameParser, build_frame
+from evsed.hal.rfid.rdm6300 import build_rdm6300_frame
 
 
 class _SimPty:

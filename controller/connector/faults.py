@@ -11,7 +11,7 @@ from collections.abc import Container
 from dataclasses import dataclass
 from enum import StrEnum
 
-from controller.connector.status import ErrorCode
+from evsed.controller.connector.status import ErrorCode
 
 
 class Fault(StrEnum):

@@ -15,7 +15,7 @@ from dataclasses import dataclass, field, replace
 from datetime import datetime
 from typing import Protocol
 
-from controller.connector.status import ConnectorStatus, StopReason
+from evsed.controller.connector.status import ConnectorStatus, StopReason
 
 log = logging.getLogger(__name__)
 

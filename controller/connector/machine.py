@@ -16,23 +16,23 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from enum import StrEnum
 
-from controller.clock import Clock
-from controller.connector.faults import RULES, Clear, Fault, most_serious
-from controller.connector.hooks import (
+from evsed.controller.clock import Clock
+from evsed.controller.connector.faults import RULES, Clear, Fault, most_serious
+from evsed.controller.connector.hooks import (
     AuthResult,
     ConnectorHooks,
     Transaction,
     TransactionStop,
 )
-from controller.connector.status import (
+from evsed.controller.connector.status import (
     ChargePointStatus,
     ConnectorStatus,
     ErrorCode,
     StopReason,
 )
-from hal.interfaces import Contactor, LockActuator, PilotOutput
-from hal.pilot.duty import MIN_CURRENT_A, NO_PWM, current_to_duty
-from hal.types import ContactorFault, MeterSample, PilotReading, PilotState
+from evsed.hal.interfaces import Contactor, LockActuator, PilotOutput
+from evsed.hal.pilot.duty import MIN_CURRENT_A, NO_PWM, current_to_duty
+from evsed.hal.types import ContactorFault, MeterSample, PilotReading, PilotState
 
 log = logging.getLogger(__name__)
 

@@ -23,10 +23,10 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from controller.clock import Clock
-from controller.connector.faults import Fault
-from controller.connector.machine import PLUGGED_STATES, Connector
-from hal.interfaces import PilotSensor, ProximitySensor, TemperatureSensor
+from evsed.controller.clock import Clock
+from evsed.controller.connector.faults import Fault
+from evsed.controller.connector.machine import PLUGGED_STATES, Connector
+from evsed.hal.interfaces import PilotSensor, ProximitySensor, TemperatureSensor
 
 log = logging.getLogger(__name__)
 

@@ -26,16 +26,16 @@ from typing import Any, Protocol
 from ocpp.charge_point import snake_to_camel_case
 from ocpp.v16 import call
 
-from controller.charger import Charger
-from controller.clock import Clock
-from controller.config import Config
-from controller.ocpp16.auth import Authorizer
-from controller.ocpp16.bridge import OcppHooks
-from controller.ocpp16.context import OcppContext, SessionControl
-from controller.ocpp16.handlers import EvsedChargePoint, restore_availability
-from controller.ocpp16.keys import ConfigurationKeys
-from controller.ocpp16.txqueue import TxQueue
-from controller.store import DB_FILENAME, Store
+from evsed.controller.charger import Charger
+from evsed.controller.clock import Clock
+from evsed.controller.config import Config
+from evsed.controller.ocpp16.auth import Authorizer
+from evsed.controller.ocpp16.bridge import OcppHooks
+from evsed.controller.ocpp16.context import OcppContext, SessionControl
+from evsed.controller.ocpp16.handlers import EvsedChargePoint, restore_availability
+from evsed.controller.ocpp16.keys import ConfigurationKeys
+from evsed.controller.ocpp16.txqueue import TxQueue
+from evsed.controller.store import DB_FILENAME, Store
 
 log = logging.getLogger(__name__)
 
@@ -63,7 +63,7 @@ SessionFactory = Callable[[OcppContext, ChargePointFactory, ResetCallback], Runn
 def default_session_factory(
     ctx: OcppContext, factory: ChargePointFactory, on_reset: ResetCallback
 ) -> RunnableSession:
-    from controller.ocpp16.session import OcppSession
+    from evsed.controller.ocpp16.session import OcppSession
 
     session: RunnableSession = OcppSession(ctx, factory, on_reset=on_reset)
     return session

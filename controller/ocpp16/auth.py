@@ -42,10 +42,10 @@ from datetime import UTC, datetime
 from enum import StrEnum
 from typing import Any
 
-from controller.clock import Clock
-from controller.connector.hooks import AuthResult
-from controller.ocpp16.keys import ConfigurationKeys
-from controller.store import Store
+from evsed.controller.clock import Clock
+from evsed.controller.connector.hooks import AuthResult
+from evsed.controller.ocpp16.keys import ConfigurationKeys
+from evsed.controller.store import Store
 
 log = logging.getLogger(__name__)
 

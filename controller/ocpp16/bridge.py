@@ -32,18 +32,18 @@ from typing import Any
 
 from ocpp.v16 import call
 
-from controller.connector.hooks import AuthResult, Transaction, TransactionStop
-from controller.connector.machine import Connector
-from controller.connector.status import ChargePointStatus, ConnectorStatus, StopReason
-from controller.limiter import SmartChargingLimit
-from controller.ocpp16.context import OcppContext
-from controller.ocpp16.metering import (
+from evsed.controller.connector.hooks import AuthResult, Transaction, TransactionStop
+from evsed.controller.connector.machine import Connector
+from evsed.controller.connector.status import ChargePointStatus, ConnectorStatus, StopReason
+from evsed.controller.limiter import SmartChargingLimit
+from evsed.controller.ocpp16.context import OcppContext
+from evsed.controller.ocpp16.metering import (
     ClockAlignedSchedule,
     MeterValueBuilder,
     SampledSchedule,
     TransactionData,
 )
-from hal.types import MeterSample
+from evsed.hal.types import MeterSample
 
 log = logging.getLogger(__name__)
 

@@ -1,6 +1,6 @@
 """What the OCPP session, its handlers and the connector hooks share.
 
-One object, built once by `controller.ocpp16.app`, so that no module reaches into another's
+One object, built once by `evsed.controller.ocpp16.app`, so that no module reaches into another's
 internals: the session owns the link, the handlers answer the CS, the hooks carry the
 connectors' transactions into the persistent queue.
 """
@@ -11,15 +11,15 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Protocol
 
-from controller.clock import Clock
-from controller.config import Config
-from controller.ocpp16.keys import ConfigurationKeys
-from controller.ocpp16.txqueue import TxQueue
-from controller.store import Store
+from evsed.controller.clock import Clock
+from evsed.controller.config import Config
+from evsed.controller.ocpp16.keys import ConfigurationKeys
+from evsed.controller.ocpp16.txqueue import TxQueue
+from evsed.controller.store import Store
 
 if TYPE_CHECKING:
-    from controller.charger import Charger
-    from controller.ocpp16.auth import Authorizer
+    from evsed.controller.charger import Charger
+    from evsed.controller.ocpp16.auth import Authorizer
 
 
 class SessionControl(Protocol):

@@ -35,12 +35,12 @@ from ocpp.routing import after, on
 from ocpp.v16 import call_result
 from ocpp.v16.enums import Action
 
-from controller.connector.machine import Connector
-from controller.connector.status import ChargePointStatus, StopReason
-from controller.limiter import SmartChargingLimit
-from controller.ocpp16.context import OcppContext
-from controller.ocpp16.keys import TooManyKeys
-from controller.ocpp16.protocol import StrictChargePoint
+from evsed.controller.connector.machine import Connector
+from evsed.controller.connector.status import ChargePointStatus, StopReason
+from evsed.controller.limiter import SmartChargingLimit
+from evsed.controller.ocpp16.context import OcppContext
+from evsed.controller.ocpp16.keys import TooManyKeys
+from evsed.controller.ocpp16.protocol import StrictChargePoint
 
 log = logging.getLogger(__name__)
 

@@ -32,7 +32,7 @@ from enum import StrEnum
 from ocpp.v16.datatypes import KeyValue
 from ocpp.v16.enums import Measurand
 
-from controller.store import Store
+from evsed.controller.store import Store
 
 log = logging.getLogger(__name__)
 
@@ -87,7 +87,7 @@ class KeySpec:
 
 
 MEASURANDS = frozenset(m.value for m in Measurand)
-# What a meter behind hal.types.MeterSample can deliver (plus what evsed itself knows).
+# What a meter behind evsed.hal.types.MeterSample can deliver (plus what evsed itself knows).
 # Phase names a measurand item may be narrowed to (OCPP 1.6 §7.30 Phase).
 _PHASES = frozenset({"L1", "L2", "L3", "N", "L1-N", "L2-N", "L3-N", "L1-L2", "L2-L3", "L3-L1"})
 

@@ -33,8 +33,8 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from controller.clock import Clock
-from hal.types import MeterSample
+from evsed.controller.clock import Clock
+from evsed.hal.types import MeterSample
 
 # Spec §7.31, in the spec's order. tests check it against ocpp.v16.enums.Measurand.
 SPEC_MEASURANDS: tuple[str, ...] = (

@@ -59,17 +59,17 @@ from ocpp.v16 import call
 from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed, InvalidHandshake, InvalidStatus, InvalidURI
 
-from controller.config import mask_url
-from controller.connector.status import ChargePointStatus, ConnectorStatus, ErrorCode
-from controller.ocpp16.context import OcppContext
-from controller.ocpp16.protocol import (
+from evsed.controller.config import mask_url
+from evsed.controller.connector.status import ChargePointStatus, ConnectorStatus, ErrorCode
+from evsed.controller.ocpp16.context import OcppContext
+from evsed.controller.ocpp16.protocol import (
     SUBPROTOCOL,
     CallErrorReply,
     StrictChargePoint,
     validate_payload,
     websocket_options,
 )
-from controller.ocpp16.txqueue import (
+from evsed.controller.ocpp16.txqueue import (
     START,
     STOP,
     QueuedMessage,

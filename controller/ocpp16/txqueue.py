@@ -48,10 +48,10 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
-from controller.store import QueuedRow, Store, Transaction, TxState
+from evsed.controller.store import QueuedRow, Store, Transaction, TxState
 
 if TYPE_CHECKING:
-    from controller.ocpp16.keys import ConfigurationKeys
+    from evsed.controller.ocpp16.keys import ConfigurationKeys
 
 log = logging.getLogger(__name__)
 

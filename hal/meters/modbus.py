@@ -1,4 +1,4 @@
-"""Modbus energy-meter driver (pymodbus async clients) implementing hal.interfaces.EnergyMeter.
+"""Modbus energy-meter driver (pymodbus async clients): an evsed.hal.interfaces.EnergyMeter.
 
 Transport is chosen by a small dataclass: `TcpTransport(host, port)` for Modbus TCP (or a
 TCP gateway) and `RtuTransport(port, baudrate=None, ...)` for RS-485, where None takes the
@@ -14,10 +14,10 @@ from pathlib import Path
 
 from pymodbus.client import AsyncModbusSerialClient, AsyncModbusTcpClient
 
-from controller.clock import Clock, SystemClock
-from hal.meters import MeterError
-from hal.meters.regmap import RegisterMap, load_map
-from hal.types import MeterSample
+from evsed.controller.clock import Clock, SystemClock
+from evsed.hal.meters import MeterError
+from evsed.hal.meters.regmap import RegisterMap, load_map
+from evsed.hal.types import MeterSample
 
 log = logging.getLogger(__name__)
 

@@ -1,6 +1,6 @@
 """Poll an energy meter on an injected clock; report samples and turn failures into faults.
 
-Events go to one sink (the hal.interfaces.EventSink convention): every good `MeterSample`,
+Events go to one sink (the evsed.hal.interfaces.EventSink convention): every good `MeterSample`,
 `DeviceFault("meter", active=True, ...)` once after `fault_after` consecutive failures, and
 `DeviceFault("meter", active=False)` on the first good poll after that. While faulted, polls
 back off exponentially (capped at `max_backoff_s`). After any failure the client is closed and
@@ -12,10 +12,10 @@ from __future__ import annotations
 import asyncio
 import logging
 
-from controller.clock import Clock
-from hal.interfaces import EnergyMeter, EventSink
-from hal.meters import MeterError
-from hal.types import DeviceFault, MeterSample
+from evsed.controller.clock import Clock
+from evsed.hal.interfaces import EnergyMeter, EventSink
+from evsed.hal.meters import MeterError
+from evsed.hal.types import DeviceFault, MeterSample
 
 log = logging.getLogger(__name__)
 

@@ -1,6 +1,6 @@
 """Meter register maps as data: load/validate a TOML map, plan the reads, decode and encode values.
 
-A map names the Modbus function code, and for each quantity of `hal.types.MeterSample` its
+A map names the Modbus function code, and for each quantity of `evsed.hal.types.MeterSample` its
 address, data type, word order, scale and unit. Decoding multiplies the raw number by `scale`
 and by the unit's factor to SI (kW -> W, kWh -> Wh), so everything leaves here in V, A, W,
 Wh and Hz. The simulated meter uses `encode`, the exact inverse, so the bench answers from the
@@ -305,7 +305,7 @@ def parse_map(text: str, source: str = "<string>") -> RegisterMap:
 
 def builtin_maps() -> list[str]:
     """Names of the maps shipped in hal/meters/maps/."""
-    root = resources.files("hal.meters") / "maps"
+    root = resources.files("evsed.hal.meters") / "maps"
     return sorted(p.name[:-5] for p in root.iterdir() if p.name.endswith(".toml"))
 
 
@@ -319,7 +319,7 @@ def load_map(name_or_path: str | Path) -> RegisterMap:
         except OSError as exc:
             raise MapError(f"{path}: cannot read register map: {exc.strerror or exc}") from None
         return parse_map(text, str(path))
-    res = resources.files("hal.meters") / "maps" / f"{text_path}.toml"
+    res = resources.files("evsed.hal.meters") / "maps" / f"{text_path}.toml"
     if not res.is_file():
         raise MapError(f"unknown meter model {text_path!r} (built in: {', '.join(builtin_maps())})")
     return parse_map(res.read_text(encoding="utf-8"), f"{text_path}.toml")

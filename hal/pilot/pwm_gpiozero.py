@@ -2,7 +2,7 @@
 
 Resolution: gpiozero's lgpio factory sends int(value * 100) to lgpio, so duty moves in
 1 % steps and 26.67 % becomes 26 %; pigpio gives 200 steps at 1 kHz. The `resolution`
-attribute tells the controller what to floor to (hal.pilot.duty.current_to_duty).
+attribute tells the controller what to floor to (evsed.hal.pilot.duty.current_to_duty).
 """
 
 from __future__ import annotations

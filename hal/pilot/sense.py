@@ -23,8 +23,8 @@ import logging
 import math
 from collections.abc import Callable
 
-from hal.adc import VoltageSource
-from hal.types import PilotReading, PilotState
+from evsed.hal.adc import VoltageSource
+from evsed.hal.types import PilotReading, PilotState
 
 log = logging.getLogger(__name__)
 

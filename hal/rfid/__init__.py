@@ -1,8 +1,9 @@
 """RFID card readers on a serial port (RDM6300, PN532 over HSU).
 
-Drivers: `hal.rfid.rdm6300.Rdm6300Reader`, `hal.rfid.pn532.Pn532Reader`; id normalisation and
-debounce: `hal.rfid.idtag`. This module holds what both drivers share: the reader thread that
-opens the port, survives the reader being unplugged and hands events to the event loop.
+Drivers: `evsed.hal.rfid.rdm6300.Rdm6300Reader`, `evsed.hal.rfid.pn532.Pn532Reader`; id
+normalisation and debounce: `evsed.hal.rfid.idtag`. This module holds what both drivers share:
+the reader thread that opens the port, survives the reader being unplugged and hands events to
+the event loop.
 """
 
 from __future__ import annotations
@@ -16,9 +17,9 @@ from collections.abc import Callable
 
 import serial
 
-from hal.interfaces import EventSink, TagReader
-from hal.rfid.idtag import PresenceDebouncer
-from hal.types import DeviceFault, TagPresented
+from evsed.hal.interfaces import EventSink, TagReader
+from evsed.hal.rfid.idtag import PresenceDebouncer
+from evsed.hal.types import DeviceFault, TagPresented
 
 log = logging.getLogger(__name__)
 
@@ -166,8 +167,8 @@ def make_reader(model: str, port: str, baudrate: int | None = None, **options: o
     `options` go to the driver's constructor (e.g. id_format="decimal10" for an RDM6300).
     """
     # Imported here: the driver modules import this package for the base class.
-    from hal.rfid.pn532 import Pn532Reader
-    from hal.rfid.rdm6300 import Rdm6300Reader
+    from evsed.hal.rfid.pn532 import Pn532Reader
+    from evsed.hal.rfid.rdm6300 import Rdm6300Reader
 
     drivers: dict[str, type[SerialTagReader]] = {"rdm6300": Rdm6300Reader, "pn532": Pn532Reader}
     if model not in drivers:

@@ -24,8 +24,8 @@ from typing import Literal
 
 import serial
 
-from hal.rfid import Monotonic, ReaderError, SerialTagReader
-from hal.rfid.idtag import uid_to_id_tag
+from evsed.hal.rfid import Monotonic, ReaderError, SerialTagReader
+from evsed.hal.rfid.idtag import uid_to_id_tag
 
 log = logging.getLogger(__name__)
 

@@ -16,8 +16,8 @@ import time
 
 import serial
 
-from hal.rfid import Monotonic, SerialTagReader
-from hal.rfid.idtag import Rdm6300IdFormat, rdm6300_id_tag
+from evsed.hal.rfid import Monotonic, SerialTagReader
+from evsed.hal.rfid.idtag import Rdm6300IdFormat, rdm6300_id_tag
 
 STX = 0x02
 ETX = 0x03

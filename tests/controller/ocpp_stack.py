@@ -12,8 +12,8 @@ import asyncio
 from collections.abc import Callable
 from typing import Any
 
-from controller.ocpp16.session import OcppSession
-from hwmocks.central_system import CentralSystem, Direction, Frame
+from evsed.controller.ocpp16.session import OcppSession
+from evsed.hwmocks.central_system import CentralSystem, Direction, Frame
 from tests.controller.test_handlers import CARD, CP_ID, OTHER, OcppRig, ocpp_rig
 
 __all__ = [

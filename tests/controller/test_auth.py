@@ -10,17 +10,17 @@ from typing import Any
 
 import pytest
 
-from controller.clock import FakeClock
-from controller.connector.hooks import AuthResult
-from controller.ocpp16.auth import (
+from evsed.controller.clock import FakeClock
+from evsed.controller.connector.hooks import AuthResult
+from evsed.controller.ocpp16.auth import (
     Authorizer,
     AuthSource,
     StartConfAction,
     parse_expiry,
     same_group,
 )
-from controller.ocpp16.keys import ConfigurationKeys
-from controller.store import Store
+from evsed.controller.ocpp16.keys import ConfigurationKeys
+from evsed.controller.store import Store
 
 T0 = datetime(2026, 3, 1, 12, 0, tzinfo=UTC)
 ALL_PROFILES = ["Core", "LocalAuthListManagement", "RemoteTrigger"]

@@ -12,11 +12,11 @@ from typing import Any
 import pytest
 from ocpp.v16 import call
 
-from controller.clock import FakeClock
-from controller.ocpp16.keys import ConfigurationKeys
-from controller.ocpp16.txqueue import TxQueue
-from controller.store import Store
-from hwmocks.central_system import CentralSystem, Frame
+from evsed.controller.clock import FakeClock
+from evsed.controller.ocpp16.keys import ConfigurationKeys
+from evsed.controller.ocpp16.txqueue import TxQueue
+from evsed.controller.store import Store
+from evsed.hwmocks.central_system import CentralSystem, Frame
 from tests.controller.test_handlers import CARD, OTHER, OcppRig, ocpp_rig
 
 START = datetime(2026, 1, 1, tzinfo=UTC)  # FakeClock's default start

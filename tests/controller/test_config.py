@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from controller import cli, config, tomlout
+from evsed.controller import cli, config, tomlout
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -142,7 +142,7 @@ def test_console_entry_point_exit_status(tmp_path) -> None:
     bad = tmp_path / "bad.toml"
     bad.write_text("[[connectors]]\nrated_current_a = 200\n")
     proc = subprocess.run(
-        [sys.executable, "-m", "controller.cli", "config", "check", str(bad)],
+        [sys.executable, "-m", "evsed.controller.cli", "config", "check", str(bad)],
         capture_output=True,
         text=True,
         timeout=60,

@@ -12,12 +12,12 @@ from typing import Any
 
 import pytest
 
-from controller.clock import FakeClock
-from controller.connector.faults import Fault
-from controller.connector.hooks import LocalHooks
-from controller.connector.status import StopReason
-from controller.limiter import SmartChargingLimit
-from controller.run import Stack
+from evsed.controller.clock import FakeClock
+from evsed.controller.connector.faults import Fault
+from evsed.controller.connector.hooks import LocalHooks
+from evsed.controller.connector.status import StopReason
+from evsed.controller.limiter import SmartChargingLimit
+from evsed.controller.run import Stack
 from tests.controller.bench_rig import Rig, bench_config
 
 CARD = "AABBCCDDEE"
@@ -408,7 +408,7 @@ async def test_fault_drives_state_f_for_300_ms(free: Rig) -> None:
 
 
 async def test_failed_rcd_self_test_means_no_energy(make_rig: MakeRig) -> None:
-    from hwmocks.pins import BenchPins
+    from evsed.hwmocks.pins import BenchPins
 
     original = BenchPins.__init__
 
@@ -523,7 +523,7 @@ async def test_a_1wire_sensor_is_read_off_the_event_loop(
     import asyncio
     import threading
 
-    from hal.temperature import W1Ds18b20
+    from evsed.hal.temperature import W1Ds18b20
 
     threads: list[int] = []
     hot = threading.Event()

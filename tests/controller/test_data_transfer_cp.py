@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from hwmocks.central_system import CentralSystem
+from evsed.hwmocks.central_system import CentralSystem
 from tests.controller.ocpp_stack import cut_link
 from tests.controller.test_handlers import CP_ID, ocpp_rig
 

@@ -16,7 +16,7 @@ REPO = Path(__file__).resolve().parents[2]
 @pytest.fixture(scope="module")
 def demo_lines() -> list[dict[str, Any]]:
     proc = subprocess.run(
-        [sys.executable, "-m", "controller.cli", "demo", "--json"],
+        [sys.executable, "-m", "evsed.controller.cli", "demo", "--json"],
         cwd=REPO,
         capture_output=True,
         text=True,

@@ -20,19 +20,26 @@ from ocpp.v16 import call
 from websockets.asyncio.client import connect
 from websockets.exceptions import ConnectionClosed
 
-from controller.clock import FakeClock
-from controller.connector.sampler import Rates
-from controller.ocpp16.app import OcppApp
-from controller.ocpp16.auth import Authorizer
-from controller.ocpp16.context import OcppContext
-from controller.ocpp16.handlers import CORE_ACTIONS, EvsedChargePoint
-from controller.ocpp16.keys import REGISTRY, Access, ConfigurationKeys, KeySpec, KeyType, Profile
-from controller.ocpp16.protocol import websocket_options
-from controller.ocpp16.session import OcppSession
-from controller.ocpp16.txqueue import TxQueue
-from controller.run import Stack
-from controller.store import Store
-from hwmocks.central_system import CentralSystem, Direction, Frame
+from evsed.controller.clock import FakeClock
+from evsed.controller.connector.sampler import Rates
+from evsed.controller.ocpp16.app import OcppApp
+from evsed.controller.ocpp16.auth import Authorizer
+from evsed.controller.ocpp16.context import OcppContext
+from evsed.controller.ocpp16.handlers import CORE_ACTIONS, EvsedChargePoint
+from evsed.controller.ocpp16.keys import (
+    REGISTRY,
+    Access,
+    ConfigurationKeys,
+    KeySpec,
+    KeyType,
+    Profile,
+)
+from evsed.controller.ocpp16.protocol import websocket_options
+from evsed.controller.ocpp16.session import OcppSession
+from evsed.controller.ocpp16.txqueue import TxQueue
+from evsed.controller.run import Stack
+from evsed.controller.store import Store
+from evsed.hwmocks.central_system import CentralSystem, Direction, Frame
 from tests.controller.bench_rig import Rig, bench_config
 
 CP_ID = "CP-SIM-1"

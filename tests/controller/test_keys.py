@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from controller.ocpp16.keys import (
+from evsed.controller.ocpp16.keys import (
     REGISTRY,
     SPECS,
     Access,
@@ -14,7 +14,7 @@ from controller.ocpp16.keys import (
     KeyType,
     TooManyKeys,
 )
-from controller.store import Store
+from evsed.controller.store import Store
 
 ALL_PROFILES = [
     "Core",
@@ -335,8 +335,8 @@ def test_bad_construction_is_refused(store: Store) -> None:
 
 
 def test_measurand_keys_accept_a_single_phase_item(tmp_path) -> None:
-    from controller.ocpp16.keys import ConfigurationKeys
-    from controller.store import Store
+    from evsed.controller.ocpp16.keys import ConfigurationKeys
+    from evsed.controller.store import Store
 
     keys = ConfigurationKeys(
         Store(tmp_path / "k.db"), number_of_connectors=1, supported_feature_profiles=["Core"]

@@ -18,9 +18,9 @@ from pathlib import Path
 
 import pytest
 
-from controller.store import Store
-from hwmocks.central_system import CentralSystem, Direction, Frame
-from hwmocks.control import BenchClient
+from evsed.controller.store import Store
+from evsed.hwmocks.central_system import CentralSystem, Direction, Frame
+from evsed.hwmocks.control import BenchClient
 
 REPO = Path(__file__).resolve().parents[2]
 ENV = {**os.environ, "PYTHONPATH": str(REPO) + os.pathsep + os.environ.get("PYTHONPATH", "")}
@@ -54,7 +54,7 @@ class Evsed:
             self.proc = await asyncio.create_subprocess_exec(
                 sys.executable,
                 "-m",
-                "controller.cli",
+                "evsed.controller.cli",
                 "run",
                 "--config",
                 str(self.config),

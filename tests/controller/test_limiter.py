@@ -8,8 +8,8 @@ import pytest
 from hypothesis import example, given
 from hypothesis import strategies as st
 
-from controller.clock import FakeClock
-from controller.limiter import (
+from evsed.controller.clock import FakeClock
+from evsed.controller.limiter import (
     Allowance,
     Budget,
     CurrentLimiter,
@@ -23,7 +23,7 @@ from controller.limiter import (
     representable_current,
     watts_to_amps,
 )
-from hal.types import MeterSample
+from evsed.hal.types import MeterSample
 
 
 def inputs(**kw: object) -> LimitInputs:
@@ -197,7 +197,7 @@ def test_representable_never_exceeds_and_agrees_with_duty(amps: float):
 @given(st.floats(min_value=0, max_value=120, allow_nan=False))
 @example(52.625)  # between the gap and the first high-range duty: reads back as 51 A
 def test_representable_agrees_with_the_duty_module(amps: float):
-    from hal.pilot.duty import current_to_duty, duty_to_current
+    from evsed.hal.pilot.duty import current_to_duty, duty_to_current
 
     # Rounding first changes nothing, and the duty never reads back more than we allow.
     assert current_to_duty(representable_current(amps)) == current_to_duty(amps)

@@ -8,8 +8,8 @@ from typing import Any
 
 import pytest
 
-from controller.clock import FakeClock
-from controller.run import Stack
+from evsed.controller.clock import FakeClock
+from evsed.controller.run import Stack
 from tests.controller.bench_rig import Rig, bench_config
 
 MakeRig = Callable[..., Awaitable[Rig]]

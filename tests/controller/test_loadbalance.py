@@ -8,8 +8,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from controller.clock import FakeClock
-from controller.limiter import (
+from evsed.controller.clock import FakeClock
+from evsed.controller.limiter import (
     Allowance,
     Budget,
     CurrentLimiter,
@@ -19,14 +19,14 @@ from controller.limiter import (
     limit,
     representable_current,
 )
-from controller.loadbalance import (
+from evsed.controller.loadbalance import (
     ConnectorDemand,
     LoadBalanceConfig,
     LoadBalancer,
     Mode,
     estimate_demand,
 )
-from hal.types import MeterSample
+from evsed.hal.types import MeterSample
 
 FUSE = LoadBalanceConfig(fuse_a=25.0, margin_a=2.0)  # 23 A usable per phase
 

@@ -16,9 +16,9 @@ from ocpp.messages import MessageType, get_validator
 from ocpp.v16 import call
 from ocpp.v16.enums import Location, Measurand, Phase, ReadingContext, UnitOfMeasure, ValueFormat
 
-from controller.clock import FakeClock
-from controller.ocpp16.keys import DEFAULT_MEASURANDS
-from controller.ocpp16.metering import (
+from evsed.controller.clock import FakeClock
+from evsed.controller.ocpp16.keys import DEFAULT_MEASURANDS
+from evsed.controller.ocpp16.metering import (
     PHASES,
     READING_CONTEXTS,
     SPEC_MEASURANDS,
@@ -30,7 +30,7 @@ from controller.ocpp16.metering import (
     iso8601_utc,
     parse_measurands,
 )
-from hal.types import MeterSample
+from evsed.hal.types import MeterSample
 
 TS = datetime(2026, 1, 1, 10, 15, tzinfo=UTC)
 THREE = MeterSample(

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from hwmocks.central_system import CentralSystem, Direction, Frame
+from evsed.hwmocks.central_system import CentralSystem, Direction, Frame
 from tests.controller.ocpp_stack import (
     CARD,
     CP_ID,

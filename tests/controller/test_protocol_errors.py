@@ -26,14 +26,14 @@ from ocpp.v16.enums import Action
 from websockets.asyncio.client import connect
 from websockets.exceptions import ConnectionClosed, ConnectionClosedError
 
-from controller.ocpp16.protocol import (
+from evsed.controller.ocpp16.protocol import (
     DEFAULT_MAX_FRAME_BYTES,
     KNOWN_ACTIONS,
     StrictChargePoint,
     call_error_frame,
     websocket_options,
 )
-from hwmocks.central_system import MALFORMED_FRAMES, CentralSystem, Direction, MalformedFrame
+from evsed.hwmocks.central_system import MALFORMED_FRAMES, CentralSystem, Direction, MalformedFrame
 
 CP = "CP_STRICT"
 

@@ -22,18 +22,18 @@ from ocpp.routing import on
 from ocpp.v16 import call, call_result
 from ocpp.v16.enums import Action
 
-from controller.clock import FakeClock, SystemClock
-from controller.config import CentralSystem as CentralSystemConfig
-from controller.config import Config
-from controller.connector.status import ChargePointStatus, ConnectorStatus, ErrorCode
-from controller.ocpp16.context import OcppContext
-from controller.ocpp16.keys import ConfigurationKeys
-from controller.ocpp16.protocol import StrictChargePoint
-from controller.ocpp16.session import Backoff, OcppSession, redact
-from controller.ocpp16.txqueue import TxQueue
-from controller.store import Store, TxState
-from hwmocks import central_system as cs_module
-from hwmocks.central_system import CentralSystem, Direction, Frame
+from evsed.controller.clock import FakeClock, SystemClock
+from evsed.controller.config import CentralSystem as CentralSystemConfig
+from evsed.controller.config import Config
+from evsed.controller.connector.status import ChargePointStatus, ConnectorStatus, ErrorCode
+from evsed.controller.ocpp16.context import OcppContext
+from evsed.controller.ocpp16.keys import ConfigurationKeys
+from evsed.controller.ocpp16.protocol import StrictChargePoint
+from evsed.controller.ocpp16.session import Backoff, OcppSession, redact
+from evsed.controller.ocpp16.txqueue import TxQueue
+from evsed.controller.store import Store, TxState
+from evsed.hwmocks import central_system as cs_module
+from evsed.hwmocks.central_system import CentralSystem, Direction, Frame
 
 CP = "CP_SESSION"
 T0 = datetime(2026, 1, 1, 12, 0, tzinfo=UTC)

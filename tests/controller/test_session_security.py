@@ -18,8 +18,8 @@ import pytest
 from ocpp.exceptions import OCPPError
 from ocpp.v16 import call
 
-from controller.config import CentralSystem as CentralSystemConfig
-from hwmocks.central_system import CentralSystem
+from evsed.controller.config import CentralSystem as CentralSystemConfig
+from evsed.hwmocks.central_system import CentralSystem
 from tests.controller.test_session import CP, rig
 
 KEY = "0123456789abcdef-secret"  # >= 16 characters, as profiles 1 and 2 require
@@ -89,7 +89,7 @@ def cp_side_text(caplog: pytest.LogCaptureFixture) -> str:
     return "\n".join(
         r.getMessage()
         for r in caplog.records
-        if r.name.startswith(("controller", "websockets.client"))
+        if r.name.startswith(("evsed.", "websockets.client"))
     )
 
 

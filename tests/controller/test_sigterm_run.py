@@ -14,8 +14,8 @@ from pathlib import Path
 import pytest
 from ocpp.v16 import call
 
-from controller.store import Store
-from hwmocks.central_system import CentralSystem, Direction
+from evsed.controller.store import Store
+from evsed.hwmocks.central_system import CentralSystem, Direction
 from tests.controller.test_kill9_run import CP_ID, FREE_TAG, Evsed, _config, _cp_calls
 
 

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from controller.store import SCHEMA_VERSION, Store, StoreError, TxState
+from evsed.controller.store import SCHEMA_VERSION, Store, StoreError, TxState
 
 T0 = datetime(2026, 1, 1, 12, 0, tzinfo=UTC)
 

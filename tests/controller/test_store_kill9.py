@@ -12,16 +12,16 @@ from pathlib import Path
 
 import pytest
 
-from controller.ocpp16.txqueue import TxQueue
-from controller.store import Store
+from evsed.controller.ocpp16.txqueue import TxQueue
+from evsed.controller.store import Store
 
 REPO = Path(__file__).resolve().parents[2]
 
 CHILD = """
 import sys
 from datetime import UTC, datetime
-from controller.store import Store
-from controller.ocpp16.txqueue import TxQueue
+from evsed.controller.store import Store
+from evsed.controller.ocpp16.txqueue import TxQueue
 
 queue = TxQueue(Store(sys.argv[1]))
 now = datetime.now(UTC)

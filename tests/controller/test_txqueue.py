@@ -8,9 +8,9 @@ from pathlib import Path
 import pytest
 from ocpp.v16 import call_result
 
-from controller.ocpp16.keys import ConfigurationKeys
-from controller.ocpp16.txqueue import TxQueue, UnresolvedTransaction
-from controller.store import Store, TxState
+from evsed.controller.ocpp16.keys import ConfigurationKeys
+from evsed.controller.ocpp16.txqueue import TxQueue, UnresolvedTransaction
+from evsed.controller.store import Store, TxState
 
 T0 = datetime(2026, 1, 1, 12, 0, tzinfo=UTC)
 

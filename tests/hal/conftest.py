@@ -8,7 +8,7 @@ import pytest
 from gpiozero import Device
 from gpiozero.pins.mock import MockFactory
 
-from hwmocks.pins import install_mock_factory, uninstall_mock_factory
+from evsed.hwmocks.pins import install_mock_factory, uninstall_mock_factory
 
 
 @pytest.fixture

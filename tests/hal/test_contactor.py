@@ -5,11 +5,11 @@ from collections.abc import Iterator
 import pytest
 from gpiozero.pins.mock import MockFactory
 
-from controller.clock import FakeClock
-from hal.contactor import RelayContactor
-from hal.interfaces import Contactor
-from hal.types import ContactorFault
-from hwmocks.pins import BenchPins
+from evsed.controller.clock import FakeClock
+from evsed.hal.contactor import RelayContactor
+from evsed.hal.interfaces import Contactor
+from evsed.hal.types import ContactorFault
+from evsed.hwmocks.pins import BenchPins
 
 
 class Rig:

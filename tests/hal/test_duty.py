@@ -6,7 +6,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from hal.pilot.duty import current_to_duty, duty_to_current
+from evsed.hal.pilot.duty import current_to_duty, duty_to_current
 
 
 @pytest.mark.parametrize(

@@ -6,7 +6,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from hal.rfid.idtag import (
+from evsed.hal.rfid.idtag import (
     ID_TAG_MAX_LEN,
     PresenceDebouncer,
     normalize_id_tag,

@@ -10,7 +10,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from hal.meters.regmap import (
+from evsed.hal.meters.regmap import (
     QUANTITIES,
     FieldSpec,
     MapError,

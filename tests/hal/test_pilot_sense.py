@@ -10,12 +10,12 @@ from collections.abc import Iterator
 import pytest
 from gpiozero.pins.mock import MockFactory
 
-from hal.adc import AdcChannel
-from hal.interfaces import PilotSensor
-from hal.pilot.pwm_gpiozero import GpiozeroPwmPilot
-from hal.pilot.sense import AdcPilotSensor, cp_to_adc_volts
-from hal.types import PilotState
-from hwmocks.pins import BenchPins
+from evsed.hal.adc import AdcChannel
+from evsed.hal.interfaces import PilotSensor
+from evsed.hal.pilot.pwm_gpiozero import GpiozeroPwmPilot
+from evsed.hal.pilot.sense import AdcPilotSensor, cp_to_adc_volts
+from evsed.hal.types import PilotState
+from evsed.hwmocks.pins import BenchPins
 
 LEVELS = {PilotState.A: 12.0, PilotState.B: 9.0, PilotState.C: 6.0, PilotState.D: 3.0}
 SAMPLES = 20

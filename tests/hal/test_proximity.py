@@ -6,10 +6,10 @@ from collections.abc import Iterator
 import pytest
 from gpiozero.pins.mock import MockFactory
 
-from hal.adc import AdcChannel
-from hal.interfaces import ProximitySensor
-from hal.proximity import AdcProximity, cable_rating
-from hwmocks.pins import BenchPins
+from evsed.hal.adc import AdcChannel
+from evsed.hal.interfaces import ProximitySensor
+from evsed.hal.proximity import AdcProximity, cable_rating
+from evsed.hwmocks.pins import BenchPins
 
 
 @pytest.fixture

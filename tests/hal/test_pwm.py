@@ -8,10 +8,10 @@ from pathlib import Path
 import pytest
 from gpiozero.pins.mock import MockFactory
 
-from hal.interfaces import PilotOutput
-from hal.pilot.duty import current_to_duty
-from hal.pilot.pwm_gpiozero import GpiozeroPwmPilot
-from hal.pilot.pwm_sysfs import SysfsPwmPilot
+from evsed.hal.interfaces import PilotOutput
+from evsed.hal.pilot.duty import current_to_duty
+from evsed.hal.pilot.pwm_gpiozero import GpiozeroPwmPilot
+from evsed.hal.pilot.pwm_sysfs import SysfsPwmPilot
 
 # -- gpiozero -------------------------------------------------------------------------
 

@@ -10,10 +10,10 @@ from collections.abc import Iterator
 import pytest
 from gpiozero.pins.mock import MockFactory
 
-from hal.interfaces import ResidualCurrentMonitor
-from hal.rcd import GpioRcd
-from hal.types import DeviceFault
-from hwmocks.pins import BenchPins
+from evsed.hal.interfaces import ResidualCurrentMonitor
+from evsed.hal.rcd import GpioRcd
+from evsed.hal.types import DeviceFault
+from evsed.hwmocks.pins import BenchPins
 
 
 class Events:

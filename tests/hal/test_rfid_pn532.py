@@ -10,8 +10,8 @@ import pytest
 from hypothesis import assume, given
 from hypothesis import strategies as st
 
-from hal.interfaces import TagReader
-from hal.rfid.pn532 import (
+from evsed.hal.interfaces import TagReader
+from evsed.hal.rfid.pn532 import (
     ACK_FRAME,
     ERROR_FRAME,
     NACK_FRAME,
@@ -21,8 +21,8 @@ from hal.rfid.pn532 import (
     build_frame,
     parse_in_list_passive_target,
 )
-from hal.types import DeviceFault, TagPresented
-from hwmocks.rfid import SimPn532
+from evsed.hal.types import DeviceFault, TagPresented
+from evsed.hwmocks.rfid import SimPn532
 
 UID4 = "04A23B1C"
 UID7 = "04A1B2C3D4E5F6"

@@ -10,16 +10,16 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from hal.interfaces import TagReader
-from hal.rfid import make_reader
-from hal.rfid.rdm6300 import (
+from evsed.hal.interfaces import TagReader
+from evsed.hal.rfid import make_reader
+from evsed.hal.rfid.rdm6300 import (
     Rdm6300Parser,
     Rdm6300Reader,
     build_rdm6300_frame,
     parse_rdm6300_frame,
 )
-from hal.types import DeviceFault, TagPresented
-from hwmocks.rfid import SimRdm6300
+from evsed.hal.types import DeviceFault, TagPresented
+from evsed.hwmocks.rfid import SimRdm6300
 
 CARD_A = "0700673158"  # REFERENCE §4.1 example: frame 02 "070067315809" 03
 CARD_B = "1A2B3C4D5E"

@@ -6,10 +6,10 @@ from pathlib import Path
 import pytest
 from gpiozero.pins.mock import MockFactory
 
-from hal.adc import AdcChannel
-from hal.interfaces import TemperatureSensor
-from hal.temperature import AdcNtcTemperature, SensorError, W1Ds18b20
-from hwmocks.pins import BenchPins
+from evsed.hal.adc import AdcChannel
+from evsed.hal.interfaces import TemperatureSensor
+from evsed.hal.temperature import AdcNtcTemperature, SensorError, W1Ds18b20
+from evsed.hwmocks.pins import BenchPins
 
 
 @pytest.fixture

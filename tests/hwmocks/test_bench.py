@@ -11,20 +11,20 @@ from pathlib import Path
 
 import pytest
 
-from controller.config import parse
-from controller.run import Stack
-from hwmocks.control import BenchClient
+from evsed.controller.config import parse
+from evsed.controller.run import Stack
+from evsed.hwmocks.control import BenchClient
 
 REPO = Path(__file__).resolve().parents[2]
 ENV = {**os.environ, "PYTHONPATH": str(REPO) + os.pathsep + os.environ.get("PYTHONPATH", "")}
 
 
 async def control(port: int, *args: str) -> dict[str, object]:
-    """Run `python -m hwmocks.control` in another process; the loop keeps serving meanwhile."""
+    """`python -m evsed.hwmocks.control` in another process; the loop keeps serving meanwhile."""
     proc = await asyncio.create_subprocess_exec(
         sys.executable,
         "-m",
-        "hwmocks.control",
+        "evsed.hwmocks.control",
         "--port",
         str(port),
         *args,
@@ -89,7 +89,7 @@ async def test_evsed_prints_its_control_port_and_stops_cleanly(
     proc = await asyncio.create_subprocess_exec(
         sys.executable,
         "-m",
-        "controller.cli",
+        "evsed.controller.cli",
         command,
         "--config",
         str(cfg),

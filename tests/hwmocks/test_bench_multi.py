@@ -14,10 +14,10 @@ from typing import Any
 
 import pytest
 
-from controller.clock import FakeClock
-from controller.config import Config, parse
-from controller.connector.machine import Connector
-from controller.run import Stack
+from evsed.controller.clock import FakeClock
+from evsed.controller.config import Config, parse
+from evsed.controller.connector.machine import Connector
+from evsed.controller.run import Stack
 
 REPO = Path(__file__).resolve().parents[2]
 EXAMPLE = REPO / "config" / "sim-two-connectors.toml"

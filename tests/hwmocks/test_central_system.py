@@ -20,7 +20,7 @@ from ocpp.v16.enums import Action
 from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed, InvalidStatus
 
-from hwmocks.central_system import (
+from evsed.hwmocks.central_system import (
     MALFORMED_FRAMES,
     CentralSystem,
     Direction,

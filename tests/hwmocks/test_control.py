@@ -10,8 +10,8 @@ from typing import Any
 
 import pytest
 
-from hwmocks import control
-from hwmocks.control import COMMANDS, FAULT_NAMES, BenchClient, BenchError, ControlServer
+from evsed.hwmocks import control
+from evsed.hwmocks.control import COMMANDS, FAULT_NAMES, BenchClient, BenchError, ControlServer
 
 TIMEOUT = 2.0
 

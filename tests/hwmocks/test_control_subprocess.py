@@ -1,4 +1,4 @@
-"""A separate process drives the bench through `python -m hwmocks.control`."""
+"""A separate process drives the bench through `python -m evsed.hwmocks.control`."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from hwmocks.control import ControlServer
+from evsed.hwmocks.control import ControlServer
 
 REPO = Path(__file__).resolve().parents[2]
 TIMEOUT = 20.0  # a cold interpreter start on a slow CI box
@@ -50,7 +50,7 @@ async def _run_cli(port: int, *args: str) -> tuple[int, dict[str, Any], str]:
     proc = await asyncio.create_subprocess_exec(
         sys.executable,
         "-m",
-        "hwmocks.control",
+        "evsed.hwmocks.control",
         "--port",
         str(port),
         *args,
