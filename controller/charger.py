@@ -10,6 +10,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import math
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
@@ -196,6 +198,17 @@ class Charger:
 
     def connector(self, connector_id: int) -> Connector:
         return self._slots[connector_id].connector
+
+    def safety_tick_age(self) -> float:
+        """Seconds (real monotonic time) since the oldest connector's last completed safety
+        tick; `math.inf` while any connector's safety core is not running. The watchdog pings
+        only while this is small."""
+        ticks = [
+            s.sampler.last_tick_at if s.sampler.running else None for s in self._slots.values()
+        ]
+        if not ticks or any(t is None for t in ticks):
+            return math.inf
+        return max(0.0, time.monotonic() - min(t for t in ticks if t is not None))
 
     # ------------------------------------------------------------------ life cycle
 

@@ -70,6 +70,9 @@ class Sampler:
         self._next_pp = 0.0
         self._next_temp = 0.0
         self._task: asyncio.Task[None] | None = None
+        #: Real monotonic time (not the injected clock) of the last completed tick: the
+        #: watchdog asks whether the outputs are still looked after, in the world's time.
+        self.last_tick_at: float | None = None
         self._temperature_task: asyncio.Task[None] | None = None
 
     def calibrate(self, reads: int = 8) -> float:
@@ -119,6 +122,7 @@ class Sampler:
         if wake_at is not None:
             # A deadline (the end of state F, a timeout) falls before the next tick.
             interval = min(interval, max(0.0, wake_at - self.clock.monotonic()))
+        self.last_tick_at = time.monotonic()
         return interval
 
     def _read_proximity(self, now: float) -> None:
@@ -177,6 +181,11 @@ class Sampler:
             except asyncio.CancelledError:
                 pass
             self._task = None
+        self.last_tick_at = None
+
+    @property
+    def running(self) -> bool:
+        return self._task is not None and not self._task.done()
 
 
 def _read(read_celsius: Callable[[], float]) -> float | Exception:
