@@ -13,7 +13,8 @@
    to write(2) for the queue; the kernel may write less (merging) or more (ext4 metadata).
 
 Last line of output: one JSON object with delivered, in_order, seconds, disk_bytes_per_hour.
-Run: ``python benchmarks/offline_replay.py`` (from anywhere; it finds the repository).
+Run from the repository root: ``python -m benchmarks.offline_replay`` (its manual clock is the
+tests' `tests.support.clock.FakeClock`).
 """
 
 from __future__ import annotations
@@ -28,7 +29,7 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
-from evsed.controller.clock import Clock, FakeClock, SystemClock
+from evsed.controller.clock import Clock, SystemClock
 from evsed.controller.config import CentralSystem as CentralSystemConfig
 from evsed.controller.config import Config
 from evsed.controller.ocpp16.context import OcppContext
@@ -38,6 +39,7 @@ from evsed.controller.ocpp16.session import Backoff, OcppSession
 from evsed.controller.ocpp16.txqueue import TxQueue
 from evsed.controller.store import Store
 from evsed.hwmocks.central_system import CentralSystem, Direction
+from tests.support.clock import FakeClock
 
 CP = "CP-BENCH"
 MESSAGES = 5000

@@ -10,7 +10,6 @@ from typing import Any
 
 import pytest
 
-from evsed.controller.clock import FakeClock
 from evsed.controller.connector.hooks import AuthResult
 from evsed.controller.ocpp16.auth import (
     Authorizer,
@@ -21,6 +20,7 @@ from evsed.controller.ocpp16.auth import (
 )
 from evsed.controller.ocpp16.keys import ConfigurationKeys
 from evsed.controller.store import Store
+from tests.support.clock import FakeClock
 
 T0 = datetime(2026, 3, 1, 12, 0, tzinfo=UTC)
 ALL_PROFILES = ["Core", "LocalAuthListManagement", "RemoteTrigger"]

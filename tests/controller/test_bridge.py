@@ -12,12 +12,12 @@ from typing import Any
 import pytest
 from ocpp.v16 import call
 
-from evsed.controller.clock import FakeClock
 from evsed.controller.ocpp16.keys import ConfigurationKeys
 from evsed.controller.ocpp16.txqueue import TxQueue
 from evsed.controller.store import Store
 from evsed.hwmocks.central_system import CentralSystem, Frame
-from tests.controller.test_handlers import CARD, OTHER, OcppRig, ocpp_rig
+from tests.support.clock import FakeClock
+from tests.support.ocpp_rig import CARD, OTHER, OcppRig, ocpp_rig
 
 START = datetime(2026, 1, 1, tzinfo=UTC)  # FakeClock's default start
 

@@ -12,13 +12,13 @@ from typing import Any
 
 import pytest
 
-from evsed.controller.clock import FakeClock
 from evsed.controller.connector.faults import Fault
 from evsed.controller.connector.hooks import LocalHooks
 from evsed.controller.connector.status import StopReason
 from evsed.controller.limiter import SmartChargingLimit
 from evsed.controller.run import Stack
-from tests.controller.bench_rig import Rig, bench_config
+from tests.support.bench_rig import Rig, bench_config
+from tests.support.clock import FakeClock
 
 CARD = "AABBCCDDEE"
 OTHER_CARD = "0102030405"

@@ -8,8 +8,8 @@ from pathlib import Path
 import pytest
 
 from evsed.hwmocks.central_system import CentralSystem
-from tests.controller.ocpp_stack import cut_link
-from tests.controller.test_handlers import CP_ID, ocpp_rig
+from tests.support.ocpp_rig import CP_ID, ocpp_rig
+from tests.support.ocpp_stack import cut_link
 
 
 @pytest.fixture

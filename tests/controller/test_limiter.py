@@ -8,7 +8,6 @@ import pytest
 from hypothesis import example, given
 from hypothesis import strategies as st
 
-from evsed.controller.clock import FakeClock
 from evsed.controller.limiter import (
     Allowance,
     Budget,
@@ -24,6 +23,7 @@ from evsed.controller.limiter import (
     watts_to_amps,
 )
 from evsed.hal.types import MeterSample
+from tests.support.clock import FakeClock
 
 
 def inputs(**kw: object) -> LimitInputs:

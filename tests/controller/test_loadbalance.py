@@ -8,7 +8,6 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from evsed.controller.clock import FakeClock
 from evsed.controller.limiter import (
     Allowance,
     Budget,
@@ -27,6 +26,7 @@ from evsed.controller.loadbalance import (
     estimate_demand,
 )
 from evsed.hal.types import MeterSample
+from tests.support.clock import FakeClock
 
 FUSE = LoadBalanceConfig(fuse_a=25.0, margin_a=2.0)  # 23 A usable per phase
 

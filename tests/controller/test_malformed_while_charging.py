@@ -2,7 +2,7 @@
 says (or ignored), and the charge goes on and ends normally.
 
 The whole stack runs against the embedded Central System (see test_offline.py). The frames
-come from `evsed.hwmocks.central_system.MALFORMED_FRAMES` plus well-formed but unexpected ones:
+come from `tests.support.malformed_frames.MALFORMED_FRAMES` plus well-formed but unexpected ones:
 answers to nothing, actions nobody knows, actions of profiles this build does not support.
 Every frame gets its own uniqueId, so each answer is matched to the frame that caused it.
 """
@@ -17,8 +17,9 @@ from pathlib import Path
 
 import pytest
 
-from evsed.hwmocks.central_system import MALFORMED_FRAMES, CentralSystem, Direction, Frame
-from tests.controller.ocpp_stack import CARD, CP_ID, OcppRig, calls, delivered, ocpp_rig
+from evsed.hwmocks.central_system import CentralSystem, Direction, Frame
+from tests.support.malformed_frames import MALFORMED_FRAMES
+from tests.support.ocpp_stack import CARD, CP_ID, OcppRig, calls, delivered, ocpp_rig
 
 FRAMES = 200
 BATCH = 20  # frames between two simulated seconds of charging

@@ -16,7 +16,6 @@ from ocpp.messages import MessageType, get_validator
 from ocpp.v16 import call
 from ocpp.v16.enums import Location, Measurand, Phase, ReadingContext, UnitOfMeasure, ValueFormat
 
-from evsed.controller.clock import FakeClock
 from evsed.controller.ocpp16.keys import DEFAULT_MEASURANDS
 from evsed.controller.ocpp16.metering import (
     PHASES,
@@ -31,6 +30,7 @@ from evsed.controller.ocpp16.metering import (
     parse_measurands,
 )
 from evsed.hal.types import MeterSample
+from tests.support.clock import FakeClock
 
 TS = datetime(2026, 1, 1, 10, 15, tzinfo=UTC)
 THREE = MeterSample(

@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 
 from evsed.hwmocks.central_system import CentralSystem, Direction, Frame
-from tests.controller.ocpp_stack import (
+from tests.support.ocpp_stack import (
     CARD,
     CP_ID,
     OTHER,

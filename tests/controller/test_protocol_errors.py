@@ -1,7 +1,8 @@
 """StrictChargePoint answers every bad CS->CP frame with the OCPP-J 1.6 code, and goes on.
 
 The CP runs over a real loopback websocket against the bench Central System, which sends
-the raw frames of `MALFORMED_FRAMES` and checks each answer on the wire.
+the raw frames of `MALFORMED_FRAMES` (tests/support/malformed_frames.py) and checks each
+answer on the wire.
 """
 
 from __future__ import annotations
@@ -33,7 +34,8 @@ from evsed.controller.ocpp16.protocol import (
     call_error_frame,
     websocket_options,
 )
-from evsed.hwmocks.central_system import MALFORMED_FRAMES, CentralSystem, Direction, MalformedFrame
+from evsed.hwmocks.central_system import CentralSystem, Direction
+from tests.support.malformed_frames import MALFORMED_FRAMES, MalformedFrame
 
 CP = "CP_STRICT"
 

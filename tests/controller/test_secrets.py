@@ -10,7 +10,7 @@ import pytest
 from ocpp.v16 import call
 
 from evsed.hwmocks.central_system import CentralSystem
-from tests.controller.test_handlers import CP_ID, ocpp_rig
+from tests.support.ocpp_rig import CP_ID, ocpp_rig
 
 NEW_KEY = "n3w-s3cret-key-0123456789"
 

@@ -20,7 +20,7 @@ from ocpp.v16 import call
 
 from evsed.controller.config import CentralSystem as CentralSystemConfig
 from evsed.hwmocks.central_system import CentralSystem
-from tests.controller.test_session import CP, rig
+from tests.support.session_rig import CP, rig
 
 KEY = "0123456789abcdef-secret"  # >= 16 characters, as profiles 1 and 2 require
 NEW_KEY = "fedcba9876543210-rotated"
@@ -87,9 +87,7 @@ def cp_side_text(caplog: pytest.LogCaptureFixture) -> str:
     """Everything the charge point's side logged (the CS's own logs, websockets.server and
     ocpp's peer, are not ours; the session gives websockets a logger of its own)."""
     return "\n".join(
-        r.getMessage()
-        for r in caplog.records
-        if r.name.startswith(("evsed.", "websockets.client"))
+        r.getMessage() for r in caplog.records if r.name.startswith(("evsed.", "websockets.client"))
     )
 
 

@@ -16,7 +16,7 @@ from ocpp.v16 import call
 
 from evsed.controller.store import Store
 from evsed.hwmocks.central_system import CentralSystem, Direction
-from tests.controller.test_kill9_run import CP_ID, FREE_TAG, Evsed, _config, _cp_calls
+from tests.support.evsed_process import CP_ID, FREE_TAG, Evsed, _config, _cp_calls
 
 
 @pytest.fixture

@@ -5,11 +5,11 @@ from collections.abc import Iterator
 import pytest
 from gpiozero.pins.mock import MockFactory
 
-from evsed.controller.clock import FakeClock
 from evsed.hal.contactor import RelayContactor
 from evsed.hal.interfaces import Contactor
 from evsed.hal.types import ContactorFault
 from evsed.hwmocks.pins import BenchPins
+from tests.support.clock import FakeClock
 
 
 class Rig:

@@ -5,10 +5,10 @@ from collections.abc import Iterator
 import pytest
 from gpiozero.pins.mock import MockFactory
 
-from evsed.controller.clock import FakeClock
 from evsed.hal.interfaces import LockActuator
 from evsed.hal.lock import GpioLock
 from evsed.hwmocks.pins import BenchPins
+from tests.support.clock import FakeClock
 
 
 @pytest.fixture

@@ -9,7 +9,6 @@ from collections.abc import AsyncIterator
 import pytest
 from pymodbus.client import AsyncModbusTcpClient
 
-from evsed.controller.clock import FakeClock
 from evsed.hal.interfaces import EnergyMeter
 from evsed.hal.meters import MeterError
 from evsed.hal.meters.modbus import ModbusMeter, RtuTransport, TcpTransport
@@ -17,6 +16,7 @@ from evsed.hal.meters.regmap import builtin_maps, load_map
 from evsed.hal.types import MeterSample
 from evsed.hwmocks.meter import MeterFault, SimMeter
 from evsed.hwmocks.serialpair import SerialPair
+from tests.support.clock import FakeClock
 
 V = (230.1, 231.2, 229.3)
 I = (16.0, 7.5, 0.25)  # noqa: E741

@@ -6,12 +6,12 @@ import asyncio
 
 import pytest
 
-from evsed.controller.clock import FakeClock
 from evsed.hal.meters import MeterError
 from evsed.hal.meters.modbus import ModbusMeter, TcpTransport
 from evsed.hal.meters.poller import MeterPoller
 from evsed.hal.types import DeviceFault, MeterSample
 from evsed.hwmocks.meter import MeterFault, SimMeter
+from tests.support.clock import FakeClock
 
 
 class ScriptedMeter:
@@ -161,9 +161,9 @@ async def test_stop_works_when_the_driver_swallows_the_cancellation() -> None:
     still end the poller rather than wait for ever."""
     import asyncio
 
-    from evsed.controller.clock import FakeClock
     from evsed.hal.meters import MeterError
     from evsed.hal.meters.poller import MeterPoller
+    from tests.support.clock import FakeClock
 
     in_request = asyncio.Event()
 

@@ -14,10 +14,10 @@ from typing import Any
 
 import pytest
 
-from evsed.controller.clock import FakeClock
 from evsed.controller.config import Config, parse
 from evsed.controller.connector.machine import Connector
 from evsed.controller.run import Stack
+from tests.support.clock import FakeClock
 
 REPO = Path(__file__).resolve().parents[2]
 EXAMPLE = REPO / "config" / "sim-two-connectors.toml"

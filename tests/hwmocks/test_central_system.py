@@ -21,12 +21,12 @@ from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed, InvalidStatus
 
 from evsed.hwmocks.central_system import (
-    MALFORMED_FRAMES,
     CentralSystem,
     Direction,
     TagInfo,
     run_central_system,
 )
+from tests.support.malformed_frames import MALFORMED_FRAMES
 
 CP = "CP_1"
 

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from evsed.controller.clock import FakeClock
 from evsed.hwmocks.ev import EvConfig, SimEv, offered_current_a, requests_digital_communication
+from tests.support.clock import FakeClock
 
 DUTY_16A = 16 / 0.6 / 100  # 26.67 %
 DUTY_10A = 10 / 0.6 / 100

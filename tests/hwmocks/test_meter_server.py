@@ -10,11 +10,11 @@ import pytest
 from pymodbus.client import AsyncModbusTcpClient
 from pymodbus.exceptions import ModbusIOException
 
-from evsed.controller.clock import FakeClock
 from evsed.hal.meters.modbus import ModbusMeter, TcpTransport
 from evsed.hal.meters.regmap import decode, load_map
 from evsed.hwmocks.meter import Load, MeterFault, SimMeter
 from evsed.hwmocks.serialpair import SerialPair
+from tests.support.clock import FakeClock
 
 THREE_PHASE_16A = ((230.0, 230.0, 230.0), (16.0, 16.0, 16.0))  # 11040 W
 

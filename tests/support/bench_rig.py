@@ -7,10 +7,10 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from evsed.controller.clock import FakeClock
 from evsed.controller.config import Config, parse
 from evsed.controller.connector.machine import Connector
 from evsed.controller.run import Stack
+from tests.support.clock import FakeClock
 
 TICK_S = 0.01
 

@@ -1,6 +1,6 @@
 """Helpers for the end-to-end OCPP tests: the whole stack against the embedded CS.
 
-The rig itself is `tests.controller.test_handlers.ocpp_rig` (bench, drivers, charger,
+The rig itself is `tests.support.ocpp_rig.ocpp_rig` (bench, drivers, charger,
 OcppApp and OcppSession on a FakeClock, the websocket in real time). What is added here:
 taking the link down and up again, letting simulated charging time pass while the meter
 answers over its real socket, and reading the recording of the CS by action.
@@ -14,7 +14,7 @@ from typing import Any
 
 from evsed.controller.ocpp16.session import OcppSession
 from evsed.hwmocks.central_system import CentralSystem, Direction, Frame
-from tests.controller.test_handlers import CARD, CP_ID, OTHER, OcppRig, ocpp_rig
+from tests.support.ocpp_rig import CARD, CP_ID, OTHER, OcppRig, ocpp_rig
 
 __all__ = [
     "CARD",
