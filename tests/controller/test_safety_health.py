@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import math
 
-from evsed.controller.clock import FakeClock
 from evsed.controller.run import Stack
-from tests.controller.bench_rig import bench_config
+from tests.support.bench_rig import bench_config
+from tests.support.clock import FakeClock
 
 
 async def test_tick_age_is_infinite_until_the_core_runs_and_after_it_stops() -> None:
