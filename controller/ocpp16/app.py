@@ -35,7 +35,7 @@ from evsed.controller.ocpp16.context import OcppContext, SessionControl
 from evsed.controller.ocpp16.handlers import EvsedChargePoint, restore_availability
 from evsed.controller.ocpp16.keys import ConfigurationKeys
 from evsed.controller.ocpp16.txqueue import TxQueue
-from evsed.controller.store import DB_FILENAME, Store
+from evsed.controller.store import DB_FILENAME, Store, secure_state_dir
 
 log = logging.getLogger(__name__)
 
@@ -82,7 +82,7 @@ class OcppApp:
     ) -> None:
         self.config = config
         self.clock = clock
-        state_dir.mkdir(parents=True, exist_ok=True)
+        secure_state_dir(state_dir)  # 0700: the database holds secrets (AuthorizationKey)
         # No automatic checkpoints: they would flush inside a commit on the event loop.
         # `_checkpoints` does them from a thread instead.
         self.store = store or Store(

@@ -1,0 +1,92 @@
+"""The authorisation cache and the local authorisation list (with its version)."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+from evsed.controller.store.codec import dt, dumps, loads, ts
+from evsed.controller.store.database import Repository
+
+
+@dataclass(frozen=True, slots=True)
+class CachedAuth:
+    id_tag: str
+    id_tag_info: dict[str, Any]
+    expiry: datetime | None
+
+
+class AuthRepository(Repository):
+    # -- authorisation cache: light (a lost entry is asked for again) -----------------------
+
+    def cache_put(
+        self, id_tag: str, id_tag_info: Mapping[str, Any], expiry: datetime | None
+    ) -> None:
+        self._db.execute(
+            "INSERT INTO auth_cache (id_tag, id_tag_info, expiry) VALUES (?, ?, ?) "
+            "ON CONFLICT (id_tag) DO UPDATE SET id_tag_info = excluded.id_tag_info, "
+            "expiry = excluded.expiry WHERE id_tag_info IS NOT excluded.id_tag_info "
+            "OR expiry IS NOT excluded.expiry",
+            (id_tag, dumps(id_tag_info), ts(expiry)),
+        )
+
+    def cache_get(self, id_tag: str) -> CachedAuth | None:
+        row = self._db.execute(
+            "SELECT id_tag, id_tag_info, expiry FROM auth_cache WHERE id_tag = ?", (id_tag,)
+        ).fetchone()
+        return None if row is None else CachedAuth(row[0], loads(row[1]), dt(row[2]))
+
+    def cache_clear(self) -> None:
+        """Durable: ClearCache is answered after it (a revoked card must stay revoked)."""
+        with self._db.durable():
+            self._db.execute("DELETE FROM auth_cache")
+
+    # -- local authorisation list: durable (SendLocalList is answered after it) -------------
+
+    def local_list_version(self) -> int:
+        row = self._db.execute("SELECT value FROM meta WHERE key = 'local_list_version'").fetchone()
+        return 0 if row is None else int(row[0])
+
+    def local_list_get(self, id_tag: str) -> dict[str, Any] | None:
+        row = self._db.execute(
+            "SELECT id_tag_info FROM local_list WHERE id_tag = ?", (id_tag,)
+        ).fetchone()
+        return None if row is None else loads(row[0])
+
+    def local_list_entries(self) -> dict[str, dict[str, Any]]:
+        rows = self._db.execute(
+            "SELECT id_tag, id_tag_info FROM local_list ORDER BY id_tag"
+        ).fetchall()
+        return {r[0]: loads(r[1]) for r in rows}
+
+    def local_list_len(self) -> int:
+        return int(self._db.execute("SELECT count(*) FROM local_list").fetchone()[0])
+
+    def local_list_update(
+        self,
+        version: int,
+        entries: Mapping[str, Mapping[str, Any] | None],
+        *,
+        full: bool,
+    ) -> None:
+        """SendLocalList: ``full`` replaces the list; a differential update deletes the tags
+        whose info is None and upserts the others. One durable commit, version included."""
+        with self._db.durable():
+            if full:
+                self._db.execute("DELETE FROM local_list")
+            for id_tag, info in entries.items():
+                if info is None:
+                    self._db.execute("DELETE FROM local_list WHERE id_tag = ?", (id_tag,))
+                else:
+                    self._db.execute(
+                        "INSERT INTO local_list (id_tag, id_tag_info) VALUES (?, ?) "
+                        "ON CONFLICT (id_tag) DO UPDATE SET id_tag_info = excluded.id_tag_info",
+                        (id_tag, dumps(info)),
+                    )
+            self._db.execute(
+                "INSERT INTO meta (key, value) VALUES ('local_list_version', ?) "
+                "ON CONFLICT (key) DO UPDATE SET value = excluded.value",
+                (str(version),),
+            )
