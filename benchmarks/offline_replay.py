@@ -200,7 +200,9 @@ async def disk_hour(directory: Path) -> dict[str, Any]:
             samples = HOUR_S // SAMPLE_S
             for i in range(samples):
                 await clock.advance(SAMPLE_S)
-                txq.meter_values(1, meter_value(i, clock.now()), local)
+                # As the bridge does: the register goes into the store with the values.
+                at = clock.now()
+                txq.meter_values(1, meter_value(i, at), local, energy_wh=1000 + i * 3, at=at)
                 session.wake_delivery()
                 await confirmed.wait_for(2 + i, timeout=10)
             written = meter.bytes

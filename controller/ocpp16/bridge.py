@@ -217,12 +217,19 @@ class OcppHooks:
         return stopped
 
     def _stop_stale(self, tx: Any, reason: str) -> bool:
+        # The newest energy known and its time: the reading stored with the last MeterValues
+        # (at most one sample interval old), or the live meter if it already reads more
+        # (it kept counting until the power went); the start's only if there is neither.
         reading = self.ctx.store.last_meter(tx.connector_id)
         meter_stop = tx.meter_start_wh
         at: datetime = tx.start_time
         if reading is not None and reading.at >= tx.start_time:
             meter_stop = max(tx.meter_start_wh, round(reading.energy_wh))
             at = reading.at
+        connector = self._connector(tx.connector_id)
+        live = connector.last_energy_wh if connector is not None else None
+        if live is not None and round(live) > meter_stop:
+            meter_stop, at = round(live), self.ctx.clock.now()
         msg = self.ctx.txqueue.stop_transaction(tx.local_id, meter_stop, at, reason)
         log.warning(
             "transaction %s on connector %s left open: stopped (%s, %d Wh)",
@@ -320,7 +327,9 @@ class OcppHooks:
             at = self.ctx.clock.now()
             value = self._reading(connector, "MeterValuesSampledData", "Sample.Periodic", at=at)
             if value is not None:
-                self.ctx.txqueue.meter_values(cid, [value], running.tx.local_id)
+                self.ctx.txqueue.meter_values(
+                    cid, [value], running.tx.local_id, energy_wh=connector.last_energy_wh, at=at
+                )
                 self._wake()
             running.data.add(
                 self._reading(connector, "StopTxnSampledData", "Sample.Periodic", at=at)
@@ -349,7 +358,13 @@ class OcppHooks:
             running = self._running.get(cid)
             if running is not None and connector.transaction is not None:
                 if value is not None:
-                    self.ctx.txqueue.meter_values(cid, [value], running.tx.local_id)
+                    self.ctx.txqueue.meter_values(
+                        cid,
+                        [value],
+                        running.tx.local_id,
+                        energy_wh=connector.last_energy_wh,
+                        at=boundary,
+                    )
                     self._wake()
                 running.data.add(
                     self._reading(connector, "StopTxnAlignedData", "Sample.Clock", at=boundary)

@@ -33,6 +33,14 @@ What "skip" means here:
   transactionId, so every later message of that transaction is parked too when it reaches
   the head instead of being sent with a bogus id (the CS would reject it anyway).
 
+Durability (see `controller.store.database`): the StartTransaction with its transaction
+record, the StopTransaction with the stop record, the acknowledgement of either, and a
+parking are durable commits (synced before the call returns: they survive a power cut).
+MeterValues and their acknowledgements are light (they survive kill -9, a power cut may
+lose the last few), which keeps an SD card's writes while charging small. Each sampled
+MeterValues carries the connector's newest reading into the store in its own commit, so a
+transaction cut short is stopped with an energy at most one sample interval old.
+
 Delivery is at-least-once: a kill -9 after the CS answered but before ``ack`` committed
 re-sends that one message after restart.
 
@@ -152,7 +160,8 @@ class TxQueue:
         }
         if reservation_id is not None:
             payload["reservationId"] = reservation_id
-        with self._store.atomic():
+        # Durable before it returns: the connector closes the relay only after this hook.
+        with self._store.durable():
             local_id = self._store.insert_transaction(
                 connector_id, id_tag, int(meter_start_wh), timestamp, reservation_id
             )
@@ -175,6 +184,21 @@ class TxQueue:
         tx = self._store.transaction(local_id)
         if tx is None or tx.state is not TxState.OPEN:
             return None
+        if meter_stop_wh < tx.meter_start_wh:
+            # The meter was lost or replaced mid-session (it reads 0, or less than at the
+            # start): never bill a negative or zero session when a reading says otherwise.
+            known = self._store.last_meter(tx.connector_id)
+            fallback = tx.meter_start_wh
+            if known is not None and known.at >= tx.start_time:
+                fallback = max(fallback, round(known.energy_wh))
+            log.warning(
+                "transaction %d: meterStop %d Wh below meterStart %d Wh; stopping with %d Wh",
+                local_id,
+                meter_stop_wh,
+                tx.meter_start_wh,
+                fallback,
+            )
+            meter_stop_wh = fallback
         payload: dict[str, Any] = {
             "meterStop": int(meter_stop_wh),
             "timestamp": ocpp_timestamp(timestamp),
@@ -185,7 +209,9 @@ class TxQueue:
             payload["idTag"] = id_tag
         if transaction_data:
             payload["transactionData"] = transaction_data
-        with self._store.atomic():
+        # Durable before it returns: the stop is queued (and the CS may acknowledge it) only
+        # once it survives a power cut.
+        with self._store.durable():
             if not self._store.mark_stopping(
                 local_id, int(meter_stop_wh), timestamp, reason, id_tag
             ):
@@ -197,11 +223,27 @@ class TxQueue:
         return msg_id
 
     def meter_values(
-        self, connector_id: int, meter_value: list[dict[str, Any]], tx_local_id: int | None
+        self,
+        connector_id: int,
+        meter_value: list[dict[str, Any]],
+        tx_local_id: int | None,
+        *,
+        energy_wh: float | None = None,
+        at: datetime | None = None,
     ) -> int:
-        """Queue a MeterValues.req (``meter_value`` in wire form: timestamp, sampledValue)."""
+        """Queue a MeterValues.req (``meter_value`` in wire form: timestamp, sampledValue).
+
+        ``energy_wh`` (the register these values carry) and ``at`` (their timestamp) are
+        remembered in the same commit as the newest reading of the connector: what a
+        transaction cut short by a power loss is stopped with. Light, like every MeterValues:
+        a kill -9 keeps it; a power cut may lose the last few, never a start or stop."""
         payload = {"connectorId": connector_id, "meterValue": meter_value}
-        return self.enqueue(METER_VALUES, payload, tx_local_id)
+        if energy_wh is None or at is None:
+            return self.enqueue(METER_VALUES, payload, tx_local_id)
+        with self._store.atomic():
+            msg_id = self.enqueue(METER_VALUES, payload, tx_local_id)
+            self._store.record_meter(connector_id, energy_wh, at, force=True)
+        return msg_id
 
     # -- delivery ---------------------------------------------------------------------------
 
@@ -254,7 +296,11 @@ class TxQueue:
         row = self._store.queue_get(msg_id)
         if row is None:
             return False
-        with self._store.atomic():
+        # A Start's transactionId and a Stop's end are durable once acknowledged (lost, the
+        # CS would see the Start again and open a second transaction); a MeterValues' ack is
+        # light: lost to a power cut, that one reading is sent twice.
+        commit = self._store.atomic if row.action == METER_VALUES else self._store.durable
+        with commit():
             if row.action == START and row.tx_local_id is not None:
                 cs_id = _field(response, "transactionId", "transaction_id")
                 if not isinstance(cs_id, int) or isinstance(cs_id, bool):
@@ -296,7 +342,7 @@ class TxQueue:
 
     def _park(self, row: QueuedRow, error: str) -> None:
         log.error("parking %s %d (not sent again): %s", row.action, row.id, error)
-        with self._store.atomic():
+        with self._store.durable():
             self._store.queue_park(row.id, error)
             if row.tx_local_id is not None:
                 if row.action == START:

@@ -280,3 +280,51 @@ def test_ack_is_idempotent_and_start_needs_an_id(queue: TxQueue) -> None:
     assert len(queue) == 1  # nothing half-done
     assert queue.ack(msg.id, {"transaction_id": 4})
     assert not queue.ack(msg.id, {"transactionId": 4})
+
+
+def test_meter_values_carry_the_reading_into_the_store_in_their_own_commit(
+    queue: TxQueue, store: Store
+) -> None:
+    local = queue.start_transaction(1, "AABBCCDD", 100, T0)
+    statements: list[str] = []
+    store._con.set_trace_callback(statements.append)
+    at = T0 + timedelta(seconds=10)
+    queue.meter_values(1, mv(150), local, energy_wh=150.0, at=at)
+    store._con.set_trace_callback(None)
+    # Within the meter throttle interval, yet written: it rides on the MeterValues' commit.
+    reading = store.last_meter(1)
+    assert reading is not None and (reading.energy_wh, reading.at) == (150.0, at)
+    writes = [s.split()[0] for s in statements if not s.startswith("SELECT")]
+    assert writes == ["BEGIN", "INSERT", "INSERT", "COMMIT"]
+
+
+def test_a_stop_below_the_start_is_stopped_with_the_last_reading(
+    queue: TxQueue, store: Store
+) -> None:
+    local = queue.start_transaction(1, "AABBCCDD", 1000, T0)
+    queue.meter_values(1, mv(1040), local, energy_wh=1040.0, at=T0 + timedelta(seconds=10))
+    # The meter failed (reads nothing, so the connector says 0 Wh) when the session ended.
+    queue.stop_transaction(local, 0, T0 + timedelta(seconds=20), "Local")
+    (stop,) = [m for m in queue.pending() if m.action == "StopTransaction"]
+    assert stop.payload["meterStop"] == 1040
+    tx = store.transaction(local)
+    assert tx is not None and tx.meter_stop_wh == 1040
+
+
+def test_start_stop_and_their_acks_are_synced_meter_values_are_not(
+    queue: TxQueue, store: Store
+) -> None:
+    syncs = store.syncs
+    local = queue.start_transaction(1, "AABBCCDD", 100, T0)
+    assert store.syncs == syncs + 1
+    queue.meter_values(1, mv(150), local, energy_wh=150.0, at=T0 + timedelta(seconds=10))
+    assert store.syncs == syncs + 1
+    queue.stop_transaction(local, 200, T0 + timedelta(seconds=20), "Local")
+    assert store.syncs == syncs + 2
+    start, meter, stop = queue.pending()
+    queue.ack(start.id, {"transactionId": 9})
+    assert store.syncs == syncs + 3
+    queue.ack(meter.id, {})
+    assert store.syncs == syncs + 3
+    queue.ack(stop.id, {})
+    assert store.syncs == syncs + 4
