@@ -7,6 +7,7 @@ connectors' transactions into the persistent queue.
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Protocol
@@ -16,6 +17,8 @@ from evsed.controller.config import Config
 from evsed.controller.ocpp16.keys import ConfigurationKeys
 from evsed.controller.ocpp16.txqueue import TxQueue
 from evsed.controller.store import Store
+
+log = logging.getLogger(__name__)
 
 if TYPE_CHECKING:
     from evsed.controller.charger import Charger
@@ -69,6 +72,15 @@ class OcppContext:
         str, Callable[[str | None, str | None], Awaitable[tuple[str, str | None]]]
     ] = field(default_factory=dict)
 
+    #: Observer calls that raised (each is logged; none reaches the emitter).
+    observer_failures: int = 0
+
     def emit(self, event: str, **fields: Any) -> None:
-        for observer in self.observers:
-            observer(event, fields)
+        for observer in list(self.observers):
+            try:
+                observer(event, fields)
+            except Exception:
+                # Observation only: a bad observer must not stop what emitted the event
+                # (the delivery loop, a status change, the session going online).
+                self.observer_failures += 1
+                log.exception("observer %r failed on %r", observer, event)
