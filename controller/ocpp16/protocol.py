@@ -80,6 +80,8 @@ LOGGER = logging.getLogger(__name__)
 
 SUBPROTOCOL = "ocpp1.6"
 DEFAULT_MAX_FRAME_BYTES = 64 * 1024
+#: Frames longer than this (characters) are parsed and schema-checked in a worker thread.
+OFFLOAD_FRAME_BYTES = 16 * 1024
 MAX_UNIQUE_ID_CHARS = 36
 #: Every action name OCPP 1.6 (with the security extension) defines, in either direction.
 KNOWN_ACTIONS: frozenset[str] = frozenset(a.value for a in Action)
@@ -249,6 +251,13 @@ def validate_payload(action: str, payload: dict[str, Any], *, response: bool = F
         raise CallErrorReply(_PRIORITY[rank], f"{where}: {error.message}"[:_DESCRIPTION_MAX_CHARS])
 
 
+def _checked_snake(action: str, payload: dict[str, Any], validate: bool) -> dict[str, Any]:
+    """The request payload validated (CallErrorReply with the 1.6 code) and in snake_case."""
+    if validate:
+        validate_payload(action, payload)
+    return camel_to_snake_case(payload)
+
+
 # ---------------------------------------------------------------- the charge point
 
 _CALL_ID_PREFIX = re.compile(r'^\s*\[\s*2\s*,\s*"([^"\\]{1,36})"')
@@ -272,6 +281,8 @@ class StrictChargePoint(ocpp.v16.ChargePoint):
 
     #: The bound used by `route_message`; pass the same value to `websocket_options()`.
     max_frame_bytes: int = DEFAULT_MAX_FRAME_BYTES
+    #: Frames longer than this are parsed and validated off the loop (a worker thread).
+    offload_frame_bytes: int = OFFLOAD_FRAME_BYTES
     #: None: every action with an @on handler is supported.
     supported_actions: frozenset[str] | None = None
 
@@ -308,13 +319,17 @@ class StrictChargePoint(ocpp.v16.ChargePoint):
             if reply is not None:
                 await self._send(reply)
             return
-        frame = self._decode(raw_msg)
+        # A big frame is parsed (and below, schema-checked) in a worker thread: a 1.4 MiB
+        # SendLocalList costs hundreds of milliseconds that the loop must not stall for.
+        # Same functions, same answers, only the thread differs.
+        heavy = len(raw_msg) > self.offload_frame_bytes
+        frame = await asyncio.to_thread(self._decode, raw_msg) if heavy else self._decode(raw_msg)
         if frame is None:
             return
         if frame[0] != MessageType.Call:
             self._deliver_response(frame)
             return
-        reply, after = await self._answer_call(frame)
+        reply, after = await self._answer_call(frame, heavy=heavy)
         await self._send(reply)
         if after is not None:
             # Runs once the CALLRESULT is sent, as a task, so that it may await self.call().
@@ -368,12 +383,14 @@ class StrictChargePoint(ocpp.v16.ChargePoint):
             return None
         return frame
 
-    async def _answer_call(self, frame: list[Any]) -> tuple[str, Coroutine[Any, Any, None] | None]:
+    async def _answer_call(
+        self, frame: list[Any], *, heavy: bool = False
+    ) -> tuple[str, Coroutine[Any, Any, None] | None]:
         unique_id: str = frame[1]
         action = frame[2] if len(frame) > 2 else None
         try:
             payload = self._check_call_frame(frame)
-            return await self._dispatch(unique_id, frame[2], payload)
+            return await self._dispatch(unique_id, frame[2], payload, heavy=heavy)
         except CallErrorReply as e:
             self.logger.warning(
                 "%s: CALL %s %r answered %s: %s", self.id, unique_id, action, e.code, e.description
@@ -408,7 +425,7 @@ class StrictChargePoint(ocpp.v16.ChargePoint):
         return frame[3]
 
     async def _dispatch(
-        self, unique_id: str, action: str, payload: dict[str, Any]
+        self, unique_id: str, action: str, payload: dict[str, Any], *, heavy: bool = False
     ) -> tuple[str, Coroutine[Any, Any, None] | None]:
         if action not in KNOWN_ACTIONS:
             raise CallErrorReply(ErrorCode.NOT_IMPLEMENTED, f"unknown Action {action!r}")
@@ -416,11 +433,11 @@ class StrictChargePoint(ocpp.v16.ChargePoint):
             raise CallErrorReply(ErrorCode.NOT_SUPPORTED, f"{action} is not supported")
         handlers = self.route_map[action]
         validate = not handlers.get("_skip_schema_validation", False)
-        if validate:
-            # In the loop, not the library's thread pool: the frame is bounded, and a
-            # thread per message is worse on a small board than a millisecond here.
-            validate_payload(action, payload)
-        snake_payload = camel_to_snake_case(payload)
+        if heavy:
+            snake_payload = await asyncio.to_thread(_checked_snake, action, payload, validate)
+        else:
+            # In the loop for a small frame: a thread hop costs more than checking it.
+            snake_payload = _checked_snake(action, payload, validate)
         response = await self._invoke(handlers["_on_action"], snake_payload, unique_id)
         result = snake_to_camel_case(remove_nones(serialize_as_dict(response)))
         if validate:
