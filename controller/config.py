@@ -57,6 +57,8 @@ class CentralSystem(Strict):
     enabled: bool = True
     # Larger frames from the CS are refused before they are read into memory.
     max_frame_bytes: Annotated[int, Field(ge=4096, le=16 * 1024 * 1024)] = 65536
+    # The longest wait between reconnection attempts: back this long after the network is.
+    reconnect_backoff_max_s: Annotated[float, Field(ge=1, le=3600)] = 30.0
 
     @field_validator("url")
     @classmethod
