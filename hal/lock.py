@@ -8,27 +8,18 @@ Two models, chosen by whether `unlock_pin` is given:
 `feedback_pin` (optional) is the lock's position switch: active = locked.
 
 Pulses end through `clock.sleep`, on the running event loop (lock()/unlock() must be
-called from it), so tests drive them with evsed.controller.clock.FakeClock.
+called from it), so tests drive them with tests.support.clock.FakeClock.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-from typing import Any, Protocol
+from typing import Any
 
 from gpiozero import DigitalInputDevice, DigitalOutputDevice
 
-
-class Sleeper(Protocol):
-    """The part of evsed.controller.clock.Clock the lock needs (hal does not import controller)."""
-
-    async def sleep(self, seconds: float) -> None: ...
-
-
-class _AsyncioSleeper:
-    async def sleep(self, seconds: float) -> None:
-        await asyncio.sleep(max(0.0, seconds))
+from evsed.hal.clock import Sleeper, SystemClock
 
 
 class GpioLock:
@@ -47,7 +38,7 @@ class GpioLock:
         clock: Sleeper | None = None,
         pin_factory: Any = None,
     ) -> None:
-        self._clock: Sleeper = clock or _AsyncioSleeper()
+        self._clock: Sleeper = clock or SystemClock()
         self._pulse_s = pulse_s
         self._devices: list[DigitalOutputDevice | DigitalInputDevice] = []
         try:

@@ -30,7 +30,7 @@ from pymodbus.pdu import ExceptionResponse, ModbusPDU
 from pymodbus.server import ModbusSerialServer, ModbusTcpServer
 from pymodbus.simulator import DataType, SimData, SimDevice
 
-from evsed.controller.clock import Clock, SystemClock
+from evsed.hal.clock import Clock, SystemClock
 from evsed.hal.meters.regmap import RegisterMap, encode, load_map
 
 log = logging.getLogger(__name__)

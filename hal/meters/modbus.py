@@ -14,7 +14,7 @@ from pathlib import Path
 
 from pymodbus.client import AsyncModbusSerialClient, AsyncModbusTcpClient
 
-from evsed.controller.clock import Clock, SystemClock
+from evsed.hal.clock import Clock, SystemClock
 from evsed.hal.meters import MeterError
 from evsed.hal.meters.regmap import RegisterMap, load_map
 from evsed.hal.types import MeterSample

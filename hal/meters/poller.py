@@ -12,7 +12,7 @@ from __future__ import annotations
 import asyncio
 import logging
 
-from evsed.controller.clock import Clock
+from evsed.hal.clock import Clock
 from evsed.hal.interfaces import EnergyMeter, EventSink
 from evsed.hal.meters import MeterError
 from evsed.hal.types import DeviceFault, MeterSample
