@@ -78,12 +78,12 @@ class Stack:
     async def start(self) -> None:
         config = self.config
         if self.use_bench:
-            from evsed.hwmocks.bench import Bench  # the bench only exists where it is used
+            from evsed.controller import simbench  # the bench only exists where it is used
 
-            self.bench = Bench(config, self.clock)
+            self.bench = simbench.build_bench(config, self.clock)
             try:
                 await self.bench.start(control=self.control)
-                config = self.bench.wired(config)
+                config = simbench.wired(config, self.bench.endpoints())
             except BaseException:
                 await self.bench.stop()
                 raise
@@ -251,12 +251,12 @@ def run_bench(config: Config) -> int:
     configure_logging(config)
 
     async def bench_only(stop: asyncio.Event) -> None:
-        from evsed.hwmocks.bench import Bench
+        from evsed.controller import simbench
 
-        bench = Bench(config)
+        bench = simbench.build_bench(config)
         await bench.start()
         try:
-            wired = bench.wired(config)
+            wired = simbench.wired(config, bench.endpoints())
             print(f"bench control port {bench.control_port}", flush=True)
             for i, c in enumerate(wired.connectors, 1):
                 if c.meter.transport == "tcp":

@@ -1,17 +1,19 @@
 """The simulated charger bench: pins, ADC, EV, meter and readers wired as one charger.
 
-Build it from the same configuration the controller reads. It must exist *before* the
-drivers (gpiozero mock pins are created here first), and `wired(config)` tells the
-controller where the bench put what the configuration cannot know in advance (the
-meter's TCP port when it was 0, an RTU meter's and the reader's pseudo-terminal).
+Built from `BenchSettings` (evsed.hwmocks.settings), which the controller's one wiring
+module (`evsed.controller.simbench`) derives from its configuration: the bench knows the
+hardware layer, never the controller. It must exist *before* the drivers (gpiozero mock
+pins are created here first), and `endpoints()` tells where the bench put what the
+settings cannot know in advance (the meter's TCP port when it was 0, an RTU meter's and
+the reader's pseudo-terminal).
 
-Each connector has its own pins, EV and meter; all share the one ADC chip of `[adc]`
-(each on its own channels, as `evsed config check` demands) and the grid meter.
+Each connector has its own pins, EV and meter; all share the one ADC chip (each on its
+own channels, as `evsed config check` demands) and the grid meter.
 
-    bench = Bench(config)
+    bench = Bench(settings)
     await bench.start()
-    config = bench.wired(config)
-    parts = hardware.build(config, clock)   # the real drivers, on the bench's pins
+    endpoints = bench.endpoints()           # the wiring module points the drivers there
+    ...build the real drivers, on the bench's pins...
     bench.drivers_ready()
 """
 
@@ -24,15 +26,20 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from evsed.controller.clock import Clock, SystemClock
-from evsed.controller.config import Config, MeterConfig
-from evsed.controller.config import Connector as ConnectorConfig
+from evsed.hal.clock import Clock, SystemClock
 from evsed.hwmocks.control import ControlServer
 from evsed.hwmocks.ev import EvConfig, SimEv
 from evsed.hwmocks.meter import Load, MeterFault, SimMeter
 from evsed.hwmocks.pins import BenchPins, SimMcp3xxx, install_mock_factory, uninstall_mock_factory
 from evsed.hwmocks.rfid import SimPn532, SimRdm6300
 from evsed.hwmocks.serialpair import SerialPair
+from evsed.hwmocks.settings import (
+    BenchEndpoints,
+    BenchSettings,
+    MeterEndpoint,
+    SimConnectorSettings,
+    SimMeterSettings,
+)
 
 log = logging.getLogger(__name__)
 
@@ -52,7 +59,7 @@ class SimConnector:
     """One simulated connector: its pins, its EV and its meter."""
 
     id: int
-    config: ConnectorConfig
+    settings: SimConnectorSettings
     pins: BenchPins
     ev: SimEv
     meter: SimMeter | None
@@ -84,21 +91,20 @@ class SimConnector:
         return Load(self.ev.phase_voltages_v(), self.ev.phase_currents_a())
 
 
-def _wire_meter(data: dict[str, Any], meter: SimMeter | None, pair: SerialPair | None) -> None:
-    """Point a meter's configuration (as plain data) at the simulated meter serving it."""
+def _endpoint(meter: SimMeter | None, pair: SerialPair | None) -> MeterEndpoint | None:
+    """Where a driver reaches the simulated meter: the pty pair's far end, or loopback TCP."""
     if meter is None:
-        return
+        return None
     if pair is not None:
-        data["serial_port"], data["parity"] = pair.port_b, "N"
-    else:
-        data["host"], data["port"] = "127.0.0.1", meter.port
+        return MeterEndpoint(serial_port=pair.port_b, parity="N")
+    return MeterEndpoint(host="127.0.0.1", port=meter.port)
 
 
 class Bench:
     """Implements evsed.hwmocks.control.BenchControl."""
 
-    def __init__(self, config: Config, clock: Clock | None = None) -> None:
-        self.config = config
+    def __init__(self, settings: BenchSettings, clock: Clock | None = None) -> None:
+        self.settings = settings
         self.clock = clock or SystemClock()
         self.factory = install_mock_factory()
         self._connectors: dict[int, SimConnector] = {}
@@ -115,9 +121,11 @@ class Bench:
         self.grid_serial: SerialPair | None = None
         self._adc: SimMcp3xxx | None = None
         try:
-            if config.grid.enabled:
-                self.grid_meter, self.grid_serial = self._meter(config.grid.meter, self._grid_load)
-            for index, cfg in enumerate(config.connectors):
+            if settings.grid_meter is not None:
+                self.grid_meter, self.grid_serial = self._meter(
+                    settings.grid_meter, self._grid_load
+                )
+            for index, cfg in enumerate(settings.connectors):
                 self._connectors[index + 1] = self._build_connector(index + 1, cfg)
         except BaseException:
             self._close_serial()
@@ -128,7 +136,7 @@ class Bench:
             raise
 
     def _meter(
-        self, cfg: MeterConfig, source: Callable[[], Load]
+        self, cfg: SimMeterSettings, source: Callable[[], Load]
     ) -> tuple[SimMeter | None, SerialPair | None]:
         """A simulated meter for `cfg`: on loopback TCP, or on a pty pair for RTU."""
         if cfg.transport == "none":
@@ -153,48 +161,42 @@ class Bench:
             if pair is not None:
                 pair.close()
 
-    def _build_connector(self, cid: int, cfg: ConnectorConfig) -> SimConnector:
-        adc = self.config.adc
-        lock = cfg.lock
-        proximity = cfg.proximity
+    def _build_connector(self, cid: int, cfg: SimConnectorSettings) -> SimConnector:
+        bench = self.settings
         pins = BenchPins(
             self.factory,
-            pilot_pin=cfg.pilot.pin,
-            relay_pin=cfg.contactor.relay_pin,
-            relay_feedback_pin=cfg.contactor.feedback_pin,
-            rcd_fault_pin=cfg.rcd.fault_pin if cfg.rcd.enabled else None,
-            rcd_test_pin=cfg.rcd.test_pin if cfg.rcd.enabled else None,
-            lock_pin=lock.lock_pin if lock.enabled else None,
-            unlock_pin=lock.unlock_pin if lock.enabled else None,
-            lock_feedback_pin=lock.feedback_pin if lock.enabled else None,
-            adc_select_pin=adc.spi_pins()["CE"],
-            adc_bits=12 if adc.chip == "mcp3208" else 10,
-            vref=adc.vref,
-            cp_channel=cfg.pilot.sense_channel,
-            # Channels a connector does not read are left to the others on the shared chip.
-            pp_channel=proximity.channel
-            if proximity.enabled and proximity.fixed_cable_a is None
-            else None,
-            temp_channel=cfg.temperature.channel if cfg.temperature.driver == "ntc" else None,
-            cp_gain=cfg.pilot.sense_gain,
-            cp_offset=cfg.pilot.sense_offset,
-            pp_pull_up_ohms=cfg.proximity.pullup_ohms,
-            pp_supply_v=cfg.proximity.supply_v,
-            ntc_beta=cfg.temperature.beta,
-            ntc_r25=cfg.temperature.r25_ohms,
-            ntc_series_r=cfg.temperature.series_ohms,
-            ntc_vref=adc.vref,
+            pilot_pin=cfg.pilot_pin,
+            relay_pin=cfg.relay_pin,
+            relay_feedback_pin=cfg.relay_feedback_pin,
+            rcd_fault_pin=cfg.rcd_fault_pin,
+            rcd_test_pin=cfg.rcd_test_pin,
+            lock_pin=cfg.lock_pin,
+            unlock_pin=cfg.unlock_pin,
+            lock_feedback_pin=cfg.lock_feedback_pin,
+            adc_select_pin=bench.adc_select_pin,
+            adc_bits=bench.adc_bits,
+            vref=bench.adc_vref,
+            cp_channel=cfg.cp_channel,
+            pp_channel=cfg.pp_channel,
+            temp_channel=cfg.temp_channel,
+            cp_gain=cfg.cp_gain,
+            cp_offset=cfg.cp_offset,
+            pp_pull_up_ohms=cfg.pp_pull_up_ohms,
+            pp_supply_v=cfg.pp_supply_v,
+            ntc_beta=cfg.ntc_beta,
+            ntc_r25=cfg.ntc_r25_ohms,
+            ntc_series_r=cfg.ntc_series_ohms,
+            ntc_vref=bench.adc_vref,
             adc=self._adc,
         )
         # The first connector's pins create the chip; the others wire into it.
         self._adc = pins.adc
-        bench = self.config.bench
         ev = SimEv(
             self.clock,
             EvConfig(
-                max_current_a=bench.ev_max_current_a,
-                phases=min(bench.ev_phases, cfg.phases),
-                response_s=bench.ev_delay_s,
+                max_current_a=bench.ev.max_current_a,
+                phases=min(bench.ev.phases, cfg.phases),
+                response_s=bench.ev.delay_s,
                 nominal_voltage_v=cfg.nominal_voltage_v,
             ),
         )
@@ -244,28 +246,29 @@ class Bench:
             await self.grid_meter.start()
         # Only the configured reader is simulated: the other's thread would cost idle CPU
         # for a device no driver listens to.
-        if self.config.reader.model == "pn532":
+        if self.settings.reader == "pn532":
             self.pn532 = SimPn532()
         else:
             self.rdm6300 = SimRdm6300()
         if control:
             self.control = ControlServer(
-                self, self.config.bench.control_host, self.config.bench.control_port
+                self, self.settings.control_host, self.settings.control_port
             )
             await self.control.start()
 
-    def wired(self, config: Config) -> Config:
-        """`config` with the bench's actual meter ports and reader device."""
-        data = config.model_dump()
-        for index, sim in self._connectors.items():
-            _wire_meter(data["connectors"][index - 1]["meter"], sim.meter, sim.serial)
-        _wire_meter(data["grid"]["meter"], self.grid_meter, self.grid_serial)
-        reader = data["reader"]
-        if reader["model"] == "rdm6300" and self.rdm6300 is not None:
-            reader["port"] = self.rdm6300.port
-        elif reader["model"] == "pn532" and self.pn532 is not None:
-            reader["port"] = self.pn532.port
-        return Config.model_validate(data)
+    def endpoints(self) -> BenchEndpoints:
+        """Where the started bench's meters and reader are, for the drivers to connect to."""
+        meters = {
+            cid: endpoint
+            for cid, sim in self._connectors.items()
+            if (endpoint := _endpoint(sim.meter, sim.serial)) is not None
+        }
+        reader = self.rdm6300 or self.pn532
+        return BenchEndpoints(
+            meters=meters,
+            grid_meter=_endpoint(self.grid_meter, self.grid_serial),
+            reader_port=None if reader is None else reader.port,
+        )
 
     def drivers_ready(self) -> None:
         """Re-drive inputs after the drivers set their pulls (they reset mock input pins)."""
