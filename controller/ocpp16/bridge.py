@@ -43,7 +43,7 @@ from evsed.controller.ocpp16.metering import (
     SampledSchedule,
     TransactionData,
 )
-from evsed.hal.types import MeterSample
+from evsed.controller.readings import MeterSample
 
 log = logging.getLogger(__name__)
 

@@ -34,7 +34,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from evsed.controller.clock import Clock
-from evsed.hal.types import MeterSample
+from evsed.controller.readings import MeterSample
 
 # Spec §7.31, in the spec's order. tests check it against ocpp.v16.enums.Measurand.
 SPEC_MEASURANDS: tuple[str, ...] = (
