@@ -6,9 +6,8 @@ import asyncio
 import contextlib
 import gc
 import logging
-import os
+import math
 import signal
-import socket
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -22,6 +21,7 @@ from evsed.controller.connector.hooks import ConnectorHooks, LocalHooks
 from evsed.controller.connector.sampler import Rates
 from evsed.controller.connector.status import StopReason
 from evsed.controller.limiter import LimiterConfig
+from evsed.controller.watchdog import Watchdog, ping_interval_s, sd_notify
 
 log = logging.getLogger(__name__)
 
@@ -67,6 +67,11 @@ class Stack:
         self._wired = config
         self._restarting: asyncio.Task[None] | None = None
         self.restarts = 0
+
+    def safety_tick_age(self) -> float:
+        """The charger's (math.inf while none runs, e.g. during a reset): for the watchdog."""
+        charger = self.charger
+        return math.inf if charger is None else charger.safety_tick_age()
 
     async def __aenter__(self) -> Stack:
         await self.start()
@@ -165,31 +170,6 @@ class Stack:
             self.bench = None
 
 
-def sd_notify(state: str) -> bool:
-    """Tell systemd (Type=notify) about readiness and liveness; a no-op elsewhere."""
-    addr = os.environ.get("NOTIFY_SOCKET")
-    if not addr:
-        return False
-    if addr[0] == "@":
-        addr = "\0" + addr[1:]
-    try:
-        with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM | socket.SOCK_CLOEXEC) as s:
-            s.connect(addr)
-            s.sendall(state.encode())
-    except OSError:
-        return False
-    return True
-
-
-async def _watchdog() -> None:
-    usec = int(os.environ.get("WATCHDOG_USEC", "0") or 0)
-    if usec <= 0:
-        return
-    while True:
-        sd_notify("WATCHDOG=1")
-        await asyncio.sleep(usec / 2e6)
-
-
 def configure_logging(config: Config) -> None:
     logging.basicConfig(
         level=config.logging.level,
@@ -211,13 +191,19 @@ async def serve(
         if on_ready is not None:
             on_ready(stack)
         sd_notify("READY=1\nSTATUS=charging controller running")
-        watchdog = asyncio.create_task(_watchdog())
+        interval = ping_interval_s()
+        watchdog = (
+            None
+            if interval is None
+            else asyncio.create_task(Watchdog(stack.safety_tick_age, interval).run())
+        )
         try:
             await stop.wait()
         finally:
-            watchdog.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await watchdog
+            if watchdog is not None:
+                watchdog.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await watchdog
             sd_notify("STOPPING=1")
 
 
