@@ -1,0 +1,140 @@
+"""How long the event loop stalls while the Central System sends big frames.
+
+A SendLocalList of 10,000 entries (about 1.4 MiB) is sent by a websocket server on
+loopback to a `StrictChargePoint` reading through the session's `FrameTap` (with one
+observer, as in the app, so every frame is redacted for the "frame" event), with logging
+at INFO to /dev/null as `evsed run` configures it. A ticker task sleeps 1 ms at a time and
+records how late it wakes: the worst lateness is the loop stall.
+
+Modes: ``inline`` (everything on the loop: parsing, schema check, camel->snake, redaction,
+the whole frame in the log line: the code before the offload) and ``offload`` (frames
+above OFFLOAD_FRAME_BYTES go to a worker thread; the current code).
+
+Run from the repository root: ``python -m benchmarks.frame_stall``. Last line: JSON.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import os
+import statistics
+import sys
+import time
+from typing import Any
+
+from ocpp.routing import on
+from ocpp.v16 import call_result
+from ocpp.v16.enums import Action
+from websockets.asyncio.client import connect
+from websockets.asyncio.server import ServerConnection, serve
+
+from evsed.controller.ocpp16 import link as link_module
+from evsed.controller.ocpp16 import protocol
+from evsed.controller.ocpp16.link import FrameTap
+from evsed.controller.ocpp16.protocol import StrictChargePoint, websocket_options
+
+ENTRIES = 10_000
+FRAMES = 5
+MAX_FRAME = 4 * 1024 * 1024
+
+
+class ListCP(StrictChargePoint):
+    @on(Action.send_local_list)
+    def on_send_local_list(self, **_: Any) -> call_result.SendLocalList:
+        return call_result.SendLocalList(status="Accepted")
+
+
+class Ctx:
+    """What FrameTap needs of the OcppContext: observers and emit."""
+
+    def __init__(self) -> None:
+        self.observers = [lambda _event, _fields: None]
+
+    def emit(self, event: str, **fields: Any) -> None:
+        for observer in self.observers:
+            observer(event, fields)
+
+
+def big_frame(n: int) -> str:
+    entries = [
+        {
+            "idTag": f"TAG-{i:016d}",
+            "idTagInfo": {
+                "status": "Accepted",
+                "expiryDate": "2027-01-01T00:00:00Z",
+                "parentIdTag": "PARENT-GROUP-000001",
+            },
+        }
+        for i in range(n)
+    ]
+    payload = {"listVersion": 7, "localAuthorizationList": entries, "updateType": "Full"}
+    return json.dumps([2, "uid-0", "SendLocalList", payload])
+
+
+async def measure(mode: str, frame: str) -> dict[str, Any]:
+    if mode == "inline":
+        ListCP.offload_frame_bytes = 1 << 40
+        link_module.OFFLOAD_FRAME_BYTES = 1 << 40
+    else:
+        ListCP.offload_frame_bytes = protocol.OFFLOAD_FRAME_BYTES
+        link_module.OFFLOAD_FRAME_BYTES = protocol.OFFLOAD_FRAME_BYTES
+    answers: asyncio.Queue[float] = asyncio.Queue()
+
+    async def handler(ws: ServerConnection) -> None:
+        async for _reply in ws:
+            answers.put_nowait(time.perf_counter())
+
+    lags: list[float] = []
+    stop = asyncio.Event()
+
+    async def ticker() -> None:
+        while not stop.is_set():
+            t = time.perf_counter()
+            await asyncio.sleep(0.001)
+            lags.append(time.perf_counter() - t - 0.001)
+
+    async with serve(handler, "127.0.0.1", 0, max_size=MAX_FRAME) as server:
+        port = server.sockets[0].getsockname()[1]
+        async with connect(f"ws://127.0.0.1:{port}/CP", **websocket_options(MAX_FRAME)) as ws:
+            cp = ListCP("CP", FrameTap(ws, Ctx()), max_frame_bytes=MAX_FRAME)  # type: ignore[arg-type]
+            reader = asyncio.ensure_future(cp.start())
+            peer = next(iter(server.connections))
+            tick = asyncio.ensure_future(ticker())
+            await asyncio.sleep(0.05)
+            handling: list[float] = []
+            for _ in range(FRAMES):
+                sent = time.perf_counter()
+                await peer.send(frame)
+                handling.append(await answers.get() - sent)
+            await asyncio.sleep(0.05)
+            stop.set()
+            await tick
+            reader.cancel()
+    lags.sort()
+    return {
+        "mode": mode,
+        "max_stall_ms": round(lags[-1] * 1000, 1),
+        "p99_stall_ms": round(lags[int(len(lags) * 0.99)] * 1000, 1),
+        "frame_handling_ms_median": round(statistics.median(handling) * 1000, 1),
+    }
+
+
+async def main() -> dict[str, Any]:
+    frame = big_frame(ENTRIES)
+    results = [await measure("inline", frame), await measure("offload", frame)]
+    return {"frame_bytes": len(frame.encode()), "frames": FRAMES, "results": results}
+
+
+if __name__ == "__main__":
+    with open(os.devnull, "w") as devnull:
+        logging.basicConfig(
+            level=logging.INFO,
+            stream=devnull,
+            format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        )
+        out = asyncio.run(main())
+    for r in out["results"]:
+        print(r, file=sys.stderr)
+    print(json.dumps(out))
