@@ -93,6 +93,7 @@ class OcppApp:
             self.store,
             number_of_connectors=len(config.connectors),
             supported_feature_profiles=FEATURE_PROFILES,
+            security_profile=config.central_system.security_profile,
         )
         self.txqueue = TxQueue.from_keys(self.store, self.keys)
         self.ctx = OcppContext(

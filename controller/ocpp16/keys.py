@@ -260,7 +260,10 @@ class ConfigurationKeys:
         unsupported: Iterable[str] = (),
         reboot_required: Iterable[str] = (),
         security_profile_ready: Callable[[int], bool] = lambda level: False,
+        security_profile: builtins.int = 0,
     ) -> None:
+        """``security_profile``: the level the configuration runs at; SecurityProfile reads
+        at least that (the profile in effect), so a CS cannot "lower" it to 0 or 1."""
         self._store = store
         profiles = list(supported_feature_profiles)
         bad = [p for p in profiles if p not in FEATURE_PROFILES]
@@ -281,6 +284,7 @@ class ConfigurationKeys:
         self._defaults["NumberOfConnectors"] = str(number_of_connectors)
         self._defaults["ConnectorPhaseRotationMaxLength"] = str(number_of_connectors + 1)
         self._defaults["SupportedFeatureProfiles"] = ",".join(profiles)
+        self._defaults["SecurityProfile"] = builtins.str(security_profile)
         self._number_of_connectors = number_of_connectors
         self._values: dict[str, str] = {}
         given: list[KeySpec] = []
@@ -298,6 +302,8 @@ class ConfigurationKeys:
         for name, value in store.config_values().items():
             spec = _BY_LOWER.get(name.lower())
             if spec is not None and spec.access is not Access.R:
+                if spec.name == "SecurityProfile" and (parse_int(value) or 0) < security_profile:
+                    continue  # raised out of band since (the configuration): that is in effect
                 self._values[spec.name] = value
 
     # -- lookup -----------------------------------------------------------------------------

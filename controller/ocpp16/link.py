@@ -142,6 +142,8 @@ class FrameTap:
     def __init__(self, ws: ClientConnection, ctx: OcppContext) -> None:
         self.ws = ws
         self._ctx = ctx
+        #: Set after each CALLRESULT the charge point sent (an answer is out on the wire).
+        self.answered = asyncio.Event()
 
     async def recv(self) -> str | bytes:
         message = await self.ws.recv()
@@ -154,6 +156,8 @@ class FrameTap:
         if self._ctx.observers:
             await self._emit("cp->cs", message)
         await self.ws.send(message)
+        if message.startswith("[3"):
+            self.answered.set()
 
     async def _emit(self, direction: str, text: str) -> None:
         if len(text) > OFFLOAD_FRAME_BYTES:
@@ -167,10 +171,14 @@ class FrameTap:
 class Link:
     """One open connection: the websocket, the charge point reading it, and its tasks."""
 
-    ws: ClientConnection
+    tap: FrameTap
     cp: StrictChargePoint
     reader: asyncio.Task[Any]
     tasks: set[asyncio.Task[Any]] = field(default_factory=set)
+
+    @property
+    def ws(self) -> ClientConnection:
+        return self.tap.ws
 
     def spawn(self, coro: Awaitable[Any], name: str) -> asyncio.Task[Any]:
         task = asyncio.ensure_future(coro)

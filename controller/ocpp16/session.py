@@ -123,6 +123,7 @@ class OcppSession:
         self.reconnect_delays: list[float] = []
         #: The security profile of the current (or last) connection.
         self.profile_in_use: int | None = None
+        ctx.keys.on_change("SecurityProfile", lambda _k, _v: self._profile_changed())
         if ctx.session is None:
             ctx.session = self
 
@@ -251,7 +252,7 @@ class OcppSession:
         cp.logger.addFilter(FILTER)
         reader = asyncio.ensure_future(cp.start())
         reader.set_name("ocpp-reader")
-        link = Link(tap.ws, cp, reader)
+        link = Link(tap, cp, reader)
         reader.add_done_callback(
             lambda _t: self._set_offline() if self._channel.link is link else None
         )
@@ -307,6 +308,24 @@ class OcppSession:
             clock=clock,
             failures=failures,
         )
+
+    def _profile_changed(self) -> None:
+        """SecurityProfile raised (Whitepaper §2: accepted, then reconnect with it)."""
+        link = self._channel.link
+        if link is None or self.profile_in_use is None:
+            return
+        if self.security_profile() > self.profile_in_use:
+            link.tap.answered.clear()
+            link.spawn(self._reconnect_after_answer(link), "ocpp-profile-reconnect")
+
+    async def _reconnect_after_answer(self, link: Link) -> None:
+        # The ChangeConfiguration answer is sent after the listener returned: close once it
+        # is out, so the CS hears Accepted before the link goes.
+        with suppress(TimeoutError):
+            await asyncio.wait_for(link.tap.answered.wait(), 5.0)
+        log.info("session: security profile %d now: reconnecting", self.security_profile())
+        self._set_offline()
+        await close_connection(link.ws, self._close_timeout)
 
     def _task_failed(self, link: Link) -> None:
         """A task the link cannot do without died: offline now, and reconnect."""
