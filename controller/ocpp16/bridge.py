@@ -25,6 +25,7 @@ import contextlib
 import functools
 import logging
 import sqlite3
+from collections import Counter
 from collections.abc import Coroutine
 from dataclasses import dataclass, field, replace
 from datetime import datetime
@@ -43,6 +44,7 @@ from evsed.controller.ocpp16.metering import (
     SampledSchedule,
     TransactionData,
 )
+from evsed.controller.ocpp16.supervise import keep_running
 from evsed.controller.readings import MeterSample
 
 log = logging.getLogger(__name__)
@@ -70,6 +72,8 @@ class OcppHooks:
         self._running: dict[int, _Running] = {}  # connector id -> open transaction
         self._tasks: set[asyncio.Task[Any]] = set()
         self._aligned_task: asyncio.Task[None] | None = None
+        #: Supervised tasks that ended or raised, by name.
+        self.task_failures: Counter[str] = Counter()
         self._recorder_task: asyncio.Task[None] | None = None
         self._profile_limited: set[int] = set()  # connectors with a RemoteStart TxProfile
         self._started = False
@@ -343,7 +347,14 @@ class OcppHooks:
             self._aligned_task.cancel()
             self._aligned_task = None
         if self._started and self._int("ClockAlignedDataInterval") > 0:
-            self._aligned_task = self._spawn(self._aligned(), "aligned-values")
+            # Supervised: a reading that raises must not end clock-aligned values for good.
+            aligned = keep_running(
+                "clock-aligned meter values",
+                self._aligned,
+                clock=self.ctx.clock,
+                failures=self.task_failures,
+            )
+            self._aligned_task = self._spawn(aligned, "aligned-values")
 
     async def _aligned(self) -> None:
         schedule = ClockAlignedSchedule(self._int("ClockAlignedDataInterval"), self.ctx.clock)
@@ -373,6 +384,28 @@ class OcppHooks:
                 payload = call.MeterValues(connector_id=cid, meter_value=[value])
                 self._spawn(self.ctx.session.call(payload), f"aligned-send-{cid}")
             self._record(connector, boundary)
+
+    async def send_meter_values_now(self, connector_id: int | None = None) -> int:
+        """TriggerMessage(MeterValues): the newest MeterValuesSampledData reading of
+        ``connector_id`` (every connector when None), context Trigger. During a transaction
+        it is queued as one of its messages (its transactionId, in order); otherwise sent at
+        once while online. Returns how many were queued or answered."""
+        ids = sorted(self._connectors()) if connector_id is None else [connector_id]
+        done = 0
+        for cid in ids:
+            connector = self._connector(cid)
+            value = self._reading(connector, "MeterValuesSampledData", "Trigger")
+            if connector is None or value is None:
+                continue
+            running = self._running.get(cid)
+            if running is not None and connector.transaction is not None:
+                self.ctx.txqueue.meter_values(cid, [value], running.tx.local_id)
+                self._wake()
+                done += 1
+            elif self.ctx.session is not None and self.ctx.session.online:
+                payload = call.MeterValues(connector_id=cid, meter_value=[value])
+                done += await self.ctx.session.call(payload) is not None
+        return done
 
     # ------------------------------------------------------------ meter register for recovery
 
