@@ -10,14 +10,13 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import math
-import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 
-from evsed.controller.clock import Clock
+from evsed.controller.clock import Clock, SystemClock
 from evsed.controller.config import Config
 from evsed.controller.config import Connector as ConnectorConfig
+from evsed.controller.connector.core import SafetyCore
 from evsed.controller.connector.faults import Fault
 from evsed.controller.connector.hooks import ConnectorHooks
 from evsed.controller.connector.machine import Connector, Phase, Settings
@@ -80,6 +79,14 @@ class Parts:
             _quietly(self.reader.shutdown)
 
 
+def _isolated(fn: Callable[..., object], *args: object) -> None:
+    """An observer's exception is logged, never passed on to what reported the event."""
+    try:
+        fn(*args)
+    except Exception:
+        log.exception("a charger observer (%r) raised; ignored", fn)
+
+
 def _quietly(fn: Callable[[], None]) -> None:
     try:
         fn()
@@ -121,14 +128,25 @@ class Charger:
         *,
         rates: Rates | None = None,
         limiter_config: LimiterConfig | None = None,
+        safety_thread: bool | None = None,
     ) -> None:
+        """`safety_thread`: run the safety core on its own thread; by default it does when
+        the clock is the world's (`SystemClock`), and runs inline, stepped by the clock,
+        when time is simulated."""
         self.config = config
         self.parts = parts
         self.clock = clock
         self.events = ChargerEvents()
         self.reader_faulted = False
+        #: How often each supervised task had to be restarted.
+        self.restarts: dict[str, int] = {}
         self._slots: dict[int, _Slot] = {}
         self._tasks: list[asyncio.Task[None]] = []
+        self._supervised: dict[str, Callable[[], Awaitable[None]]] = {}
+        self._stopping = False
+        if safety_thread is None:
+            safety_thread = isinstance(clock, SystemClock)
+        self.core = SafetyCore(clock, threaded=safety_thread)
         self._grid_poller: MeterPoller | None = None
         self._balancer: LoadBalancer | None = None
         if config.grid.enabled:
@@ -186,7 +204,8 @@ class Charger:
                 )
             if hw.rcd is not None:
                 connector.add_probe(Fault.RCD, lambda r=hw.rcd: r.tripped)
-            connector.add_listener(lambda kind, fields, s=slot: self._on_note(s, kind, fields))
+            connector.on_change(lambda what, fields, s=slot: self._on_change(s, what, fields))
+            self.core.add(connector, sampler)
             self._slots[cid] = slot
             self.recompute(cid)
 
@@ -201,14 +220,9 @@ class Charger:
 
     def safety_tick_age(self) -> float:
         """Seconds (real monotonic time) since the oldest connector's last completed safety
-        tick; `math.inf` while any connector's safety core is not running. The watchdog pings
-        only while this is small."""
-        ticks = [
-            s.sampler.last_tick_at if s.sampler.running else None for s in self._slots.values()
-        ]
-        if not ticks or any(t is None for t in ticks):
-            return math.inf
-        return max(0.0, time.monotonic() - min(t for t in ticks if t is not None))
+        tick; `math.inf` while the safety core is not running. The watchdog pings only
+        while this is small."""
+        return self.core.tick_age()
 
     # ------------------------------------------------------------------ life cycle
 
@@ -223,9 +237,10 @@ class Charger:
             else:
                 slot.connector.on_rcd_self_test(True)
             slot.sampler.calibrate()
-            slot.sampler.start()
+        self.core.start()
+        for slot in self._slots.values():
             if slot.poller is not None:
-                slot.poller.start()
+                self._supervise(f"meter-poller-{slot.connector.id}", slot.poller)
         if self.parts.reader is not None:
             self.parts.reader.start(self._on_reader)
         if self.parts.grid_meter is not None and self._balancer is not None:
@@ -236,8 +251,8 @@ class Charger:
                 interval_s=min(1.0, self.config.grid.meter.poll_interval_s),
                 device="grid_meter",
             )
-            self._grid_poller.start()
-        self._tasks.append(asyncio.get_running_loop().create_task(self._tick(), name="limits"))
+            self._supervise("grid-meter-poller", self._grid_poller)
+        self._supervise("limits", self._tick)
 
     async def stop(self, reason: StopReason = StopReason.REBOOT) -> None:
         """Stop transactions with `reason`, open contactors, release the hardware."""
@@ -246,18 +261,53 @@ class Charger:
             slot.connector.cut_outputs()
         for slot in self._slots.values():
             slot.connector.shutdown(reason)
-        for slot in self._slots.values():
-            await slot.sampler.stop()
-            if slot.poller is not None:
-                await slot.poller.stop()
-        if self._grid_poller is not None:
-            await self._grid_poller.stop()
+        self._stopping = True
         for task in self._tasks:
             task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await task
         self._tasks.clear()
+        # The core stops before the devices close under it.
+        await self.core.stop()
+        for slot in self._slots.values():
+            if slot.poller is not None:
+                await slot.poller.stop()
+        if self._grid_poller is not None:
+            await self._grid_poller.stop()
         self.parts.shutdown()
+
+    # ------------------------------------------------------------------ supervision
+
+    #: Restart delays for a long-running task that ended unexpectedly (growing, capped).
+    RESTART_DELAYS_S = (0.0, 1.0, 5.0, 30.0)
+
+    def _supervise(self, name: str, what: MeterPoller | Callable[[], Awaitable[None]]) -> None:
+        """Run a long-running task for the charger's life: if it ends or raises, log it and
+        start it again (after a growing delay), until `stop()`."""
+        self._tasks.append(
+            asyncio.get_running_loop().create_task(self._keep(name, what), name=name)
+        )
+
+    async def _keep(self, name: str, what: MeterPoller | Callable[[], Awaitable[None]]) -> None:
+        restarts = 0
+        while not self._stopping:
+            try:
+                if isinstance(what, MeterPoller):
+                    what.start()
+                    task = what.task
+                    assert task is not None
+                    await asyncio.shield(task)  # stop() cancels the poller itself
+                else:
+                    await what()
+                log.error("%s ended unexpectedly; restarting it", name)
+            except asyncio.CancelledError:
+                raise
+            except Exception:
+                log.exception("%s failed; restarting it", name)
+            delay = self.RESTART_DELAYS_S[min(restarts, len(self.RESTART_DELAYS_S) - 1)]
+            restarts += 1
+            self.restarts[name] = restarts
+            await self.clock.sleep(delay)
 
     async def _tick(self) -> None:
         # A suspended limiter's resume delay only advances when it is asked; without a
@@ -326,12 +376,19 @@ class Charger:
 
     # ------------------------------------------------------------------ events
 
-    def _on_note(self, slot: _Slot, kind: str, fields: dict[str, object]) -> None:
+    def _on_change(self, slot: _Slot, kind: str, fields: dict[str, object]) -> None:
         if kind == "cable":
             self.recompute(slot.connector.id)
         elif kind == "phase":
-            if fields.get("phase") == Phase.TRANSACTION:
+            if (
+                fields.get("phase") == Phase.TRANSACTION
+                and fields.get("previous") != Phase.TRANSACTION
+            ):
                 slot.started_at = self.clock.monotonic()
+                # The core may be ahead of this event (the transaction already open when the
+                # cable note came): a new session starts on the present limits, not on the
+                # suspension history of the idle connector.
+                slot.limiter.reset()
             if self._balancer is not None:
                 self._rebalance()  # recomputes every connector, this one included
             else:
@@ -350,7 +407,7 @@ class Charger:
         if isinstance(event, MeterSample):
             self._rebalance(event)
             for listener in self.events.grid:
-                listener(event)
+                _isolated(listener, event)
         elif event.active:
             log.warning("grid meter silent: %s", event.detail)
 
@@ -361,12 +418,12 @@ class Charger:
     def _on_reader(self, event: object) -> None:
         if isinstance(event, TagPresented):
             for listener in self.events.tag:
-                listener(event.id_tag)
+                _isolated(listener, event.id_tag)
             self.present_tag(event.id_tag)
         elif isinstance(event, DeviceFault):
             self.reader_faulted = event.active
             for fault_listener in self.events.reader_fault:
-                fault_listener(event.active, event.detail)
+                _isolated(fault_listener, event.active, event.detail)
 
     def present_tag(self, id_tag: str) -> None:
         """Route a card: to the session it stops, else to a connector waiting, else a free one."""

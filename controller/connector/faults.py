@@ -26,6 +26,7 @@ class Fault(StrEnum):
     LOCK = "lock"
     CABLE = "cable"  # PP short
     RCD_SELF_TEST = "rcd_self_test"
+    INTERNAL = "internal"  # the safety core itself (or a driver) raised
 
 
 class Clear(StrEnum):
@@ -65,6 +66,9 @@ RULES: dict[Fault, FaultRule] = {
     Fault.CABLE: FaultRule(ErrorCode.OTHER_ERROR, True, frozenset({_U, _V, _R})),
     # Without a passing self-test since boot we may not trust the RCD: never energise.
     Fault.RCD_SELF_TEST: FaultRule(ErrorCode.GROUND_FAILURE, False, frozenset({_V, _R})),
+    # A bug or a driver that raised: we cannot vouch for the outputs, so they are cut and
+    # the session ends; the EV leaving (or a reset) is a fresh start for the code as well.
+    Fault.INTERNAL: FaultRule(ErrorCode.INTERNAL_ERROR, True, frozenset({_U, _R})),
 }
 
 # When several faults are active the status shows the most serious one.
@@ -72,6 +76,7 @@ SEVERITY: tuple[Fault, ...] = (
     Fault.WELDED,
     Fault.RCD,
     Fault.RCD_SELF_TEST,
+    Fault.INTERNAL,
     Fault.FAILED_TO_CLOSE,
     Fault.OVER_CURRENT,
     Fault.OVER_TEMPERATURE,

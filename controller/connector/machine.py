@@ -5,16 +5,27 @@ the session phase changes by the explicit table in `_transition`; after every ev
 outputs (pilot duty, contactor) and the OCPP status are derived again from the facts.
 
 Safety reactions happen first, synchronously, in the handler of the event that demands
-them: nothing on that path awaits the network, the disk or a log line.
+them: nothing on that path awaits the network, the disk, a log line or a callback.
+
+The connector lives in the safety core (`core.py`): its commands run on the core's thread
+(the `@command` methods route themselves there), and what it has to tell the rest of the
+charger (notes, status, transactions to record, tags to authorise) goes into an outbox that
+`deliver()` empties on the asyncio loop, where hooks and listeners run, each isolated: a
+callback that raises is logged and counted, and the connector never hears of it. Any
+exception inside the connector itself, a driver's included, cuts the outputs and shows
+Faulted/InternalError until the fault's clearing rule (unplug, reset) is met.
 """
 
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
+from collections import deque
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from enum import StrEnum
+from typing import TYPE_CHECKING, Any, ParamSpec, TypeVar
 
 from evsed.controller.clock import Clock
 from evsed.controller.connector.faults import RULES, Clear, Fault, most_serious
@@ -34,7 +45,34 @@ from evsed.hal.interfaces import Contactor, LockActuator, PilotOutput
 from evsed.hal.pilot.duty import MIN_CURRENT_A, NO_PWM, current_to_duty
 from evsed.hal.types import ContactorFault, MeterSample, PilotReading, PilotState
 
+if TYPE_CHECKING:
+    from evsed.controller.connector.core import SafetyCore
+
 log = logging.getLogger(__name__)
+
+P = ParamSpec("P")
+R = TypeVar("R")
+
+
+def command(default: Any = None) -> Callable[[Callable[P, R]], Callable[P, R]]:
+    """A method that changes the connector: it runs on the safety core, guarded.
+
+    Called from elsewhere (the loop), it is queued to the core and its answer awaited, then
+    what it caused is delivered; called on the core, it runs at once. If it raises, the
+    outputs are cut and the caller gets `default`.
+    """
+
+    def wrap(fn: Callable[P, R]) -> Callable[P, R]:
+        @functools.wraps(fn)
+        def run(*args: P.args, **kwargs: P.kwargs) -> R:
+            self = args[0]
+            assert isinstance(self, Connector)
+            return self._command(functools.partial(fn, *args, **kwargs), default)  # type: ignore[no-any-return]
+
+        return run
+
+    return wrap
+
 
 DUTY_OFF = NO_PWM  # steady +12 V: no current offered (A1/B1/C1)
 DUTY_F = 0.0  # steady -12 V: state F
@@ -148,6 +186,19 @@ class Connector:
         self._overcurrent_since: float | None = None
         self._status: ConnectorStatus | None = None
         self._listeners: list[Callable[[str, dict[str, object]], None]] = []
+        # What the charger must act on (cable rating, phase): explicit, not a timeline note.
+        self._on_change: list[Callable[[str, dict[str, object]], None]] = []
+        self._core: SafetyCore | None = None
+        self._depth = 0  # commands nested on the core (only the outermost one is guarded)
+        self._driver_errors: list[BaseException] = []  # driver calls that raised this step
+        self._outbox: deque[tuple[str, tuple[Any, ...]]] = deque()
+        self._delivering = False
+        self._delivery_pending = False
+        self._recorded: tuple[Transaction, Transaction | None] | None = None  # loop side
+        self._tx_recorded = False  # the start hook returned: the lock may engage
+        #: Callbacks (listeners, hooks) that raised, and internal errors the core survived.
+        self.callback_errors = 0
+        self.internal_errors = 0
         # Whether a fault's cause is still there; such a fault survives its clearing event.
         self._probes: dict[Fault, Callable[[], bool]] = {
             Fault.WELDED: lambda: self._contactor.fault() == ContactorFault.WELDED
@@ -166,15 +217,179 @@ class Connector:
         return self._status or self._derive_status()
 
     def add_listener(self, listener: Callable[[str, dict[str, object]], None]) -> None:
-        """Called as listener(kind, fields) for transitions and output changes (timelines)."""
+        """Called as listener(kind, fields) for transitions and output changes (timelines),
+        on the loop, after the fact; an exception it raises is logged and counted."""
         self._listeners.append(listener)
 
+    def on_change(self, callback: Callable[[str, dict[str, object]], None]) -> None:
+        """The charger's: called (on the loop) as callback(what, fields) when the cable
+        rating ("cable") or the session phase ("phase") changed, so it recomputes limits."""
+        self._on_change.append(callback)
+
     def _note(self, kind: str, **fields: object) -> None:
-        for listener in self._listeners:
-            listener(kind, {"connector": self.id, **fields})
+        self._emit("note", kind, {"connector": self.id, **fields})
+
+    # ------------------------------------------------------------------ the core
+
+    def attach(self, core: SafetyCore) -> None:
+        self._core = core
+
+    def _command(self, fn: Callable[[], Any], default: Any) -> Any:
+        core = self._core
+        if core is not None and not core.on_core():
+            result = core.call(lambda: self._guarded(fn, default), default)
+            self.deliver()
+            return result
+        if self._depth:
+            return fn()  # inside another command: its guard covers this one
+        result = self._guarded(fn, default)
+        if core is None or core.on_loop():
+            self.deliver()
+        return result
+
+    def run_guarded(self, fn: Callable[[], R]) -> R | None:
+        """Run one step of the core (a sampler tick) under the connector's guard."""
+        if self._depth:
+            return fn()
+        return self._guarded(fn, None)  # type: ignore[no-any-return]
+
+    def _guarded(self, fn: Callable[[], Any], default: Any) -> Any:
+        self._depth += 1
+        try:
+            result = fn()
+        except Exception as exc:
+            self._internal_error(exc)
+            return default
+        finally:
+            self._depth -= 1
+        if self._driver_errors:
+            errors, self._driver_errors = self._driver_errors, []
+            self._internal_error(errors[0])
+        return result
+
+    def _internal_error(self, exc: BaseException) -> None:
+        """Something in the core raised: outputs cut, Faulted/InternalError, go on sampling."""
+        self.internal_errors += 1
+        self._depth += 1  # what follows runs its own steps unguarded: no recursion
+        try:
+            first = Fault.INTERNAL not in self.faults
+            if first:
+                log.error(
+                    "connector %s internal error, outputs cut", self.id, exc_info=exc
+                )  # the traceback once; repeats until it clears are only counted
+            # The outputs first, each driver call on its own: one failing must not keep
+            # the others from their safe state.
+            self._safely(self._contactor.deenergize)
+            self._safely(lambda: self._pilot.set_duty(DUTY_F))
+            self._soft_off_since = None
+            if first:
+                detail = f"{type(exc).__name__}: {exc}"
+                self.faults[Fault.INTERNAL] = detail
+                self._f_until = self._clock.monotonic() + self.settings.fault_state_f_s
+                self._safely(lambda: self._after_internal_error(detail))
+            self._safely(self._publish_status)
+        finally:
+            self._depth -= 1
+            self._driver_errors.clear()
+
+    def _after_internal_error(self, detail: str) -> None:
+        self._note("fault", fault=str(Fault.INTERNAL), active=True, detail=detail)
+        if self.transaction is not None:
+            self._dispatch(StopRequested(StopReason.OTHER))
+        self._apply()
+
+    @staticmethod
+    def _safely(fn: Callable[[], object]) -> None:
+        try:
+            fn()
+        except Exception:
+            log.debug("ignored while cutting after an internal error", exc_info=True)
+
+    def _drive(self, fn: Callable[[], object]) -> bool:
+        """A driver call on the path of a reaction: if it raises, the rest of the reaction
+        still runs, and the step ends with an internal error (outputs cut). True if it ran."""
+        try:
+            fn()
+            return True
+        except Exception as exc:
+            self._driver_errors.append(exc)
+            return False
+
+    def _emit(self, kind: str, *args: Any) -> None:
+        self._outbox.append((kind, args))
+        core = self._core
+        if core is not None and not core.on_loop() and not self._delivery_pending:
+            self._delivery_pending = True
+            core.deliver_soon(self)
+
+    # ------------------------------------------------------------------ the loop side
+
+    def deliver(self) -> None:
+        """On the loop: hand what the core said to the hooks and listeners, in order."""
+        core = self._core
+        if core is not None and not core.on_loop():
+            return
+        self._delivery_pending = False
+        if self._delivering:
+            return  # a callback issued a command: the outer delivery carries on
+        self._delivering = True
+        try:
+            while self._outbox:
+                kind, args = self._outbox.popleft()
+                self._deliver_one(kind, args)
+        finally:
+            self._delivering = False
+
+    def _deliver_one(self, kind: str, args: tuple[Any, ...]) -> None:
+        if kind == "note":
+            note, fields = args
+            for listener in list(self._listeners):
+                self._isolated(listener, note, fields)
+        elif kind == "change":
+            what, fields = args
+            for callback in list(self._on_change):
+                self._isolated(callback, what, fields)
+        elif kind == "status":
+            self._isolated(self._hooks.status_changed, self.id, args[0])
+        elif kind == "start":
+            self._record_start(args[0])
+        elif kind == "stop":
+            self._record_stop(args[0])
+        elif kind == "authorize":
+            self._spawn(self._authorize(args[0]))
+
+    def _isolated(self, fn: Callable[..., object], *args: Any) -> bool:
+        try:
+            fn(*args)
+            return True
+        except Exception:
+            self.callback_errors += 1
+            log.exception("connector %s: a callback (%r) raised; ignored", self.id, fn)
+            return False
+
+    def _record_start(self, tx: Transaction) -> None:
+        try:
+            recorded = self._hooks.transaction_started(tx)
+        except Exception as exc:
+            self.callback_errors += 1
+            log.exception("connector %s: the start of a transaction was not recorded", self.id)
+            self._recorded = (tx, None)
+            self._start_not_recorded(tx, f"start not recorded: {type(exc).__name__}")
+            return
+        self._recorded = (tx, recorded)
+        self._start_recorded(tx, recorded)
+
+    def _record_stop(self, stop: TransactionStop) -> None:
+        if self._recorded is not None and stop.transaction is self._recorded[0]:
+            recorded = self._recorded[1]
+            if recorded is None:
+                return  # its start never made it to the record: there is nothing to stop
+            stop = replace(stop, transaction=recorded)
+        self._isolated(self._hooks.transaction_stopped, stop)
 
     # ------------------------------------------------------------------ safety inputs
 
+    @command()
     def on_pilot(self, reading: PilotReading) -> None:
         if self._pilot.duty == DUTY_F:
             return  # the CP shows our own -12 V, not the EV
@@ -205,6 +420,7 @@ class Connector:
             self._dispatch(EvUnplugged())
         self._apply()
 
+    @command()
     def raise_fault(self, fault: Fault, detail: str = "") -> None:
         if fault in self.faults:
             return
@@ -218,21 +434,25 @@ class Connector:
             self._dispatch(StopRequested(StopReason.OTHER))
         self._apply()
 
+    @command()
     def recover(self, fault: Fault) -> None:
         """The source of a RECOVERY-clearable fault reports it is well again."""
         self._clear_fault(fault, Clear.RECOVERY)
         self._apply()
 
+    @command()
     def reset_faults(self) -> None:
         self._clear_by(Clear.RESET)
         self._apply()
 
+    @command()
     def on_contactor_fault(self, fault: ContactorFault | None) -> None:
         if fault == ContactorFault.WELDED:
             self.raise_fault(Fault.WELDED, "auxiliary contact closed while commanded open")
         elif fault == ContactorFault.FAILED_TO_CLOSE:
             self.raise_fault(Fault.FAILED_TO_CLOSE, "auxiliary contact open while commanded closed")
 
+    @command()
     def on_rcd_self_test(self, passed: bool) -> None:
         self.rcd_tested = passed
         if passed:
@@ -241,6 +461,7 @@ class Connector:
         else:
             self.raise_fault(Fault.RCD_SELF_TEST, "RCD self-test did not trip")
 
+    @command()
     def on_cable(self, cable_a: int | None, short: bool = False) -> None:
         if short:
             self.raise_fault(Fault.CABLE, "PP shorted")
@@ -251,7 +472,9 @@ class Connector:
             self.cable_a = cable_a
             # The charger hears of it and hands the connector the new allowed current.
             self._note("cable", cable_a=cable_a)
+            self._emit("change", "cable", {"connector": self.id, "cable_a": cable_a})
 
+    @command()
     def on_meter_sample(self, sample: MeterSample) -> None:
         self.last_sample = sample
         if sample.energy_import_wh is not None:
@@ -280,6 +503,7 @@ class Connector:
 
     # ------------------------------------------------------------------ limits
 
+    @command()
     def set_allowed_current(self, amps: float) -> None:
         """From the limiter: the current this connector may offer now (< 6 A suspends)."""
         if amps != self.allowed_a:
@@ -288,6 +512,7 @@ class Connector:
 
     # ------------------------------------------------------------------ people and the CS
 
+    @command()
     def present_tag(self, id_tag: str) -> None:
         """A card at the reader meant for this connector."""
         tx = self.transaction
@@ -297,16 +522,22 @@ class Connector:
         if self._authorizing:
             return
         self._authorizing = True
-        self._spawn(self._authorize(id_tag))
+        self._emit("authorize", id_tag)  # the hooks answer on the loop, by `authorized`
 
     async def _authorize(self, id_tag: str) -> None:
+        """On the loop: ask the hooks, then tell the core."""
         try:
             result = await self._hooks.authorize(self.id, id_tag)
         except Exception:  # the hooks' failure must not kill the connector
+            self.callback_errors += 1
             log.exception("authorisation of a tag failed")
             result = AuthResult("Invalid")
-        finally:
-            self._authorizing = False
+        self.authorized(id_tag, result)
+
+    @command()
+    def authorized(self, id_tag: str, result: AuthResult) -> None:
+        """The hooks' answer to a tag presented here."""
+        self._authorizing = False
         self._note("authorized", id_tag=id_tag, status=result.status)
         tx = self.transaction
         if tx is not None:
@@ -322,6 +553,7 @@ class Connector:
             self._dispatch(Authorized(id_tag, result.parent_id_tag))
             self._apply()
 
+    @command(False)
     def authorize_remote(self, id_tag: str, parent_id_tag: str | None = None) -> bool:
         """RemoteStartTransaction (already authorised by the caller if it had to be)."""
         if self.transaction is not None or not self.operative or self._blocking_fault():
@@ -332,6 +564,7 @@ class Connector:
         self._apply()
         return True
 
+    @command(False)
     def request_stop(self, reason: StopReason, id_tag: str | None = None) -> bool:
         if self.transaction is None:
             return False
@@ -339,6 +572,7 @@ class Connector:
         self._apply()
         return True
 
+    @command("Rejected")
     def change_availability(self, operative: bool) -> str:
         """ChangeAvailability: Accepted, or Scheduled while a transaction runs."""
         if self.transaction is not None and not operative:
@@ -349,6 +583,7 @@ class Connector:
         self._apply()
         return "Accepted"
 
+    @command("Rejected")
     def reserve(self, reservation_id: int, id_tag: str, parent: str | None, expiry: float) -> str:
         if self._blocking_fault() is not None:
             return "Faulted"
@@ -360,6 +595,7 @@ class Connector:
         self._apply()
         return "Accepted"
 
+    @command(False)
     def cancel_reservation(self, reservation_id: int) -> bool:
         if self.reservation is None or self.reservation[0] != reservation_id:
             return False
@@ -377,6 +613,7 @@ class Connector:
             res_parent is not None and parent is not None and parent.upper() == res_parent.upper()
         )
 
+    @command("UnlockFailed")
     def unlock(self) -> str:
         """UnlockConnector: stops a running transaction, then releases the lock.
 
@@ -390,6 +627,7 @@ class Connector:
         self._lock.unlock()
         return "Unlocked" if self._lock.locked() is not True else "UnlockFailed"
 
+    @command()
     def cut_outputs(self) -> None:
         """Contactor open and pilot at steady +12 V, now, with nothing else done first."""
         self._cut(DUTY_OFF)
@@ -400,19 +638,22 @@ class Connector:
         `duty` if one is given. True if the contactor opened."""
         opened = False
         if self._contactor.energized and (duty is not None or not self._may_draw(self.pilot_state)):
-            self._contactor.deenergize()
-            opened = True
+            opened = self._drive(self._contactor.deenergize)
         if duty is not None and self._pilot.duty != duty:
-            self._pilot.set_duty(duty)
+            self._drive(lambda: self._pilot.set_duty(duty))
         return opened
 
     def shutdown(self, reason: StopReason) -> None:
         """Stop any transaction with `reason`, open the contactor, pilot to +12 V."""
+        self._shutdown(reason)
+        for task in self._tasks:
+            task.cancel()
+
+    @command()
+    def _shutdown(self, reason: StopReason) -> None:
         self._cut(DUTY_OFF)
         if self.transaction is not None:
             self._dispatch(StopRequested(reason))
-        for task in self._tasks:
-            task.cancel()
         self._publish_status()
 
     # ------------------------------------------------------------------ time
@@ -426,6 +667,7 @@ class Connector:
             deadlines.append(self._soft_off_since + self.settings.power_off_under_load_s)
         return min((d for d in deadlines if d is not None), default=None)
 
+    @command()
     def supervise(self) -> None:
         """Deadlines and contactor feedback; the sampler calls this every tick."""
         now = self._clock.monotonic()
@@ -450,7 +692,9 @@ class Connector:
         self.phase = self._transition(self.phase, event)
         if self.phase != before:
             log.debug("connector %s %s --%s--> %s", self.id, before, event, self.phase)
-            self._note("phase", previous=str(before), phase=str(self.phase), event=repr(event))
+            fields = {"previous": str(before), "phase": str(self.phase), "event": repr(event)}
+            self._note("phase", **fields)
+            self._emit("change", "phase", {"connector": self.id, **fields})
 
     def _transition(self, phase: Phase, event: Event) -> Phase:
         match phase, event:
@@ -511,22 +755,51 @@ class Connector:
             started_at=self._clock.now(),
             reservation_id=reservation_id,
         )
+        # Nothing is offered, and the lock stays open, until the start is durably recorded:
+        # the loop runs the hook and answers with `_start_recorded`.
+        self.transaction = tx
+        self._tx_recorded = False
+        self._emit("start", tx)
+
+    @command()
+    def _start_recorded(self, tx: Transaction, recorded: Transaction) -> None:
+        if self.transaction is not tx:
+            return  # it ended before the record came back; the stop carries the record
+        self.transaction = recorded
+        self._tx_recorded = True
         if self._lock is not None:
             # A motor lock takes a pulse to move: `supervise` judges it after lock_timeout_s,
             # and until it reports locked `_apply` offers nothing.
-            self._lock.lock()
+            self._drive(self._lock.lock)
             self._lock_since = self._clock.monotonic()
-        self.transaction = self._hooks.transaction_started(tx)
-        log.info("connector %s transaction %s started", self.id, self.transaction.local_id)
+        log.info("connector %s transaction %s started", self.id, recorded.local_id)
         self._note("transaction_started", id_tag=tx.id_tag, meter_start_wh=tx.meter_start_wh)
+        self._apply()
+
+    @command()
+    def _start_not_recorded(self, tx: Transaction, detail: str) -> None:
+        """No durable start: no energy and no lock for it; the connector shows InternalError
+        until the EV leaves (or a reset)."""
+        if self._lock is not None:
+            self._drive(self._lock.unlock)
+            self._lock_since = None
+        if self.transaction is tx:
+            self.transaction = None
+            self._tx_recorded = False
+            before = self.phase
+            self.phase = Phase.FINISHING if self.pilot_state in PLUGGED_STATES else Phase.IDLE
+            self._note("phase", previous=str(before), phase=str(self.phase), event="not recorded")
+        self.raise_fault(Fault.INTERNAL, detail)
 
     def _stop_transaction(self, reason: StopReason, id_tag: str | None = None) -> None:
         tx = self.transaction
         if tx is None:
             return
         self.transaction = None
+        self._tx_recorded = False
+        self._lock_since = None
         stop = TransactionStop(tx, reason, self._meter_wh(), self._clock.now(), id_tag)
-        self._hooks.transaction_stopped(stop)
+        self._emit("stop", stop)
         log.info("connector %s transaction %s stopped: %s", self.id, tx.local_id, reason)
         self._note(
             "transaction_stopped",
@@ -534,7 +807,7 @@ class Connector:
             energy_wh=stop.meter_stop_wh - tx.meter_start_wh,
         )
         if self._lock is not None and reason != StopReason.LOCAL:
-            self._lock.unlock()
+            self._drive(self._lock.unlock)
         if self._pending_operative is not None:
             self.operative, self._pending_operative = self._pending_operative, None
 
@@ -555,6 +828,7 @@ class Connector:
         now = self._clock.monotonic()
         offering = (
             self.transaction is not None
+            and self._tx_recorded
             and self.pilot_state in PLUGGED_STATES
             and self._blocking_fault() is None
             and self.rcd_tested
@@ -573,16 +847,14 @@ class Connector:
             if in_f
             else (current_to_duty(limit, self.settings.pwm_resolution) if limit else DUTY_OFF)
         )
-        if duty != self._pilot.duty:
-            self._pilot.set_duty(duty)
+        if duty != self._pilot.duty and self._drive(lambda: self._pilot.set_duty(duty)):
             self._note("duty", duty=duty, amps=limit)
         self.offered_a = limit
 
         want = limit > 0 and self._may_draw(self.pilot_state)
         if want:
             self._soft_off_since = None
-            if not self._contactor.energized:
-                self._contactor.energize()
+            if not self._contactor.energized and self._drive(self._contactor.energize):
                 self._note("contactor", closed=True)
         elif self._contactor.energized:
             hard = (
@@ -594,7 +866,7 @@ class Connector:
                 self._soft_off_since = now
             # PWM withdrawn (C2 -> C1): give the EV time to stop drawing and open S2 first.
             if hard or now - self._soft_off_since >= self.settings.power_off_under_load_s:
-                self._contactor.deenergize()
+                self._drive(self._contactor.deenergize)
                 self._soft_off_since = None
                 self._note("contactor", closed=False)
         self._publish_status()
@@ -605,7 +877,9 @@ class Connector:
         info = self.faults.get(fault, "") if fault else ""
         if fault is not None and RULES[fault].faulted:
             return ConnectorStatus(ChargePointStatus.FAULTED, error, info[:50])
-        if self.transaction is not None:
+        if self.transaction is not None and not self._tx_recorded:
+            status = ChargePointStatus.PREPARING  # not started until its start is recorded
+        elif self.transaction is not None:
             if self._contactor.energized and self._may_draw(self.pilot_state):
                 status = ChargePointStatus.CHARGING
             elif self.offered_a > 0 and self.pilot_state == PilotState.B:
@@ -629,7 +903,7 @@ class Connector:
         if status != self._status:
             self._status = status
             self._note("status", status=str(status.status), error_code=str(status.error_code))
-            self._hooks.status_changed(self.id, status)
+            self._emit("status", status)
 
     # ------------------------------------------------------------------ faults
 

@@ -11,12 +11,16 @@ Why these rates:
   are enough, and nothing needs a reaction faster than the 3 s allowed to close or the
   ConnectionTimeOut: 200 ms keeps an idle charger under 1 % of a core.
 Proximity only matters with a plug in the socket; temperature changes slowly.
+
+The sampler is run by the safety core (`core.py`), on its thread: `tick()` is one round and
+returns the delay until the next. Nothing here touches the asyncio loop; a sensor that
+blocks (a 1-wire conversion takes ~750 ms) is read by a worker thread of its own and
+judged on the tick that finds its answer.
 """
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
+import concurrent.futures
 import logging
 import math
 import time
@@ -69,11 +73,8 @@ class Sampler:
         self._read_time_s = read_time_s
         self._next_pp = 0.0
         self._next_temp = 0.0
-        self._task: asyncio.Task[None] | None = None
-        #: Real monotonic time (not the injected clock) of the last completed tick: the
-        #: watchdog asks whether the outputs are still looked after, in the world's time.
-        self.last_tick_at: float | None = None
-        self._temperature_task: asyncio.Task[None] | None = None
+        self._temperature_reader: concurrent.futures.ThreadPoolExecutor | None = None
+        self._temperature_read: concurrent.futures.Future[float | Exception] | None = None
 
     def calibrate(self, reads: int = 8) -> float:
         """Time one ADC read, so a burst can be sized to span one PWM period."""
@@ -111,6 +112,10 @@ class Sampler:
                 # ever offered beyond a cable rating it has not seen yet.
                 self._read_proximity(now)
             self.connector.on_pilot(reading)
+        pending = self._temperature_read
+        if pending is not None and pending.done():  # a blocking sensor answered
+            self._temperature_read = None
+            self._judge_temperature(pending.result())
         if self.temperature is not None and now >= self._next_temp:
             self._next_temp = now + self.rates.temperature_interval_s
             self._check_temperature()
@@ -122,7 +127,6 @@ class Sampler:
         if wake_at is not None:
             # A deadline (the end of state F, a timeout) falls before the next tick.
             interval = min(interval, max(0.0, wake_at - self.clock.monotonic()))
-        self.last_tick_at = time.monotonic()
         return interval
 
     def _read_proximity(self, now: float) -> None:
@@ -141,15 +145,17 @@ class Sampler:
         assert self.temperature is not None
         if not getattr(self.temperature, "blocking", False):
             self._judge_temperature(_read(self.temperature.read_celsius))
-        elif self._temperature_task is None or self._temperature_task.done():
-            # A 1-wire conversion takes ~750 ms: never on the loop that samples the pilot.
-            self._temperature_task = asyncio.get_running_loop().create_task(
-                self._read_in_thread(), name="temperature"
+            return
+        # A 1-wire conversion takes ~750 ms: never on the thread that samples the pilot.
+        if self._temperature_read is not None:
+            return  # the last conversion is still running
+        if self._temperature_reader is None:
+            self._temperature_reader = concurrent.futures.ThreadPoolExecutor(
+                1, thread_name_prefix="temperature"
             )
-
-    async def _read_in_thread(self) -> None:
-        assert self.temperature is not None
-        self._judge_temperature(await asyncio.to_thread(_read, self.temperature.read_celsius))
+        self._temperature_read = self._temperature_reader.submit(
+            _read, self.temperature.read_celsius
+        )
 
     def _judge_temperature(self, reading: float | Exception) -> None:
         if isinstance(reading, Exception):  # an unreadable sensor counts as too hot: fail safe
@@ -162,30 +168,11 @@ class Sampler:
         elif reading <= self.max_temperature_c - self.rates.temperature_hysteresis_c:
             self.connector.recover(Fault.OVER_TEMPERATURE)
 
-    async def run(self) -> None:
-        while True:
-            await self.clock.sleep(self.tick())
-
-    def start(self) -> None:
-        self._task = asyncio.get_running_loop().create_task(self.run(), name="sampler")
-
-    async def stop(self) -> None:
-        if self._temperature_task is not None:
-            self._temperature_task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._temperature_task
-        if self._task is not None:
-            self._task.cancel()
-            try:
-                await self._task
-            except asyncio.CancelledError:
-                pass
-            self._task = None
-        self.last_tick_at = None
-
-    @property
-    def running(self) -> bool:
-        return self._task is not None and not self._task.done()
+    def stop_workers(self) -> None:
+        if self._temperature_reader is not None:
+            self._temperature_reader.shutdown(wait=False, cancel_futures=True)
+            self._temperature_reader = None
+            self._temperature_read = None
 
 
 def _read(read_celsius: Callable[[], float]) -> float | Exception:

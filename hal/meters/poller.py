@@ -53,6 +53,11 @@ class MeterPoller:
         if self._task is None or self._task.done():
             self._task = asyncio.create_task(self._run(), name="meter-poller")
 
+    @property
+    def task(self) -> asyncio.Task[None] | None:
+        """The polling task while it runs (a supervisor awaits it to see it end)."""
+        return self._task
+
     async def stop(self) -> None:
         task, self._task = self._task, None
         if task is not None:
