@@ -7,19 +7,28 @@ Between measurements the EV closes S2 again and the benchmark waits until the co
 is closed and has settled (`--settle-ms`, plus a random 0-10 ms so the change lands at
 every phase of the sampler's tick).
 
+The EV is driven from a thread of its own (as a real EV is not on our event loop), so
+that a blocked loop cannot hold the change back either: what is measured is only the
+safety core's reaction.
+
 Scenarios:
 - idle: nothing else runs (the meter poller, the bench meter and the limits tick are on,
   as in production).
 - loaded: plus a synthetic OCPP load of `--rate` messages/s spread evenly on the event loop:
   each one JSON-encodes, decodes and schema-validates a MeterValues.req with the `ocpp`
   library's validator.
+- stalled_loop: the event loop is blocked 2 s at a time (a callback calling time.sleep),
+  with 0.1 s between blocks, while the EV changes state.
+- big_frames: the OCPP stack runs against an embedded Central System
+  (`evsed.hwmocks.central_system`) that sends 1.4 MiB DataTransfer.req frames back to back
+  (`central_system.max_frame_bytes` raised to take them) while the EV changes state.
 
 Targets: p99 <= 25 ms, max <= 60 ms (IEC 61851-1 allows 100 ms).
 
-    python benchmarks/reaction.py [--n 1000] [--scenarios idle,loaded]
+    python benchmarks/reaction.py [--n 1000] [--scenarios idle,loaded,stalled_loop,big_frames]
 
-The last line of the output is one JSON object: {"idle": {"p50_ms", "p99_ms", "max_ms", "n"},
-"loaded": {...}}.
+The last line of the output is one JSON object: {"idle": {"p50_ms", "p99_ms", "max_ms", "n",
+...}, "loaded": {...}, "stalled_loop": {...}, "big_frames": {...}}.
 """
 
 from __future__ import annotations
@@ -29,9 +38,11 @@ import asyncio
 import gc
 import json
 import logging
+import os
 import random
 import sys
 import tempfile
+import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -44,16 +55,28 @@ from evsed.controller.run import Stack
 STEP_TIMEOUT_S = 2.0
 
 
-def bench_config(state_dir: Path) -> Config:
-    return parse(
-        {
-            "bench": {"control_port": 0, "ev_delay_s": 0.1},
-            "connectors": [{"meter": {"port": 0}}],
-            "authorization": {"free_vend": True},
-            "state_dir": str(state_dir),
-            "logging": {"level": "WARNING"},
+SCENARIOS = ("idle", "loaded", "stalled_loop", "big_frames")
+CP_ID = "CP-BENCH"
+BIG_FRAME_BYTES = int(1.4 * 1024 * 1024)
+STALL_S = 2.0
+STALL_GAP_S = 0.1
+
+
+def bench_config(state_dir: Path, central_url: str | None = None) -> Config:
+    data: dict[str, Any] = {
+        "bench": {"control_port": 0, "ev_delay_s": 0.1},
+        "connectors": [{"meter": {"port": 0}}],
+        "authorization": {"free_vend": True},
+        "state_dir": str(state_dir),
+        "logging": {"level": "WARNING"},
+    }
+    if central_url is not None:
+        data["central_system"] = {
+            "url": central_url,
+            "charge_point_id": CP_ID,
+            "max_frame_bytes": 4 * 1024 * 1024,
         }
-    )
+    return parse(data)
 
 
 def percentile(sorted_values: list[float], q: float) -> float:
@@ -111,84 +134,149 @@ async def ocpp_load(rate_hz: float, counter: list[int], inline: bool = False) ->
         counter[0] += 1
 
 
+# ---------------------------------------------------------------------- more load
+
+
+def stall_loop(loop: asyncio.AbstractEventLoop, stalls: list[int]) -> _Cancel:
+    """Block the loop for STALL_S, again and again, STALL_GAP_S apart (a bad callback)."""
+
+    def block() -> None:
+        time.sleep(STALL_S)
+        stalls[0] += 1
+        handles[0] = loop.call_later(STALL_GAP_S, block)
+
+    handles = [loop.call_later(STALL_GAP_S, block)]
+    return _Cancel(handles)
+
+
+class _Cancel:
+    def __init__(self, handles: list[asyncio.TimerHandle]) -> None:
+        self._handles = handles
+
+    def cancel(self) -> None:
+        self._handles[0].cancel()
+
+
+async def big_frames(cs: Any, counter: list[int]) -> None:
+    """1.4 MiB DataTransfer.req frames from the CS, each sent once the last was answered."""
+    from ocpp.v16 import call
+
+    data = "x" * BIG_FRAME_BYTES
+    while True:
+        await cs.call(CP_ID, call.DataTransfer(vendor_id="bench", message_id="big", data=data))
+        counter[0] += 1
+
+
 # ---------------------------------------------------------------------- measurement
 
 
 class RelayWatch:
-    """Awaitable relay edges, fed by the probe's listener (called in the loop thread)."""
+    """Relay edges for the EV driver thread (the probe calls it in the relay's thread)."""
 
-    def __init__(self, probe: ReactionProbe) -> None:
-        self._want: bool | None = None
-        self._event = asyncio.Event()
+    def __init__(self, probe: ReactionProbe, energized: Callable[[], bool]) -> None:
+        self._energized = energized
+        self._changed = threading.Condition()
         probe.listeners.append(self._on_relay)
 
-    def _on_relay(self, energized: bool) -> None:
-        if self._want is not None and energized == self._want:
-            self._event.set()
+    def _on_relay(self, _energized: bool) -> None:
+        with self._changed:
+            self._changed.notify_all()
 
-    async def until(
-        self,
-        energized: bool,
-        now: Callable[[], bool],
-        action: Callable[[], object],
-        timeout: float = STEP_TIMEOUT_S,
-    ) -> None:
-        self._want = energized
-        self._event.clear()
-        action()
-        if now() != energized:
-            await asyncio.wait_for(self._event.wait(), timeout)
-        self._want = None
+    def until(self, energized: bool, timeout: float = STEP_TIMEOUT_S) -> bool:
+        with self._changed:
+            return self._changed.wait_for(lambda: self._energized() == energized, timeout)
+
+
+def drive_ev(
+    sim: Any,
+    probe: ReactionProbe,
+    watch: RelayWatch,
+    n: int,
+    settle_s: float,
+    stop: threading.Event,
+    progress: Callable[[str], None],
+) -> int:
+    """The EV: pause (C -> B) and resume, n times; returns how many drops timed out."""
+    timeouts = 0
+    while len(probe.samples_ms) < n and not stop.is_set():
+        time.sleep(settle_s + random.uniform(0.0, 0.010))
+        probe.arm()
+        sim.ev.configure(paused=True)
+        if not watch.until(False):
+            timeouts += 1
+        sim.ev.configure(paused=False)
+        if not watch.until(True, timeout=10.0):
+            raise TimeoutError("the contactor did not close again")
+        done = len(probe.samples_ms)
+        if done % 100 == 0:
+            s = sorted(probe.samples_ms)
+            progress(f"  {done}/{n}: p50 {percentile(s, 50):.1f} ms, max {s[-1]:.1f} ms")
+    return timeouts
 
 
 async def measure(
     n: int,
     *,
+    scenario: str,
     settle_s: float,
     load_rate: float,
     inline: bool,
     progress: Callable[[str], None],
 ) -> dict[str, Any]:
-    with tempfile.TemporaryDirectory(prefix="evsed-bench-") as state_dir:
-        async with Stack(bench_config(Path(state_dir))) as stack:
-            # As `evsed run` does once started: the start-up objects leave the GC's scans.
-            gc.collect()
-            gc.freeze()
-            sim = stack.bench.sim(1)
-            energized = lambda: bool(sim.pins.relay_energized)  # noqa: E731
-            probe = ReactionProbe(sim.pins.relay, energized)
-            watch = RelayWatch(probe)
-            counter = [0]
-            load = asyncio.create_task(ocpp_load(load_rate, counter, inline)) if load_rate else None
-            timeouts = 0
-            started = time.perf_counter()
-            try:
-                await stack.bench.plug(1)  # with a 32 A cable (PP)
-                await watch.until(True, energized, lambda: None, timeout=5.0)
-                while len(probe.samples_ms) < n:
-                    await asyncio.sleep(settle_s + random.uniform(0.0, 0.010))
-                    try:
-                        await watch.until(
-                            False, energized, lambda: (probe.arm(), sim.ev.configure(paused=True))
-                        )
-                    except TimeoutError:
-                        timeouts += 1
-                    await watch.until(True, energized, lambda: sim.ev.configure(paused=False))
-                    done = len(probe.samples_ms)
-                    if done % 100 == 0:
-                        s = sorted(probe.samples_ms)
-                        progress(
-                            f"  {done}/{n}: p50 {percentile(s, 50):.1f} ms, max {s[-1]:.1f} ms"
-                        )
-            finally:
-                if load is not None:
-                    load.cancel()
-                    try:
-                        await load
-                    except asyncio.CancelledError:
-                        pass
-                probe.close()
-            elapsed = time.perf_counter() - started
+    from evsed.hwmocks.central_system import CentralSystem
+
+    cs = None
+    if scenario == "big_frames":
+        cs = CentralSystem(
+            max_size=8 * 1024 * 1024, response_timeout=30.0, tags={"FREEVEND": "Accepted"}
+        )
+        await cs.start()
+    counter = [0]
+    try:
+        with tempfile.TemporaryDirectory(prefix="evsed-bench-") as state_dir:
+            config = bench_config(Path(state_dir), cs.url if cs is not None else None)
+            async with Stack(config, ocpp=cs is not None) as stack:
+                # As `evsed run` does once started: the start-up objects leave the GC's scans.
+                gc.collect()
+                gc.freeze()
+                sim = stack.bench.sim(1)
+                energized = lambda: bool(sim.pins.relay_energized)  # noqa: E731
+                probe = ReactionProbe(sim.pins.relay, energized)
+                watch = RelayWatch(probe, energized)
+                load: asyncio.Task[None] | None = None
+                stall: Any = None
+                if scenario == "loaded":
+                    load = asyncio.create_task(ocpp_load(load_rate, counter, inline))
+                elif scenario == "big_frames":
+                    assert cs is not None
+                    await cs.wait_connected(CP_ID, timeout=10.0)
+                    load = asyncio.create_task(big_frames(cs, counter))
+                started = time.perf_counter()
+                stop = threading.Event()
+                try:
+                    await stack.bench.plug(1)  # with a 32 A cable (PP)
+                    if not await asyncio.to_thread(watch.until, True, 30.0):
+                        raise TimeoutError("the contactor never closed")
+                    if scenario == "stalled_loop":
+                        stall = stall_loop(asyncio.get_running_loop(), counter)
+                    timeouts = await asyncio.to_thread(
+                        drive_ev, sim, probe, watch, n, settle_s, stop, progress
+                    )
+                finally:
+                    stop.set()
+                    if stall is not None:
+                        stall.cancel()
+                    if load is not None:
+                        load.cancel()
+                        try:
+                            await load
+                        except (asyncio.CancelledError, Exception):
+                            pass
+                    probe.close()
+                elapsed = time.perf_counter() - started
+    finally:
+        if cs is not None:
+            await cs.stop()
     samples = sorted(probe.samples_ms)
     result: dict[str, Any] = {
         "p50_ms": round(percentile(samples, 50), 3),
@@ -200,15 +288,20 @@ async def measure(
         "timeouts": timeouts,
         "seconds": round(elapsed, 1),
     }
-    if load_rate:
+    if scenario == "loaded":
         result["load_msgs_per_s"] = round(counter[0] / elapsed, 1)
+    elif scenario == "stalled_loop":
+        result["stalls_2s"] = counter[0]
+    elif scenario == "big_frames":
+        result["big_frames"] = counter[0]
+        result["big_frames_per_s"] = round(counter[0] / elapsed, 2)
     return result
 
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--n", type=int, default=1000, help="measurements per scenario")
-    p.add_argument("--scenarios", default="idle,loaded", help="comma-separated: idle, loaded")
+    p.add_argument("--scenarios", default=",".join(SCENARIOS), help="comma-separated")
     p.add_argument("--rate", type=float, default=200.0, help="loaded: OCPP messages per second")
     p.add_argument(
         "--settle-ms", type=float, default=60.0, help="wait after the contactor closed again"
@@ -219,22 +312,24 @@ def main(argv: list[str] | None = None) -> int:
         help="loaded: validate on the event loop (ocpp.messages.ASYNC_VALIDATION = False)",
     )
     args = p.parse_args(argv)
-    logging.basicConfig(level=logging.WARNING, stream=sys.stderr)
+    logging.basicConfig(level=os.environ.get("BENCH_LOG", "WARNING"), stream=sys.stderr)
     logging.getLogger("pymodbus").setLevel(logging.CRITICAL)
+    logging.getLogger("websockets").setLevel(logging.CRITICAL)
 
     def progress(line: str) -> None:
         print(line, flush=True)
 
     results: dict[str, Any] = {}
     for name in [s.strip() for s in args.scenarios.split(",") if s.strip()]:
-        if name not in ("idle", "loaded"):
+        if name not in SCENARIOS:
             p.error(f"unknown scenario {name!r}")
         progress(f"{name}: {args.n} C -> B changes")
         results[name] = asyncio.run(
             measure(
                 args.n,
+                scenario=name,
                 settle_s=args.settle_ms / 1000.0,
-                load_rate=args.rate if name == "loaded" else 0.0,
+                load_rate=args.rate,
                 inline=args.inline_validation,
                 progress=progress,
             )

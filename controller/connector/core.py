@@ -22,8 +22,10 @@ import concurrent.futures
 import logging
 import math
 import queue
+import sys
 import threading
 import time
+import traceback
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
@@ -40,6 +42,8 @@ log = logging.getLogger(__name__)
 QUEUE_SIZE = 64
 #: How long the loop waits for the core's answer to one command before giving up on it.
 CALL_TIMEOUT_S = 2.0
+#: The interpreter's thread switch interval while the core runs (see `start`).
+SWITCH_INTERVAL_S = 0.001
 
 
 @dataclass
@@ -103,6 +107,10 @@ class SafetyCore:
         for unit in self._units:
             unit.due = now
         if self.threaded:
+            # The core waits for the GIL whenever the loop runs Python code (a big frame's
+            # schema check): at most one switch interval per hand-over. The default 5 ms
+            # would be paid several times per tick; 1 ms keeps a cut within its budget.
+            sys.setswitchinterval(min(sys.getswitchinterval(), SWITCH_INTERVAL_S))
             self._running = True
             self._thread = threading.Thread(target=self._run, name="safety-core", daemon=True)
             self._thread.start()
@@ -113,8 +121,10 @@ class SafetyCore:
 
     async def stop(self) -> None:
         if self._thread is not None:
+            # Joined on the loop, not in a worker: while the core finishes its last step
+            # (a tick at most) nothing on the loop may queue a command behind the stop.
             self._queue.put(_STOP)
-            await asyncio.to_thread(self._thread.join, 5.0)
+            self._thread.join(5.0)
             if self._thread.is_alive():
                 log.error("the safety core did not stop within 5 s")
             self._thread = None
@@ -148,12 +158,23 @@ class SafetyCore:
     def call(self, fn: Callable[[], Any], default: Any = None) -> Any:
         """Run `fn` on the core and return its answer (`default` if the core is stuck)."""
         answer: concurrent.futures.Future[Any] = concurrent.futures.Future()
+        if self._thread is None or not self._thread.is_alive():
+            log.error("the safety core's thread is gone; running a command on the caller's")
+            return fn()
         try:
             self._queue.put(_Command(fn, answer), timeout=CALL_TIMEOUT_S)
             return answer.result(timeout=CALL_TIMEOUT_S)
         except (queue.Full, TimeoutError):
-            log.error("the safety core did not take a command within %s s", CALL_TIMEOUT_S)
+            log.error(
+                "the safety core did not take a command within %s s; it is at:\n%s",
+                CALL_TIMEOUT_S,
+                self._where(),
+            )
             return default
+
+    def _where(self) -> str:
+        frame = sys._current_frames().get(self._thread_id or -1)
+        return "".join(traceback.format_stack(frame)) if frame is not None else "(not running)"
 
     def deliver_soon(self, connector: Connector) -> None:
         """From the core thread: have the loop deliver `connector`'s outbox."""
@@ -171,25 +192,36 @@ class SafetyCore:
         self._thread_id = threading.get_ident()
         log.debug("safety core running (%d connectors)", len(self._units))
         while True:
-            due = min(u.due for u in self._units) if self._units else math.inf
-            timeout = max(0.0, due - self.clock.monotonic())
             try:
-                item = self._queue.get(timeout=min(timeout, 1.0))
+                if not self._step():
+                    return
+            except Exception:  # outside any connector's guard: a bug of the core itself
+                log.exception("the safety core failed a step; cutting every output")
+                for unit in self._units:
+                    unit.connector.run_guarded(unit.connector.cut_outputs)
+
+    def _step(self) -> bool:
+        """Commands first, then every tick that is due; False once told to stop."""
+        due = min(u.due for u in self._units) if self._units else math.inf
+        timeout = max(0.0, due - self.clock.monotonic())
+        try:
+            item = self._queue.get(timeout=min(timeout, 1.0))
+        except queue.Empty:
+            item = None
+        while item is not None:
+            if item is _STOP:
+                return False
+            assert isinstance(item, _Command)
+            self._execute(item)
+            try:
+                item = self._queue.get_nowait()
             except queue.Empty:
                 item = None
-            while item is not None:
-                if item is _STOP:
-                    return
-                assert isinstance(item, _Command)
-                self._execute(item)
-                try:
-                    item = self._queue.get_nowait()
-                except queue.Empty:
-                    item = None
-            now = self.clock.monotonic()
-            for unit in self._units:
-                if now >= unit.due:
-                    unit.due = now + unit.tick(self.clock)
+        now = self.clock.monotonic()
+        for unit in self._units:
+            if now >= unit.due:
+                unit.due = now + unit.tick(self.clock)
+        return True
 
     @staticmethod
     def _execute(command: _Command) -> None:

@@ -16,9 +16,12 @@ _SECRET_PATTERNS = (
 
 def redact(text: str, secrets: tuple[str, ...] = ()) -> str:
     """``text`` without AuthorizationKey values, Authorization headers or any of ``secrets``."""
-    text = _SECRET_PATTERNS[0].sub(r"\1***", text)
-    text = _SECRET_PATTERNS[1].sub(r"\1***\2", text)
-    text = _SECRET_PATTERNS[2].sub(r"\1***", text)
+    # Every pattern needs the word: a 1.4 MiB frame is lowered in ~1 ms, where the three
+    # case-insensitive scans take ~30 ms holding the GIL (and the safety core waits).
+    if "authorization" in text.lower():
+        text = _SECRET_PATTERNS[0].sub(r"\1***", text)
+        text = _SECRET_PATTERNS[1].sub(r"\1***\2", text)
+        text = _SECRET_PATTERNS[2].sub(r"\1***", text)
     for secret in secrets:
         if secret:
             text = text.replace(secret, "***")

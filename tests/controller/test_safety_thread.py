@@ -1,0 +1,170 @@
+"""The safety core on its own thread, in real time: nothing the loop does delays a cut.
+
+These run the whole stack on the world's clock (`SystemClock`), so the core has its
+thread; a watcher on the relay pin (called in whatever thread drives the relay) stamps
+every edge with `perf_counter`, so reaction times are measured at the GPIO, not assumed.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+import time
+from collections.abc import AsyncIterator, Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from evsed.controller.config import parse
+from evsed.controller.connector.status import StopReason
+from evsed.controller.run import Stack
+
+REACTION_S = 0.100  # IEC 61851-1: contactor open within 100 ms of C -> B
+
+
+class RelayWatch:
+    """Every edge of the relay pin, with the thread and the real time it happened at."""
+
+    def __init__(self, pin: Any, energized: Callable[[], bool]) -> None:
+        self._pin = pin
+        self._energized = energized
+        self._previous = pin.on_change
+        self.edges: list[tuple[float, bool, int]] = []
+        self._changed = threading.Condition()
+        pin.on_change = self._on_change
+
+    def _on_change(self) -> None:
+        now = time.perf_counter()
+        if self._previous is not None:
+            self._previous()
+        with self._changed:
+            self.edges.append((now, bool(self._energized()), threading.get_ident()))
+            self._changed.notify_all()
+
+    async def wait(self, energized: bool, timeout: float = 5.0) -> float:
+        """Real time of the first edge to `energized` from now on (or now, if already so)."""
+        if bool(self._energized()) == energized:
+            return time.perf_counter()
+        start = len(self.edges)
+
+        def seen() -> float | None:
+            for at, state, _ in self.edges[start:]:
+                if state == energized:
+                    return at
+            return None
+
+        def block() -> float:
+            with self._changed:
+                if not self._changed.wait_for(lambda: seen() is not None, timeout):
+                    raise TimeoutError(f"relay never became energized={energized}")
+                at = seen()
+                assert at is not None
+                return at
+
+        return await asyncio.to_thread(block)
+
+    def close(self) -> None:
+        self._pin.on_change = self._previous
+
+
+@pytest.fixture
+async def stack(tmp_path: Path) -> AsyncIterator[Stack]:
+    config = parse(
+        {
+            "bench": {"control_port": 0, "ev_delay_s": 0.1},
+            "connectors": [{"meter": {"port": 0, "poll_interval_s": 0.2}}],
+            "authorization": {"free_vend": True},
+            "state_dir": str(tmp_path),
+        }
+    )
+    async with Stack(config, control=False) as s:
+        yield s
+
+
+def relay_of(stack: Stack) -> tuple[Any, RelayWatch]:
+    sim = stack.bench.sim(1)
+    return sim, RelayWatch(sim.pins.relay, lambda: bool(sim.pins.relay_energized))
+
+
+async def test_the_core_has_its_own_thread_and_a_fresh_tick(stack: Stack) -> None:
+    assert stack.charger is not None
+    assert stack.charger.core.threaded
+    assert stack.charger.safety_tick_age() < 1.0
+    _sim, watch = relay_of(stack)
+    try:
+        await stack.bench.plug(1)
+        await watch.wait(True)
+        assert watch.edges[-1][2] != threading.get_ident()  # driven off the loop's thread
+    finally:
+        watch.close()
+
+
+async def test_a_blocked_loop_does_not_delay_the_contactor(stack: Stack) -> None:
+    assert stack.charger is not None
+    connector = stack.charger.connector(1)
+    sim, watch = relay_of(stack)
+    try:
+        await stack.bench.plug(1)
+        await watch.wait(True)
+        await asyncio.sleep(0.3)  # charging, settled (not a wait for an outcome)
+        loop = asyncio.get_running_loop()
+        marks: dict[str, float] = {}
+
+        def blocking_callback() -> None:
+            # A bad callback on the loop: the EV leaves C, then the loop stalls for 2 s.
+            marks["ev_left_c"] = time.perf_counter()
+            sim.ev.configure(paused=True)
+            time.sleep(2.0)
+            marks["loop_back"] = time.perf_counter()
+
+        loop.call_soon(blocking_callback)
+        opened_at = await watch.wait(False, timeout=5.0)
+        assert marks, "the blocking callback did not run"
+        reaction = opened_at - marks["ev_left_c"]
+        assert opened_at < marks["loop_back"]  # during the block, not after it
+        assert reaction <= REACTION_S, f"contactor opened {reaction * 1000:.1f} ms after C -> B"
+        await asyncio.sleep(0)
+        assert str(connector.status.status) == "SuspendedEV"  # told to the loop afterwards
+        sim.ev.configure(paused=False)
+        await watch.wait(True)
+        await stack.bench.unplug(1)
+        await watch.wait(False)
+        stopped = stack.hooks.stopped  # type: ignore[attr-defined]
+        for _ in range(100):  # the stop is recorded by the loop once the core told it
+            if stopped:
+                break
+            await asyncio.sleep(0.01)
+        assert stopped and stopped[-1].reason == StopReason.EV_DISCONNECTED
+        assert sim.pins.pilot_duty == 1.0
+    finally:
+        watch.close()
+
+
+async def test_a_listener_raising_after_energise_on_the_thread(stack: Stack) -> None:
+    """The reported bug, on the thread: the listener raises on the note after the contactor
+    closed; the EV unplugs; the relay still opens at once."""
+    assert stack.charger is not None
+    connector = stack.charger.connector(1)
+    raised: list[bool] = []
+
+    def listener(kind: str, fields: dict[str, object]) -> None:
+        if kind == "contactor" and fields["closed"] is True and not raised:
+            raised.append(True)
+            raise RuntimeError("a bad listener")
+
+    connector.add_listener(listener)
+    _sim, watch = relay_of(stack)
+    try:
+        await stack.bench.plug(1)
+        await watch.wait(True)
+        await asyncio.sleep(0.2)
+        assert raised
+        t0 = time.perf_counter()
+        await stack.bench.unplug(1)
+        opened_at = await watch.wait(False, timeout=2.0)
+        assert opened_at - t0 <= REACTION_S
+        assert connector.callback_errors == 1
+        assert connector.internal_errors == 0
+    finally:
+        watch.close()
