@@ -181,6 +181,7 @@ class Charger:
                 clock,
                 proximity=hw.proximity if cfg.proximity.enabled else None,
                 temperature=hw.temperature,
+                rcd=hw.rcd,
                 max_temperature_c=cfg.temperature.max_c,
                 rates=rates or Rates(),
                 duty=lambda p=hw.pilot: p.duty,

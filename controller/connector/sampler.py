@@ -30,7 +30,12 @@ from dataclasses import dataclass
 from evsed.controller.clock import Clock
 from evsed.controller.connector.faults import Fault
 from evsed.controller.connector.machine import PLUGGED_STATES, Connector
-from evsed.hal.interfaces import PilotSensor, ProximitySensor, TemperatureSensor
+from evsed.hal.interfaces import (
+    PilotSensor,
+    ProximitySensor,
+    ResidualCurrentMonitor,
+    TemperatureSensor,
+)
 
 log = logging.getLogger(__name__)
 
@@ -57,6 +62,7 @@ class Sampler:
         *,
         proximity: ProximitySensor | None = None,
         temperature: TemperatureSensor | None = None,
+        rcd: ResidualCurrentMonitor | None = None,
         max_temperature_c: float = 80.0,
         rates: Rates = Rates(),
         duty: Callable[[], float] | None = None,
@@ -67,6 +73,7 @@ class Sampler:
         self.clock = clock
         self.proximity = proximity
         self.temperature = temperature
+        self.rcd = rcd
         self.max_temperature_c = max_temperature_c
         self.rates = rates
         self._duty = duty
@@ -103,6 +110,10 @@ class Sampler:
         except Exception:  # a broken ADC must not end sampling
             log.exception("pilot sensing failed")
             reading = None
+        if self.rcd is not None and self.rcd.tripped:
+            # The driver also reports the trip through the loop; the core does not wait
+            # for it (a no-op while the fault is active).
+            self.connector.raise_fault(Fault.RCD, "residual current")
         if reading is not None:
             arriving = (
                 reading.state in PLUGGED_STATES and self.connector.pilot_state not in PLUGGED_STATES

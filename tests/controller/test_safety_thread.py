@@ -168,3 +168,27 @@ async def test_a_listener_raising_after_energise_on_the_thread(stack: Stack) -> 
         assert connector.internal_errors == 0
     finally:
         watch.close()
+
+
+async def test_an_rcd_trip_during_a_blocked_loop_opens_the_contactor(stack: Stack) -> None:
+    """The RCD driver hands its trip to the loop; the core also reads the input itself."""
+    assert stack.charger is not None
+    sim, watch = relay_of(stack)
+    try:
+        await stack.bench.plug(1)
+        await watch.wait(True)
+        marks: dict[str, float] = {}
+
+        def blocking_callback() -> None:
+            marks["tripped"] = time.perf_counter()
+            sim.pins.rcd_trip(True)
+            time.sleep(1.0)
+            marks["loop_back"] = time.perf_counter()
+
+        asyncio.get_running_loop().call_soon(blocking_callback)
+        opened_at = await watch.wait(False, timeout=5.0)
+        assert opened_at < marks["loop_back"]
+        assert opened_at - marks["tripped"] <= REACTION_S
+        assert stack.charger.connector(1).status.error_code == "GroundFailure"
+    finally:
+        watch.close()
