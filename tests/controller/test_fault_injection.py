@@ -18,12 +18,12 @@ from typing import Any
 
 import pytest
 
-from evsed.controller.clock import FakeClock
 from evsed.controller.connector.hooks import LocalHooks, Transaction
 from evsed.controller.connector.status import StopReason
 from evsed.controller.limiter import SmartChargingLimit
 from evsed.controller.run import Stack
-from tests.controller.bench_rig import Rig, bench_config
+from tests.support.bench_rig import Rig, bench_config
+from tests.support.clock import FakeClock
 
 MakeRig = Callable[..., Awaitable[Rig]]
 
