@@ -1,0 +1,96 @@
+"""The built wheel: `evsed` is its only top-level name, it holds every module of the three
+folders, and `evsed demo` runs from it in a fresh virtual environment outside the checkout.
+
+About 25 s (build, venv, a 12 s demo), so it is marked `wheel`; CI runs it (plain
+`python -m pytest`), `-m "not wheel"` skips it while iterating. The fresh venv gets evsed
+only from the wheel; its dependencies come from this interpreter's site-packages through a
+.pth path line (no index needed, and the editable install's finder is not activated, since
+.pth files in a directory added that way are not processed).
+"""
+
+from __future__ import annotations
+
+import os
+import site
+import subprocess
+import sys
+import venv
+import zipfile
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+FOLDERS = {"controller": "evsed/controller", "hal": "evsed/hal", "hw-mocks": "evsed/hwmocks"}
+
+pytestmark = pytest.mark.wheel
+
+
+@pytest.fixture(scope="module")
+def wheel(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    out = tmp_path_factory.mktemp("wheel")
+    subprocess.run(
+        [sys.executable, "-m", "pip", "wheel", "-q", "--no-deps", "-w", str(out), str(REPO)],
+        check=True,
+        capture_output=True,
+        timeout=300,
+    )
+    (built,) = out.glob("evsed-*.whl")
+    return built
+
+
+def test_the_wheel_has_one_top_level_name_and_every_module(wheel: Path) -> None:
+    names = set(zipfile.ZipFile(wheel).namelist())
+    assert {n.split("/")[0] for n in names if not n.split("/")[0].endswith(".dist-info")} == {
+        "evsed"
+    }
+    expected = {
+        f"{target}/{path.relative_to(REPO / folder).as_posix()}"
+        for folder, target in FOLDERS.items()
+        for path in (REPO / folder).rglob("*")
+        if path.suffix in {".py", ".toml"} and "__pycache__" not in path.parts
+    }
+    # A new subpackage missing from [tool.setuptools] packages would be missing here.
+    assert expected - names == set()
+
+
+def test_evsed_demo_runs_from_the_wheel_in_a_fresh_venv(wheel: Path, tmp_path: Path) -> None:
+    env_dir = tmp_path / "venv"
+    venv.EnvBuilder(with_pip=False).create(env_dir)
+    python = env_dir / "bin" / "python"
+    purelib = subprocess.run(
+        [str(python), "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"],
+        check=True,
+        capture_output=True,
+        text=True,
+    ).stdout.strip()
+    # The dependencies (websockets, ocpp, gpiozero, ...) from this interpreter, appended
+    # after the fresh venv's own site-packages, so the wheel's evsed comes first.
+    (Path(purelib) / "deps.pth").write_text("\n".join(site.getsitepackages()) + "\n")
+    install = ["install", "-q", "--no-deps", "--no-index", str(wheel)]
+    subprocess.run(
+        [sys.executable, "-m", "pip", "--python", str(python), *install],
+        check=True,
+        capture_output=True,
+        timeout=120,
+    )
+    env = {k: v for k, v in os.environ.items() if k not in {"PYTHONPATH", "VIRTUAL_ENV"}}
+    where = subprocess.run(
+        [str(python), "-c", "import evsed.controller; print(evsed.controller.__file__)"],
+        check=True,
+        capture_output=True,
+        text=True,
+        cwd=tmp_path,
+        env=env,
+    ).stdout.strip()
+    assert where.startswith(purelib), where
+    demo = subprocess.run(
+        [str(env_dir / "bin" / "evsed"), "demo", "--json"],
+        capture_output=True,
+        text=True,
+        cwd=tmp_path,
+        env=env,
+        timeout=120,
+    )
+    assert demo.returncode == 0, demo.stderr[-2000:]
+    assert '"transactions": 1' in demo.stdout.splitlines()[-1], demo.stdout[-2000:]
