@@ -431,7 +431,7 @@ def _attach(stack: Stack, timeline: Timeline, session: Session) -> None:
 
 
 async def demo(timeline: Timeline, state_dir: Path, json_frames: bool = False) -> dict[str, Any]:
-    from evsed.hwmocks.central_system import CentralSystem
+    from evsed.controller.simbench import CentralSystem
 
     async with CentralSystem(tags={DEMO_CARD: "Accepted"}) as cs:
         config = demo_config(state_dir, cs.url)

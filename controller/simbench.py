@@ -1,5 +1,6 @@
 """The simulated bench, wired to the controller's configuration: the only controller module
-that builds the bench (an import-linter contract in pyproject.toml keeps it so).
+that imports `evsed.hwmocks` (an import-linter contract in pyproject.toml keeps it so); the
+demo's embedded Central System comes through here too.
 
 `bench_settings(config)` turns the configuration into the bench's own settings (the bench
 knows the hardware layer, never `Config`); `wired(config, endpoints)` is the configuration
@@ -15,6 +16,7 @@ from evsed.controller.config import Config, MeterConfig
 from evsed.controller.config import Connector as ConnectorConfig
 from evsed.hal.clock import Clock
 from evsed.hwmocks.bench import Bench
+from evsed.hwmocks.central_system import CentralSystem
 from evsed.hwmocks.settings import (
     BenchEndpoints,
     BenchSettings,
@@ -24,7 +26,7 @@ from evsed.hwmocks.settings import (
     SimMeterSettings,
 )
 
-__all__ = ["Bench", "bench_settings", "build_bench", "wired"]
+__all__ = ["Bench", "CentralSystem", "bench_settings", "build_bench", "wired"]
 
 
 def _meter(cfg: MeterConfig) -> SimMeterSettings:

@@ -62,7 +62,8 @@ def test_the_contracts_hold_on_the_copy(tree: Path) -> None:
         ("controller/connector/machine.py", "evsed.controller.ocpp16.keys", CONNECTOR),
         ("controller/limiter.py", "evsed.controller.ocpp16.keys", CONNECTOR),
         ("controller/run.py", "evsed.hwmocks.bench", "only the wiring module"),
-        ("controller/cli.py", "evsed.hwmocks.control", "only simbench and the demo"),
+        ("controller/cli.py", "evsed.hwmocks.control", "only the wiring module"),
+        ("controller/demo.py", "evsed.hwmocks.central_system", "only the wiring module"),
     ],
 )
 def test_a_wrong_import_breaks_its_contract(
