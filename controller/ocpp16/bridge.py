@@ -12,7 +12,7 @@ returns), so an outage or a kill -9 loses nothing; the session delivers it in or
   otherwise: a stale idle reading replayed later is of no use to anyone.
 - StopTxnSampledData / StopTxnAlignedData: collected per transaction (Transaction.Begin,
   every periodic/aligned reading, Transaction.End) into StopTransaction.transactionData.
-- StopTransactionOnInvalidId: on the session's "start_transaction_result" event.
+- StopTransactionOnInvalidId: on the session's explicit `start_transaction_result` call.
   Suspending (key false) sets a 0 A smart-charging limit on the connector until the
   transaction ends; MaxEnergyOnInvalidId > 0 lets that much energy through first.
 - Power loss: `recover_open_transactions()` stops, once, every transaction left open.
@@ -77,7 +77,7 @@ class OcppHooks:
         self._recorder_task: asyncio.Task[None] | None = None
         self._profile_limited: set[int] = set()  # connectors with a RemoteStart TxProfile
         self._started = False
-        ctx.observers.append(self._observe)
+        ctx.reactions = self  # explicit calls, not timeline events
         ctx.keys.on_change("MeterValueSampleInterval", lambda _k, _v: self._restart_samplers())
         ctx.keys.on_change("ClockAlignedDataInterval", lambda _k, _v: self._restart_aligned())
 
@@ -251,15 +251,13 @@ class OcppHooks:
         )
         return msg is not None
 
-    # ------------------------------------------------------------ observers
+    # ------------------------------------------------------------ explicit reactions
 
-    def _observe(self, event: str, fields: dict[str, Any]) -> None:
-        if event == "start_transaction_result":
-            self._on_start_result(fields.get("local_id"), fields.get("id_tag_info"))
-        elif event == "tx_profile":
-            cid = fields.get("connector_id")
-            if isinstance(cid, int):
-                self._profile_limited.add(cid)
+    def start_transaction_result(self, local_id: int | None, id_tag_info: dict[str, Any]) -> None:
+        self._on_start_result(local_id, id_tag_info)
+
+    def tx_profile_applied(self, connector_id: int) -> None:
+        self._profile_limited.add(connector_id)
 
     def _on_start_result(self, local_id: Any, id_tag_info: Any) -> None:
         if not isinstance(id_tag_info, dict):

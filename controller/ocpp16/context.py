@@ -25,6 +25,19 @@ if TYPE_CHECKING:
     from evsed.controller.ocpp16.auth import Authorizer
 
 
+class TransactionReactions(Protocol):
+    """What the connector hooks must hear by an explicit call, not as a timeline event
+    (an observer may fail or be missing; these carry control flow)."""
+
+    def start_transaction_result(self, local_id: int | None, id_tag_info: dict[str, Any]) -> None:
+        """The CS answered a queued StartTransaction (StopTransactionOnInvalidId)."""
+        ...
+
+    def tx_profile_applied(self, connector_id: int) -> None:
+        """A RemoteStart's TxProfile now limits the connector, until its session ends."""
+        ...
+
+
 class SessionControl(Protocol):
     """What the rest of the OCPP layer may ask of the session."""
 
@@ -65,6 +78,7 @@ class OcppContext:
     charger: Charger | None = None
     authorizer: Authorizer | None = None
     session: SessionControl | None = None
+    reactions: TransactionReactions | None = None  # the connector hooks (bridge)
     # Called with (event, fields) for the demo's timeline and the tests; never on a safety path.
     observers: list[Callable[[str, dict[str, Any]], None]] = field(default_factory=list)
     # Vendor DataTransfer handlers: vendorId -> async fn(message_id, data) -> (status, data)

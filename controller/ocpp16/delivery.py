@@ -161,6 +161,14 @@ class TxDelivery:
                 except Exception:
                     log.exception("session: authorisation cache update failed")
         if msg.action == START:
+            reactions = self._ctx.reactions
+            if reactions is not None:
+                try:
+                    reactions.start_transaction_result(
+                        msg.tx_local_id, info if isinstance(info, dict) else {}
+                    )
+                except Exception:  # never the end of the delivery loop
+                    log.exception("session: reacting to a StartTransaction answer failed")
             self._ctx.emit(
                 "start_transaction_result",
                 local_id=msg.tx_local_id,

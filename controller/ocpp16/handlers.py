@@ -313,6 +313,8 @@ class EvsedChargePoint(StrictChargePoint):
         limit = tx_profile_limit(profile, now, now)
         self.ctx.charger.set_smart_charging_limit(connector_id, limit)
         # The bridge clears it when the transaction (or the wait for the EV) ends.
+        if self.ctx.reactions is not None:
+            self.ctx.reactions.tx_profile_applied(connector_id)
         self.ctx.emit("tx_profile", connector_id=connector_id, limit=limit)
 
     # ------------------------------------------------------------ RemoteStopTransaction §5.12
