@@ -1,7 +1,18 @@
 """The one TOML configuration file, validated by pydantic.
 
 Every key has a default that suits the simulated bench, so `evsed demo` needs no file.
-Unknown keys are errors: a typo must not pass silently on a charger.
+Unknown keys are errors: a typo must not pass silently on a charger. Types are strict
+(TOML has real integers, booleans and strings, so `"32"` for an integer or `"off"` for a
+boolean is a mistake, not something to guess at); NaN and infinity are refused everywhere.
+
+The simulated bench runs only where it is asked for: with no configuration file at all
+(`load(None)`, the bench defaults), in `evsed demo`, or when the file has a `[bench]`
+section (config/sim.toml). A file without `[bench]` describes a real charger and runs no
+bench. A bench next to drivers that reach real hardware is refused unless
+`[bench] force = true` (see `Config.real_drivers`).
+
+What only the machine can tell (files exist, keys decrypt, directories are writable) is
+checked by `evsed.controller.preflight`, before `evsed run` starts anything.
 """
 
 from __future__ import annotations
@@ -28,10 +39,23 @@ from evsed.controller import __version__
 
 Gpio = Annotated[int, Field(ge=0, le=27, description="BCM GPIO number")]
 Amps = Annotated[float, Field(ge=6, le=80)]
+# TOML has no path type: a path is a string, so this is the one lax field type.
+FsPath = Annotated[Path, Field(strict=False)]
 
 
 class Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", validate_default=True)
+    model_config = ConfigDict(
+        extra="forbid", validate_default=True, strict=True, allow_inf_nan=False
+    )
+
+
+class KeyProblem(ValueError):
+    """A model validator's problem that belongs to one key: `where` is that key, relative
+    to the model that raised it (or absolute, from the top, when `absolute`)."""
+
+    def __init__(self, where: str, message: str, *, absolute: bool = False) -> None:
+        super().__init__(message)
+        self.where, self.absolute = where, absolute
 
 
 class Identity(Strict):
@@ -51,9 +75,12 @@ class CentralSystem(Strict):
     )
     security_profile: Annotated[int, Field(ge=0, le=3)] = 0
     authorization_key: SecretStr = SecretStr("")
-    ca_file: Path | None = None
-    client_cert: Path | None = None
-    client_key: Path | None = None
+    ca_file: FsPath | None = None
+    client_cert: FsPath | None = None
+    client_key: FsPath | None = None
+    # The passphrase of an encrypted client_key. Never prompted for: without it an
+    # encrypted key is refused at start-up.
+    client_key_password: SecretStr = SecretStr("")
     enabled: bool = True
     # Larger frames from the CS are refused before they are read into memory.
     max_frame_bytes: Annotated[int, Field(ge=4096, le=16 * 1024 * 1024)] = 65536
@@ -114,6 +141,35 @@ class PilotConfig(Strict):
     # CP volts = ADC volts * gain + offset; the default maps 0..3.3 V onto -12..+12 V.
     sense_gain: float = 24.0 / 3.3
     sense_offset: float = -12.0
+
+    @field_validator("sense_gain")
+    @classmethod
+    def _gain(cls, value: float) -> float:
+        if value == 0:
+            raise ValueError("a non-zero gain (0 would read every pilot level as the offset)")
+        return value
+
+    @model_validator(mode="after")
+    def _pwm_channel(self) -> PilotConfig:
+        if self.driver != "sysfs":
+            return self
+        want = PI_PWM_CHANNEL.get(self.pin)
+        if want is None:
+            pins = ", ".join(f"GPIO{p}" for p in sorted(PI_PWM_CHANNEL))
+            raise KeyProblem(
+                "pin", f'a GPIO with hardware PWM for driver = "sysfs" (one of {pins})'
+            )
+        if self.pwm_channel != want:
+            raise KeyProblem(
+                "pwm_channel",
+                f"channel {want} for GPIO{self.pin} (a Raspberry Pi routes PWM channel 0 "
+                "to GPIO12/18 and channel 1 to GPIO13/19)",
+            )
+        return self
+
+
+# BCM2835..2711 (Pi 1-4, `dtoverlay=pwm-2chan`): which kernel PWM channel drives which pin.
+PI_PWM_CHANNEL = {12: 0, 18: 0, 13: 1, 19: 1}
 
 
 class ProximityConfig(Strict):
@@ -217,7 +273,10 @@ class Authorization(Strict):
 
 
 class Bench(Strict):
+    # True inside a [bench] section; a file without the section runs no bench (Config.bench).
     enabled: bool = True
+    # Run the bench although the configuration names drivers of real hardware.
+    force: bool = False
     control_host: str = "127.0.0.1"
     control_port: Annotated[int, Field(ge=0, le=65535)] = 8765
     ev_max_current_a: Annotated[float, Field(ge=0, le=80)] = 32.0
@@ -244,9 +303,37 @@ class Config(Strict):
     reader: Reader = Reader()
     grid: GridMeter = GridMeter()
     authorization: Authorization = Authorization()
-    bench: Bench = Bench()
-    state_dir: Path = Path("state")
+    # No [bench] section: a real charger. `load(None)` and `simulated()` turn it on.
+    bench: Bench = Bench(enabled=False)
+    state_dir: FsPath = Path("state")
     logging: Logging = Logging()
+
+    @model_validator(mode="after")
+    def _bench_alone(self) -> Config:
+        if self.bench.enabled and not self.bench.force:
+            real = list(self.real_drivers())
+            if real:
+                named = "; ".join(f"{where} = {what}" for where, what in real)
+                raise KeyProblem(
+                    "bench.enabled",
+                    f"no simulated bench next to real hardware ({named}): remove [bench] "
+                    "or set enabled = false on a charger, or set force = true to simulate "
+                    "these parts anyway",
+                    absolute=True,
+                )
+        return self
+
+    def real_drivers(self) -> Iterator[tuple[str, str]]:
+        """Keys that choose drivers of real hardware, which a bench config never names:
+        kernel PWM (the bench cannot stand in for it: the real pilot would be driven) and
+        RS-485 meters (a production wiring; the bench would put them on a pty)."""
+        for i, c in enumerate(self.connectors):
+            if c.pilot.driver == "sysfs":
+                yield f"connectors[{i}].pilot.driver", '"sysfs"'
+            if c.meter.transport == "rtu":
+                yield f"connectors[{i}].meter.transport", '"rtu"'
+        if self.grid.enabled and self.grid.meter.transport == "rtu":
+            yield "grid.meter.transport", '"rtu"'
 
     @model_validator(mode="after")
     def _serial_ports_unique(self) -> Config:
@@ -355,10 +442,15 @@ class ConfigError(Exception):
         self.problems = problems
 
 
+def simulated() -> Config:
+    """The configuration with no file: every default, the simulated bench on."""
+    return Config(bench=Bench())
+
+
 def load(path: Path | None) -> Config:
     """Read and validate a configuration file; None gives the bench defaults."""
     if path is None:
-        return Config()
+        return simulated()
     source = str(path)
     try:
         data = tomllib.loads(path.read_text(encoding="utf-8"))
@@ -385,6 +477,13 @@ def _problem(err: Any, data: dict[str, Any]) -> Problem:
     loc = tuple(err["loc"])
     kind = err["type"]
     ctx_error = (err.get("ctx") or {}).get("error")
+    if isinstance(ctx_error, KeyProblem):
+        where = ctx_error.where
+        if not ctx_error.absolute:
+            where = f"{key_path(loc)}.{where}" if loc else where
+        given = _lookup(data, where)
+        given_text = "its default" if given == "(default)" else _mask(where, given)
+        return Problem(where, given_text, str(ctx_error))
     if isinstance(ctx_error, PinConflict):
         given = _lookup(data, ctx_error.where)
         return Problem(ctx_error.where, repr(given), f"a free GPIO ({ctx_error})")
@@ -429,18 +528,23 @@ def _lookup(data: dict[str, Any], path: str) -> Any:
 
 def _mask(path: str, value: Any) -> str:
     leaf = path.rsplit(".", 1)[-1]
-    if leaf == "authorization_key":
+    if leaf in SECRET_KEYS:
         return "'***'"
     if leaf == "url" and isinstance(value, str):
         return repr(mask_url(value))
     return repr(value)
 
 
+# Keys of [central_system] whose values are never printed.
+SECRET_KEYS = ("authorization_key", "client_key_password")
+
+
 def redacted(config: Config) -> dict[str, Any]:
     """The resolved configuration as plain data with secrets masked, for printing."""
     data = config.model_dump(mode="json")
     cs = data["central_system"]
-    cs["authorization_key"] = "***" if config.central_system.authorization_key else ""
+    for key in SECRET_KEYS:
+        cs[key] = "***" if getattr(config.central_system, key).get_secret_value() else ""
     cs["url"] = mask_url(cs["url"])
     return data
 

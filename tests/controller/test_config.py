@@ -123,7 +123,9 @@ def test_secrets_never_printed(tmp_path, capsys) -> None:
 def test_resolved_output_is_toml_that_loads_back_to_the_same_config(capsys) -> None:
     assert cli.main(["config", "check"]) == 0
     printed = tomllib.loads(capsys.readouterr().out)
-    assert config.parse(printed) == config.Config()
+    # No file means the bench defaults, bench included (a file needs its [bench] section).
+    assert config.parse(printed) == config.load(None) == config.simulated()
+    assert config.simulated().bench.enabled
 
 
 def test_security_profile_rules() -> None:
@@ -133,9 +135,15 @@ def test_security_profile_rules() -> None:
         config.parse({"central_system": {"security_profile": 3, "url": "wss://h/ocpp"}})
 
 
-@pytest.mark.parametrize("name", ["sim.toml", "raspberry-pi.toml"])
+@pytest.mark.parametrize("name", ["sim.toml", "raspberry-pi.toml", "sim-two-connectors.toml"])
 def test_shipped_examples_are_valid(name: str, capsys) -> None:
-    assert cli.main(["config", "check", str(REPO / "config" / name)]) == 0
+    assert cli.main(["config", "check", "--file-only", str(REPO / "config" / name)]) == 0
+
+
+def test_shipped_bench_examples_run_here(capsys) -> None:
+    # The bench examples need nothing of the machine: the full check passes too.
+    for name in ("sim.toml", "sim-two-connectors.toml"):
+        assert cli.main(["config", "check", str(REPO / "config" / name)]) == 0
 
 
 def test_console_entry_point_exit_status(tmp_path) -> None:
@@ -244,3 +252,170 @@ def test_two_connector_example_is_valid(capsys) -> None:
     loaded = config.load(path)
     assert len(loaded.connectors) == 2
     assert loaded.grid.enabled
+
+
+# ---------------------------------------------------------------- strict types
+
+
+@pytest.mark.parametrize(
+    ("text", "needle"),
+    [
+        (
+            '[[connectors]]\nrated_current_a = "32"\n',
+            "connectors[0].rated_current_a: input should be a valid number (given: '32')",
+        ),
+        (
+            '[central_system]\nenabled = "off"\n',
+            "central_system.enabled: input should be a valid boolean (given: 'off')",
+        ),
+        (
+            '[central_system]\nsecurity_profile = "2"\n',
+            "central_system.security_profile: input should be a valid integer (given: '2')",
+        ),
+        (
+            "[[connectors]]\n[connectors.meter]\nport = 502.0\n",
+            "connectors[0].meter.port: input should be a valid integer (given: 502.0)",
+        ),
+        (
+            "[[connectors]]\n[connectors.pilot]\nsense_gain = 0.0\n",
+            "connectors[0].pilot.sense_gain: a non-zero gain",
+        ),
+        (
+            "[[connectors]]\n[connectors.pilot]\nsense_gain = nan\n",
+            "connectors[0].pilot.sense_gain: input should be a finite number (given: nan)",
+        ),
+        (
+            "[[connectors]]\n[connectors.pilot]\nsense_offset = inf\n",
+            "connectors[0].pilot.sense_offset: input should be a finite number",
+        ),
+    ],
+)
+def test_types_are_strict(tmp_path, capsys, text, needle) -> None:
+    code, err, _ = check(tmp_path, text, capsys)
+    assert code == 2
+    assert any(needle in line for line in err), err
+
+
+def test_real_types_still_pass() -> None:
+    # An integer where a number is expected, and paths as strings, are what TOML gives.
+    cfg = config.parse(
+        {"state_dir": "/tmp/x", "connectors": [{"rated_current_a": 16, "phases": 1}]}
+    )
+    assert cfg.state_dir == Path("/tmp/x")
+    assert cfg.connectors[0].rated_current_a == 16.0
+
+
+# ---------------------------------------------------------------- sysfs pin and channel
+
+
+@pytest.mark.parametrize(("pin", "channel"), [(12, 0), (18, 0), (13, 1), (19, 1)])
+def test_sysfs_pin_and_channel_agree(pin: int, channel: int) -> None:
+    pilot = {"driver": "sysfs", "pin": pin, "pwm_channel": channel}
+    assert config.parse({"connectors": [{"pilot": pilot}]}).connectors[0].pilot.pin == pin
+
+
+@pytest.mark.parametrize(
+    ("pilot", "needle"),
+    [
+        (
+            "pin = 18\npwm_channel = 1\n",
+            "connectors[0].pilot.pwm_channel: channel 0 for GPIO18 (a Raspberry Pi routes "
+            "PWM channel 0 to GPIO12/18 and channel 1 to GPIO13/19) (given: 1)",
+        ),
+        (
+            "pin = 19\n",
+            "connectors[0].pilot.pwm_channel: channel 1 for GPIO19 (a Raspberry Pi routes "
+            "PWM channel 0 to GPIO12/18 and channel 1 to GPIO13/19) (given: its default)",
+        ),
+        (
+            "pin = 4\n",
+            'connectors[0].pilot.pin: a GPIO with hardware PWM for driver = "sysfs" '
+            "(one of GPIO12, GPIO13, GPIO18, GPIO19) (given: 4)",
+        ),
+    ],
+)
+def test_sysfs_pin_and_channel_mismatch(tmp_path, capsys, pilot: str, needle: str) -> None:
+    text = f'[[connectors]]\n[connectors.pilot]\ndriver = "sysfs"\n{pilot}'
+    code, err, _ = check(tmp_path, text, capsys)
+    assert code == 2
+    assert err == [f"{tmp_path / 'evsed.toml'}: {needle}"]
+
+
+def test_gpiozero_pilot_needs_no_pwm_channel() -> None:
+    config.parse({"connectors": [{"pilot": {"pin": 4, "pwm_channel": 1}}]})
+
+
+# ---------------------------------------------------------------- the bench only where asked for
+
+
+def pi_without_bench() -> str:
+    text = (REPO / "config" / "raspberry-pi.toml").read_text()
+    head, sep, tail = text.partition("[bench]\nenabled = false\n")
+    assert sep, "the example's [bench] section moved: update this test"
+    return head + tail
+
+
+def test_a_file_without_a_bench_section_runs_no_bench(tmp_path, capsys) -> None:
+    from evsed.controller.run import Stack
+
+    path = tmp_path / "pi.toml"
+    path.write_text(pi_without_bench())
+    cfg = config.load(path)
+    assert not cfg.bench.enabled
+    assert Stack(cfg).use_bench is False  # what `evsed run` would build: no bench
+    assert cli.main(["config", "check", "--file-only", str(path)]) == 0
+    printed = tomllib.loads(capsys.readouterr().out)
+    assert printed["bench"]["enabled"] is False
+    assert not config.parse({"central_system": {"charge_point_id": "X"}}).bench.enabled
+
+
+def test_the_bench_runs_where_asked_for() -> None:
+    from evsed.controller.demo import demo_config
+    from evsed.controller.run import Stack
+
+    assert config.load(None).bench.enabled  # no file: the bench defaults
+    assert config.load(REPO / "config" / "sim.toml").bench.enabled
+    assert config.load(REPO / "config" / "sim-two-connectors.toml").bench.enabled
+    assert config.parse({"bench": {"control_port": 0}}).bench.enabled  # a [bench] section
+    assert not config.parse({"bench": {"enabled": False}}).bench.enabled
+    assert Stack(demo_config(Path("state"), "ws://127.0.0.1:9/ocpp")).use_bench
+
+
+@pytest.mark.parametrize(
+    ("text", "named"),
+    [
+        (
+            '[[connectors]]\n[connectors.pilot]\ndriver = "sysfs"\n',
+            'connectors[0].pilot.driver = "sysfs"',
+        ),
+        (
+            '[[connectors]]\n[connectors.meter]\ntransport = "rtu"\n',
+            'connectors[0].meter.transport = "rtu"',
+        ),
+        (
+            '[grid]\nenabled = true\n[grid.meter]\ntransport = "rtu"\n'
+            'serial_port = "/dev/ttyUSB1"\n',
+            'grid.meter.transport = "rtu"',
+        ),
+    ],
+)
+def test_the_bench_is_refused_next_to_real_drivers(tmp_path, capsys, text, named) -> None:
+    code, err, _ = check(tmp_path, "[bench]\n" + text, capsys)
+    assert code == 2
+    assert len(err) == 1
+    assert f"bench.enabled: no simulated bench next to real hardware ({named})" in err[0]
+    assert "force = true" in err[0]
+    # Forced, it runs; without the bench, the same drivers are a charger's.
+    assert config.parse(tomllib.loads("[bench]\nforce = true\n" + text)).bench.enabled
+    assert not config.parse(tomllib.loads(text)).bench.enabled
+
+
+def test_client_key_password_is_masked(tmp_path, capsys) -> None:
+    path = tmp_path / "k.toml"
+    path.write_text('[central_system]\nclient_key_password = "pa55-phrase"\n')
+    assert cli.main(["config", "check", "--file-only", str(path)]) == 0
+    out = capsys.readouterr().out
+    assert "pa55-phrase" not in out
+    assert 'client_key_password = "***"' in out
+    code, err, _ = check(tmp_path, "[central_system]\nclient_key_password = 5\n", capsys)
+    assert code == 2 and any("client_key_password" in line for line in err)

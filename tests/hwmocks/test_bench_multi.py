@@ -30,7 +30,7 @@ def two_connectors(state_dir: Path, *, grid: bool, **per_connector: dict[str, An
     data = tomllib.loads(EXAMPLE.read_text(encoding="utf-8"))
     data["state_dir"] = str(state_dir)
     data["authorization"] = {"free_vend": True}
-    data["bench"].update(control_port=0, ev_delay_s=0.5)
+    data["bench"].update(control_port=0, ev_delay_s=0.5, **per_connector.get("bench", {}))
     data["grid"]["enabled"] = grid
     data["grid"]["meter"]["port"] = 0
     for index, connector in enumerate(data["connectors"]):
@@ -250,7 +250,8 @@ async def test_a_paused_evs_share_goes_to_the_other(make_two: MakeTwo) -> None:
 
 
 async def test_rtu_meter_over_the_benchs_pty_reports_growing_energy(make_two: MakeTwo) -> None:
-    two = await make_two(c2={"meter": {"transport": "rtu", "parity": "E"}})
+    # An RS-485 meter is a real charger's part: the bench simulates it only when forced.
+    two = await make_two(c2={"meter": {"transport": "rtu", "parity": "E"}}, bench={"force": True})
     sim = two.bench.sim(2)
     assert sim.serial is not None and sim.meter.serial_port == sim.serial.port_a
     wired = two.stack._wired.connectors[1].meter
