@@ -28,8 +28,19 @@ def _parser() -> argparse.ArgumentParser:
 
     cfg = sub.add_parser("config", help="configuration tools")
     cfg_sub = cfg.add_subparsers(metavar="ACTION")
-    check = cfg_sub.add_parser("check", help="validate a configuration file and print it resolved")
+    check = cfg_sub.add_parser(
+        "check",
+        help="validate a configuration file as `run` would and print it resolved",
+        description="Validate the file, then check on this machine what `evsed run` needs "
+        "(certificate and key files, meter maps, state directory, PWM chip). Problems: exit "
+        "status 2, one line each; warnings are printed and pass.",
+    )
     check.add_argument("file", nargs="?", type=Path, help="TOML file (default: bench defaults)")
+    check.add_argument(
+        "--file-only",
+        action="store_true",
+        help="check the file alone, not this machine (e.g. before copying it to the charger)",
+    )
     check.set_defaults(func=_config_check)
 
     bench = sub.add_parser("bench", help="run the simulated bench alone")
@@ -59,8 +70,25 @@ def load_or_exit(path: Path | None) -> config.Config:
         raise SystemExit(EXIT_CONFIG) from None
 
 
+def checked_or_exit(path: Path | None) -> config.Config:
+    """The configuration `run` uses: the file validated, then the machine checked
+    (`preflight`). Problems: one line each and exit status 2; warnings: printed."""
+    cfg = load_or_exit(path)
+    from evsed.controller import preflight
+
+    report = preflight.check(cfg)
+    source = "(defaults)" if path is None else str(path)
+    for problem in report.problems:
+        print(f"{source}: {problem}", file=sys.stderr)
+    for warning in report.warnings:
+        print(f"{source}: warning: {warning}", file=sys.stderr)
+    if report.problems:
+        raise SystemExit(EXIT_CONFIG)
+    return cfg
+
+
 def _config_check(args: argparse.Namespace) -> int:
-    cfg = load_or_exit(args.file)
+    cfg = load_or_exit(args.file) if args.file_only else checked_or_exit(args.file)
     sys.stdout.write(tomlout.dumps(config.redacted(cfg)))
     return 0
 
@@ -74,7 +102,9 @@ def _bench(args: argparse.Namespace) -> int:
 def _run(args: argparse.Namespace) -> int:
     from evsed.controller.run import run_controller
 
-    return run_controller(load_or_exit(args.config))
+    # The same checks as `config check`, before anything starts; they also load the TLS
+    # key material, once, before the event loop runs.
+    return run_controller(checked_or_exit(args.config))
 
 
 def _safe_off(args: argparse.Namespace) -> int:

@@ -26,7 +26,6 @@ import ssl
 from collections.abc import Awaitable
 from contextlib import suppress
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
@@ -34,6 +33,7 @@ from ocpp.exceptions import OCPPError
 from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed, InvalidHandshake, InvalidStatus, InvalidURI
 
+from evsed.controller import tls
 from evsed.controller.clock import Clock
 from evsed.controller.config import CentralSystem as CentralSystemConfig
 from evsed.controller.config import mask_url
@@ -288,17 +288,9 @@ def _password(cs: CentralSystemConfig, keys: ConfigurationKeys) -> str:
 
 
 def client_ssl_context(cs: CentralSystemConfig, profile: int) -> ssl.SSLContext:
-    """The TLS context for ``wss://`` (profiles 2 and 3). One small function on purpose:
-    the configuration's TLS module is to replace it with key material loaded once."""
-    context = ssl.create_default_context(
-        ssl.Purpose.SERVER_AUTH, cafile=str(cs.ca_file) if cs.ca_file else None
-    )
-    context.minimum_version = ssl.TLSVersion.TLSv1_2
-    if profile == 3:
-        if cs.client_cert is None or cs.client_key is None:
-            raise ValueError("security profile 3 needs client_cert and client_key")
-        context.load_cert_chain(Path(cs.client_cert), Path(cs.client_key))
-    return context
+    """The TLS context for ``wss://`` (profiles 2 and 3), built once at start-up with the
+    key material (controller/tls.py): nothing is read, nor any passphrase asked, here."""
+    return tls.client_context(cs, profile)
 
 
 def connect_settings(cs: CentralSystemConfig, keys: ConfigurationKeys) -> ConnectSettings:

@@ -1,0 +1,187 @@
+"""`evsed config check` finds what `evsed run` would trip on, and `run` stops on the same."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from evsed.controller import cli, config, preflight
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def check(tmp_path: Path, text: str, capsys: pytest.CaptureFixture[str]) -> tuple[int, list[str]]:
+    path = tmp_path / "evsed.toml"
+    path.write_text(f'state_dir = "{tmp_path / "state"}"\n' + text)
+    try:
+        code = cli.main(["config", "check", str(path)])
+    except SystemExit as exc:
+        code = int(exc.code or 0)
+    return code, capsys.readouterr().err.splitlines()
+
+
+def prefix(tmp_path: Path) -> str:
+    return f"{tmp_path / 'evsed.toml'}: "
+
+
+def test_unknown_meter_model(tmp_path, capsys) -> None:
+    code, err = check(tmp_path, '[[connectors]]\n[connectors.meter]\nmodel = "sdm999"\n', capsys)
+    assert code == 2
+    assert len(err) == 1
+    assert err[0].startswith(
+        prefix(tmp_path) + "connectors[0].meter.model: unknown meter model 'sdm999' (built in: "
+    )
+    assert err[0].endswith("(given: 'sdm999')")
+
+
+def test_missing_meter_map_names_the_file(tmp_path, capsys) -> None:
+    gone = tmp_path / "maps" / "mine.toml"
+    code, err = check(tmp_path, f'[grid]\nenabled = true\n[grid.meter]\nmodel = "{gone}"\n', capsys)
+    assert code == 2
+    assert err == [
+        prefix(tmp_path) + f"grid.meter.model: {gone}: cannot read register map: "
+        f"No such file or directory (given: '{gone}')"
+    ]
+
+
+def test_broken_meter_map_is_named(tmp_path, capsys) -> None:
+    bad = tmp_path / "bad.toml"
+    bad.write_text("name = 3\n")
+    code, err = check(tmp_path, f'[[connectors]]\n[connectors.meter]\nmodel = "{bad}"\n', capsys)
+    assert code == 2
+    assert err[0].startswith(prefix(tmp_path) + f"connectors[0].meter.model: {bad}: ")
+
+
+def test_state_dir_that_is_a_file(tmp_path, capsys) -> None:
+    (tmp_path / "state").write_text("")
+    code, err = check(tmp_path, "", capsys)
+    assert code == 2
+    assert err == [
+        prefix(tmp_path) + f"state_dir: a directory ({tmp_path / 'state'} is not one) "
+        f"(given: '{tmp_path / 'state'}')"
+    ]
+
+
+def test_state_dir_that_cannot_be_created(tmp_path, capsys) -> None:
+    # /proc takes no new entries, not even from root (os.access() would say it does).
+    path = tmp_path / "evsed.toml"
+    path.write_text('state_dir = "/proc/evsed/state"\n')
+    with pytest.raises(SystemExit) as exc:
+        cli.main(["config", "check", str(path)])
+    assert exc.value.code == 2
+    err = capsys.readouterr().err
+    assert f"{path}: state_dir: a directory evsed can create (/proc: " in err
+    assert "(given: '/proc/evsed/state')" in err
+
+
+def test_state_dir_below_a_file(tmp_path, capsys) -> None:
+    (tmp_path / "f").write_text("")
+    path = tmp_path / "evsed.toml"
+    path.write_text(f'state_dir = "{tmp_path / "f" / "state"}"\n')
+    with pytest.raises(SystemExit):
+        cli.main(["config", "check", str(path)])
+    assert f"a directory evsed can create ({tmp_path / 'f'} is not a directory)" in (
+        capsys.readouterr().err
+    )
+
+
+def test_missing_state_dir_that_can_be_created_passes_and_is_not_created(tmp_path, capsys):
+    code, err = check(tmp_path, "", capsys)
+    assert code == 0, err
+    assert not (tmp_path / "state").exists()  # checking creates nothing
+
+
+def sysfs_config(chip: int = 0) -> config.Config:
+    return config.parse({"connectors": [{"pilot": {"driver": "sysfs", "pwm_chip": chip}}]})
+
+
+def test_sysfs_pwm_chip_must_exist(tmp_path) -> None:
+    (tmp_path / "pwmchip0").mkdir()
+    assert preflight.check(sysfs_config(0), pwm_root=tmp_path).problems == []
+    problems = preflight.check(sysfs_config(2), pwm_root=tmp_path).problems
+    assert [str(p) for p in problems] == [
+        f"connectors[0].pilot.pwm_chip: a kernel PWM chip ({tmp_path / 'pwmchip2'} does not "
+        f"exist: enable dtoverlay=pwm-2chan, or pick the chip listed in {tmp_path}) (given: 2)"
+    ]
+
+
+@pytest.mark.parametrize("factory", ["lgpio", "RPiGPIO", "pigpio", "native"])
+def test_the_bench_is_refused_on_real_pins(factory: str) -> None:
+    cfg = config.load(None)
+    problems = preflight.check(cfg, environ={"GPIOZERO_PIN_FACTORY": factory}).problems
+    assert len(problems) == 1
+    assert problems[0].path == "bench.enabled"
+    assert f"GPIOZERO_PIN_FACTORY={factory.lower()}" in problems[0].expected
+    forced = config.parse({"bench": {"force": True}})
+    assert preflight.check(forced, environ={"GPIOZERO_PIN_FACTORY": factory}).problems == []
+    assert preflight.check(cfg, environ={"GPIOZERO_PIN_FACTORY": "mock"}).problems == []
+
+
+def test_warnings_are_printed_and_pass(tmp_path, capsys) -> None:
+    text = (
+        "[central_system]\nsecurity_profile = 1\n"
+        'authorization_key = "change-me-0123456789abcdef"\n'
+        "[[connectors]]\n[connectors.rcd]\nenabled = false\n"
+    )
+    path = tmp_path / "evsed.toml"
+    path.write_text(text)
+    # TOML has no null, so a file cannot unset feedback_pin; the model can.
+    cfg = config.load(path).model_copy(deep=True)
+    cfg.connectors[0].contactor.feedback_pin = None
+    report = preflight.check(cfg)
+    assert report.problems == []
+    assert [w.path for w in report.warnings] == [
+        "connectors[0].rcd.enabled",
+        "connectors[0].contactor.feedback_pin",
+        "central_system.authorization_key",
+    ]
+    assert all("change-me" not in str(w) for w in report.warnings)
+    assert cli.main(["config", "check", str(path)]) == 0
+    err = capsys.readouterr().err.splitlines()
+    assert err[0].startswith(f"{path}: warning: connectors[0].rcd.enabled: an RCD/RCM")
+    assert any("authorization_key: a key of this charger's own" in line for line in err)
+
+
+def test_pi_example_on_this_machine_names_each_missing_part(capsys) -> None:
+    path = REPO / "config" / "raspberry-pi.toml"
+    with pytest.raises(SystemExit) as exc:
+        cli.main(["config", "check", str(path)])
+    assert exc.value.code == 2
+    err = capsys.readouterr().err
+    if not Path("/etc/evsed/cs-ca.pem").exists():
+        assert (
+            f"{path}: central_system.ca_file: no such file (given: '/etc/evsed/cs-ca.pem')" in err
+        )
+    assert f"{path}: warning: central_system.authorization_key" in err
+
+
+def test_run_stops_with_the_same_lines_and_exit_2(tmp_path) -> None:
+    path = tmp_path / "evsed.toml"
+    path.write_text(
+        f'state_dir = "{tmp_path / "state"}"\n'
+        '[[connectors]]\n[connectors.meter]\nmodel = "sdm999"\n'
+        '[grid]\nenabled = true\n[grid.meter]\nmodel = "nope"\n'
+    )
+    runs = [
+        subprocess.run(
+            [sys.executable, "-m", "evsed.controller.cli", *argv, str(path)],
+            capture_output=True,
+            text=True,
+            timeout=60,
+            stdin=subprocess.DEVNULL,
+        )
+        for argv in (["config", "check"], ["run", "--config"])
+    ]
+    checked, ran = runs
+    assert checked.returncode == ran.returncode == 2
+    assert ran.stderr == checked.stderr
+    lines = ran.stderr.splitlines()
+    assert [line.split(": ")[1] for line in lines] == [
+        "connectors[0].meter.model",
+        "grid.meter.model",
+    ]
+    assert "Traceback" not in ran.stderr
+    assert not (tmp_path / "state").exists()
