@@ -87,11 +87,38 @@ def test_a_version_1_database_is_migrated_keeping_its_rows(tmp_path: Path) -> No
     con = sqlite3.connect(path, isolation_level=None)
     con.executescript(f"BEGIN; {MIGRATIONS[0]} PRAGMA user_version=1; COMMIT;")
     con.execute("INSERT INTO config (key, value) VALUES ('HeartbeatInterval', '60')")
+    con.execute(
+        "INSERT INTO transactions (connector_id, id_tag, meter_start_wh, start_time) "
+        "VALUES (1, 'A', 0, ?)",
+        (T0.isoformat(),),
+    )
+    con.execute("INSERT INTO tx_queue (id, action, payload, tx_local_id) VALUES (41, 'X', '{}', 1)")
+    con.execute(
+        "INSERT INTO tx_queue (action, payload, tx_local_id, attempts, parked) "
+        "VALUES ('StopTransaction', '{}', 1, 2, 1)"
+    )
     con.close()
     with Store(path) as s:
-        assert s.schema_version == SCHEMA_VERSION == 2
+        assert s.schema_version == SCHEMA_VERSION == 3
         assert s.config_values() == {"HeartbeatInterval": "60"}
         s.reservation_put(Reservation(1, 1, "A", T0))
+        rows = s.queue_rows() + s.queue_rows(parked=True)
+        assert [(r.id, r.action, r.attempts, r.parked) for r in rows] == [
+            (41, "X", 0, False),
+            (42, "StopTransaction", 2, True),
+        ]
+        with pytest.raises(sqlite3.IntegrityError):  # still one StopTransaction per tx
+            s.queue_insert("StopTransaction", {}, 1)
+        assert s.queue_insert("MeterValues", {}, 1) == 43
+        assert s.integrity_check() == "ok"
+
+
+def test_a_queued_meter_value_writes_no_sequence_page(tmp_path: Path) -> None:
+    """The queue has no AUTOINCREMENT: a MeterValues dirties no sqlite_sequence page."""
+    with Store(tmp_path / "evsed.db") as s:
+        s.queue_insert("MeterValues", {}, None)
+        sql = "SELECT count(*) FROM sqlite_sequence WHERE name = 'tx_queue'"
+        assert s.execute(sql).fetchone()[0] == 0
 
 
 def _mode(path: Path) -> int:
