@@ -6,6 +6,12 @@ and gets exactly one reply line: `{"id": ..., "ok": true, ...result}` or
 commands, bad arguments and errors raised by the bench all become `ok: false` replies and
 the connection stays open. Commands and replies are documented in hw-mocks/README.md.
 
+Limits, so that a local user or a runaway script cannot take the process down: at most
+`max_clients` connections at once (one more gets an error line and is closed), request
+lines of at most `max_line_bytes`, JSON nested at most MAX_DEPTH deep (deeper gets an
+error reply, not a RecursionError). When accept() fails (EMFILE at the descriptor limit),
+the server backs off and logs at most one line per ACCEPT_LOG_INTERVAL_S.
+
 The server only parses, validates and dispatches; the bench behind it implements
 `BenchControl`. `BenchClient` is a small blocking client for scripts and other processes,
 and `python -m evsed.hwmocks.control --port N <cmd> [key=value ...]` is its command line.
@@ -18,6 +24,7 @@ import asyncio
 import contextlib
 import dataclasses
 import enum
+import errno
 import inspect
 import itertools
 import json
@@ -25,6 +32,7 @@ import logging
 import math
 import socket
 import sys
+import time
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import date, datetime
@@ -35,6 +43,8 @@ __all__ = [
     "DEFAULT_PORT",
     "EV_FIELDS",
     "FAULT_NAMES",
+    "MAX_CLIENTS",
+    "MAX_DEPTH",
     "MAX_LINE_BYTES",
     "READERS",
     "BenchClient",
@@ -48,6 +58,12 @@ log = logging.getLogger(__name__)
 
 DEFAULT_PORT = 8765  # the configuration's default bench.control_port
 MAX_LINE_BYTES = 64 * 1024
+MAX_CLIENTS = 16  # tests and scripts hold a few connections; a person one or two
+MAX_DEPTH = 16  # a request is one flat object; nothing legitimate nests this deep
+ACCEPT_LOG_INTERVAL_S = 10.0
+# accept() back-off while the process has no descriptor (or memory) to spare.
+ACCEPT_RETRY_S = (0.05, 1.0)
+_RESOURCE_ERRNOS = frozenset({errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM})
 
 FAULT_NAMES = (
     "meter_silent",
@@ -366,6 +382,60 @@ def _error(req_id: Any, message: str) -> dict[str, Any]:
     return {"id": req_id, "ok": False, "error": message}
 
 
+def _too_deep(text: str, limit: int) -> bool:
+    """Whether JSON text nests objects/arrays deeper than `limit` (brackets inside
+    strings do not count). Checked before json.loads, which recurses once per level."""
+    if text.count("[") + text.count("{") <= limit:
+        return False  # the common case, at C speed
+    depth = 0
+    in_string = escaped = False
+    for ch in text:
+        if in_string:
+            if escaped:
+                escaped = False
+            elif ch == "\\":
+                escaped = True
+            elif ch == '"':
+                in_string = False
+        elif ch == '"':
+            in_string = True
+        elif ch in "[{":
+            depth += 1
+            if depth > limit:
+                return True
+        elif ch in "]}":
+            depth -= 1
+    return False
+
+
+class RateLimitedLog:
+    """Logs the first of a run of errors at once, then at most one line per `interval_s`
+    saying how many were left out. The clock is injectable for tests."""
+
+    def __init__(
+        self,
+        logger: logging.Logger,
+        interval_s: float = ACCEPT_LOG_INTERVAL_S,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self._log, self._interval, self._clock = logger, interval_s, clock
+        self._next = -math.inf
+        self.suppressed = 0
+        self.total = 0
+
+    def warning(self, message: str, *args: Any) -> None:
+        self.total += 1
+        now = self._clock()
+        if now < self._next:
+            self.suppressed += 1
+            return
+        if self.suppressed:
+            message += f" ({self.suppressed} more since the last report)"
+            self.suppressed = 0
+        self._next = now + self._interval
+        self._log.warning(message, *args)
+
+
 class ControlServer:
     """Serves one `BenchControl` on a loopback TCP port (0 = ephemeral; see `port`)."""
 
@@ -376,39 +446,112 @@ class ControlServer:
         port: int = 0,
         *,
         max_line_bytes: int = MAX_LINE_BYTES,
+        max_clients: int = MAX_CLIENTS,
+        max_depth: int = MAX_DEPTH,
     ) -> None:
         self._bench = bench
         self._host = host
         self._port = port
         self._max_line = max_line_bytes
-        self._server: asyncio.Server | None = None
+        self._max_clients = max_clients
+        self._max_depth = max_depth
+        self._sock: socket.socket | None = None
+        self._acceptor: asyncio.Task[None] | None = None
         self._clients: set[asyncio.Task[None]] = set()
+        self.accept_errors = RateLimitedLog(log)
+        self.refused = 0  # connections turned away at max_clients
 
     @property
     def port(self) -> int:
         """The bound port (after `start`)."""
-        if self._server is None:
+        if self._sock is None:
             raise RuntimeError("control server not started")
-        return int(self._server.sockets[0].getsockname()[1])
+        return int(self._sock.getsockname()[1])
 
     @property
     def host(self) -> str:
         return self._host
 
+    @property
+    def clients(self) -> int:
+        return len(self._clients)
+
     async def start(self) -> int:
-        self._server = await asyncio.start_server(self._serve_client, self._host, self._port)
+        # Our own accept loop, not asyncio.start_server: on EMFILE asyncio logs every
+        # failed accept of a tick (thousands of lines a second) and retries in lockstep.
+        loop = asyncio.get_running_loop()
+        infos = await loop.getaddrinfo(
+            self._host, self._port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE
+        )
+        family, kind, proto, _, address = infos[0]
+        sock = socket.socket(family, kind, proto)
+        try:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            sock.bind(address)
+            sock.listen(min(socket.SOMAXCONN, 64))
+            sock.setblocking(False)
+        except BaseException:
+            sock.close()
+            raise
+        self._sock = sock
+        self._acceptor = loop.create_task(self._accept_loop(sock), name="bench-control-accept")
         log.info("bench control channel on %s:%d", self._host, self.port)
         return self.port
 
     async def close(self) -> None:
-        if self._server is None:
+        if self._sock is None:
             return
-        self._server.close()
+        if self._acceptor is not None:
+            self._acceptor.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._acceptor
+            self._acceptor = None
         for task in list(self._clients):
             task.cancel()
         await asyncio.gather(*self._clients, return_exceptions=True)
-        await self._server.wait_closed()
-        self._server = None
+        self._sock.close()
+        self._sock = None
+
+    async def _accept_loop(self, sock: socket.socket) -> None:
+        loop = asyncio.get_running_loop()
+        delay = ACCEPT_RETRY_S[0]
+        while True:
+            try:
+                conn, _addr = await loop.sock_accept(sock)
+            except OSError as exc:
+                if exc.errno in _RESOURCE_ERRNOS:
+                    self.accept_errors.warning(
+                        "bench control channel: cannot accept a connection: %s", exc
+                    )
+                else:
+                    self.accept_errors.warning("bench control channel: accept failed: %s", exc)
+                # The listening socket stays readable: without a pause this would spin.
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, ACCEPT_RETRY_S[1])
+                continue
+            delay = ACCEPT_RETRY_S[0]
+            if len(self._clients) >= self._max_clients:
+                self._refuse(conn)
+                continue
+            task = loop.create_task(self._serve_socket(conn))
+            self._clients.add(task)
+            task.add_done_callback(self._clients.discard)
+
+    def _refuse(self, conn: socket.socket) -> None:
+        self.refused += 1
+        message = f"too many connections (at most {self._max_clients}); try again later"
+        with contextlib.suppress(OSError):
+            conn.setblocking(False)
+            conn.send(self._encode(_error(None, message)))
+        conn.close()
+
+    async def _serve_socket(self, conn: socket.socket) -> None:
+        try:
+            reader, writer = await asyncio.open_connection(sock=conn)
+        except OSError:
+            conn.close()
+            return
+        await self._serve_client(reader, writer)
 
     async def __aenter__(self) -> ControlServer:
         await self.start()
@@ -420,7 +563,12 @@ class ControlServer:
     async def handle_line(self, line: bytes | str) -> dict[str, Any]:
         """Answer one request line (without its newline). Never raises."""
         try:
-            request = json.loads(line)
+            text = line.decode() if isinstance(line, bytes) else line
+            if _too_deep(text, self._max_depth):
+                return _error(None, f"bad JSON: nested deeper than {self._max_depth} levels")
+            request = json.loads(text)
+        except RecursionError:  # a max_depth set above what the interpreter can parse
+            return _error(None, "bad JSON: nested too deep")
         except (ValueError, UnicodeDecodeError) as exc:
             return _error(None, f"bad JSON: {exc}")
         if not isinstance(request, dict):
@@ -475,9 +623,6 @@ class ControlServer:
     async def _serve_client(
         self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter
     ) -> None:
-        task = asyncio.current_task()
-        assert task is not None
-        self._clients.add(task)
         buf = bytearray()
         discarding = False  # inside an over-long line that already got its error reply
         too_long = f"request line longer than {self._max_line} bytes"
@@ -505,7 +650,6 @@ class ControlServer:
         except OSError:
             pass  # the client went away; nothing to answer
         finally:
-            self._clients.discard(task)
             writer.close()
             with contextlib.suppress(Exception):
                 await writer.wait_closed()

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -77,6 +78,10 @@ class Conn:
 
     async def ask(self, request: dict[str, Any]) -> dict[str, Any]:
         await self.send_raw(json.dumps(request).encode() + b"\n")
+        return await self.reply()
+
+    async def ask_raw(self, line: bytes) -> dict[str, Any]:
+        await self.send_raw(line + b"\n")
         return await self.reply()
 
     async def close(self) -> None:
@@ -356,3 +361,161 @@ def test_readme_documents_every_command_and_fault() -> None:
     readme = (Path(__file__).resolve().parents[2] / "hw-mocks" / "README.md").read_text()
     for name in (*COMMANDS, *FAULT_NAMES):
         assert f"`{name}`" in readme, name
+
+
+# ---------------------------------------------------------------- limits
+
+
+async def test_nested_json_gets_an_error_reply_and_the_connection_stays(
+    bench: FakeBench,
+) -> None:
+    srv = ControlServer(bench, port=0)  # the default 64 KiB line: room for 30,000 levels
+    await srv.start()
+    c = Conn(*await asyncio.open_connection("127.0.0.1", srv.port))
+    try:
+        for deep in (b"[" * 30000, b'{"cmd": "ping", "x": ' + b"[" * 30000 + b"]" * 30000 + b"}"):
+            reply = await c.ask_raw(deep)
+            assert reply == {
+                "id": None,
+                "ok": False,
+                "error": f"bad JSON: nested deeper than {control.MAX_DEPTH} levels",
+            }
+        # Brackets inside strings are text, not nesting; nesting up to the limit is parsed.
+        assert (await c.ask({"id": 1, "cmd": "present_card", "uid": "[" * 100}))["ok"]
+        nested: Any = 0
+        for _ in range(control.MAX_DEPTH - 1):
+            nested = [nested]
+        within = await c.ask({"id": 2, "cmd": "ping", "x": nested})
+        assert within["error"].startswith("unknown argument(s) x")
+        assert (await c.ask({"id": 3, "cmd": "ping"}))["ok"]
+    finally:
+        await c.close()
+        await srv.close()
+
+
+async def test_deep_json_check_counts_only_real_nesting() -> None:
+    assert not control._too_deep('{"a": "[[[[[[[[[[[[[[[[[[[[[[[[[["}', 3)
+    assert not control._too_deep('{"a": "\\"[[[[[[[[[[[[[[[[[[[[[[[["}', 3)
+    assert control._too_deep('{"a": [[[1]]]}', 3)
+    assert not control._too_deep('{"a": [[1]], "b": [[2]], "c": [[3]]}', 3)
+
+
+async def test_connections_beyond_the_limit_are_refused_with_a_reply(bench: FakeBench) -> None:
+    srv = ControlServer(bench, port=0, max_clients=2)
+    await srv.start()
+    held = [Conn(*await asyncio.open_connection("127.0.0.1", srv.port)) for _ in range(2)]
+    try:
+        for c in held:  # both accepted and served
+            assert (await c.ask({"cmd": "ping"}))["ok"]
+        extra = Conn(*await asyncio.open_connection("127.0.0.1", srv.port))
+        assert await extra.reply() == {
+            "id": None,
+            "ok": False,
+            "error": "too many connections (at most 2); try again later",
+        }
+        assert await asyncio.wait_for(extra.reader.read(), TIMEOUT) == b""
+        await extra.close()
+        assert srv.refused == 1 and srv.clients == 2
+        # The held clients are still served; one leaving makes room for another.
+        assert (await held[0].ask({"cmd": "ping"}))["ok"]
+        await held.pop().close()
+        for _attempt in range(100):
+            c = Conn(*await asyncio.open_connection("127.0.0.1", srv.port))
+            await c.send_raw(b'{"cmd": "ping"}\n')
+            reply = await c.reply()
+            if reply["ok"]:
+                held.append(c)
+                break
+            await c.close()  # the server had not seen the other one leave yet
+        else:
+            raise AssertionError("no room after a client left")
+    finally:
+        for c in held:
+            await c.close()
+        await srv.close()
+
+
+def test_rate_limited_log_bounds_the_lines() -> None:
+    records: list[str] = []
+
+    class Collect(logging.Handler):
+        def emit(self, record: logging.LogRecord) -> None:
+            records.append(record.getMessage())
+
+    logger = logging.getLogger("test.ratelimit")
+    logger.propagate = False
+    logger.addHandler(Collect())
+    now = [0.0]
+    limited = control.RateLimitedLog(logger, interval_s=10.0, clock=lambda: now[0])
+    for _ in range(7000):  # a second of accept errors at the rate the issue measured
+        limited.warning("cannot accept: %s", "EMFILE")
+        now[0] += 1 / 7000
+    assert records == ["cannot accept: EMFILE"]
+    now[0] = 10.5
+    limited.warning("cannot accept: %s", "EMFILE")
+    assert records[-1] == "cannot accept: EMFILE (6999 more since the last report)"
+    assert limited.total == 7001
+
+
+EMFILE_SCRIPT = r"""
+import asyncio, json, logging, os, resource, socket, sys, time
+from evsed.hwmocks.control import ControlServer
+
+lines = []
+class Count(logging.Handler):
+    def emit(self, record):
+        lines.append(record.getMessage())
+logging.getLogger().addHandler(Count())
+logging.getLogger().setLevel(logging.INFO)
+
+class Bench:
+    connector_ids = (1,)
+
+async def main():
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    resource.setrlimit(resource.RLIMIT_NOFILE, (256, hard))
+    srv = ControlServer(Bench(), port=0, max_clients=1024)
+    await srv.start()
+    clients = [socket.create_connection(("127.0.0.1", srv.port)) for _ in range(40)]
+    filler = []
+    try:
+        while True:
+            filler.append(os.open("/dev/null", os.O_RDONLY))
+    except OSError:
+        pass
+    lines.clear()
+    start = time.monotonic()
+    await asyncio.sleep(2.0)  # measure a rate: two seconds with no descriptor to spare
+    window = time.monotonic() - start
+    errors, logged = srv.accept_errors.total, list(lines)
+    for fd in filler:
+        os.close(fd)
+    # With descriptors again, the waiting clients are accepted and served.
+    loop = asyncio.get_running_loop()
+    c = clients[-1]
+    c.setblocking(False)
+    await loop.sock_sendall(c, b'{"cmd": "ping"}\n')
+    reply = await asyncio.wait_for(loop.sock_recv(c, 4096), 10)
+    print(json.dumps({"errors": errors, "logged": logged, "window": window,
+                      "reply": json.loads(reply)}))
+    for c in clients:
+        c.close()
+    await srv.close()
+
+asyncio.run(main())
+"""
+
+
+def test_descriptor_exhaustion_logs_a_bounded_rate_and_recovers() -> None:
+    import subprocess
+    import sys
+
+    proc = subprocess.run(
+        [sys.executable, "-c", EMFILE_SCRIPT], capture_output=True, text=True, timeout=60
+    )
+    assert proc.returncode == 0, proc.stderr
+    result = json.loads(proc.stdout.splitlines()[-1])
+    assert result["errors"] >= 3, result  # it kept retrying while out of descriptors ...
+    assert len(result["logged"]) == 1, result  # ... and said so once (10 s interval)
+    assert "Too many open files" in result["logged"][0]
+    assert result["reply"] == {"id": None, "ok": True, "pong": True}
