@@ -237,11 +237,12 @@ def test_interval_is_a_quarter_of_watchdog_usec_and_sd_notify_reaches_the_socket
     assert receiver.received[0][1] == "READY=1\nSTATUS=x"
 
 
-async def test_serve_pings_from_the_real_charger_and_stops_when_its_safety_core_stops(
+async def test_serve_pings_only_while_the_real_safety_core_ticks(
     receiver: Receiver, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """`evsed run`'s serve() on the bench: READY=1, then pings while the samplers tick;
-    once the charger's safety core is stopped (tick age inf) the pings stop."""
+    """`evsed run`'s serve() on the bench: READY=1, then pings while the core thread ticks;
+    none while that thread is frozen (a command that hangs on it, the loop free), pings
+    again once it is released, none once the charger's core is stopped (tick age inf)."""
     monkeypatch.setenv("WATCHDOG_USEC", str(int(INTERVAL_S * 4e6)))
     config = bench_config(central_system={"enabled": False}, state_dir=str(tmp_path / "state"))
     stop = asyncio.Event()
@@ -264,7 +265,25 @@ async def test_serve_pings_from_the_real_charger_and_stops_when_its_safety_core_
         assert receiver.received[0][1].startswith("READY=1")
         assert stack.safety_tick_age() <= 1.0
         charger = stack.charger
-        assert charger is not None
+        assert charger is not None and charger.core.threaded
+
+        # Freeze the core thread for 1.6 s (below the core's 2 s command timeout): a
+        # command that blocks on it, queued from a worker so the loop stays free.
+        release = threading.Event()
+        withholding.clear()  # a start-up check may have withheld before the first tick
+        frozen_at = time.monotonic()
+        hang = asyncio.create_task(asyncio.to_thread(charger.core.call, lambda: release.wait(5)))
+        await asyncio.wait_for(withholding.wait(), 5)  # once the tick is 1 s old
+        silent_from = time.monotonic()
+        assert silent_from - frozen_at >= 1.0
+        await asyncio.sleep(0.5)  # the observation window of the silence
+        release.set()
+        released_at = time.monotonic()
+        await hang
+        assert receiver.pings(silent_from + 0.05, released_at) == []
+        await changes.until(lambda: len(receiver.pings(since=released_at)) >= 3)
+
+        withholding.clear()
         await charger.stop()
         stopped_at = time.monotonic()
         assert stack.safety_tick_age() == math.inf
