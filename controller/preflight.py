@@ -42,6 +42,7 @@ def check(
     _state_dir(config.state_dir, report)
     _pwm_chips(config, pwm_root, report)
     _pins(config, env, report)
+    _gpio(config, report)
     _warnings(config, report)
     return report
 
@@ -132,6 +133,34 @@ def _pins(config: Config, env: dict[str, str], report: Report) -> None:
                 "remove [bench] on a charger, or set [bench] force = true",
             )
         )
+
+
+def _gpio(config: Config, report: Report) -> None:
+    """Without the bench the drivers need real GPIO: on a PC gpiozero finds no pin factory
+    and `run` would stop with a traceback from deep inside the first driver."""
+    if config.bench.enabled:
+        return
+    import warnings
+
+    from gpiozero import Device
+
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # gpiozero warns for each factory it skips
+            # The factory gpiozero would pick for the drivers (GPIOZERO_PIN_FACTORY
+            # honoured); opening it touches no pin.
+            factory = Device._default_pin_factory()
+    except Exception as exc:
+        report.problems.append(
+            Problem(
+                "bench.enabled",
+                "false (no [bench] section)",
+                f"GPIO pins for the drivers, but gpiozero has none here ({exc}); "
+                "to simulate the charger on this machine, add a [bench] section",
+            )
+        )
+        return
+    factory.close()
 
 
 def _warnings(config: Config, report: Report) -> None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import subprocess
 import sys
+import warnings
 from pathlib import Path
 
 import pytest
@@ -11,6 +12,13 @@ import pytest
 from evsed.controller import cli, config, preflight
 
 REPO = Path(__file__).resolve().parents[2]
+
+
+@pytest.fixture(autouse=True)
+def _mock_gpio(monkeypatch: pytest.MonkeyPatch) -> None:
+    # Files without [bench] need GPIO, which this machine may not have: gpiozero's mock pins
+    # stand in (the check for real pins has its own test in test_preflight.py).
+    monkeypatch.setenv("GPIOZERO_PIN_FACTORY", "mock")
 
 
 def check(tmp_path: Path, text: str, capsys: pytest.CaptureFixture[str]) -> tuple[int, list[str]]:
@@ -185,3 +193,24 @@ def test_run_stops_with_the_same_lines_and_exit_2(tmp_path) -> None:
     ]
     assert "Traceback" not in ran.stderr
     assert not (tmp_path / "state").exists()
+
+
+def test_without_the_bench_the_drivers_need_real_gpio(monkeypatch) -> None:
+    monkeypatch.delenv("GPIOZERO_PIN_FACTORY")
+    from gpiozero import BadPinFactory, Device
+
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            Device._default_pin_factory().close()
+    except BadPinFactory:
+        pass
+    else:
+        pytest.skip("this machine has GPIO")
+    cfg = config.parse({"central_system": {"enabled": False}})
+    problems = preflight.check(cfg).problems
+    assert [p.path for p in problems] == ["bench.enabled"]
+    assert "gpiozero has none here" in str(problems[0])
+    assert "add a [bench] section" in str(problems[0])
+    # The bench brings its own pins.
+    assert preflight.check(config.load(None)).problems == []

@@ -28,6 +28,13 @@ pytestmark = pytest.mark.skipif(shutil.which("openssl") is None, reason="needs o
 PASSWORD = "s3cret-phrase"
 
 
+@pytest.fixture(autouse=True)
+def _mock_gpio(monkeypatch: pytest.MonkeyPatch) -> None:
+    # Files without [bench] need GPIO, which this machine may not have: gpiozero's mock pins
+    # stand in (the check for real pins has its own test in test_preflight.py).
+    monkeypatch.setenv("GPIOZERO_PIN_FACTORY", "mock")
+
+
 def make_cert(tmp_path: Path, name: str, password: str | None) -> tuple[Path, Path]:
     cert, key = tmp_path / f"{name}-cert.pem", tmp_path / f"{name}-key.pem"
     secret = ["-passout", f"pass:{password}"] if password else ["-nodes"]
