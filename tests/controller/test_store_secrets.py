@@ -46,8 +46,10 @@ def test_rotated_key_is_stored_privately_and_never_logged(
 
 
 def test_config_check_shows_neither_the_configured_nor_the_rotated_key(
-    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    # No [bench]: config check asks gpiozero for real pins; its mock pins stand in.
+    monkeypatch.setenv("GPIOZERO_PIN_FACTORY", "mock")
     state = tmp_path / "state"
     _rotate(state)
     cfg = tmp_path / "evsed.toml"
