@@ -219,3 +219,58 @@ def test_ca_file_that_is_not_pem_is_named(tmp_path, capsys) -> None:
     err = capsys.readouterr().err
     assert f"{path}: central_system.ca_file: not PEM CA certificates" in err
     assert f"(given: '{bad}')" in err
+
+
+def _openssl(*args: str) -> None:
+    subprocess.run(["openssl", *args], check=True, capture_output=True, timeout=60)
+
+
+def _signed(d: Path, name: str, ca: tuple[Path, Path], ext: str) -> tuple[Path, Path]:
+    key, csr, cert, extfile = (d / f"{name}{s}" for s in (".key", ".csr", ".pem", ".ext"))
+    extfile.write_text(ext + "\n")
+    _openssl(
+        "req", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes",
+        "-keyout", str(key), "-out", str(csr), "-subj", f"/CN={name}",
+    )  # fmt: skip
+    _openssl(
+        "x509", "-req", "-in", str(csr), "-CA", str(ca[1]), "-CAkey", str(ca[0]),
+        "-CAcreateserial", "-out", str(cert), "-days", "1", "-extfile", str(extfile),
+    )  # fmt: skip
+    return key, cert
+
+
+async def test_session_uses_the_prepared_context_of_an_encrypted_key(tmp_path: Path) -> None:
+    from evsed.controller.ocpp16.link import client_ssl_context
+    from evsed.hwmocks.central_system import CentralSystem
+    from tests.support.session_rig import CP, rig
+
+    ca_cert, ca_key = make_cert(tmp_path, "ca", None)
+    ca = (ca_key, ca_cert)
+    server_key, server_cert = _signed(tmp_path, "server", ca, "subjectAltName=IP:127.0.0.1")
+    plain_key, client_cert = _signed(tmp_path, CP, ca, "extendedKeyUsage=clientAuth")
+    client_key = tmp_path / "client-enc.key"
+    _openssl(
+        "pkey", "-in", str(plain_key), "-out", str(client_key), "-aes256",
+        "-passout", f"pass:{PASSWORD}",
+    )  # fmt: skip
+    plain_key.unlink()
+    server = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    server.load_cert_chain(server_cert, server_key)
+    server.verify_mode = ssl.CERT_REQUIRED
+    server.load_verify_locations(cafile=str(ca_cert))
+    async with CentralSystem(ssl_context=server) as cs:
+        cfg = config.CentralSystem(
+            url=cs.url,
+            charge_point_id=CP,
+            security_profile=3,
+            ca_file=ca_cert,
+            client_cert=client_cert,
+            client_key=client_key,
+            client_key_password=PASSWORD,
+        )
+        prepared = tls.prepare(cfg)  # what `evsed run` does before its loop starts
+        client_key.unlink()  # from now on no key file can be read: only the prepared context
+        assert client_ssl_context(cfg, 3) is prepared.mutual
+        async with rig(tmp_path, cs, cs_config=cfg) as r:
+            await r.session.wait_online(5)
+            assert cs.handshakes[-1].status == 101
