@@ -30,8 +30,8 @@ from dataclasses import dataclass
 from enum import StrEnum
 
 from ocpp.v16.datatypes import KeyValue
-from ocpp.v16.enums import Measurand
 
+from evsed.controller.ocpp16.measurands import PHASES, REPORTED, SPEC_MEASURANDS
 from evsed.controller.store import Store
 
 log = logging.getLogger(__name__)
@@ -86,24 +86,9 @@ class KeySpec:
     supported: bool = True
 
 
-MEASURANDS = frozenset(m.value for m in Measurand)
-# What a meter behind evsed.hal.types.MeterSample can deliver (plus what evsed itself knows).
-# Phase names a measurand item may be narrowed to (OCPP 1.6 §7.30 Phase).
-_PHASES = frozenset({"L1", "L2", "L3", "N", "L1-N", "L2-N", "L3-N", "L1-L2", "L2-L3", "L3-L1"})
-
-DEFAULT_MEASURANDS = frozenset(
-    {
-        "Current.Import",
-        "Current.Offered",
-        "Energy.Active.Import.Register",
-        "Energy.Active.Import.Interval",
-        "Frequency",
-        "Power.Active.Import",
-        "Power.Offered",
-        "Temperature",
-        "Voltage",
-    }
-)
+# The measurands a CS may configure, and the phases an item may name: the one table.
+MEASURANDS = frozenset(SPEC_MEASURANDS)
+DEFAULT_MEASURANDS = REPORTED
 PHASE_ROTATIONS = frozenset({"NotApplicable", "Unknown", "RST", "RTS", "SRT", "STR", "TRS", "TSR"})
 FEATURE_PROFILES = frozenset(p.value for p in Profile if p is not Profile.SECURITY)
 _DAY = 86400
@@ -473,7 +458,7 @@ class ConfigurationKeys:
         if item in self._measurands:
             return True
         base, _, phase = item.rpartition(".")
-        return base in self._measurands and phase in _PHASES
+        return base in self._measurands and phase in PHASES
 
     def _validate_csl(self, spec: KeySpec, value: builtins.str) -> builtins.str | None:
         raw = value.split(",") if value.strip() else []

@@ -34,33 +34,18 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from evsed.controller.clock import Clock
+from evsed.controller.ocpp16.measurands import (
+    BUILDABLE,
+    LINE,
+    LINE_NEUTRAL,
+    PHASES,
+    SPEC_MEASURANDS,
+    TABLE,
+    MeasurandRow,
+    PhaseStyle,
+)
 from evsed.controller.readings import MeterSample
 
-# Spec §7.31, in the spec's order. tests check it against ocpp.v16.enums.Measurand.
-SPEC_MEASURANDS: tuple[str, ...] = (
-    "Current.Export",
-    "Current.Import",
-    "Current.Offered",
-    "Energy.Active.Export.Register",
-    "Energy.Active.Import.Register",
-    "Energy.Reactive.Export.Register",
-    "Energy.Reactive.Import.Register",
-    "Energy.Active.Export.Interval",
-    "Energy.Active.Import.Interval",
-    "Energy.Reactive.Export.Interval",
-    "Energy.Reactive.Import.Interval",
-    "Frequency",
-    "Power.Active.Export",
-    "Power.Active.Import",
-    "Power.Factor",
-    "Power.Offered",
-    "Power.Reactive.Export",
-    "Power.Reactive.Import",
-    "RPM",
-    "SoC",
-    "Temperature",
-    "Voltage",
-)
 # Spec §7.35.
 READING_CONTEXTS = frozenset(
     {
@@ -74,25 +59,6 @@ READING_CONTEXTS = frozenset(
         "Trigger",
     }
 )
-# Spec §7.34.
-PHASES = frozenset({"L1", "L2", "L3", "N", "L1-N", "L2-N", "L3-N", "L1-L2", "L2-L3", "L3-L1"})
-# What this module can produce from a MeterSample plus the extra inputs of ``build``.
-SUPPORTED_MEASURANDS = frozenset(
-    {
-        "Current.Import",
-        "Current.Offered",
-        "Energy.Active.Import.Register",
-        "Energy.Active.Import.Interval",
-        "Frequency",
-        "Power.Active.Import",
-        "Power.Offered",
-        "SoC",
-        "Temperature",
-        "Voltage",
-    }
-)
-_LINE = ("L1", "L2", "L3")
-_LINE_N = ("L1-N", "L2-N", "L3-N")
 
 
 def iso8601_utc(ts: datetime) -> str:
@@ -161,7 +127,7 @@ class MeterValueBuilder:
         self.items = parse_measurands(measurands)
         self.phases = phases
         self.location = location
-        self.unsupported = sorted({i.measurand for i in self.items} - SUPPORTED_MEASURANDS)
+        self.unsupported = sorted({i.measurand for i in self.items} - BUILDABLE)
 
     def _wanted(self, item: MeasurandItem, phase: str) -> bool:
         return item.phase is None or item.phase == phase
@@ -182,77 +148,78 @@ class MeterValueBuilder:
         if context not in READING_CONTEXTS:
             raise ValueError(f"unknown reading context {context!r} (OCPP 1.6 §7.35)")
         sample = sample or MeterSample()
-        values: list[dict[str, str]] = []
-
-        def add(
-            measurand: str,
-            value: str | None,
-            unit: str | None,
-            phase: str | None = None,
-            location: str | None = None,
-        ) -> None:
-            if value is None:
-                return
-            sv = {
-                "value": value,
-                "context": context,
-                "format": "Raw",
-                "measurand": measurand,
-            }
-            if phase is not None:
-                sv["phase"] = phase
-            sv["location"] = location or self.location
-            if unit is not None:
-                sv["unit"] = unit
-            values.append(sv)
-
         n = self.phases
+        # (total, per phase) for each measurand the table knows; the table says which to send.
+        energy = sample.energy_import_wh
+        raw: dict[str, tuple[float | None, tuple[float | None, ...]]] = {
+            "Energy.Active.Import.Register": (energy, ()),
+            "Energy.Active.Import.Interval": (
+                None if energy is None or interval_start_wh is None else energy - interval_start_wh,
+                (),
+            ),
+            "Power.Active.Import": (self._total_power(sample), sample.power_w[:n]),
+            "Current.Import": (None, sample.current_a[:n]),
+            "Voltage": (None, sample.voltage_v[:n]),
+            "Current.Offered": (offered_a, ()),
+            "Power.Offered": (
+                offered_w if offered_w is not None else self._offered_w(sample, offered_a),
+                (),
+            ),
+            "Frequency": (sample.frequency_hz, ()),
+            "Temperature": (temperature_c, ()),
+            "SoC": (soc_percent, ()),
+        }
+        values: list[dict[str, str]] = []
         for item in self.items:
-            m = item.measurand
-            if m == "Energy.Active.Import.Register":
-                if item.phase is None:
-                    add(m, _fmt(sample.energy_import_wh, 0, floor0=True), "Wh")
-            elif m == "Energy.Active.Import.Interval":
-                if item.phase is None and None not in (sample.energy_import_wh, interval_start_wh):
-                    assert sample.energy_import_wh is not None and interval_start_wh is not None
-                    delta = sample.energy_import_wh - interval_start_wh
-                    add(m, _fmt(delta, 0, floor0=True), "Wh")
-            elif m == "Power.Active.Import":
-                if item.phase is None:
-                    add(m, _fmt(self._total_power(sample), 0, floor0=True), "W")
-                if n > 1:
-                    for ph, w in zip(_LINE[:n], sample.power_w[:n], strict=True):
-                        if self._wanted(item, ph):
-                            add(m, _fmt(w, 0, floor0=True), "W", ph)
-            elif m == "Current.Import":
-                for ph, a in zip(_LINE[:n], sample.current_a[:n], strict=True):
-                    if self._wanted(item, ph):
-                        add(m, _fmt(a, 1, floor0=True), "A", ph)
-            elif m == "Voltage":
-                for ph, v in zip(_LINE_N[:n], sample.voltage_v[:n], strict=True):
-                    if self._wanted(item, ph):
-                        add(m, _fmt(v, 1, floor0=True), "V", ph)
-            elif m == "Current.Offered":
-                if item.phase is None:
-                    add(m, _fmt(offered_a, 1, floor0=True), "A")
-            elif m == "Power.Offered":
-                if item.phase is None:
-                    watts = (
-                        offered_w if offered_w is not None else self._offered_w(sample, offered_a)
-                    )
-                    add(m, _fmt(watts, 0, floor0=True), "W")
-            elif m == "Frequency":
-                if item.phase is None:
-                    add(m, _fmt(sample.frequency_hz, 2), None)
-            elif m == "Temperature":
-                if item.phase is None:
-                    add(m, _fmt(temperature_c, 1), "Celsius", location="Body")
-            elif m == "SoC":
-                if item.phase is None:
-                    add(m, _fmt(soc_percent, 0, floor0=True), "Percent", location="EV")
+            row = TABLE.get(item.measurand)
+            if row is None:
+                continue  # a spec measurand evsed cannot build (``unsupported``)
+            total, per_phase = raw[item.measurand]
+            for phase, value in self._split(row, item, total, per_phase):
+                sv = self._sampled_value(row, phase, value, context)
+                if sv is not None:
+                    values.append(sv)
         if not values:
             return None
         return {"timestamp": iso8601_utc(timestamp), "sampledValue": values}
+
+    def _split(
+        self,
+        row: MeasurandRow,
+        item: MeasurandItem,
+        total: float | None,
+        per_phase: tuple[float | None, ...],
+    ) -> list[tuple[str | None, float | None]]:
+        """The (phase, value) pairs to report for one configured item, per the table."""
+        out: list[tuple[str | None, float | None]] = []
+        if row.phases in (PhaseStyle.NONE, PhaseStyle.TOTAL_AND_LINE) and item.phase is None:
+            out.append((None, total))
+        names: tuple[str, ...] = ()
+        if row.phases is PhaseStyle.LINE_NEUTRAL:
+            names = LINE_NEUTRAL
+        elif row.phases is PhaseStyle.LINE or (
+            row.phases is PhaseStyle.TOTAL_AND_LINE and self.phases > 1
+        ):
+            names = LINE
+        for phase, value in zip(names[: self.phases], per_phase, strict=False):
+            if self._wanted(item, phase):
+                out.append((phase, value))
+        return out
+
+    def _sampled_value(
+        self, row: MeasurandRow, phase: str | None, value: float | None, context: str
+    ) -> dict[str, str] | None:
+        text = _fmt(value, row.decimals, floor0=row.non_negative)
+        if text is None:
+            return None
+        sv = {"value": text, "context": context, "format": "Raw", "measurand": row.name}
+        if phase is not None:
+            sv["phase"] = phase
+        # "Outlet" rows take the builder's location; Body (temperature) and EV (SoC) are fixed.
+        sv["location"] = self.location if row.location == "Outlet" else row.location
+        if row.unit is not None:
+            sv["unit"] = row.unit
+        return sv
 
     def _total_power(self, sample: MeterSample) -> float | None:
         if sample.power_total_w is not None:
