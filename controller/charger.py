@@ -11,18 +11,19 @@ import asyncio
 import contextlib
 import logging
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 from evsed.controller.clock import Clock, SystemClock
 from evsed.controller.config import Config
 from evsed.controller.config import Connector as ConnectorConfig
 from evsed.controller.connector.core import SafetyCore
 from evsed.controller.connector.faults import Fault
-from evsed.controller.connector.hooks import ConnectorHooks
+from evsed.controller.connector.hooks import ConnectorHooks, Transaction
 from evsed.controller.connector.machine import Connector, Phase, Settings
 from evsed.controller.connector.sampler import Rates, Sampler
-from evsed.controller.connector.status import StopReason
+from evsed.controller.connector.status import ConnectorStatus, StopReason
 from evsed.controller.limiter import (
+    Allowance,
     Budget,
     CurrentLimiter,
     Electrical,
@@ -32,6 +33,7 @@ from evsed.controller.limiter import (
     limit,
 )
 from evsed.controller.loadbalance import ConnectorDemand, LoadBalanceConfig, LoadBalancer, Mode
+from evsed.controller.snapshot import Metering, Reservation
 from evsed.hal.interfaces import (
     Contactor,
     EnergyMeter,
@@ -107,6 +109,8 @@ class _Slot:
     smart: SmartChargingLimit | None = None
     budget: Budget | None = None
     started_at: float = 0.0
+    invalid_id: bool = False  # StopTransactionOnInvalidId=false suspension (own limit slot)
+    allowance: Allowance | None = None  # the last one the limiter gave
 
 
 @dataclass
@@ -341,6 +345,7 @@ class Charger:
             config_a=cfg.max_current_a or cfg.rated_current_a,
             smart_charging=slot.smart,
             budget=slot.budget if with_budget else None,
+            invalid_id_suspended=slot.invalid_id,
             meter=slot.connector.last_sample,
         )
 
@@ -352,6 +357,7 @@ class Charger:
             slot.limiter.reset()
         allowance = slot.limiter.update(self._inputs(slot), self.clock.monotonic())
         slot.connector.set_allowed_current(allowance.amps)
+        self._note_allowance(slot, allowance)
 
     def _rebalance(self, grid: MeterSample | None = None) -> None:
         if self._balancer is None:
@@ -443,3 +449,80 @@ class Charger:
                 return
         if len(connectors) == 1:
             connectors[0].present_tag(id_tag)  # a group card stopping the running session
+
+    # ------------------------------------------------------------------ ChargePointPort
+    # What the OCPP layer may read and ask (evsed.controller.ocpp16.port); nothing else.
+
+    def _note_allowance(self, slot: _Slot, allowance: Allowance) -> None:
+        # After the pilot took the new current: the log line never delays it.
+        previous, slot.allowance = slot.allowance, allowance
+        if previous is None or previous != allowance:
+            log.info(
+                "connector %s may offer %.1f A%s (bound by %s)",
+                slot.connector.id,
+                allowance.amps,
+                " (suspended)" if allowance.suspended else "",
+                allowance.reason.value,
+            )
+
+    @property
+    def connector_ids(self) -> tuple[int, ...]:
+        return tuple(self._slots)
+
+    def status(self, connector_id: int) -> ConnectorStatus:
+        return self._slots[connector_id].connector.status
+
+    def transaction(self, connector_id: int) -> Transaction | None:
+        return self._slots[connector_id].connector.transaction
+
+    def operative(self, connector_id: int) -> bool:
+        return self._slots[connector_id].connector.operative
+
+    def reservation(self, connector_id: int) -> Reservation | None:
+        held = self._slots[connector_id].connector.reservation
+        return None if held is None else Reservation(held[0], held[1], held[2])
+
+    def metering(self, connector_id: int) -> Metering:
+        c = self._slots[connector_id].connector
+        return Metering(
+            c.last_sample, c.last_energy_wh, c.offered_a, c.temperature_c, c.settings.phases
+        )
+
+    def allowance(self, connector_id: int) -> Allowance:
+        slot = self._slots[connector_id]
+        if slot.allowance is None:  # recompute() runs in __init__, so only before that
+            self.recompute(connector_id)
+        assert slot.allowance is not None
+        return slot.allowance
+
+    def change_availability(self, connector_id: int, operative: bool) -> str:
+        return self._slots[connector_id].connector.change_availability(operative)
+
+    def start_remote(self, connector_id: int, id_tag: str, parent_id_tag: str | None) -> bool:
+        return self._slots[connector_id].connector.authorize_remote(id_tag, parent_id_tag)
+
+    def request_stop(self, connector_id: int, reason: StopReason) -> bool:
+        return self._slots[connector_id].connector.request_stop(reason)
+
+    def unlock(self, connector_id: int) -> str:
+        return self._slots[connector_id].connector.unlock()
+
+    def set_invalid_id_suspension(self, connector_id: int, suspended: bool) -> None:
+        slot = self._slots[connector_id]
+        if suspended != slot.invalid_id:
+            slot.invalid_id = suspended
+            self.recompute(connector_id)
+
+    def set_transaction_parent(self, connector_id: int, local_id: int, parent_id_tag: str) -> bool:
+        # A command: the transaction belongs to the safety core.
+        return self._slots[connector_id].connector.adopt_parent_id_tag(local_id, parent_id_tag)
+
+    def apply_session_settings(
+        self, *, connection_timeout_s: float, stop_on_ev_disconnect: bool
+    ) -> None:
+        for slot in self._slots.values():
+            slot.connector.settings = replace(
+                slot.connector.settings,
+                connection_timeout_s=connection_timeout_s,
+                stop_on_ev_disconnect=stop_on_ev_disconnect,
+            )

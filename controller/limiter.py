@@ -48,6 +48,8 @@ class Reason(StrEnum):
     SMART_CHARGING = "smart_charging"
     LOAD_BALANCING = "load_balancing"
     SOLAR = "solar"
+    # StopTransactionOnInvalidId=false: the CS refused the idTag of a running transaction.
+    INVALID_ID = "invalid_id"
 
 
 @dataclass(frozen=True, slots=True)
@@ -93,6 +95,8 @@ class LimitInputs:
     `cable_a` is the PP rating (None = no cable = 0 A); with a fixed cable pass its rating.
     `smart_charging` and `budget` are None when no profile / no load balancing applies.
     `meter` is the connector's last meter sample, used to convert a watt limit.
+    `invalid_id_suspended` is a slot of its own (0 A while set), so a smart-charging limit
+    in force underneath is neither overwritten nor lost.
     """
 
     hardware_a: float
@@ -101,6 +105,7 @@ class LimitInputs:
     smart_charging: SmartChargingLimit | None = None
     budget: Budget | None = None
     meter: MeterSample | None = None
+    invalid_id_suspended: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -195,6 +200,8 @@ def limit(inputs: LimitInputs, electrical: Electrical | None = None) -> Limit:
         candidates.append((_sane(amps), Reason.SMART_CHARGING))
     if inputs.budget is not None:
         candidates.append((_sane(inputs.budget.amps), inputs.budget.reason))
+    if inputs.invalid_id_suspended:
+        candidates.append((0.0, Reason.INVALID_ID))
     amps, reason = min(candidates, key=lambda c: c[0])  # min() keeps the first of equals
     return Limit(amps, reason)
 

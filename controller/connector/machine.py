@@ -572,6 +572,17 @@ class Connector:
         self._apply()
         return True
 
+    @command(False)
+    def adopt_parent_id_tag(self, local_id: int, parent_id_tag: str) -> bool:
+        """The CS named the running transaction's group (the parentIdTag of its
+        StartTransaction.conf): a card of that group may now stop it (OCPP 1.6 §3.10)."""
+        tx = self.transaction
+        if tx is None or tx.local_id != local_id or not self._tx_recorded:
+            return False
+        if tx.parent_id_tag != parent_id_tag:
+            self.transaction = replace(tx, parent_id_tag=parent_id_tag)
+        return True
+
     @command("Rejected")
     def change_availability(self, operative: bool) -> str:
         """ChangeAvailability: Accepted, or Scheduled while a transaction runs."""

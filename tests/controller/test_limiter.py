@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from dataclasses import replace
 
 import pytest
 from hypothesis import example, given
@@ -63,6 +64,14 @@ def test_smallest_limit_wins_and_is_named(kw: dict[str, object], amps: float, re
 def test_no_cable_means_zero_and_suspends_with_reason_cable():
     allowance = CurrentLimiter().update(inputs(cable_a=None), now=0.0)
     assert allowance == Allowance(0.0, True, Reason.CABLE)
+
+
+def test_invalid_id_suspension_is_its_own_slot():
+    # A smart-charging limit and the invalid-id suspension stand side by side.
+    both = inputs(smart_charging=SmartChargingLimit(10.0), invalid_id_suspended=True)
+    assert CurrentLimiter().update(both, now=0.0) == Allowance(0.0, True, Reason.INVALID_ID)
+    lifted = limit(replace(both, invalid_id_suspended=False))
+    assert (lifted.amps, lifted.reason) == (10.0, Reason.SMART_CHARGING)
 
 
 def test_tie_reports_first_in_reason_order():

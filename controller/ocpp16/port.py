@@ -1,0 +1,94 @@
+"""`ChargePointPort`: everything the OCPP layer may read from or ask of the charger, and
+nothing else (DESIGN: "the OCPP layer only asks, the connector decides").
+
+The OCPP layer never holds a `Connector`: it names a connector by its id and gets values
+(snapshots) back, so the safety core may own its connectors in its own thread. Every
+request answers with what the charger decided; none of them waits for anything.
+`evsed.controller.charger.Charger` implements it; tests check that it does, member by
+member (tests/controller/test_port.py).
+"""
+
+from __future__ import annotations
+
+from typing import Protocol, runtime_checkable
+
+from evsed.controller.connector.hooks import Transaction
+from evsed.controller.connector.status import ConnectorStatus, StopReason
+from evsed.controller.limiter import Allowance, SmartChargingLimit
+from evsed.controller.snapshot import Metering, Reservation
+
+__all__ = ["ChargePointPort", "Metering", "Reservation"]
+
+
+@runtime_checkable
+class ChargePointPort(Protocol):
+    # ------------------------------------------------------------ reading
+
+    @property
+    def connector_ids(self) -> tuple[int, ...]:
+        """The connectors, 1..n, in order."""
+        ...
+
+    @property
+    def reader_faulted(self) -> bool:
+        """The RFID reader is failing (StatusNotification ReaderFailure on connector 0)."""
+        ...
+
+    def status(self, connector_id: int) -> ConnectorStatus: ...
+
+    def transaction(self, connector_id: int) -> Transaction | None:
+        """The running transaction, None when there is none."""
+        ...
+
+    def operative(self, connector_id: int) -> bool:
+        """Available for charging (ChangeAvailability), a scheduled change not yet applied."""
+        ...
+
+    def reservation(self, connector_id: int) -> Reservation | None: ...
+
+    def metering(self, connector_id: int) -> Metering: ...
+
+    def allowance(self, connector_id: int) -> Allowance:
+        """The current the connector may offer now and the limit that binds (`reason`)."""
+        ...
+
+    # ------------------------------------------------------------ asking
+
+    def change_availability(self, connector_id: int, operative: bool) -> str:
+        """ChangeAvailability: "Accepted", or "Scheduled" while a transaction runs."""
+        ...
+
+    def start_remote(self, connector_id: int, id_tag: str, parent_id_tag: str | None) -> bool:
+        """RemoteStartTransaction (already authorised if it had to be): True if the connector
+        took it (it then starts when the EV is there)."""
+        ...
+
+    def request_stop(self, connector_id: int, reason: StopReason) -> bool:
+        """Stop the running transaction with `reason`; False when there is none."""
+        ...
+
+    def unlock(self, connector_id: int) -> str:
+        """UnlockConnector: "Unlocked", "UnlockFailed" or "NotSupported"."""
+        ...
+
+    def set_smart_charging_limit(self, connector_id: int, value: SmartChargingLimit | None) -> None:
+        """The smart-charging limit in force now (None: no profile applies)."""
+        ...
+
+    def set_invalid_id_suspension(self, connector_id: int, suspended: bool) -> None:
+        """StopTransactionOnInvalidId=false: offer nothing while `suspended`, whatever the
+        other limits say (its own limit slot: it never overwrites the smart-charging one)."""
+        ...
+
+    def set_transaction_parent(self, connector_id: int, local_id: int, parent_id_tag: str) -> bool:
+        """The Central System named the running transaction's group (its idTagInfo's
+        parentIdTag): a card of that group may now stop it. False if `local_id` is not the
+        transaction running on the connector."""
+        ...
+
+    def apply_session_settings(
+        self, *, connection_timeout_s: float, stop_on_ev_disconnect: bool
+    ) -> None:
+        """The configuration keys the connectors honour themselves (ConnectionTimeOut,
+        StopTransactionOnEVSideDisconnect), for every connector."""
+        ...
