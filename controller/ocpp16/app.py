@@ -19,30 +19,27 @@ import contextlib
 import inspect
 import logging
 from collections.abc import Awaitable, Callable
-from dataclasses import replace
 from pathlib import Path
 from typing import Any, Protocol
 
 from ocpp.charge_point import snake_to_camel_case
 from ocpp.v16 import call
 
-from evsed.controller.charger import Charger
 from evsed.controller.clock import Clock
 from evsed.controller.config import Config
 from evsed.controller.ocpp16.auth import Authorizer
 from evsed.controller.ocpp16.bridge import OcppHooks
+from evsed.controller.ocpp16.chargepoint import EvsedChargePoint
 from evsed.controller.ocpp16.context import OcppContext, SessionControl
-from evsed.controller.ocpp16.handlers import EvsedChargePoint, restore_availability
 from evsed.controller.ocpp16.keys import ConfigurationKeys
+from evsed.controller.ocpp16.port import ChargePointPort
+from evsed.controller.ocpp16.profiles.core import restore_availability
 from evsed.controller.ocpp16.txqueue import TxQueue
 from evsed.controller.store import DB_FILENAME, Store, secure_state_dir
 
 log = logging.getLogger(__name__)
 
 CHECKPOINT_INTERVAL_S = 600.0
-
-#: Feature profiles this build implements (later issues extend it).
-FEATURE_PROFILES = ("Core",)
 
 ChargePointFactory = Callable[[str, Any], EvsedChargePoint]
 ResetCallback = Callable[[str], Awaitable[None] | None]
@@ -89,10 +86,10 @@ class OcppApp:
             state_dir / DB_FILENAME, monotonic=clock.monotonic, wal_autocheckpoint_pages=0
         )
         self._checkpointing: asyncio.Task[None] | None = None
+        # SupportedFeatureProfiles: derived from the profile declarations (profiles/).
         self.keys = ConfigurationKeys(
             self.store,
             number_of_connectors=len(config.connectors),
-            supported_feature_profiles=FEATURE_PROFILES,
             security_profile=config.central_system.security_profile,
         )
         self.txqueue = TxQueue.from_keys(self.store, self.keys)
@@ -120,7 +117,7 @@ class OcppApp:
         """Give these to the Charger: `Charger(config, parts, app.hooks, clock)`."""
         return self._hooks
 
-    def attach(self, charger: Charger) -> None:
+    def attach(self, charger: ChargePointPort) -> None:
         """The charger built with `hooks`: restore what the CS set before the restart."""
         self.ctx.charger = charger
         restore_availability(self.ctx)
@@ -130,14 +127,10 @@ class OcppApp:
         """Keys the connector itself honours (its Settings are read at each use)."""
         if self.ctx.charger is None:
             return
-        timeout = float(self.keys.int("ConnectionTimeOut"))
-        stop_on_disconnect = self.keys.bool("StopTransactionOnEVSideDisconnect")
-        for connector in self.ctx.charger.connectors.values():
-            connector.settings = replace(
-                connector.settings,
-                connection_timeout_s=timeout,
-                stop_on_ev_disconnect=stop_on_disconnect,
-            )
+        self.ctx.charger.apply_session_settings(
+            connection_timeout_s=float(self.keys.int("ConnectionTimeOut")),
+            stop_on_ev_disconnect=self.keys.bool("StopTransactionOnEVSideDisconnect"),
+        )
 
     # ------------------------------------------------------------ life cycle
 

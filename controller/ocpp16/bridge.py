@@ -13,8 +13,11 @@ returns), so an outage or a kill -9 loses nothing; the session delivers it in or
 - StopTxnSampledData / StopTxnAlignedData: collected per transaction (Transaction.Begin,
   every periodic/aligned reading, Transaction.End) into StopTransaction.transactionData.
 - StopTransactionOnInvalidId: on the session's explicit `start_transaction_result` call.
-  Suspending (key false) sets a 0 A smart-charging limit on the connector until the
-  transaction ends; MaxEnergyOnInvalidId > 0 lets that much energy through first.
+  Suspending (key false) sets the connector's invalid-id suspension (a limit slot of its
+  own: a smart-charging limit underneath stays) until the transaction ends;
+  MaxEnergyOnInvalidId > 0 lets that much energy through first.
+- Groups: the parentIdTag of StartTransaction.conf's idTagInfo becomes the running
+  transaction's group, so a card of that group can stop it (§3.10, §4.8).
 - Power loss: `recover_open_transactions()` stops, once, every transaction left open.
 """
 
@@ -34,7 +37,6 @@ from typing import Any
 from ocpp.v16 import call
 
 from evsed.controller.connector.hooks import AuthResult, Transaction, TransactionStop
-from evsed.controller.connector.machine import Connector
 from evsed.controller.connector.status import ChargePointStatus, ConnectorStatus, StopReason
 from evsed.controller.limiter import SmartChargingLimit
 from evsed.controller.ocpp16.context import OcppContext
@@ -45,7 +47,6 @@ from evsed.controller.ocpp16.metering import (
     TransactionData,
 )
 from evsed.controller.ocpp16.supervise import keep_running
-from evsed.controller.readings import MeterSample
 
 log = logging.getLogger(__name__)
 
@@ -146,8 +147,7 @@ class OcppHooks:
         tx = replace(tx, local_id=local_id)
         running = _Running(tx)
         self._running[tx.connector_id] = running
-        connector = self._connector(tx.connector_id)
-        running.data.add(self._reading(connector, "StopTxnSampledData", "Transaction.Begin"))
+        running.data.add(self._reading(tx.connector_id, "StopTxnSampledData", "Transaction.Begin"))
         self._wake()
         self._start_sampler(running)
         self.ctx.emit(
@@ -166,14 +166,13 @@ class OcppHooks:
         if running is not None and running.tx.local_id == tx.local_id:
             if running.sampler is not None:
                 running.sampler.cancel()
-            connector = self._connector(tx.connector_id)
             end = self._reading(
-                connector, "StopTxnSampledData", "Transaction.End", at=stop.stopped_at
+                tx.connector_id, "StopTxnSampledData", "Transaction.End", at=stop.stopped_at
             )
             running.data.add(end)
             data = running.data.to_list()
-            if running.suspended:
-                self._set_limit(tx.connector_id, None)
+            if running.suspended and self.ctx.charger is not None:
+                self.ctx.charger.set_invalid_id_suspension(tx.connector_id, False)
         self.ctx.txqueue.stop_transaction(
             tx.local_id,
             stop.meter_stop_wh,
@@ -230,8 +229,7 @@ class OcppHooks:
         if reading is not None and reading.at >= tx.start_time:
             meter_stop = max(tx.meter_start_wh, round(reading.energy_wh))
             at = reading.at
-        connector = self._connector(tx.connector_id)
-        live = connector.last_energy_wh if connector is not None else None
+        live = self._energy(tx.connector_id)
         if live is not None and round(live) > meter_stop:
             meter_stop, at = round(live), self.ctx.clock.now()
         msg = self.ctx.txqueue.stop_transaction(tx.local_id, meter_stop, at, reason)
@@ -278,17 +276,22 @@ class OcppHooks:
             action = "continue"
         else:
             action = "stop" if self._flag("StopTransactionOnInvalidId") else "suspend"
-        if action == "continue" or running is None:
+        charger = self.ctx.charger
+        if running is None or charger is None:
             return
-        connector = self._connector(running.tx.connector_id)
-        if connector is None:
+        cid = running.tx.connector_id
+        parent = info.get("parentIdTag")
+        if isinstance(parent, str) and parent:
+            # The group the CS gives in StartTransaction.conf: a card of it may stop this one.
+            charger.set_transaction_parent(cid, running.tx.local_id, parent)
+        if action == "continue":
             return
         log.info("transaction %s: idTag %s answered %s: %s", local_id, id_tag, status, action)
         if action == "stop":
-            connector.request_stop(StopReason.DE_AUTHORIZED)
+            charger.request_stop(cid, StopReason.DE_AUTHORIZED)
             return
         allowance = self._int("MaxEnergyOnInvalidId")
-        energy = self._energy_so_far(connector, running.tx)
+        energy = self._energy_so_far(cid, running.tx)
         if allowance > 0 and energy < allowance:
             running.suspend_after_wh = running.tx.meter_start_wh + allowance
         else:
@@ -297,9 +300,16 @@ class OcppHooks:
     def _suspend(self, running: _Running) -> None:
         running.suspended = True
         running.suspend_after_wh = None
-        self._set_limit(running.tx.connector_id, SmartChargingLimit(0.0))
+        cid = running.tx.connector_id
+        charger = self.ctx.charger
+        if charger is None:
+            return
+        charger.set_invalid_id_suspension(cid, True)
         self.ctx.emit(
-            "suspended", connector_id=running.tx.connector_id, local_id=running.tx.local_id
+            "suspended",
+            connector_id=cid,
+            local_id=running.tx.local_id,
+            reason=charger.allowance(cid).reason.value,
         )
 
     # ------------------------------------------------------------ sampled meter values
@@ -323,20 +333,17 @@ class OcppHooks:
         cid = running.tx.connector_id
         while True:
             await schedule.wait_next(self.ctx.clock, started)
-            connector = self._connector(cid)
-            if connector is None or connector.transaction is None:
+            if self._transaction(cid) is None:
                 return
             at = self.ctx.clock.now()
-            value = self._reading(connector, "MeterValuesSampledData", "Sample.Periodic", at=at)
+            value = self._reading(cid, "MeterValuesSampledData", "Sample.Periodic", at=at)
             if value is not None:
                 self.ctx.txqueue.meter_values(
-                    cid, [value], running.tx.local_id, energy_wh=connector.last_energy_wh, at=at
+                    cid, [value], running.tx.local_id, energy_wh=self._energy(cid), at=at
                 )
                 self._wake()
-            running.data.add(
-                self._reading(connector, "StopTxnSampledData", "Sample.Periodic", at=at)
-            )
-            self._record(connector, at)
+            running.data.add(self._reading(cid, "StopTxnSampledData", "Sample.Periodic", at=at))
+            self._record(cid, at)
 
     # ------------------------------------------------------------ clock-aligned meter values
 
@@ -362,41 +369,40 @@ class OcppHooks:
 
     def aligned_tick(self, boundary: datetime) -> None:
         """One clock-aligned reading of every connector, stamped with the boundary."""
-        for cid, connector in self._connectors().items():
-            value = self._reading(connector, "MeterValuesAlignedData", "Sample.Clock", at=boundary)
+        for cid in self._ids():
+            value = self._reading(cid, "MeterValuesAlignedData", "Sample.Clock", at=boundary)
             running = self._running.get(cid)
-            if running is not None and connector.transaction is not None:
+            if running is not None and self._transaction(cid) is not None:
                 if value is not None:
                     self.ctx.txqueue.meter_values(
                         cid,
                         [value],
                         running.tx.local_id,
-                        energy_wh=connector.last_energy_wh,
+                        energy_wh=self._energy(cid),
                         at=boundary,
                     )
                     self._wake()
                 running.data.add(
-                    self._reading(connector, "StopTxnAlignedData", "Sample.Clock", at=boundary)
+                    self._reading(cid, "StopTxnAlignedData", "Sample.Clock", at=boundary)
                 )
             elif value is not None and self.ctx.session is not None and self.ctx.session.online:
                 payload = call.MeterValues(connector_id=cid, meter_value=[value])
                 self._spawn(self.ctx.session.call(payload), f"aligned-send-{cid}")
-            self._record(connector, boundary)
+            self._record(cid, boundary)
 
     async def send_meter_values_now(self, connector_id: int | None = None) -> int:
         """TriggerMessage(MeterValues): the newest MeterValuesSampledData reading of
         ``connector_id`` (every connector when None), context Trigger. During a transaction
         it is queued as one of its messages (its transactionId, in order); otherwise sent at
         once while online. Returns how many were queued or answered."""
-        ids = sorted(self._connectors()) if connector_id is None else [connector_id]
+        ids = sorted(self._ids()) if connector_id is None else [connector_id]
         done = 0
         for cid in ids:
-            connector = self._connector(cid)
-            value = self._reading(connector, "MeterValuesSampledData", "Trigger")
-            if connector is None or value is None:
+            value = self._reading(cid, "MeterValuesSampledData", "Trigger")
+            if value is None:
                 continue
             running = self._running.get(cid)
-            if running is not None and connector.transaction is not None:
+            if running is not None and self._transaction(cid) is not None:
                 self.ctx.txqueue.meter_values(cid, [value], running.tx.local_id)
                 self._wake()
                 done += 1
@@ -411,59 +417,65 @@ class OcppHooks:
         while True:
             await self.ctx.clock.sleep(METER_RECORD_INTERVAL_S)
             at = self.ctx.clock.now()
-            for connector in self._connectors().values():
-                self._record(connector, at)
-                self._check_allowance(connector)
+            for cid in self._ids():
+                self._record(cid, at)
+                self._check_allowance(cid)
 
-    def _record(self, connector: Connector, at: datetime) -> None:
-        if connector.transaction is not None and connector.last_energy_wh is not None:
-            self.ctx.store.record_meter(connector.id, connector.last_energy_wh, at)
+    def _record(self, cid: int, at: datetime) -> None:
+        energy = self._energy(cid)
+        if self._transaction(cid) is not None and energy is not None:
+            self.ctx.store.record_meter(cid, energy, at)
 
-    def _check_allowance(self, connector: Connector) -> None:
-        running = self._running.get(connector.id)
+    def _check_allowance(self, cid: int) -> None:
+        running = self._running.get(cid)
         if running is None or running.suspend_after_wh is None:
             return
-        if (connector.last_energy_wh or 0.0) >= running.suspend_after_wh:
+        if (self._energy(cid) or 0.0) >= running.suspend_after_wh:
             self._suspend(running)
 
     # ------------------------------------------------------------ helpers
 
     def _reading(
-        self,
-        connector: Connector | None,
-        key: str,
-        context: str,
-        *,
-        at: datetime | None = None,
+        self, cid: int, key: str, context: str, *, at: datetime | None = None
     ) -> dict[str, Any] | None:
-        if connector is None:
+        charger = self.ctx.charger
+        if charger is None or cid not in charger.connector_ids:
             return None
         measurands = self._csl(key)
         if not measurands:
             return None
-        sample: MeterSample | None = connector.last_sample
-        if sample is None and connector.last_energy_wh is None:
+        metering = charger.metering(cid)
+        if metering.sample is None and metering.energy_wh is None:
             return None
         try:
-            return _builder(tuple(measurands), connector.settings.phases).build(
-                sample,
+            return _builder(tuple(measurands), metering.phases).build(
+                metering.sample,
                 context,
                 timestamp=at or self.ctx.clock.now(),
-                offered_a=connector.offered_a,
-                temperature_c=connector.temperature_c,
+                offered_a=metering.offered_a,
+                temperature_c=metering.temperature_c,
             )
         except ValueError:
             log.exception("%s could not be built", key)
             return None
 
-    def _connectors(self) -> dict[int, Connector]:
-        return {} if self.ctx.charger is None else self.ctx.charger.connectors
+    def _ids(self) -> tuple[int, ...]:
+        return () if self.ctx.charger is None else self.ctx.charger.connector_ids
 
-    def _connector(self, connector_id: int) -> Connector | None:
-        return self._connectors().get(connector_id)
+    def _transaction(self, cid: int) -> Transaction | None:
+        charger = self.ctx.charger
+        if charger is None or cid not in charger.connector_ids:
+            return None
+        return charger.transaction(cid)
 
-    def _energy_so_far(self, connector: Connector, tx: Transaction) -> float:
-        return (connector.last_energy_wh or tx.meter_start_wh) - tx.meter_start_wh
+    def _energy(self, cid: int) -> float | None:
+        charger = self.ctx.charger
+        if charger is None or cid not in charger.connector_ids:
+            return None
+        return charger.metering(cid).energy_wh
+
+    def _energy_so_far(self, cid: int, tx: Transaction) -> float:
+        return (self._energy(cid) or tx.meter_start_wh) - tx.meter_start_wh
 
     def _set_limit(self, connector_id: int, value: SmartChargingLimit | None) -> None:
         if self.ctx.charger is not None:

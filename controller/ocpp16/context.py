@@ -21,8 +21,8 @@ from evsed.controller.store import Store
 log = logging.getLogger(__name__)
 
 if TYPE_CHECKING:
-    from evsed.controller.charger import Charger
     from evsed.controller.ocpp16.auth import Authorizer
+    from evsed.controller.ocpp16.port import ChargePointPort
 
 
 class TransactionReactions(Protocol):
@@ -75,7 +75,8 @@ class OcppContext:
     store: Store
     keys: ConfigurationKeys
     txqueue: TxQueue
-    charger: Charger | None = None
+    # The charger, seen only through its port: what the OCPP layer may read and ask.
+    charger: ChargePointPort | None = None
     authorizer: Authorizer | None = None
     session: SessionControl | None = None
     reactions: TransactionReactions | None = None  # the connector hooks (bridge)

@@ -1,5 +1,6 @@
-"""OCPP 1.6 configuration keys: the registry (spec §9, Security Whitepaper ed. 2 §7) and
-``ConfigurationKeys``, which answers GetConfiguration / ChangeConfiguration.
+"""OCPP 1.6 configuration keys: ``ConfigurationKeys``, which answers GetConfiguration /
+ChangeConfiguration. The registry (spec §9, Security Whitepaper ed. 2 §7) is not listed
+here: each feature profile declares its keys (``profiles/``), and ``REGISTRY`` is their union.
 
 Values are strings on the wire. A key's value is, in order of precedence: the value the CS
 set with ChangeConfiguration (persisted in the store), the operator's override given at
@@ -26,38 +27,22 @@ import builtins
 import logging
 import re
 from collections.abc import Callable, Iterable, Mapping
-from dataclasses import dataclass
 from enum import StrEnum
 
 from ocpp.v16.datatypes import KeyValue
 
 from evsed.controller.ocpp16.measurands import PHASES, REPORTED, SPEC_MEASURANDS
+from evsed.controller.ocpp16.profiles import (
+    ALWAYS_ON_KEY_PROFILES,
+    CORE_NAME,
+    FEATURE_PROFILE_NAMES,
+    KEY_REGISTRY,
+    SUPPORTED_FEATURE_PROFILES,
+)
+from evsed.controller.ocpp16.profiles.base import Access, KeySpec, KeyType, TooManyKeys
 from evsed.controller.store import Store
 
 log = logging.getLogger(__name__)
-
-
-class KeyType(StrEnum):
-    BOOL = "bool"
-    INT = "int"
-    CSL = "CSL"
-    STRING = "string"
-
-
-class Access(StrEnum):
-    R = "R"
-    RW = "RW"
-    W = "W"  # write-only: never reported
-
-
-class Profile(StrEnum):
-    CORE = "Core"
-    FIRMWARE = "FirmwareManagement"
-    LOCAL_AUTH = "LocalAuthListManagement"
-    RESERVATION = "Reservation"
-    SMART_CHARGING = "SmartCharging"
-    REMOTE_TRIGGER = "RemoteTrigger"
-    SECURITY = "Security"  # Whitepaper keys; not a SupportedFeatureProfiles entry
 
 
 class ConfigStatus(StrEnum):
@@ -67,139 +52,12 @@ class ConfigStatus(StrEnum):
     NOT_SUPPORTED = "NotSupported"
 
 
-class TooManyKeys(ValueError):
-    """GetConfiguration asked for more keys than GetConfigurationMaxKeys."""
-
-
-@dataclass(frozen=True, slots=True)
-class KeySpec:
-    name: str
-    type: KeyType
-    access: Access
-    default: str | None  # None: no value until set
-    profile: Profile = Profile.CORE
-    min: int | None = None  # INT range, inclusive; STRING length
-    max: int | None = None
-    allowed: frozenset[str] | None = None  # CSL items (or None: any / custom check)
-    max_items_key: str | None = None  # the *MaxLength key bounding a CSL
-    reboot_required: bool = False
-    supported: bool = True
-
-
 # The measurands a CS may configure, and the phases an item may name: the one table.
 MEASURANDS = frozenset(SPEC_MEASURANDS)
 DEFAULT_MEASURANDS = REPORTED
 PHASE_ROTATIONS = frozenset({"NotApplicable", "Unknown", "RST", "RTS", "SRT", "STR", "TRS", "TSR"})
-FEATURE_PROFILES = frozenset(p.value for p in Profile if p is not Profile.SECURITY)
-_DAY = 86400
-
-_B, _I, _C, _S = KeyType.BOOL, KeyType.INT, KeyType.CSL, KeyType.STRING
-_R, _RW, _W = Access.R, Access.RW, Access.W
-
-
-def _k(name: str, type_: KeyType, access: Access, default: str | None, **kw: object) -> KeySpec:
-    return KeySpec(name, type_, access, default, **kw)  # type: ignore[arg-type]
-
-
-# Defaults suit the simulated bench. "0" intervals mean "off" where the spec says so.
-REGISTRY: tuple[KeySpec, ...] = (
-    # -- Core (§9.1) ------------------------------------------------------------------------
-    _k("AllowOfflineTxForUnknownId", _B, _RW, "false"),
-    _k("AuthorizationCacheEnabled", _B, _RW, "true"),
-    _k("AuthorizeRemoteTxRequests", _B, _RW, "true"),
-    _k("BlinkRepeat", _I, _RW, "3", min=0, max=100, supported=False),
-    _k("ClockAlignedDataInterval", _I, _RW, "0", min=0, max=_DAY),
-    _k("ConnectionTimeOut", _I, _RW, "60", min=1, max=3600),
-    _k(
-        "ConnectorPhaseRotation",
-        _C,
-        _RW,
-        "0.Unknown",
-        max_items_key="ConnectorPhaseRotationMaxLength",
-    ),
-    _k("ConnectorPhaseRotationMaxLength", _I, _R, None),  # NumberOfConnectors + 1
-    _k("GetConfigurationMaxKeys", _I, _R, "64"),
-    _k("HeartbeatInterval", _I, _RW, "300", min=0, max=_DAY),
-    _k("LightIntensity", _I, _RW, "100", min=0, max=100, supported=False),
-    _k("LocalAuthorizeOffline", _B, _RW, "true"),
-    _k("LocalPreAuthorize", _B, _RW, "false"),
-    _k("MaxEnergyOnInvalidId", _I, _RW, "0", min=0, max=1_000_000),
-    _k(
-        "MeterValuesAlignedData",
-        _C,
-        _RW,
-        "Energy.Active.Import.Register",
-        max_items_key="MeterValuesAlignedDataMaxLength",
-    ),
-    _k("MeterValuesAlignedDataMaxLength", _I, _R, "8"),
-    _k(
-        "MeterValuesSampledData",
-        _C,
-        _RW,
-        "Energy.Active.Import.Register,Power.Active.Import,Current.Import",
-        max_items_key="MeterValuesSampledDataMaxLength",
-    ),
-    _k("MeterValuesSampledDataMaxLength", _I, _R, "8"),
-    _k("MeterValueSampleInterval", _I, _RW, "60", min=0, max=_DAY),
-    _k("MinimumStatusDuration", _I, _RW, "0", min=0, max=3600),
-    _k("NumberOfConnectors", _I, _R, None),  # given at construction
-    _k("ResetRetries", _I, _RW, "3", min=0, max=10),
-    _k("StopTransactionOnEVSideDisconnect", _B, _RW, "true"),
-    _k("StopTransactionOnInvalidId", _B, _RW, "true"),
-    _k("StopTxnAlignedData", _C, _RW, "", max_items_key="StopTxnAlignedDataMaxLength"),
-    _k("StopTxnAlignedDataMaxLength", _I, _R, "8"),
-    _k("StopTxnSampledData", _C, _RW, "", max_items_key="StopTxnSampledDataMaxLength"),
-    _k("StopTxnSampledDataMaxLength", _I, _R, "8"),
-    _k(
-        "SupportedFeatureProfiles",
-        _C,
-        _R,
-        None,
-        allowed=FEATURE_PROFILES,
-        max_items_key="SupportedFeatureProfilesMaxLength",
-    ),
-    _k("SupportedFeatureProfilesMaxLength", _I, _R, "6"),
-    _k("TransactionMessageAttempts", _I, _RW, "3", min=1, max=100),
-    _k("TransactionMessageRetryInterval", _I, _RW, "60", min=1, max=_DAY),
-    _k("UnlockConnectorOnEVSideDisconnect", _B, _RW, "true"),
-    _k("WebSocketPingInterval", _I, _RW, "30", min=0, max=3600),
-    # -- Firmware Management (only mentioned in §8, no §9 entry) ----------------------------
-    _k(
-        "SupportedFileTransferProtocols",
-        _C,
-        _R,
-        "HTTP,HTTPS",
-        profile=Profile.FIRMWARE,
-        allowed=frozenset({"FTP", "FTPS", "HTTP", "HTTPS"}),
-    ),
-    # -- Local Auth List Management (§9.2) --------------------------------------------------
-    _k("LocalAuthListEnabled", _B, _RW, "true", profile=Profile.LOCAL_AUTH),
-    _k("LocalAuthListMaxLength", _I, _R, "1000", profile=Profile.LOCAL_AUTH),
-    _k("SendLocalListMaxLength", _I, _R, "100", profile=Profile.LOCAL_AUTH),
-    # -- Reservation (§9.3) -----------------------------------------------------------------
-    _k("ReserveConnectorZeroSupported", _B, _R, "false", profile=Profile.RESERVATION),
-    # -- Smart Charging (§9.4) --------------------------------------------------------------
-    _k("ChargeProfileMaxStackLevel", _I, _R, "8", profile=Profile.SMART_CHARGING),
-    _k(
-        "ChargingScheduleAllowedChargingRateUnit",
-        _C,
-        _R,
-        "Current,Power",
-        profile=Profile.SMART_CHARGING,
-        allowed=frozenset({"Current", "Power"}),
-    ),
-    _k("ChargingScheduleMaxPeriods", _I, _R, "24", profile=Profile.SMART_CHARGING),
-    _k("ConnectorSwitch3to1PhaseSupported", _B, _R, "false", profile=Profile.SMART_CHARGING),
-    _k("MaxChargingProfilesInstalled", _I, _R, "16", profile=Profile.SMART_CHARGING),
-    # -- Security Whitepaper ed. 2 §7 -------------------------------------------------------
-    _k("AdditionalRootCertificateCheck", _B, _R, "false", profile=Profile.SECURITY),
-    # Basic-auth password: 16..20 bytes, or up to 40 hex digits.
-    _k("AuthorizationKey", _S, _W, None, profile=Profile.SECURITY, min=16, max=40),
-    _k("CertificateSignedMaxChainSize", _I, _R, "10000", profile=Profile.SECURITY),
-    _k("CertificateStoreMaxLength", _I, _R, "10", profile=Profile.SECURITY),
-    _k("CpoName", _S, _RW, None, profile=Profile.SECURITY, min=0, max=500),
-    _k("SecurityProfile", _I, _RW, "0", profile=Profile.SECURITY, min=0, max=3),
-)
+#: Every key of every profile (declared in `profiles/`), tagged with its profile.
+REGISTRY: tuple[KeySpec, ...] = KEY_REGISTRY
 
 SPECS: dict[str, KeySpec] = {s.name: s for s in REGISTRY}
 _BY_LOWER: dict[str, KeySpec] = {s.name.lower(): s for s in REGISTRY}
@@ -238,7 +96,7 @@ class ConfigurationKeys:
         store: Store,
         *,
         number_of_connectors: int,
-        supported_feature_profiles: Iterable[str],
+        supported_feature_profiles: Iterable[str] = SUPPORTED_FEATURE_PROFILES,
         overrides: Mapping[str, str] | None = None,
         measurands: Iterable[str] = DEFAULT_MEASURANDS,
         supported: Iterable[str] = (),
@@ -251,8 +109,8 @@ class ConfigurationKeys:
         at least that (the profile in effect), so a CS cannot "lower" it to 0 or 1."""
         self._store = store
         profiles = list(supported_feature_profiles)
-        bad = [p for p in profiles if p not in FEATURE_PROFILES]
-        if bad or Profile.CORE.value not in profiles:
+        bad = [p for p in profiles if p not in FEATURE_PROFILE_NAMES]
+        if bad or CORE_NAME not in profiles:
             raise ValueError(f"bad SupportedFeatureProfiles {profiles!r} (Core is mandatory)")
         self._profiles = frozenset(profiles)
         self._measurands = frozenset(measurands)
@@ -308,7 +166,7 @@ class ConfigurationKeys:
             return False
         if not spec.supported and spec.name not in self._on:
             return False
-        return spec.profile in (Profile.CORE, Profile.SECURITY) or spec.profile in self._profiles
+        return spec.profile in ALWAYS_ON_KEY_PROFILES or spec.profile in self._profiles
 
     def spec(self, name: str) -> KeySpec | None:
         """The key's registry entry if it is known and supported here."""
@@ -474,6 +332,9 @@ class ConfigurationKeys:
             return f"unsupported measurand(s) {bad}" if bad else None
         if spec.name == "ConnectorPhaseRotation":
             return self._validate_phase_rotation(items)
+        if spec.name == "SupportedFeatureProfiles":
+            bad = [item for item in items if item not in FEATURE_PROFILE_NAMES]
+            return f"not a feature profile: {bad}" if bad else None
         if spec.allowed is not None:
             bad = [item for item in items if item not in spec.allowed]
             return f"not allowed: {bad}" if bad else None

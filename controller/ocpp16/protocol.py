@@ -75,6 +75,7 @@ from ocpp.charge_point import (
 )
 from ocpp.exceptions import OCPPError
 from ocpp.messages import CallError, CallResult, MessageType
+from ocpp.routing import create_route_map
 from ocpp.v16.enums import Action
 
 LOGGER = logging.getLogger(__name__)
@@ -289,10 +290,12 @@ def _reject_constant(name: str) -> Any:
 class StrictChargePoint(ocpp.v16.ChargePoint):
     """`ocpp.v16.ChargePoint` whose answers to bad CS->CP frames follow OCPP-J 1.6 exactly.
 
-    Subclass it and register handlers with `ocpp.routing.on` / `after` as usual. An action
-    is supported when it has an `@on` handler and, if `supported_actions` is not None, is
-    listed there too (so a profile can be switched off without removing its handlers).
-    Override `is_supported(action)` for anything dynamic.
+    Subclass it and register handlers with `ocpp.routing.on` / `after` as usual, on the
+    subclass or on handler objects given to `add_handlers` (one per feature profile). An
+    action is supported when it has an `@on` handler and, if `supported_actions` is not
+    None, is listed there too (so a profile can be switched off without removing its
+    handlers). An action outside `known_actions` is NotImplemented. Override
+    `is_supported(action)` for anything dynamic.
 
     `route_message` never raises for bad input; it raises only when sending the answer
     fails (the link is gone), which ends `start()` as a dropped link does anyway.
@@ -304,6 +307,8 @@ class StrictChargePoint(ocpp.v16.ChargePoint):
     offload_frame_bytes: int = OFFLOAD_FRAME_BYTES
     #: None: every action with an @on handler is supported.
     supported_actions: frozenset[str] | None = None
+    #: Actions answered NotSupported rather than NotImplemented when not supported.
+    known_actions: frozenset[str] = KNOWN_ACTIONS
 
     def __init__(
         self,
@@ -320,6 +325,16 @@ class StrictChargePoint(ocpp.v16.ChargePoint):
         # @after hooks and other fire-and-forget work; kept so they are not garbage
         # collected mid-flight and can be cancelled when the session ends.
         self._background: set[asyncio.Task[Any]] = set()
+
+    def add_handlers(self, handler: object) -> None:
+        """Route the `@on`/`@after` methods of `handler` (a profile's handler object) too.
+
+        The library's own route map building is used (`create_route_map`), so the routing
+        by method name is the library's; an action routed twice is a programming error."""
+        for action, routes in create_route_map(handler).items():
+            if action in self.route_map:
+                raise ValueError(f"{action} is routed twice ({handler!r})")
+            self.route_map[action] = routes
 
     def is_supported(self, action: str) -> bool:
         if "_on_action" not in self.route_map.get(action, {}):
@@ -457,7 +472,7 @@ class StrictChargePoint(ocpp.v16.ChargePoint):
     async def _dispatch(
         self, unique_id: str, action: str, payload: dict[str, Any], *, heavy: bool = False
     ) -> tuple[str, Coroutine[Any, Any, None] | None]:
-        if action not in KNOWN_ACTIONS:
+        if action not in self.known_actions:
             raise CallErrorReply(ErrorCode.NOT_IMPLEMENTED, f"unknown Action {action!r}")
         if not self.is_supported(action):
             raise CallErrorReply(ErrorCode.NOT_SUPPORTED, f"{action} is not supported")

@@ -83,7 +83,7 @@ class StatusReporter:
 
     def connector_ids(self) -> list[int]:
         charger = self._ctx.charger
-        return [0] + ([] if charger is None else sorted(charger.connectors))
+        return [0] + ([] if charger is None else sorted(charger.connector_ids))
 
     def current(self, connector_id: int) -> ConnectorStatus:
         charger = self._ctx.charger
@@ -91,15 +91,15 @@ class StatusReporter:
             error = ErrorCode.NO_ERROR
             status = ChargePointStatus.AVAILABLE
             if charger is not None:
-                if getattr(charger, "reader_faulted", False):
+                if charger.reader_faulted:
                     error = ErrorCode.READER_FAILURE
-                statuses = [c.status.status for c in charger.connectors.values()]
+                statuses = [charger.status(c).status for c in charger.connector_ids]
                 if statuses and all(s is ChargePointStatus.UNAVAILABLE for s in statuses):
                     status = ChargePointStatus.UNAVAILABLE
             return ConnectorStatus(status, error)
-        if charger is None:
+        if charger is None or connector_id not in charger.connector_ids:
             raise KeyError(connector_id)
-        return charger.connectors[connector_id].status
+        return charger.status(connector_id)
 
     def _payload(self, connector_id: int, st: ConnectorStatus) -> call.StatusNotification:
         since = self._since.get(connector_id)

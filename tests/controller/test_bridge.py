@@ -12,6 +12,7 @@ from typing import Any
 import pytest
 from ocpp.v16 import call
 
+from evsed.controller.limiter import Reason, SmartChargingLimit
 from evsed.controller.ocpp16.keys import ConfigurationKeys
 from evsed.controller.ocpp16.txqueue import TxQueue
 from evsed.controller.store import Store
@@ -71,6 +72,12 @@ async def test_invalid_id_without_stop_suspends_energy(cs: CentralSystem, tmp_pa
         await rig.until(lambda: rig.status == "SuspendedEVSE")
         assert rig.connector.transaction is not None
         assert rig.connector.offered_a == 0
+        charger = rig.stack.charger
+        assert charger is not None
+        # The binding limit says why, to the OCPP layer (port) and in the timeline.
+        assert charger.allowance(1).reason is Reason.INVALID_ID
+        suspended = await rig.event("suspended")
+        assert suspended["reason"] == "invalid_id"
         await rig.run(10)
         assert not rig.sim.pins.relay_energized
         assert rig.connector.transaction is not None
@@ -80,8 +87,37 @@ async def test_invalid_id_without_stop_suspends_energy(cs: CentralSystem, tmp_pa
         await rig.bench.unplug(1)
         await rig.until(lambda: rig.connector.transaction is None)
         await rig.call_of("StopTransaction", since=mark)
-        assert rig.stack.charger is not None
+        assert charger.allowance(1).reason is not Reason.INVALID_ID
         assert rig.stack.charger._slots[1].smart is None
+        assert rig.stack.charger._slots[1].invalid_id is False
+
+
+async def test_invalid_id_suspension_keeps_the_tx_profile_limit(
+    cs: CentralSystem, tmp_path: Path
+) -> None:
+    """The suspension used to be a 0 A smart-charging limit that overwrote the TxProfile's."""
+    keys = {"AuthorizeRemoteTxRequests": "false", "StopTransactionOnInvalidId": "false"}
+    profile = {
+        "chargingProfileId": 7,
+        "stackLevel": 0,
+        "chargingProfilePurpose": "TxProfile",
+        "chargingProfileKind": "Relative",
+        "chargingSchedule": {
+            "chargingRateUnit": "A",
+            "chargingSchedulePeriod": [{"startPeriod": 0, "limit": 10.0}],
+        },
+    }
+    async with ocpp_rig(cs, tmp_path, keys=keys) as rig:
+        mark = cs.mark()
+        await rig.plug()
+        result = await rig.remote_start("DEADBEEF", connector_id=1, charging_profile=profile)
+        assert result == "Accepted"
+        await rig.answered(await rig.call_of("StartTransaction", since=mark))
+        await rig.event("suspended")
+        charger = rig.stack.charger
+        assert charger is not None
+        assert charger.allowance(1).reason is Reason.INVALID_ID
+        assert charger._slots[1].smart == SmartChargingLimit(10.0)
 
 
 # ---------------------------------------------------------------- sampled meter values

@@ -21,15 +21,19 @@ from websockets.asyncio.client import connect
 from websockets.exceptions import ConnectionClosed
 
 from evsed.controller.ocpp16.auth import Authorizer
+from evsed.controller.ocpp16.chargepoint import EvsedChargePoint
 from evsed.controller.ocpp16.context import OcppContext
-from evsed.controller.ocpp16.handlers import CORE_ACTIONS, EvsedChargePoint
 from evsed.controller.ocpp16.keys import (
     REGISTRY,
     Access,
     ConfigurationKeys,
     KeySpec,
     KeyType,
-    Profile,
+)
+from evsed.controller.ocpp16.profiles import (
+    ALWAYS_ON_KEY_PROFILES,
+    SUPPORTED_ACTIONS,
+    SUPPORTED_FEATURE_PROFILES,
 )
 from evsed.controller.ocpp16.protocol import websocket_options
 from evsed.controller.ocpp16.txqueue import TxQueue
@@ -108,7 +112,8 @@ def _cases() -> list[tuple[str, str, str]]:
     out: list[tuple[str, str, str]] = []
     for spec in REGISTRY:
         good, bad = _values(spec)
-        supported = spec.supported and spec.profile in (Profile.CORE, Profile.SECURITY)
+        on = spec.profile in SUPPORTED_FEATURE_PROFILES or spec.profile in ALWAYS_ON_KEY_PROFILES
+        supported = spec.supported and on
         if not supported:
             out.append((spec.name, good, "NotSupported"))
         elif spec.access is Access.R:
@@ -224,7 +229,7 @@ async def test_data_transfer_vendors_and_message_ids(bare: Bare) -> None:
 
 
 async def test_other_profiles_are_not_supported(bare: Bare) -> None:
-    assert "GetLocalListVersion" not in CORE_ACTIONS
+    assert "GetLocalListVersion" not in SUPPORTED_ACTIONS
     mark = bare.cs.mark()
     await bare.cs.send_raw(CP_ID, '[2,"x1","GetLocalListVersion",{}]')
     reply = await bare.cs.wait_for_reply("x1", since=mark)

@@ -1,14 +1,17 @@
-"""`ChargePointPort`: the real Charger satisfies it member by member, and every member works
-on the bench charger."""
+"""`ChargePointPort`: the real Charger satisfies it member by member, every member works on
+the bench charger, and the OCPP layer reaches the charger through nothing else."""
 
 from __future__ import annotations
 
+import ast
 import inspect
 import typing
 from collections.abc import AsyncIterator
+from pathlib import Path
 
 import pytest
 
+import evsed.controller.ocpp16 as ocpp16_pkg
 from evsed.controller.charger import Charger
 from evsed.controller.connector.hooks import LocalHooks
 from evsed.controller.connector.status import ChargePointStatus, StopReason
@@ -147,3 +150,36 @@ async def test_a_new_binding_limit_is_logged(rig: Rig, caplog: pytest.LogCapture
         charger.set_smart_charging_limit(1, SmartChargingLimit(8.0))  # no change: no line
     lines = [r.getMessage() for r in caplog.records if "may offer" in r.getMessage()]
     assert lines == ["connector 1 may offer 8.0 A (bound by smart_charging)"]
+
+
+# ---------------------------------------------------------------- nothing but the port
+
+
+def _ocpp16_sources() -> list[Path]:
+    root = Path(ocpp16_pkg.__file__).parent
+    return sorted(root.rglob("*.py"))
+
+
+def test_the_ocpp_layer_uses_no_getattr_and_no_private_attribute_of_others() -> None:
+    """No `getattr(...)` on anything but the library's result objects, no `x._private` on
+    an object that is not `self`, and no import of the connector's state machine."""
+    offences: list[str] = []
+    for path in _ocpp16_sources():
+        tree = ast.parse(path.read_text(encoding="utf-8"))
+        for node in ast.walk(tree):
+            where = f"{path.name}:{getattr(node, 'lineno', 0)}"
+            if isinstance(node, ast.Call) and getattr(node.func, "id", None) == "getattr":
+                target = ast.unparse(node.args[0]) if node.args else ""
+                # The library's result objects and payload classes are the only targets.
+                if target not in {"result", "response", "call"}:
+                    offences.append(f"{where} getattr({target}, ...)")
+            if isinstance(node, ast.Attribute) and node.attr.startswith("_"):
+                owner = ast.unparse(node.value)
+                if owner not in {"self", "cls", "super()"} and not node.attr.startswith("__"):
+                    offences.append(f"{where} {owner}.{node.attr}")
+            if isinstance(node, ast.ImportFrom) and node.module in {
+                "evsed.controller.connector.machine",
+                "evsed.controller.charger",
+            }:
+                offences.append(f"{where} imports {node.module}")
+    assert offences == []

@@ -56,6 +56,14 @@ class FakeCharger:
     )
     reader_faulted: bool = False
 
+    # The ChargePointPort members the session reads (with reader_faulted).
+    @property
+    def connector_ids(self) -> tuple[int, ...]:
+        return tuple(self.connectors)
+
+    def status(self, connector_id: int) -> ConnectorStatus:
+        return self.connectors[connector_id].status
+
 
 class FakeAuthorizer:
     def __init__(self) -> None:

@@ -1,13 +1,14 @@
-"""The Core profile's CS->CP handlers (OCPP 1.6 §5): what the Central System may ask.
+"""Core (OCPP 1.6 §3.1, §4, §5, §9.1): its actions, its configuration keys and `CoreHandlers`,
+which answers what the Central System may ask.
 
-The handlers only *ask* the connectors (DESIGN: "the OCPP layer only asks, the connector
-decides"). Anything that must call the CS, or that should reach the CS after our answer
-(a StopTransaction after RemoteStopTransaction.conf), runs in an `@after` hook: the
-receive loop must never await a CS call (LIBRARY-NOTES §4).
+The handlers only *ask* the charger, through `ChargePointPort` (DESIGN: "the OCPP layer
+only asks, the connector decides"). Anything that must call the CS, or that should reach
+the CS after our answer (a StopTransaction after RemoteStopTransaction.conf), runs in an
+`@after` hook: the receive loop must never await a CS call (LIBRARY-NOTES §4).
 
-One `EvsedChargePoint` exists per websocket connection; whatever must outlive a
-reconnect lives in the `OcppContext` (store, keys, charger), never on the instance,
-except the few per-CALL notes an `@on` hands to its `@after` (keyed by the CALL's id).
+One `CoreHandlers` exists per websocket connection; whatever must outlive a reconnect lives
+in the `OcppContext` (store, keys, charger), never on the instance, except the few per-CALL
+notes an `@on` hands to its `@after` (keyed by the CALL's id).
 
 Choices where the spec is silent (each also noted at its handler):
 - ChangeAvailability for a connector id that does not exist: Rejected. Connector 0 applies
@@ -27,42 +28,32 @@ from __future__ import annotations
 
 import json
 import logging
-from datetime import datetime
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from ocpp.exceptions import OccurrenceConstraintViolationError
 from ocpp.routing import after, on
 from ocpp.v16 import call_result
 from ocpp.v16.enums import Action
 
-from evsed.controller.connector.machine import Connector
 from evsed.controller.connector.status import ChargePointStatus, StopReason
-from evsed.controller.limiter import SmartChargingLimit
-from evsed.controller.ocpp16.context import OcppContext
-from evsed.controller.ocpp16.keys import TooManyKeys
-from evsed.controller.ocpp16.protocol import StrictChargePoint
+from evsed.controller.ocpp16.profiles.base import Access, KeyType, TooManyKeys, declare, key
+from evsed.controller.ocpp16.profiles.smart_charging import tx_profile_limit
+
+if TYPE_CHECKING:
+    from evsed.controller.ocpp16.context import OcppContext
+    from evsed.controller.ocpp16.port import ChargePointPort
 
 log = logging.getLogger(__name__)
 
-#: The Core profile's CS->CP actions (OCPP 1.6 §3.1). The other profiles join in later.
-CORE_ACTIONS = frozenset(
-    {
-        "ChangeAvailability",
-        "ChangeConfiguration",
-        "ClearCache",
-        "DataTransfer",
-        "GetConfiguration",
-        "RemoteStartTransaction",
-        "RemoteStopTransaction",
-        "Reset",
-        "UnlockConnector",
-    }
-)
+NAME = "Core"
 
 #: Private store key (not an OCPP configuration key: ConfigurationKeys ignores it).
 AVAILABILITY_KEY = "evsed.availability"
 
 _FREE = (ChargePointStatus.AVAILABLE, ChargePointStatus.PREPARING)
+_B, _I, _C = KeyType.BOOL, KeyType.INT, KeyType.CSL
+_R, _RW = Access.R, Access.RW
+_DAY = 86400
 
 
 # ---------------------------------------------------------------- availability persistence
@@ -87,73 +78,35 @@ def _store_availability(ctx: OcppContext, states: dict[int, bool]) -> None:
 
 def restore_availability(ctx: OcppContext) -> None:
     """At start-up: put every connector back in the availability the CS last asked for."""
-    if ctx.charger is None:
+    charger = ctx.charger
+    if charger is None:
         return
     for cid, operative in stored_availability(ctx).items():
-        if cid in ctx.charger.connectors and not operative:
-            ctx.charger.connector(cid).change_availability(False)
+        if cid in charger.connector_ids and not operative:
+            charger.change_availability(cid, False)
 
 
-# ---------------------------------------------------------------- TxProfile (interim)
+# ---------------------------------------------------------------- the handlers
 
 
-def tx_profile_limit(
-    profile: dict[str, Any], started: datetime, now: datetime
-) -> SmartChargingLimit | None:
-    """The limit of the period of a TxProfile that is active at `now`, or None.
+class CoreHandlers:
+    """The Core profile's CS->CP handlers (`@on` / `@after`, routed by the library)."""
 
-    Interim: the Smart Charging issue replaces this with composite schedules. `profile` is
-    in the library's snake_case form. A Relative schedule starts with the transaction
-    (`started`), an Absolute/Recurring one at its startSchedule (Recurring is not repeated
-    here).
-    """
-    schedule = profile.get("charging_schedule") or {}
-    periods = sorted(
-        schedule.get("charging_schedule_period") or [], key=lambda p: p.get("start_period", 0)
-    )
-    if not periods:
-        return None
-    origin = started
-    if profile.get("charging_profile_kind") != "Relative" and schedule.get("start_schedule"):
-        try:
-            origin = datetime.fromisoformat(str(schedule["start_schedule"]).replace("Z", "+00:00"))
-        except ValueError:
-            origin = started
-    elapsed = (now - origin).total_seconds()
-    duration = schedule.get("duration")
-    if elapsed < 0 or (duration is not None and elapsed >= duration):
-        return None
-    active = None
-    for period in periods:
-        if period.get("start_period", 0) <= elapsed:
-            active = period
-    if active is None:
-        return None
-    unit = "W" if schedule.get("charging_rate_unit") == "W" else "A"
-    return SmartChargingLimit(float(active["limit"]), unit)
-
-
-# ---------------------------------------------------------------- the charge point
-
-
-class EvsedChargePoint(StrictChargePoint):
-    supported_actions = CORE_ACTIONS
-
-    def __init__(self, cp_id: str, connection: Any, ctx: OcppContext, **kw: Any) -> None:
-        super().__init__(cp_id, connection, **kw)
+    def __init__(self, ctx: OcppContext) -> None:
         self.ctx = ctx
         # CALL id -> the connector an @on chose, for its @after.
         self._chosen: dict[str, int] = {}
 
-    # ------------------------------------------------------------ helpers
+    @property
+    def _ids(self) -> tuple[int, ...]:
+        return () if self.ctx.charger is None else self.ctx.charger.connector_ids
 
-    def _connectors(self) -> dict[int, Connector]:
-        return {} if self.ctx.charger is None else self.ctx.charger.connectors
-
-    def _connector(self, connector_id: int | None) -> Connector | None:
-        if connector_id is None:
+    def _port(self, connector_id: int | None) -> ChargePointPort | None:
+        """The charger, if `connector_id` names one of its connectors."""
+        charger = self.ctx.charger
+        if charger is None or connector_id not in charger.connector_ids:
             return None
-        return self._connectors().get(connector_id)
+        return charger
 
     # ------------------------------------------------------------ ChangeAvailability §5.2
 
@@ -161,17 +114,18 @@ class EvsedChargePoint(StrictChargePoint):
     def on_change_availability(
         self, connector_id: int, type: str
     ) -> call_result.ChangeAvailability:
-        connectors = self._connectors()
-        if connector_id != 0 and connector_id not in connectors:
+        charger = self.ctx.charger
+        ids = self._ids
+        if charger is None or (connector_id != 0 and connector_id not in ids):
             return call_result.ChangeAvailability(status="Rejected")
         operative = type == "Operative"
-        targets = list(connectors) if connector_id == 0 else [connector_id]
+        targets = list(ids) if connector_id == 0 else [connector_id]
         states = stored_availability(self.ctx)
         for cid in targets:
             states[cid] = operative
         # Stored first: a Scheduled change must still happen after a restart (§5.2).
         _store_availability(self.ctx, states)
-        answers = [connectors[cid].change_availability(operative) for cid in targets]
+        answers = [charger.change_availability(cid, operative) for cid in targets]
         status = "Scheduled" if "Scheduled" in answers else "Accepted"
         self.ctx.emit("availability", connector_id=connector_id, type=type, status=status)
         if connector_id == 0 and self.ctx.session is not None:
@@ -231,23 +185,27 @@ class EvsedChargePoint(StrictChargePoint):
 
     # ------------------------------------------------------------ RemoteStartTransaction §5.11
 
-    def _free_for(self, connector: Connector, id_tag: str) -> bool:
-        if connector.transaction is not None or not connector.operative:
+    def _free_for(self, charger: ChargePointPort, cid: int, id_tag: str) -> bool:
+        if charger.transaction(cid) is not None or not charger.operative(cid):
             return False
-        status = connector.status.status
-        if status == ChargePointStatus.RESERVED and connector.reservation is not None:
-            return connector.reservation[1].casefold() == id_tag.casefold()
+        status = charger.status(cid).status
+        reservation = charger.reservation(cid)
+        if status == ChargePointStatus.RESERVED and reservation is not None:
+            return reservation.id_tag.casefold() == id_tag.casefold()
         return status in _FREE
 
-    def _choose(self, connector_id: int | None, id_tag: str) -> Connector | None:
+    def _choose(self, connector_id: int | None, id_tag: str) -> int | None:
+        charger = self.ctx.charger
+        if charger is None:
+            return None
         if connector_id is not None:
-            connector = self._connector(connector_id)
-            return (
-                connector if connector is not None and self._free_for(connector, id_tag) else None
+            ok = self._port(connector_id) is not None and self._free_for(
+                charger, connector_id, id_tag
             )
-        candidates = [c for c in self._connectors().values() if self._free_for(c, id_tag)]
+            return connector_id if ok else None
+        candidates = [c for c in charger.connector_ids if self._free_for(charger, c, id_tag)]
         # An EV already plugged in (Preparing) is the one the user is standing at.
-        candidates.sort(key=lambda c: (c.status.status != ChargePointStatus.PREPARING, c.id))
+        candidates.sort(key=lambda c: (charger.status(c).status != ChargePointStatus.PREPARING, c))
         return candidates[0] if candidates else None
 
     @on(Action.remote_start_transaction)
@@ -264,13 +222,13 @@ class EvsedChargePoint(StrictChargePoint):
             return call_result.RemoteStartTransaction(status="Rejected")
         if connector_id == 0:
             return call_result.RemoteStartTransaction(status="Rejected")
-        connector = self._choose(connector_id, id_tag)
-        if connector is None:
+        chosen = self._choose(connector_id, id_tag)
+        if chosen is None:
             self.ctx.emit(
                 "remote_start", id_tag=id_tag, connector_id=connector_id, status="Rejected"
             )
             return call_result.RemoteStartTransaction(status="Rejected")
-        self._chosen[call_unique_id] = connector.id
+        self._chosen[call_unique_id] = chosen
         return call_result.RemoteStartTransaction(status="Accepted")
 
     @after(Action.remote_start_transaction)
@@ -282,8 +240,8 @@ class EvsedChargePoint(StrictChargePoint):
         charging_profile: dict[str, Any] | None = None,
     ) -> None:
         cid = self._chosen.pop(call_unique_id, None)
-        connector = self._connector(cid)
-        if connector is None:
+        charger = self._port(cid)
+        if charger is None or cid is None:
             return
         parent: str | None = None
         if self._authorize_remote() and self.ctx.authorizer is not None:
@@ -293,12 +251,12 @@ class EvsedChargePoint(StrictChargePoint):
                 self.ctx.emit("remote_start", id_tag=id_tag, connector_id=cid, status=result.status)
                 return
             parent = result.parent_id_tag
-        if not connector.authorize_remote(id_tag, parent):
+        if not charger.start_remote(cid, id_tag, parent):
             self.ctx.emit("remote_start", id_tag=id_tag, connector_id=cid, status="Refused")
             return
         self.ctx.emit("remote_start", id_tag=id_tag, connector_id=cid, status="Started")
         if charging_profile is not None:
-            self._apply_tx_profile(connector.id, charging_profile)
+            self._apply_tx_profile(charger, cid, charging_profile)
 
     def _authorize_remote(self) -> bool:
         try:
@@ -306,12 +264,12 @@ class EvsedChargePoint(StrictChargePoint):
         except (KeyError, ValueError):
             return True
 
-    def _apply_tx_profile(self, connector_id: int, profile: dict[str, Any]) -> None:
-        if self.ctx.charger is None:
-            return
+    def _apply_tx_profile(
+        self, charger: ChargePointPort, connector_id: int, profile: dict[str, Any]
+    ) -> None:
         now = self.ctx.clock.now()
         limit = tx_profile_limit(profile, now, now)
-        self.ctx.charger.set_smart_charging_limit(connector_id, limit)
+        charger.set_smart_charging_limit(connector_id, limit)
         # The bridge clears it when the transaction (or the wait for the EV) ends.
         if self.ctx.reactions is not None:
             self.ctx.reactions.tx_profile_applied(connector_id)
@@ -319,14 +277,17 @@ class EvsedChargePoint(StrictChargePoint):
 
     # ------------------------------------------------------------ RemoteStopTransaction §5.12
 
-    def _connector_of(self, transaction_id: int) -> Connector | None:
+    def _connector_of(self, transaction_id: int) -> int | None:
         tx = self.ctx.store.transaction_by_cs_id(transaction_id)
         if tx is None:
             return None
-        connector = self._connector(tx.connector_id)
-        if connector is None or connector.transaction is None:
+        charger = self._port(tx.connector_id)
+        if charger is None:
             return None
-        return connector if connector.transaction.local_id == tx.local_id else None
+        running = charger.transaction(tx.connector_id)
+        if running is None or running.local_id != tx.local_id:
+            return None
+        return int(tx.connector_id)
 
     @on(Action.remote_stop_transaction)
     def on_remote_stop_transaction(self, transaction_id: int) -> call_result.RemoteStopTransaction:
@@ -336,9 +297,9 @@ class EvsedChargePoint(StrictChargePoint):
     @after(Action.remote_stop_transaction)
     def after_remote_stop_transaction(self, transaction_id: int) -> None:
         # After the answer, so that the CS sees RemoteStopTransaction.conf first.
-        connector = self._connector_of(transaction_id)
-        if connector is not None:
-            connector.request_stop(StopReason.REMOTE)
+        cid = self._connector_of(transaction_id)
+        if cid is not None and self.ctx.charger is not None:
+            self.ctx.charger.request_stop(cid, StopReason.REMOTE)
 
     # ------------------------------------------------------------ Reset §5.14
 
@@ -352,14 +313,107 @@ class EvsedChargePoint(StrictChargePoint):
         if self.ctx.session is not None:
             # Records the reason for whatever is still open at the next start, then restarts.
             self.ctx.session.request_reset(type)
-        for connector in self._connectors().values():
-            connector.request_stop(reason)  # each stop wakes the delivery itself
+        charger = self.ctx.charger
+        for cid in self._ids:
+            assert charger is not None
+            charger.request_stop(cid, reason)  # each stop wakes the delivery itself
 
     # ------------------------------------------------------------ UnlockConnector §5.17
 
     @on(Action.unlock_connector)
     def on_unlock_connector(self, connector_id: int) -> call_result.UnlockConnector:
-        connector = self._connector(connector_id)
-        if connector is None:
+        charger = self._port(connector_id)
+        if charger is None:
             return call_result.UnlockConnector(status="NotSupported")
-        return call_result.UnlockConnector(status=connector.unlock())
+        return call_result.UnlockConnector(status=charger.unlock(connector_id))
+
+
+# ---------------------------------------------------------------- the declaration
+
+PROFILE = declare(
+    NAME,
+    cs_to_cp={
+        "ChangeAvailability",
+        "ChangeConfiguration",
+        "ClearCache",
+        "DataTransfer",
+        "GetConfiguration",
+        "RemoteStartTransaction",
+        "RemoteStopTransaction",
+        "Reset",
+        "UnlockConnector",
+    },
+    cp_to_cs={
+        "Authorize",
+        "BootNotification",
+        "DataTransfer",
+        "Heartbeat",
+        "MeterValues",
+        "StartTransaction",
+        "StatusNotification",
+        "StopTransaction",
+    },
+    # Defaults suit the simulated bench. "0" intervals mean "off" where the spec says so.
+    keys=(
+        key("AllowOfflineTxForUnknownId", _B, _RW, "false"),
+        key("AuthorizationCacheEnabled", _B, _RW, "true"),
+        key("AuthorizeRemoteTxRequests", _B, _RW, "true"),
+        key("BlinkRepeat", _I, _RW, "3", min=0, max=100, supported=False),
+        key("ClockAlignedDataInterval", _I, _RW, "0", min=0, max=_DAY),
+        key("ConnectionTimeOut", _I, _RW, "60", min=1, max=3600),
+        key(
+            "ConnectorPhaseRotation",
+            _C,
+            _RW,
+            "0.Unknown",
+            max_items_key="ConnectorPhaseRotationMaxLength",
+        ),
+        key("ConnectorPhaseRotationMaxLength", _I, _R, None),  # NumberOfConnectors + 1
+        key("GetConfigurationMaxKeys", _I, _R, "64"),
+        key("HeartbeatInterval", _I, _RW, "300", min=0, max=_DAY),
+        key("LightIntensity", _I, _RW, "100", min=0, max=100, supported=False),
+        key("LocalAuthorizeOffline", _B, _RW, "true"),
+        key("LocalPreAuthorize", _B, _RW, "false"),
+        key("MaxEnergyOnInvalidId", _I, _RW, "0", min=0, max=1_000_000),
+        key(
+            "MeterValuesAlignedData",
+            _C,
+            _RW,
+            "Energy.Active.Import.Register",
+            max_items_key="MeterValuesAlignedDataMaxLength",
+        ),
+        key("MeterValuesAlignedDataMaxLength", _I, _R, "8"),
+        key(
+            "MeterValuesSampledData",
+            _C,
+            _RW,
+            "Energy.Active.Import.Register,Power.Active.Import,Current.Import",
+            max_items_key="MeterValuesSampledDataMaxLength",
+        ),
+        key("MeterValuesSampledDataMaxLength", _I, _R, "8"),
+        key("MeterValueSampleInterval", _I, _RW, "60", min=0, max=_DAY),
+        key("MinimumStatusDuration", _I, _RW, "0", min=0, max=3600),
+        key("NumberOfConnectors", _I, _R, None),  # given at construction
+        key("ResetRetries", _I, _RW, "3", min=0, max=10),
+        key("StopTransactionOnEVSideDisconnect", _B, _RW, "true"),
+        key("StopTransactionOnInvalidId", _B, _RW, "true"),
+        key("StopTxnAlignedData", _C, _RW, "", max_items_key="StopTxnAlignedDataMaxLength"),
+        key("StopTxnAlignedDataMaxLength", _I, _R, "8"),
+        key("StopTxnSampledData", _C, _RW, "", max_items_key="StopTxnSampledDataMaxLength"),
+        key("StopTxnSampledDataMaxLength", _I, _R, "8"),
+        # Its value and its allowed items come from the profile declarations (keys.py).
+        key(
+            "SupportedFeatureProfiles",
+            _C,
+            _R,
+            None,
+            max_items_key="SupportedFeatureProfilesMaxLength",
+        ),
+        key("SupportedFeatureProfilesMaxLength", _I, _R, "6"),
+        key("TransactionMessageAttempts", _I, _RW, "3", min=1, max=100),
+        key("TransactionMessageRetryInterval", _I, _RW, "60", min=1, max=_DAY),
+        key("UnlockConnectorOnEVSideDisconnect", _B, _RW, "true"),
+        key("WebSocketPingInterval", _I, _RW, "30", min=0, max=3600),
+    ),
+    handlers=CoreHandlers,
+)
