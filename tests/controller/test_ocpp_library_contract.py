@@ -1,9 +1,11 @@
 """What evsed relies on in the `ocpp` library's private routing, pinned.
 
-`StrictChargePoint` (controller/ocpp16/protocol.py) replaces `route_message` and
-`_handle_call`, builds on `create_route_map`, and feeds `call()` through `_call_lock` and
-`_response_queue`. None of that is public API: a new `ocpp` release may change it without
-notice. These tests fail loudly when it does, naming what to re-check in protocol.py.
+`StrictChargePoint` (controller/ocpp16/protocol.py) replaces `start`, `route_message` and
+`_handle_call`, reads the attributes the library's `__init__` sets (`_connection`, `id`,
+`logger`, `route_map`), builds on `create_route_map`, and feeds `call()` through
+`_call_lock` and `_response_queue`. None of that is public API: a new `ocpp` release may
+change it without notice. These tests fail loudly when it does, naming what to re-check in
+protocol.py.
 """
 
 from __future__ import annotations
@@ -43,7 +45,6 @@ REVIEW = (
 # hashlib.sha256(inspect.getsource(fn).encode()).hexdigest()[:16].
 PINNED_SOURCES = {
     "ChargePoint.__init__": "36c0ca30a2784dfb",
-    "ChargePoint.start": "e2fe5d4f4c35c1a9",
     "ChargePoint.route_message": "fe0bf07bdd2e1c9a",
     "ChargePoint._handle_call": "f9877c77b99a69af",
     "ChargePoint.call": "29fb6b76027ae74c",
@@ -85,6 +86,19 @@ def test_signatures_evsed_overrides_or_calls() -> None:
     ours = inspect.signature(StrictChargePoint.route_message).parameters
     assert list(ours) == expected["route_message"]
     assert list(inspect.signature(StrictChargePoint._handle_call).parameters) == ["self", "msg"]
+    # Replaced outright, so the library's version of these does not matter:
+    for name in ("start", "route_message", "_handle_call"):
+        assert name in vars(StrictChargePoint), name
+
+
+def test_the_attributes_init_sets() -> None:
+    link = _Link()
+    cp = _CP("cp-7", link, response_timeout=3)
+    assert cp._connection is link, REVIEW.format(what="ChargePoint.__init__ (_connection)")
+    assert cp.id == "cp-7" and cp.logger is not None
+    assert isinstance(cp._call_lock, asyncio.Lock)
+    assert isinstance(cp._response_queue, asyncio.Queue)
+    assert "_on_action" in cp.route_map["Reset"]
 
 
 def test_route_map_shape() -> None:
@@ -136,9 +150,9 @@ class _CP(StrictChargePoint):
 
 
 async def test_start_routes_every_frame_through_our_route_message() -> None:
-    """The library's `start()` must call `route_message` (ours) for each frame: a CALL
-    the library would answer NotImplemented gets our NotSupported; `_handle_call` is
-    never reached."""
+    """Each frame read from the connection goes through our `route_message`: a CALL the
+    library would answer NotImplemented gets our NotSupported; `_handle_call` is never
+    reached."""
     link = _Link()
     cp = _CP("cp", link)
     task = asyncio.create_task(cp.start())
