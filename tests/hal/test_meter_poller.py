@@ -163,7 +163,6 @@ async def test_stop_works_when_the_driver_swallows_the_cancellation() -> None:
 
     from evsed.hal.meters import MeterError
     from evsed.hal.meters.poller import MeterPoller
-    from tests.support.clock import FakeClock
 
     in_request = asyncio.Event()
 
