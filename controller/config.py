@@ -27,6 +27,7 @@ from urllib.parse import urlsplit, urlunsplit
 
 from pydantic import (
     BaseModel,
+    BeforeValidator,
     ConfigDict,
     Field,
     SecretStr,
@@ -39,6 +40,8 @@ from evsed.controller import __version__
 
 Gpio = Annotated[int, Field(ge=0, le=27, description="BCM GPIO number")]
 Amps = Annotated[float, Field(ge=6, le=80)]
+# A part that is not fitted: TOML has no null, so `false` says "no pin" (printed back so).
+OptionalGpio = Annotated[Gpio | None, BeforeValidator(lambda v: None if v is False else v)]
 # TOML has no path type: a path is a string, so this is the one lax field type.
 FsPath = Annotated[Path, Field(strict=False)]
 
@@ -183,7 +186,7 @@ class ProximityConfig(Strict):
 
 class ContactorConfig(Strict):
     relay_pin: Gpio = 17
-    feedback_pin: Gpio | None = 27
+    feedback_pin: OptionalGpio = 27
     active_high: bool = True
     feedback_active_high: bool = True
     settle_s: Annotated[float, Field(gt=0, le=2)] = 0.1
@@ -192,14 +195,14 @@ class ContactorConfig(Strict):
 class RcdConfig(Strict):
     enabled: bool = True
     fault_pin: Gpio = 22
-    test_pin: Gpio | None = 23
+    test_pin: OptionalGpio = 23
 
 
 class LockConfig(Strict):
     enabled: bool = False
     lock_pin: Gpio = 24
-    unlock_pin: Gpio | None = 25
-    feedback_pin: Gpio | None = 5
+    unlock_pin: OptionalGpio = 25
+    feedback_pin: OptionalGpio = 5
 
 
 class TemperatureConfig(Strict):
@@ -546,7 +549,19 @@ def redacted(config: Config) -> dict[str, Any]:
     for key in SECRET_KEYS:
         cs[key] = "***" if getattr(config.central_system, key).get_secret_value() else ""
     cs["url"] = mask_url(cs["url"])
+    for connector in data["connectors"]:
+        for section, key in OPTIONAL_PINS:
+            if connector[section][key] is None:
+                connector[section][key] = False  # TOML has no null: false = not fitted
     return data
+
+
+OPTIONAL_PINS = (
+    ("contactor", "feedback_pin"),
+    ("rcd", "test_pin"),
+    ("lock", "unlock_pin"),
+    ("lock", "feedback_pin"),
+)
 
 
 def mask_url(url: str) -> str:

@@ -426,3 +426,21 @@ def test_client_key_password_is_masked(tmp_path, capsys) -> None:
     assert 'client_key_password = "***"' in out
     code, err, _ = check(tmp_path, "[central_system]\nclient_key_password = 5\n", capsys)
     assert code == 2 and any("client_key_password" in line for line in err)
+
+
+def test_false_means_a_part_is_not_fitted_and_frees_its_pin(tmp_path, capsys) -> None:
+    text = (
+        "[[connectors]]\n[connectors.contactor]\nfeedback_pin = false\n"
+        "[connectors.rcd]\ntest_pin = false\n"
+        "[connectors.lock]\nenabled = true\nunlock_pin = false\nfeedback_pin = 27\n"
+    )
+    path = tmp_path / "pins.toml"
+    path.write_text(text)
+    cfg = config.load(path)
+    c = cfg.connectors[0]
+    assert (c.contactor.feedback_pin, c.rcd.test_pin, c.lock.unlock_pin) == (None, None, None)
+    assert c.lock.feedback_pin == 27  # the contactor's default pin, now free
+    assert cli.main(["config", "check", "--file-only", str(path)]) == 0
+    assert config.parse(tomllib.loads(capsys.readouterr().out)) == cfg
+    code, err, _ = check(tmp_path, "[[connectors]]\n[connectors.rcd]\ntest_pin = true\n", capsys)
+    assert code == 2 and "connectors[0].rcd.test_pin: input should be a valid integer" in err[0]

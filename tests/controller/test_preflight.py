@@ -129,17 +129,14 @@ def test_the_bench_is_refused_on_real_pins(factory: str) -> None:
 
 
 def test_warnings_are_printed_and_pass(tmp_path, capsys) -> None:
-    text = (
+    path = tmp_path / "evsed.toml"
+    path.write_text(
         "[central_system]\nsecurity_profile = 1\n"
         'authorization_key = "change-me-0123456789abcdef"\n'
         "[[connectors]]\n[connectors.rcd]\nenabled = false\n"
+        "[connectors.contactor]\nfeedback_pin = false\n"  # false: not fitted
     )
-    path = tmp_path / "evsed.toml"
-    path.write_text(text)
-    # TOML has no null, so a file cannot unset feedback_pin; the model can.
-    cfg = config.load(path).model_copy(deep=True)
-    cfg.connectors[0].contactor.feedback_pin = None
-    report = preflight.check(cfg)
+    report = preflight.check(config.load(path))
     assert report.problems == []
     assert [w.path for w in report.warnings] == [
         "connectors[0].rcd.enabled",
@@ -148,9 +145,13 @@ def test_warnings_are_printed_and_pass(tmp_path, capsys) -> None:
     ]
     assert all("change-me" not in str(w) for w in report.warnings)
     assert cli.main(["config", "check", str(path)]) == 0
-    err = capsys.readouterr().err.splitlines()
+    out = capsys.readouterr()
+    err = out.err.splitlines()
+    assert len(err) == 3
     assert err[0].startswith(f"{path}: warning: connectors[0].rcd.enabled: an RCD/RCM")
+    assert err[1].startswith(f"{path}: warning: connectors[0].contactor.feedback_pin: a contactor")
     assert any("authorization_key: a key of this charger's own" in line for line in err)
+    assert "feedback_pin = false" in out.out  # printed back as it was written
 
 
 def test_pi_example_on_this_machine_names_each_missing_part(capsys) -> None:
