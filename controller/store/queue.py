@@ -1,7 +1,15 @@
-"""Rows of the transaction-message queue (the policy lives in `controller.ocpp16.txqueue`)."""
+"""Rows of the transaction-message queue (the policy lives in `controller.ocpp16.txqueue`).
+
+Payloads are JSON text; one longer than ``COMPRESS_ABOVE`` bytes (MeterValues with per-phase
+values, a StopTransaction with transactionData) is kept zlib-compressed as a BLOB. With
+1 KiB pages a 1.7 KiB MeterValues would take an overflow page to write and another to free
+on its acknowledgement, and every page is one more WAL frame on the card: compressed
+(sampled values repeat their keys), it fits in the leaf page the queue writes anyway.
+"""
 
 from __future__ import annotations
 
+import zlib
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -22,13 +30,23 @@ class QueuedRow:
 
 
 _Q_COLS = "id, action, payload, tx_local_id, attempts, last_error, parked"
+COMPRESS_ABOVE = 512
+
+
+def _encode(payload: Mapping[str, Any]) -> str | bytes:
+    text = dumps(payload)
+    return zlib.compress(text.encode(), 6) if len(text) > COMPRESS_ABOVE else text
+
+
+def _decode(stored: str | bytes) -> Any:
+    return loads(zlib.decompress(stored).decode() if isinstance(stored, bytes) else stored)
 
 
 def _q(row: tuple[Any, ...]) -> QueuedRow:
     return QueuedRow(
         id=row[0],
         action=row[1],
-        payload=loads(row[2]),
+        payload=_decode(row[2]),
         tx_local_id=row[3],
         attempts=row[4],
         last_error=row[5],
@@ -42,7 +60,7 @@ class QueueRepository(Repository):
     def queue_insert(self, action: str, payload: Mapping[str, Any], tx_local_id: int | None) -> int:
         cur = self._db.execute(
             "INSERT INTO tx_queue (action, payload, tx_local_id) VALUES (?, ?, ?)",
-            (action, dumps(payload), tx_local_id),
+            (action, _encode(payload), tx_local_id),
         )
         assert cur.lastrowid is not None
         return cur.lastrowid

@@ -227,6 +227,67 @@ def test_an_hour_of_charging_writes_under_2_mb(
     assert per_hour <= 2 * 1024 * 1024
 
 
+@pytest.mark.skipif(not Path("/proc/self/io").exists(), reason="needs Linux /proc/self/io")
+def test_large_per_phase_meter_values_write_no_more_than_small_ones(db: Path) -> None:
+    """37 sampled values (4.7 KB of JSON, MeterValuesSampledDataMaxLength's worth with
+    phases) would need overflow pages: compressed, they write what a small one writes."""
+    import random
+
+    from evsed.controller.ocpp16.txqueue import TxQueue
+
+    def written() -> int:
+        for line in Path("/proc/self/io").read_text().splitlines():
+            if line.startswith("wchar:"):
+                return int(line.split()[1])
+        raise AssertionError("no wchar")
+
+    rng = random.Random(7)
+
+    def hour(path: Path, phase_values: int) -> int:
+        with Store(path, wal_autocheckpoint_pages=0) as s:
+            q = TxQueue(s)
+            local = q.start_transaction(1, "AABBCCDD", 0, T0)
+            msg = q.next_due(0.0)
+            assert msg is not None and q.ack(msg.id, {"transactionId": 1})
+            before = written()
+            for i in range(360):
+                at = T0 + timedelta(seconds=10 * i)
+                sampled = [{"value": str(i * 30), "measurand": "Energy.Active.Import.Register"}]
+                sampled += [
+                    {
+                        "value": f"{230 + rng.random() * 3:.2f}",
+                        "measurand": "Voltage",
+                        "unit": "V",
+                        "phase": phase,
+                        "context": "Sample.Periodic",
+                        "location": "Outlet",
+                    }
+                    for _ in range(phase_values)
+                    for phase in ("L1", "L2", "L3")
+                ]
+                q.meter_values(
+                    1,
+                    [{"timestamp": at.isoformat(), "sampledValue": sampled}],
+                    local,
+                    energy_wh=i * 30.0,
+                    at=at,
+                )
+                msg = q.next_due(0.0)
+                assert msg is not None and msg.payload["meterValue"][0]["sampledValue"] == sampled
+                q.ack(msg.id, {})
+            return written() - before
+
+    small = hour(db.with_name("small.db"), 0)
+    large = hour(db.with_name("large.db"), 12)
+    assert large <= small * 1.1 and large <= 2 * 1024 * 1024, (small, large)
+
+
+def test_small_payloads_stay_readable_text(store: Store) -> None:
+    store.queue_insert("MeterValues", {"connectorId": 1, "meterValue": []}, None)
+    raw = store.execute("SELECT payload FROM tx_queue").fetchone()[0]
+    assert isinstance(raw, str) and raw.startswith("{")
+
+
 async def test_checkpoint_runs_off_the_loop_and_writes_the_wal_back(tmp_path: Path) -> None:
     import asyncio
     import threading
