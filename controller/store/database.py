@@ -75,7 +75,11 @@ class StoreError(Exception):
 def secure_state_dir(path: Path) -> Path:
     """Create the state directory (parents too) and make it the service user's only."""
     path.mkdir(mode=DIR_MODE, parents=True, exist_ok=True)
-    os.chmod(path, DIR_MODE)
+    try:
+        os.chmod(path, DIR_MODE)
+    except PermissionError:
+        # Someone else's directory that we may write to: run, but say what is exposed.
+        log.warning("state directory %s is not ours: cannot make it 0700", path)
     return path
 
 

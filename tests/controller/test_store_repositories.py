@@ -146,3 +146,14 @@ def test_files_left_world_readable_by_an_older_evsed_are_restricted(tmp_path: Pa
     with Store(path):
         assert _mode(path) == 0o600
     assert _mode(secure_state_dir(tmp_path / "state")) == 0o700
+
+
+def test_a_state_dir_we_cannot_restrict_is_used_with_a_warning(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    def refuse(path: object, mode: int) -> None:
+        raise PermissionError(1, "Operation not permitted", str(path))
+
+    monkeypatch.setattr(os, "chmod", refuse)
+    assert secure_state_dir(tmp_path / "shared") == tmp_path / "shared"
+    assert "cannot make it 0700" in caplog.text
