@@ -211,8 +211,19 @@ class TemperatureConfig(Strict):
     beta: Annotated[float, Field(gt=0)] = 3950.0
     r25_ohms: Annotated[float, Field(gt=0)] = 10000.0
     series_ohms: Annotated[float, Field(gt=0)] = 10000.0
+    # DS18B20 only: its directory under /sys/bus/w1/devices, e.g. "28-0316a279c4ff".
     device_id: str = ""
     max_c: Annotated[float, Field(ge=30, le=120)] = 80.0
+
+    @model_validator(mode="after")
+    def _device(self) -> TemperatureConfig:
+        if self.driver == "ds18b20" and not re.fullmatch(r"[0-9a-f]{2}-[0-9a-f]+", self.device_id):
+            raise KeyProblem(
+                "device_id",
+                'the sensor\'s 1-wire id for driver = "ds18b20", e.g. "28-0316a279c4ff" '
+                "(ls /sys/bus/w1/devices)",
+            )
+        return self
 
 
 class MeterConfig(Strict):

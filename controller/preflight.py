@@ -32,6 +32,7 @@ def check(
     config: Config,
     *,
     pwm_root: Path = Path("/sys/class/pwm"),
+    w1_root: Path = Path("/sys/bus/w1/devices"),
     environ: dict[str, str] | None = None,
 ) -> Report:
     """Every check; reads files (blocking), so call it before the event loop runs."""
@@ -41,6 +42,7 @@ def check(
     _meters(config, report)
     _state_dir(config.state_dir, report)
     _pwm_chips(config, pwm_root, report)
+    _w1_sensors(config, w1_root, report)
     _pins(config, env, report)
     _gpio(config, report)
     _warnings(config, report)
@@ -118,6 +120,22 @@ def _pwm_chips(config: Config, root: Path, report: Report) -> None:
                     str(c.pilot.pwm_chip),
                     f"a kernel PWM chip ({chip} does not exist: enable dtoverlay=pwm-2chan, "
                     f"or pick the chip listed in {root})",
+                )
+            )
+
+
+def _w1_sensors(config: Config, root: Path, report: Report) -> None:
+    for i, c in enumerate(config.connectors):
+        t = c.temperature
+        if t.driver != "ds18b20":
+            continue
+        if not (root / t.device_id).is_dir():
+            report.problems.append(
+                Problem(
+                    f"connectors[{i}].temperature.device_id",
+                    repr(t.device_id),
+                    f"a DS18B20 on the 1-wire bus ({root / t.device_id} does not exist: "
+                    f"enable dtoverlay=w1-gpio, or pick the id listed in {root})",
                 )
             )
 

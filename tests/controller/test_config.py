@@ -246,7 +246,7 @@ def test_channels_a_connector_does_not_read_are_free() -> None:
             "connectors": [
                 {
                     "proximity": {"channel": 0, "fixed_cable_a": 32},
-                    "temperature": {"driver": "ds18b20", "channel": 0},
+                    "temperature": {"driver": "ds18b20", "channel": 0, "device_id": "28-01"},
                 }
             ]
         }
@@ -444,3 +444,16 @@ def test_false_means_a_part_is_not_fitted_and_frees_its_pin(tmp_path, capsys) ->
     assert config.parse(tomllib.loads(capsys.readouterr().out)) == cfg
     code, err, _ = check(tmp_path, "[[connectors]]\n[connectors.rcd]\ntest_pin = true\n", capsys)
     assert code == 2 and "connectors[0].rcd.test_pin: input should be a valid integer" in err[0]
+
+
+def test_ds18b20_needs_its_device_id(tmp_path, capsys) -> None:
+    text = '[[connectors]]\n[connectors.temperature]\ndriver = "ds18b20"\n'
+    code, err, _ = check(tmp_path, text, capsys)
+    assert code == 2
+    assert err == [
+        f"{tmp_path / 'evsed.toml'}: connectors[0].temperature.device_id: the sensor's 1-wire "
+        'id for driver = "ds18b20", e.g. "28-0316a279c4ff" (ls /sys/bus/w1/devices) '
+        "(given: its default)"
+    ]
+    code, err, _ = check(tmp_path, text + 'device_id = "../../etc"\n', capsys)
+    assert code == 2 and "(given: '../../etc')" in err[0]

@@ -116,6 +116,17 @@ def test_sysfs_pwm_chip_must_exist(tmp_path) -> None:
     ]
 
 
+def test_ds18b20_must_be_on_the_bus(tmp_path) -> None:
+    cfg = config.parse(
+        {"connectors": [{"temperature": {"driver": "ds18b20", "device_id": "28-0316a279c4ff"}}]}
+    )
+    (tmp_path / "28-0316a279c4ff").mkdir()
+    assert preflight.check(cfg, w1_root=tmp_path).problems == []
+    problems = preflight.check(cfg, w1_root=tmp_path / "none").problems
+    assert [p.path for p in problems] == ["connectors[0].temperature.device_id"]
+    assert f"{tmp_path / 'none' / '28-0316a279c4ff'} does not exist" in str(problems[0])
+
+
 @pytest.mark.parametrize("factory", ["lgpio", "RPiGPIO", "pigpio", "native"])
 def test_the_bench_is_refused_on_real_pins(factory: str) -> None:
     cfg = config.load(None)
