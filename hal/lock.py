@@ -7,14 +7,16 @@ Two models, chosen by whether `unlock_pin` is given:
 - Hold solenoid (`unlock_pin` None): `lock_pin` stays energised while locked.
 `feedback_pin` (optional) is the lock's position switch: active = locked.
 
-Pulses end through `clock.sleep`, on the running event loop (lock()/unlock() must be
-called from it), so tests drive them with tests.support.clock.FakeClock.
+Pulses end through `clock.sleep` when lock()/unlock() are called on the running event
+loop (so tests drive them with tests.support.clock.FakeClock), and by a real-time timer
+when called from another thread (the safety core's, which owns this output).
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import threading
 from typing import Any
 
 from gpiozero import DigitalInputDevice, DigitalOutputDevice
@@ -74,7 +76,7 @@ class GpioLock:
         except Exception:
             self._close_all()
             raise
-        self._pulse: asyncio.Task[None] | None = None
+        self._pulse: asyncio.Task[None] | threading.Timer | None = None
 
     def _add(self, dev: Any) -> Any:
         self._devices.append(dev)
@@ -83,10 +85,10 @@ class GpioLock:
     @property
     def busy(self) -> bool:
         """A pulse is in progress."""
-        return self._pulse is not None and not self._pulse.done()
+        return self._pulse is not None and _running(self._pulse)
 
     def _stop_pulse(self) -> None:
-        if self._pulse is not None and not self._pulse.done():
+        if self._pulse is not None and _running(self._pulse):
             self._pulse.cancel()
         self._pulse = None
         self._lock_out.off()
@@ -107,11 +109,20 @@ class GpioLock:
             else:
                 self._lock_out.off()
             return
-        loop = asyncio.get_running_loop()  # RuntimeError outside the loop: by design
+        try:
+            loop: asyncio.AbstractEventLoop | None = asyncio.get_running_loop()
+        except RuntimeError:
+            loop = None  # the safety core's thread
         self._stop_pulse()  # both bridge legs low before the other one goes high
         out = self._lock_out if locked else self._unlock_out
         out.on()
-        self._pulse = loop.create_task(self._pulse_end(out))
+        if loop is not None:
+            self._pulse = loop.create_task(self._pulse_end(out))
+        else:
+            timer = threading.Timer(self._pulse_s, _off, (out,))
+            timer.daemon = True
+            timer.start()
+            self._pulse = timer
 
     def lock(self) -> None:
         self._drive(True)
@@ -130,7 +141,7 @@ class GpioLock:
                 dev.close()
 
     def shutdown(self) -> None:
-        if self._pulse is not None and not self._pulse.done():
+        if self._pulse is not None and _running(self._pulse):
             self._pulse.cancel()
         self._pulse = None
         for dev in self._devices:
@@ -140,3 +151,12 @@ class GpioLock:
 
 
 __all__ = ["GpioLock"]
+
+
+def _running(pulse: asyncio.Task[None] | threading.Timer) -> bool:
+    return pulse.is_alive() if isinstance(pulse, threading.Timer) else not pulse.done()
+
+
+def _off(out: DigitalOutputDevice) -> None:
+    if not out.closed:
+        out.off()

@@ -192,3 +192,26 @@ async def test_an_rcd_trip_during_a_blocked_loop_opens_the_contactor(stack: Stac
         assert stack.charger.connector(1).status.error_code == "GroundFailure"
     finally:
         watch.close()
+
+
+async def test_a_motor_lock_works_from_the_core_thread(tmp_path: Path) -> None:
+    config = parse(
+        {
+            "bench": {"control_port": 0, "ev_delay_s": 0.1},
+            "connectors": [{"meter": {"port": 0}, "lock": {"enabled": True}}],
+            "authorization": {"free_vend": True},
+            "state_dir": str(tmp_path),
+        }
+    )
+    async with Stack(config, control=False) as stack:
+        assert stack.charger is not None
+        connector = stack.charger.connector(1)
+        sim, watch = relay_of(stack)
+        try:
+            await stack.bench.plug(1)
+            await watch.wait(True)  # energy flows only once the lock confirmed
+            assert sim.pins.locked
+            assert connector.internal_errors == 0
+            assert str(connector.status.status) == "Charging"
+        finally:
+            watch.close()

@@ -96,3 +96,41 @@ def test_no_feedback(mock_factory: MockFactory) -> None:
     lock = GpioLock(24)
     assert lock.locked() is None
     lock.shutdown()
+
+
+def test_motor_lock_driven_from_a_thread_ends_its_pulse_by_timer(
+    bench: BenchPins, mock_factory: MockFactory
+) -> None:
+    """The safety core drives the lock from its own thread, where no event loop runs."""
+    import threading
+
+    lock = GpioLock(24, 25, 5, pulse_s=0.05)
+    lock_pin, unlock_pin = mock_factory.pin(24), mock_factory.pin(25)
+    assert bench.lock_out is lock_pin
+    low = threading.Event()
+    previous = bench.lock_out.on_change
+
+    def on_change() -> None:
+        if previous is not None:
+            previous()
+        if not lock_pin.state:
+            low.set()
+
+    bench.lock_out.on_change = on_change
+    errors: list[BaseException] = []
+
+    def drive() -> None:
+        try:
+            lock.lock()
+        except BaseException as exc:
+            errors.append(exc)
+
+    t = threading.Thread(target=drive)
+    t.start()
+    t.join(1.0)
+    assert errors == []
+    assert lock_pin.state and not unlock_pin.state and lock.busy
+    assert low.wait(2.0)  # the pulse ended without any loop
+    assert not lock.busy
+    assert lock.locked() is True
+    lock.shutdown()
