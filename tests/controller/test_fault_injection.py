@@ -34,7 +34,8 @@ async def make_rig() -> AsyncIterator[MakeRig]:
 
     async def make(hooks: LocalHooks | None = None, **sections: Any) -> Rig:
         clock = FakeClock()
-        config = bench_config(authorization={"free_vend": True}, **sections)
+        sections.setdefault("authorization", {"free_vend": True})
+        config = bench_config(**sections)
         stack = Stack(config, clock=clock, control=False, hooks=hooks)
         await stack.start()
         stacks.append(stack)
@@ -112,26 +113,30 @@ async def test_a_listener_raising_at_any_point_leaves_the_session_safe(
 
 
 class FlakyHooks(LocalHooks):
-    """LocalHooks whose status/stop hooks raise once."""
+    """LocalHooks whose status hook raises once, on `status`; authorize may raise too."""
 
-    def __init__(self, fail: str) -> None:
-        super().__init__()
-        self.fail = fail
+    def __init__(self, status: str | None = None, *, authorize_raises: int = 0) -> None:
+        super().__init__(tags=["AABBCCDDEE"])
+        self.fail_on = status
         self.failed = False
-
-    def _maybe(self, what: str) -> None:
-        if what == self.fail and not self.failed:
-            self.failed = True
-            raise Boom(f"hook {what}")
+        self.authorize_raises = authorize_raises
 
     def status_changed(self, connector_id: int, status: Any) -> None:
         super().status_changed(connector_id, status)
-        if status.status == "Charging":
-            self._maybe("status")
+        if status.status == self.fail_on and not self.failed:
+            self.failed = True
+            raise Boom(f"status hook on {status.status}")
+
+    async def authorize(self, connector_id: int, id_tag: str) -> Any:
+        if self.authorize_raises:
+            self.authorize_raises -= 1
+            raise Boom("authorize hook")
+        return await super().authorize(connector_id, id_tag)
 
 
-async def test_a_status_hook_raising_is_contained(make_rig: MakeRig) -> None:
-    hooks = FlakyHooks("status")
+@pytest.mark.parametrize("status", ["Preparing", "SuspendedEV", "Charging"])
+async def test_a_status_hook_raising_is_contained(make_rig: MakeRig, status: str) -> None:
+    hooks = FlakyHooks(status)
     rig = await make_rig(hooks=hooks)
     await rig.bench.plug(1)
     await charging(rig)
@@ -140,6 +145,26 @@ async def test_a_status_hook_raising_is_contained(make_rig: MakeRig) -> None:
     await rig.run(2)
     assert rig.sim.pins.relay_energized  # charging goes on
     await unplug_is_safe_and_recorded(rig)
+
+
+async def test_an_authorize_hook_raising_refuses_that_card_only(make_rig: MakeRig) -> None:
+    hooks = FlakyHooks(authorize_raises=1)
+    rig = await make_rig(hooks=hooks, authorization={"free_vend": False})
+    await rig.bench.plug(1)
+    await rig.until(lambda: rig.status == "Preparing")
+    assert rig.stack.charger is not None
+    rig.stack.charger.present_tag("AABBCCDDEE")
+    refused = await rig.note("authorized")
+    assert refused["status"] == "Invalid"  # the hook raised: no energy on a doubt
+    assert rig.connector.callback_errors == 1
+    rig.stack.charger.present_tag("AABBCCDDEE")
+    accepted = await rig.note("authorized")
+    assert accepted["status"] == "Accepted"
+    await charging(rig)
+    await rig.bench.unplug(1)
+    await rig.until(lambda: rig.status == "Available", within_s=1)
+    assert not rig.sim.pins.relay_energized
+    assert rig.stack.hooks.stopped[-1].reason == StopReason.EV_DISCONNECTED
 
 
 async def test_a_charger_observer_raising_is_contained(make_rig: MakeRig) -> None:
