@@ -21,6 +21,7 @@ import asyncio
 import concurrent.futures
 import logging
 import math
+import os
 import queue
 import sys
 import threading
@@ -44,6 +45,9 @@ QUEUE_SIZE = 64
 CALL_TIMEOUT_S = 2.0
 #: The interpreter's thread switch interval while the core runs (see `start`).
 SWITCH_INTERVAL_S = 0.001
+#: The core thread's nice value (Linux, per thread), where the process may raise it
+#: (root or CAP_SYS_NICE): on a busy CPU the scheduler wakes it before the rest.
+CORE_NICE = -10
 
 
 @dataclass
@@ -190,6 +194,7 @@ class SafetyCore:
 
     def _run(self) -> None:
         self._thread_id = threading.get_ident()
+        _raise_priority()
         log.debug("safety core running (%d connectors)", len(self._units))
         while True:
             try:
@@ -235,3 +240,11 @@ class SafetyCore:
             interval = unit.tick(self.clock)
             unit.connector.deliver()
             await self.clock.sleep(interval)
+
+
+def _raise_priority() -> None:
+    """Best effort: a higher scheduling priority for the calling thread only."""
+    try:
+        os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), CORE_NICE)
+    except (OSError, AttributeError) as exc:  # not permitted, or not Linux
+        log.debug("safety core keeps its priority: %s", exc)
