@@ -302,3 +302,33 @@ async def test_a_pwm_that_stays_broken_still_opens_the_contactor(
     await rig.bench.unplug(1)
     await rig.run(1)
     assert not rig.sim.pins.relay_energized
+
+
+# ---------------------------------------------------------------- supervised tasks
+
+
+async def test_a_meter_poller_that_dies_is_restarted(
+    make_rig: MakeRig, caplog: pytest.LogCaptureFixture
+) -> None:
+    rig = await make_rig()
+    assert rig.stack.charger is not None
+    charger = rig.stack.charger
+    poller = charger._slots[1].poller
+    assert poller is not None
+    real = poller.next_delay
+    calls = [0]
+
+    def next_delay() -> float:
+        calls[0] += 1
+        if calls[0] == 1:
+            raise RuntimeError("a bug in the poller's own loop")
+        return real()
+
+    poller.next_delay = next_delay  # type: ignore[method-assign]
+    await rig.bench.plug(1)
+    await charging(rig)
+    await rig.until_note("meter")  # the first poll, then the poller's loop raises
+    await rig.until(lambda: charger.restarts.get("meter-poller-1") == 1, within_s=5)
+    assert "meter-poller-1 failed; restarting it" in caplog.text
+    await rig.meter_sample()  # polling again
+    await unplug_is_safe_and_recorded(rig)
