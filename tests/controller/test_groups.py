@@ -81,3 +81,30 @@ async def test_a_card_of_another_group_does_not_stop(cs: CentralSystem, tmp_path
         await rig.run(2)
         assert rig.connector.transaction is not None
         assert rig.calls("StopTransaction", since=mark) == []
+
+
+async def test_offline_a_cached_group_card_stops_the_session(
+    cs: CentralSystem, tmp_path: Path
+) -> None:
+    """Offline, the second card's group comes from the cache; the session's from the
+    StartTransaction.conf received while online."""
+    async with ocpp_rig(cs, tmp_path, keys={"AuthorizeRemoteTxRequests": "false"}) as rig:
+        mark = cs.mark()
+        await rig.plug()
+        assert await rig.remote_start(FIRST, connector_id=1) == "Accepted"
+        await rig.event("start_transaction_result", lambda f: f["id_tag"] == FIRST)
+        await rig.charging()
+        rig.ocpp.store.cache_put(SECOND, {"status": "Accepted", "parentIdTag": GROUP}, None)
+        cs.set_offline(True)
+        session = rig.ocpp.session
+        assert session is not None
+        await session.wait_offline(5)  # type: ignore[attr-defined]
+        await rig.bench.present_card(SECOND)
+        # The card comes through the reader in real time; then the stop in simulated time.
+        answer = await rig.event("authorize", lambda f: f["id_tag"] == SECOND)
+        assert answer["status"] == "Accepted"
+        await rig.until(lambda: rig.connector.transaction is None)
+        assert rig.calls("Authorize", since=mark) == []  # nothing asked: it was offline
+        stopped = await rig.event("transaction_stopped")
+        assert stopped["reason"] == "Local"
+        cs.set_offline(False)
