@@ -53,6 +53,11 @@ class TransactionStop:
 
 
 class ConnectorHooks(Protocol):
+    """Called on the asyncio loop, after the fact, never inside the safety core: the core
+    asks (a tag to authorise, a start to record) through its outbox and hears the answer
+    as a command. An exception a hook raises is logged and counted; a start hook that
+    raises means no energy and no lock for that start (InternalError until unplug)."""
+
     async def authorize(self, connector_id: int, id_tag: str) -> AuthResult: ...
 
     def transaction_started(self, tx: Transaction) -> Transaction:
