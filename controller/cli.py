@@ -32,8 +32,8 @@ def _parser() -> argparse.ArgumentParser:
         "check",
         help="validate a configuration file as `run` would and print it resolved",
         description="Validate the file, then check on this machine what `evsed run` needs "
-        "(certificate and key files, meter maps, state directory, PWM chip). Problems: exit "
-        "status 2, one line each; warnings are printed and pass.",
+        "(certificate and key files, meter maps, state directory, PWM chip, 1-wire sensors, "
+        "GPIO). Problems: exit status 2, one line each; warnings are printed and pass.",
     )
     check.add_argument("file", nargs="?", type=Path, help="TOML file (default: bench defaults)")
     check.add_argument(

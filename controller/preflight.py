@@ -15,6 +15,7 @@ from pathlib import Path
 
 from evsed.controller import tls
 from evsed.controller.config import Config, MeterConfig, Problem
+from evsed.hal.meters.regmap import MapError, load_map
 
 # The example configuration's authorisation key: a charger must never keep it.
 PLACEHOLDER_KEY_PREFIX = "change-me"
@@ -64,8 +65,6 @@ def _tls(config: Config, report: Report) -> None:
 
 
 def _meters(config: Config, report: Report) -> None:
-    from evsed.hal.meters.regmap import MapError, load_map
-
     meters: list[tuple[str, MeterConfig]] = [
         (f"connectors[{i}].meter", c.meter) for i, c in enumerate(config.connectors)
     ]
@@ -160,7 +159,7 @@ def _gpio(config: Config, report: Report) -> None:
         return
     import warnings
 
-    from gpiozero import Device
+    from gpiozero import Device  # only here: a bench configuration never needs it
 
     try:
         with warnings.catch_warnings():
