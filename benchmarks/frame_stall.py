@@ -6,9 +6,16 @@ observer, as in the app, so every frame is redacted for the "frame" event), with
 at INFO to /dev/null as `evsed run` configures it. A ticker task sleeps 1 ms at a time and
 records how late it wakes: the worst lateness is the loop stall.
 
-Modes: ``inline`` (everything on the loop: parsing, schema check, camel->snake, redaction,
-the whole frame in the log line: the code before the offload) and ``offload`` (frames
-above OFFLOAD_FRAME_BYTES go to a worker thread; the current code).
+Modes, each with the same frames:
+- ``legacy``: the code before issue 10's work: everything on the loop, the library's
+  camel->snake conversion, jsonschema alone, the three redaction patterns always run, the
+  whole frame in the INFO log line;
+- ``inline``: today's functions (key names converted once, jsonschema-rs when installed,
+  redaction skipped when nothing can match, a short log line) but still on the loop;
+- ``offload``: today's code: frames above OFFLOAD_FRAME_BYTES parsed, checked and redacted
+  in a worker thread;
+- ``offload-jsonschema``: the same without jsonschema-rs (an installation without
+  ``evsed[fast]``).
 
 Run from the repository root: ``python -m benchmarks.frame_stall``. Last line: JSON.
 """
@@ -24,6 +31,7 @@ import sys
 import time
 from typing import Any
 
+from ocpp.charge_point import camel_to_snake_case
 from ocpp.routing import on
 from ocpp.v16 import call_result
 from ocpp.v16.enums import Action
@@ -34,9 +42,11 @@ from evsed.controller.ocpp16 import link as link_module
 from evsed.controller.ocpp16 import protocol
 from evsed.controller.ocpp16.link import FrameTap
 from evsed.controller.ocpp16.protocol import StrictChargePoint, websocket_options
+from evsed.controller.ocpp16.redaction import _SECRET_PATTERNS
 
 ENTRIES = 10_000
-FRAMES = 5
+FRAMES = 10
+MODES = ("legacy", "inline", "offload", "offload-jsonschema")
 MAX_FRAME = 4 * 1024 * 1024
 
 
@@ -73,13 +83,34 @@ def big_frame(n: int) -> str:
     return json.dumps([2, "uid-0", "SendLocalList", payload])
 
 
-async def measure(mode: str, frame: str) -> dict[str, Any]:
-    if mode == "inline":
-        ListCP.offload_frame_bytes = 1 << 40
-        link_module.OFFLOAD_FRAME_BYTES = 1 << 40
+def _always_redact(text: str, secrets: tuple[str, ...] = ()) -> str:
+    text = _SECRET_PATTERNS[0].sub(r"\1***", text)
+    text = _SECRET_PATTERNS[1].sub(r"\1***\2", text)
+    text = _SECRET_PATTERNS[2].sub(r"\1***", text)
+    for secret in secrets:
+        text = text.replace(secret, "***") if secret else text
+    return text
+
+
+_TODAY = (protocol.to_snake_case, protocol._jsonschema_rs, link_module.redact)
+
+
+def _set_mode(mode: str) -> None:
+    inline = mode in ("legacy", "inline")
+    ListCP.offload_frame_bytes = 1 << 40 if inline else protocol.OFFLOAD_FRAME_BYTES
+    link_module.OFFLOAD_FRAME_BYTES = ListCP.offload_frame_bytes
+    if mode == "legacy":
+        protocol.to_snake_case = camel_to_snake_case
+        protocol._jsonschema_rs = None
+        link_module.redact = _always_redact
     else:
-        ListCP.offload_frame_bytes = protocol.OFFLOAD_FRAME_BYTES
-        link_module.OFFLOAD_FRAME_BYTES = protocol.OFFLOAD_FRAME_BYTES
+        protocol.to_snake_case, protocol._jsonschema_rs, link_module.redact = _TODAY
+    if mode == "offload-jsonschema":
+        protocol._jsonschema_rs = None
+
+
+async def measure(mode: str, frame: str) -> dict[str, Any]:
+    _set_mode(mode)
     answers: asyncio.Queue[float] = asyncio.Queue()
 
     async def handler(ws: ServerConnection) -> None:
@@ -123,8 +154,13 @@ async def measure(mode: str, frame: str) -> dict[str, Any]:
 
 async def main() -> dict[str, Any]:
     frame = big_frame(ENTRIES)
-    results = [await measure("inline", frame), await measure("offload", frame)]
-    return {"frame_bytes": len(frame.encode()), "frames": FRAMES, "results": results}
+    results = [await measure(mode, frame) for mode in MODES]
+    return {
+        "frame_bytes": len(frame.encode()),
+        "frames": FRAMES,
+        "jsonschema_rs": _TODAY[1] is not None,
+        "results": results,
+    }
 
 
 if __name__ == "__main__":

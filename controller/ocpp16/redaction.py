@@ -14,11 +14,25 @@ _SECRET_PATTERNS = (
 )
 
 
+# Letters that IGNORECASE matches to an ASCII letter of the patterns but str.lower() does
+# not lower to it (Python re docs: capital I with dot, dotless i, long s, Kelvin sign).
+_ODD_CASE = ("\u0130", "\u0131", "\u017f", "\u212a")
+
+
+def _may_match(text: str) -> bool:
+    """False only when no pattern can match: plain searches of a 1.4 MB frame take about
+    1 ms, the three case-insensitive patterns 20 ms."""
+    low = text.lower()
+    if "authorizationkey" in low or "authorization:" in low:
+        return True
+    return any(ch in text for ch in _ODD_CASE)
+
+
 def redact(text: str, secrets: tuple[str, ...] = ()) -> str:
     """``text`` without AuthorizationKey values, Authorization headers or any of ``secrets``."""
-    # Every pattern needs the word: a 1.4 MiB frame is lowered in ~1 ms, where the three
-    # case-insensitive scans take ~30 ms holding the GIL (and the safety core waits).
-    if "authorization" in text.lower():
+    # Holding the GIL for ~30 ms of case-insensitive scans would stall the loop and the
+    # safety core's thread alike: plain searches settle most frames first.
+    if _may_match(text):
         text = _SECRET_PATTERNS[0].sub(r"\1***", text)
         text = _SECRET_PATTERNS[1].sub(r"\1***\2", text)
         text = _SECRET_PATTERNS[2].sub(r"\1***", text)
