@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -110,7 +111,12 @@ def _run(args: argparse.Namespace) -> int:
 def _safe_off(args: argparse.Namespace) -> int:
     from evsed.controller.run import safe_off
 
-    return safe_off(load_or_exit(args.config))
+    code = safe_off(load_or_exit(args.config))
+    # Leave without closing the GPIO devices: gpiozero would turn the lines into floating
+    # inputs on the way out; the kernel releases them at the levels just driven.
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)
 
 
 def _demo(args: argparse.Namespace) -> int:

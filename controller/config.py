@@ -37,6 +37,7 @@ from pydantic import (
 )
 
 from evsed.controller import __version__
+from evsed.controller.paths import default_state_dir
 
 Gpio = Annotated[int, Field(ge=0, le=27, description="BCM GPIO number")]
 Amps = Annotated[float, Field(ge=6, le=80)]
@@ -319,7 +320,8 @@ class Config(Strict):
     authorization: Authorization = Authorization()
     # No [bench] section: a real charger. `load(None)` and `simulated()` turn it on.
     bench: Bench = Bench(enabled=False)
-    state_dir: FsPath = Path("state")
+    # $STATE_DIRECTORY under systemd, else ~/.local/state/evsed: never the current directory.
+    state_dir: FsPath = Field(default_factory=default_state_dir)
     logging: Logging = Logging()
 
     @model_validator(mode="after")

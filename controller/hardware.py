@@ -6,6 +6,8 @@ import logging
 from pathlib import Path
 from typing import Any
 
+from gpiozero import DigitalOutputDevice
+
 from evsed.controller.charger import ConnectorParts, Parts
 from evsed.controller.clock import Clock
 from evsed.controller.config import Adc, Config, Connector, MeterConfig
@@ -129,16 +131,60 @@ def meter(cfg: MeterConfig, clock: Clock) -> EnergyMeter | None:
     )
 
 
-def safe_off(config: Config) -> None:
-    """After any exit: relay outputs low and pilots at +12 V, whatever state they were left in."""
-    for cfg in config.connectors:
+def safe_off(config: Config, *, pin_factory: Any = None) -> tuple[list[str], list[Any]]:
+    """After any exit: relay outputs low and pilots at steady +12 V (no PWM), whatever
+    state they were left in. Every output is tried, whatever failed before it.
+
+    Returns what could not be made safe (empty: all safe) and the devices now driving the
+    safe levels. Keep those referenced until the process ends and do not close them:
+    gpiozero's lgpio pins turn into floating inputs when closed (so does a device that is
+    garbage-collected), while lines still claimed at exit are released by the kernel at
+    their last level. (A PWM pilot device would stop its PWM on close and leave the line
+    low, -12 V: the pilot pin is driven as a plain output instead.)"""
+    failed: list[str] = []
+    held: list[Any] = []
+    no_gpio: str | None = None
+    if pin_factory is None:
+        from evsed.controller import gpiobackend
+
         try:
-            RelayContactor(
-                cfg.contactor.relay_pin, active_high=cfg.contactor.active_high
-            ).shutdown()
-        except Exception:
-            log.exception("could not drive relay GPIO %s low", cfg.contactor.relay_pin)
+            pin_factory = gpiobackend.default_factory()
+        except gpiobackend.NoGpioBackend as exc:
+            no_gpio = str(exc)
+    for n, cfg in enumerate(config.connectors, 1):
+        relay = cfg.contactor
         try:
-            pilot_output(cfg, None).shutdown()
-        except Exception:
-            log.exception("could not set the pilot of GPIO %s to +12 V", cfg.pilot.pin)
+            if no_gpio is not None:
+                raise RuntimeError(no_gpio)
+            # De-energised: low on an active-high driver, high on an active-low one.
+            held.append(
+                DigitalOutputDevice(
+                    relay.relay_pin,
+                    active_high=relay.active_high,
+                    initial_value=False,
+                    pin_factory=pin_factory,
+                )
+            )
+        except Exception as exc:
+            log.debug("relay of connector %d", n, exc_info=True)
+            failed.append(f"connector {n}: relay GPIO{relay.relay_pin} not driven off: {exc}")
+        pilot = cfg.pilot
+        try:
+            if pilot.driver == "sysfs":
+                # Duty = period: the kernel keeps the channel at +12 V after we exit.
+                SysfsPwmPilot(pilot.pwm_chip, pilot.pwm_channel).shutdown()
+            elif no_gpio is not None:
+                raise RuntimeError(no_gpio)
+            else:
+                held.append(
+                    DigitalOutputDevice(pilot.pin, initial_value=True, pin_factory=pin_factory)
+                )
+        except Exception as exc:
+            log.debug("pilot of connector %d", n, exc_info=True)
+            where = (
+                f"PWM chip {pilot.pwm_chip} channel {pilot.pwm_channel}"
+                if pilot.driver == "sysfs"
+                else f"GPIO{pilot.pin}"
+            )
+            failed.append(f"connector {n}: pilot ({where}) not set to +12 V: {exc}")
+    return failed, held

@@ -157,24 +157,15 @@ def _gpio(config: Config, report: Report) -> None:
     and `run` would stop with a traceback from deep inside the first driver."""
     if config.bench.enabled:
         return
-    import warnings
-
-    from gpiozero import Device  # only here: a bench configuration never needs it
+    from evsed.controller import gpiobackend
 
     try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")  # gpiozero warns for each factory it skips
-            # The factory gpiozero would pick for the drivers (GPIOZERO_PIN_FACTORY
-            # honoured); opening it touches no pin.
-            factory = Device._default_pin_factory()
-    except Exception as exc:
+        # The factory the drivers will get (GPIOZERO_PIN_FACTORY honoured); opening it
+        # touches no pin.
+        factory = gpiobackend.default_factory()
+    except gpiobackend.NoGpioBackend as exc:
         report.problems.append(
-            Problem(
-                "bench.enabled",
-                "false (no [bench] section)",
-                f"GPIO pins for the drivers, but gpiozero has none here ({exc}); "
-                "to simulate the charger on this machine, add a [bench] section",
-            )
+            Problem("bench.enabled", "false (no [bench] section)", f"GPIO pins: {exc}")
         )
         return
     factory.close()

@@ -257,6 +257,26 @@ def run_bench(config: Config) -> int:
     return _main(bench_only)
 
 
-def safe_off(config: Config) -> int:
-    hardware.safe_off(config)
+#: `evsed safe-off` could not reach the safe state on some output (systemd shows the
+#: ExecStopPost failure; the journal names the output).
+EXIT_NOT_SAFE = 1
+
+
+#: The devices holding the safe levels: referenced until the process ends (see
+#: hardware.safe_off; `evsed safe-off` then leaves through os._exit, closing nothing).
+_held: list[Any] = []
+
+
+def safe_off(config: Config, *, pin_factory: Any = None) -> int:
+    if config.bench.enabled and not config.bench.force:
+        # The bench's pins lived in the process that ran it; nothing real to drive.
+        print("evsed safe-off: simulated bench, no real outputs to make safe", file=sys.stderr)
+        return 0
+    failed, held = hardware.safe_off(config, pin_factory=pin_factory)
+    _held.extend(held)
+    for line in failed:
+        print(f"evsed safe-off: {line}", file=sys.stderr)
+    if failed:
+        print("evsed safe-off: NOT SAFE: check the relay and the pilot", file=sys.stderr)
+        return EXIT_NOT_SAFE
     return 0

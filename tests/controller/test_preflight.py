@@ -223,6 +223,7 @@ def test_without_the_bench_the_drivers_need_real_gpio(monkeypatch) -> None:
     problems = preflight.check(cfg).problems
     assert [p.path for p in problems] == ["bench.enabled"]
     assert "gpiozero has none here" in str(problems[0])
+    assert "pip install 'evsed[pi]'" in str(problems[0])
     assert "add a [bench] section" in str(problems[0])
     # The bench brings its own pins.
     assert preflight.check(config.load(None)).problems == []
