@@ -56,6 +56,39 @@ def _parser() -> argparse.ArgumentParser:
     off.add_argument("--config", type=Path, help="TOML file (default: bench defaults)")
     off.set_defaults(func=_safe_off)
 
+    inst = sub.add_parser(
+        "install",
+        help="set evsed up as a systemd service (user, unit, udev rule, /etc/evsed)",
+        description="Create the service user (groups gpio, spi, dialout where they exist), "
+        "write the systemd unit and the udev rule for the kernel PWM, copy the Raspberry Pi "
+        "example to /etc/evsed/evsed.toml unless one is there, reload systemd and udev, and "
+        "print the next steps. Enables nothing: edit the configuration first.",
+    )
+    inst.add_argument("--root", type=Path, default=Path("/"), help="install under DIR (default /)")
+    inst.add_argument("--user", default="evsed", help="service user (default evsed)")
+    inst.add_argument(
+        "--evsed", type=Path, help="the evsed the unit runs (default: the one beside python)"
+    )
+    inst.add_argument(
+        "--dry-run", action="store_true", help="print the commands instead of running them"
+    )
+    inst.set_defaults(func=_install)
+
+    uninst = sub.add_parser(
+        "uninstall",
+        help="stop and remove the service (keeps /etc/evsed and /var/lib/evsed)",
+        description="Stop and disable the service (its ExecStopPost leaves the outputs "
+        "safe), remove the unit and the udev rule. --purge also removes the configuration, "
+        "the state (transactions, queued messages) and the service user.",
+    )
+    uninst.add_argument("--root", type=Path, default=Path("/"), help="under DIR (default /)")
+    uninst.add_argument("--user", default="evsed", help="service user (default evsed)")
+    uninst.add_argument("--purge", action="store_true", help="also configuration, state, user")
+    uninst.add_argument(
+        "--dry-run", action="store_true", help="print the commands instead of running them"
+    )
+    uninst.set_defaults(func=_uninstall)
+
     demo = sub.add_parser("demo", help="play a charging session on the simulated bench")
     demo.add_argument("--json", action="store_true", help="one JSON object per line")
     demo.set_defaults(func=_demo)
@@ -117,6 +150,28 @@ def _safe_off(args: argparse.Namespace) -> int:
     sys.stdout.flush()
     sys.stderr.flush()
     os._exit(code)
+
+
+def _install(args: argparse.Namespace) -> int:
+    from evsed.controller import install
+
+    runner = install.dry_run(print) if args.dry_run else None
+    try:
+        return install.install(args.root, evsed_bin=args.evsed, user=args.user, run=runner)
+    except install.InstallError as exc:
+        print(f"evsed install: {exc}", file=sys.stderr)
+        return EXIT_CONFIG
+
+
+def _uninstall(args: argparse.Namespace) -> int:
+    from evsed.controller import install
+
+    runner = install.dry_run(print) if args.dry_run else None
+    try:
+        return install.uninstall(args.root, user=args.user, purge=args.purge, run=runner)
+    except install.InstallError as exc:
+        print(f"evsed uninstall: {exc}", file=sys.stderr)
+        return EXIT_CONFIG
 
 
 def _demo(args: argparse.Namespace) -> int:

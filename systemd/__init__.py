@@ -1,0 +1,1 @@
+"""The systemd unit and the udev rule, shipped as package data for `evsed install`."""
