@@ -329,7 +329,14 @@ class Charger:
         slot = self._slots[connector_id]
         if value != slot.smart:
             slot.smart = value
-            self.recompute(connector_id)
+            if self._balancer is not None:
+                # The budget was computed with the old limit as the connector's own cap (a
+                # paused connector got its 0 A passed through): share anew before the
+                # limiter sees the new limit, or the stale 0 A would look like a
+                # balancer's dip and hold the resume.
+                self._rebalance()
+            else:
+                self.recompute(connector_id)
 
     def _inputs(self, slot: _Slot, with_budget: bool = True) -> LimitInputs:
         cfg = slot.config

@@ -15,18 +15,30 @@ A limit of 0 A never ends the session: it only suspends (`Allowance.suspended`),
 transaction stays open until the EV or the user ends it.
 
 Resume rule (anti-flapping): the connector suspends at once when the limit falls below 6 A
-(offering 6 A would exceed a limit, so there is no choice). Once suspended, it resumes only
-after the limit has stayed at or above `resume_a` (default 6 A) *continuously* for
-`resume_after_s` (default 30 s). Any dip below `resume_a` restarts that wait. So however a
-limit oscillates around 6 A, the contactor closes at most once per `resume_after_s`; 30 s is
-well above the EV's ~5 s reaction to a new duty and several meter intervals, and short enough
-that a user does not wonder why nothing happens.
+(offering 6 A would exceed a limit, so there is no choice). How it resumes depends on what
+held it down:
+
+- The load balancer's or the solar controller's budget (`LimitInputs.budget`) flaps with the
+  household load and the clouds. A suspension in which the budget dipped below `resume_a`
+  (default 6 A) while it was the tighter limit ends only after the budget has stayed at or
+  above `resume_a` *continuously* for `resume_after_s` (default 30 s); any dip restarts that
+  wait. So however a budget oscillates around 6 A, the contactor closes at most once per
+  `resume_after_s`; 30 s is well above the EV's ~5 s reaction to a new duty and several
+  meter intervals, and short enough that a user does not wonder why nothing happens.
+- Everything else is a decision, not a measurement: a Central System's profile (limit 0 =
+  pause, evcc's way of switching off), the cable, the configuration, the invalid-id rule.
+  When such a limit rises back to 6 A or more, the connector resumes on that very update:
+  a Central System that raises or clears a profile must see the EV charge again within a
+  second, and a hold would only make it think the charger ignored it.
+
+A budget that merely equals the connector's own limit (the balancer passes a suspended
+connector's own limit through) is not a dip: the budget was not what held it down.
 """
 
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from enum import StrEnum
 from typing import Literal
 
@@ -212,6 +224,9 @@ class CurrentLimiter:
     def __init__(self, config: LimiterConfig | None = None) -> None:
         self.config = config or LimiterConfig()
         self._suspended = False
+        # During a suspension: the budget dipped below resume_a (the hold applies), and
+        # since when it has been back at or above it (None: not yet, or dipping now).
+        self._budget_dipped = False
         self._ok_since: float | None = None
 
     @property
@@ -221,23 +236,37 @@ class CurrentLimiter:
     def reset(self) -> None:
         """Forget the suspension history (e.g. when the EV unplugs)."""
         self._suspended = False
+        self._budget_dipped = False
         self._ok_since = None
+
+    def _note_budget(self, inputs: LimitInputs, now: float) -> None:
+        """While suspended (or suspending): follow the budget for the resume hold."""
+        if inputs.budget is None:
+            return
+        budget = representable_current(_sane(inputs.budget.amps))
+        own = representable_current(
+            limit(replace(inputs, budget=None), self.config.electrical).amps
+        )
+        if budget < self.config.resume_a and budget < own:
+            self._budget_dipped = True
+            self._ok_since = None
+        elif self._budget_dipped and self._ok_since is None and budget >= self.config.resume_a:
+            self._ok_since = now
 
     def update(self, inputs: LimitInputs, now: float) -> Allowance:
         lim = limit(inputs, self.config.electrical)
         amps = representable_current(lim.amps)
+        if amps < MIN_CURRENT_A or self._suspended:
+            self._note_budget(inputs, now)
         if amps < MIN_CURRENT_A:
             self._suspended = True
-            self._ok_since = None
             return Allowance(0.0, True, lim.reason)
         if self._suspended:
-            if amps < self.config.resume_a:
-                self._ok_since = None
-                return Allowance(0.0, True, lim.reason)
-            if self._ok_since is None:
-                self._ok_since = now
-            if now - self._ok_since < self.config.resume_after_s:
-                return Allowance(0.0, True, lim.reason)
-            self._suspended = False
-            self._ok_since = None
+            if self._budget_dipped:
+                held = self._ok_since is not None and (
+                    now - self._ok_since >= self.config.resume_after_s
+                )
+                if not held:
+                    return Allowance(0.0, True, lim.reason)
+            self.reset()
         return Allowance(amps, False, lim.reason)

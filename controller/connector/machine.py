@@ -891,7 +891,13 @@ class Connector:
         if self.transaction is not None and not self._tx_recorded:
             status = ChargePointStatus.PREPARING  # not started until its start is recorded
         elif self.transaction is not None:
-            if self._contactor.energized and self._may_draw(self.pilot_state):
+            # Offering nothing (limit 0, a pause) is SuspendedEVSE at once, also during the
+            # seconds the contactor stays closed for the EV to stop drawing (§7.7).
+            if (
+                self.offered_a > 0
+                and self._contactor.energized
+                and self._may_draw(self.pilot_state)
+            ):
                 status = ChargePointStatus.CHARGING
             elif self.offered_a > 0 and self.pilot_state == PilotState.B:
                 status = ChargePointStatus.SUSPENDED_EV

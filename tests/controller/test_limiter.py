@@ -327,3 +327,68 @@ def test_resumes_are_at_least_resume_after_s_apart(steps: list[tuple[float, floa
         if was_suspended and not allowance.suspended:
             assert last_suspend is not None and now - last_suspend >= 30.0
         was_suspended = allowance.suspended
+
+
+# --- a Central System's command resumes at once; the hold is for budgets ------------------------
+
+
+def test_a_raised_profile_resumes_on_the_same_update():
+    limiter = CurrentLimiter(LimiterConfig(resume_after_s=30.0))
+    assert limiter.update(inputs(smart_charging=SmartChargingLimit(0.0)), 0.0).suspended
+    raised = limiter.update(inputs(smart_charging=SmartChargingLimit(16.0)), 0.1)
+    assert raised == Allowance(16.0, False, Reason.SMART_CHARGING)
+
+
+def test_a_cleared_profile_resumes_on_the_same_update():
+    limiter = CurrentLimiter(LimiterConfig(resume_after_s=30.0))
+    assert limiter.update(inputs(smart_charging=SmartChargingLimit(3.0)), 0.0).suspended
+    assert limiter.update(inputs(), 0.5) == Allowance(32.0, False, Reason.HARDWARE)
+
+
+def test_a_passed_through_budget_is_not_a_dip():
+    # The balancer hands a connector its own (paused) limit back as the budget: when the
+    # Central System raises the profile, the balancer's new share is taken at once.
+    limiter = CurrentLimiter(LimiterConfig(resume_after_s=30.0))
+    paused = inputs(smart_charging=SmartChargingLimit(0.0), budget=Budget(0.0))
+    assert limiter.update(paused, 0.0).suspended
+    assert limiter.update(paused, 10.0).suspended
+    raised = inputs(smart_charging=SmartChargingLimit(16.0), budget=Budget(12.0))
+    assert limiter.update(raised, 10.2) == Allowance(12.0, False, Reason.LOAD_BALANCING)
+
+
+def test_the_budgets_hold_still_applies_under_a_raised_profile():
+    limiter = CurrentLimiter(LimiterConfig(resume_after_s=30.0))
+    limiter.update(inputs(smart_charging=SmartChargingLimit(16.0), budget=Budget(2.0)), 0.0)
+    # The Central System pauses too; the budget is back at 3 s; the profile rises at 20 s:
+    # the budget's hold runs from 3 s, whatever the profile did meanwhile.
+    limiter.update(inputs(smart_charging=SmartChargingLimit(0.0), budget=Budget(12.0)), 3.0)
+    held = inputs(smart_charging=SmartChargingLimit(16.0), budget=Budget(12.0))
+    assert limiter.update(held, 20.0).suspended
+    assert limiter.update(held, 32.9).suspended
+    assert limiter.update(held, 33.0) == Allowance(12.0, False, Reason.LOAD_BALANCING)
+
+
+def test_a_profile_that_rises_while_the_budget_is_short_waits_for_the_budget():
+    limiter = CurrentLimiter(LimiterConfig(resume_after_s=30.0))
+    limiter.update(inputs(smart_charging=SmartChargingLimit(0.0), budget=Budget(12.0)), 0.0)
+    limiter.update(inputs(smart_charging=SmartChargingLimit(16.0), budget=Budget(4.0)), 1.0)
+    ok = inputs(smart_charging=SmartChargingLimit(16.0), budget=Budget(12.0))
+    assert limiter.update(ok, 2.0).suspended
+    assert not limiter.update(ok, 32.0).suspended
+
+
+@given(
+    st.lists(
+        st.tuples(st.floats(0.01, 20.0), st.floats(min_value=0.0, max_value=40.0)),
+        min_size=1,
+        max_size=100,
+    )
+)
+def test_without_a_budget_the_offer_is_always_the_limit_now(steps: list[tuple[float, float]]):
+    limiter = CurrentLimiter(LimiterConfig(resume_after_s=30.0))
+    now = 0.0
+    for dt, amps in steps:
+        now += dt
+        got = limiter.update(inputs(smart_charging=SmartChargingLimit(amps)), now)
+        assert got.amps == representable_current(min(amps, 32.0))
+        assert got.suspended == (amps < 6.0)
