@@ -86,6 +86,9 @@ class SafetyCore:
         self._loop: asyncio.AbstractEventLoop | None = None
         self._loop_thread_id: int | None = None
         self._running = False
+        # Set once every connector has completed a tick since `start`: until then the
+        # core is not yet guarding anything (and `tick_age` is inf).
+        self._ticking = threading.Event()
 
     def add(self, connector: Connector, sampler: Sampler) -> None:
         self._units.append(_Unit(connector, sampler))
@@ -138,6 +141,7 @@ class SafetyCore:
         if self._tasks:
             await asyncio.wait(self._tasks)
         self._tasks.clear()
+        self._ticking.clear()
         for unit in self._units:
             unit.last_tick_at = None
             unit.sampler.stop_workers()
@@ -147,6 +151,11 @@ class SafetyCore:
         if self.threaded:
             return self._running and self._thread is not None and self._thread.is_alive()
         return bool(self._tasks) and all(not t.done() for t in self._tasks)
+
+    def wait_ticking(self, timeout: float) -> bool:
+        """Block (a worker thread, never the loop) until every connector has ticked once
+        since `start`; False if that took longer than `timeout`."""
+        return self._ticking.wait(timeout)
 
     def tick_age(self) -> float:
         """Real seconds since the oldest connector's last completed tick; inf if not running."""
@@ -226,7 +235,12 @@ class SafetyCore:
         for unit in self._units:
             if now >= unit.due:
                 unit.due = now + unit.tick(self.clock)
+        self._note_ticking()
         return True
+
+    def _note_ticking(self) -> None:
+        if not self._ticking.is_set() and all(u.last_tick_at is not None for u in self._units):
+            self._ticking.set()
 
     @staticmethod
     def _execute(command: _Command) -> None:
@@ -238,6 +252,7 @@ class SafetyCore:
     async def _run_inline(self, unit: _Unit) -> None:
         while True:
             interval = unit.tick(self.clock)
+            self._note_ticking()
             unit.connector.deliver()
             await self.clock.sleep(interval)
 

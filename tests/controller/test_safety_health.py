@@ -22,3 +22,18 @@ async def test_tick_age_is_infinite_until_the_core_runs_and_after_it_stops() -> 
     finally:
         await stack.stop()
     assert charger.safety_tick_age() == math.inf
+
+
+async def test_wait_ticking_answers_once_every_connector_has_ticked() -> None:
+    clock = FakeClock()
+    stack = Stack(bench_config(), clock=clock, control=False)
+    assert stack.charger is None or not stack.charger.core.wait_ticking(0.0)
+    await stack.start()
+    try:
+        assert stack.charger is not None
+        core = stack.charger.core
+        await clock.advance(0.5)
+        assert core.wait_ticking(0.0)
+    finally:
+        await stack.stop()
+    assert not core.wait_ticking(0.0)  # cleared by stop
