@@ -27,11 +27,12 @@ from ocpp.v16 import call
 
 from evsed.controller.clock import Clock
 from evsed.controller.config import Config
+from evsed.controller.meter_measurands import charger_measurands, max_phases, selectable_items
 from evsed.controller.ocpp16.auth import Authorizer
 from evsed.controller.ocpp16.bridge import OcppHooks
 from evsed.controller.ocpp16.chargepoint import EvsedChargePoint
 from evsed.controller.ocpp16.context import OcppContext, SessionControl
-from evsed.controller.ocpp16.keys import ConfigurationKeys
+from evsed.controller.ocpp16.keys import MEASURAND_KEYS, ConfigurationKeys
 from evsed.controller.ocpp16.port import ChargePointPort
 from evsed.controller.ocpp16.profiles.core import restore_availability
 from evsed.controller.ocpp16.txqueue import TxQueue
@@ -87,10 +88,18 @@ class OcppApp:
         )
         self._checkpointing: asyncio.Task[None] | None = None
         # SupportedFeatureProfiles: derived from the profile declarations (profiles/).
+        # The Meter*Data keys take what the configured meters (and connectors) deliver,
+        # and their MaxLength keys let a CS select all of it at once.
+        measurands = charger_measurands(config)
+        phases = max_phases(config)
+        room = str(max(8, len(selectable_items(measurands, phases))))
         self.keys = ConfigurationKeys(
             self.store,
             number_of_connectors=len(config.connectors),
             security_profile=config.central_system.security_profile,
+            measurands=measurands,
+            phases=phases,
+            overrides={f"{k}MaxLength": room for k in MEASURAND_KEYS},
         )
         self.txqueue = TxQueue.from_keys(self.store, self.keys)
         self.ctx = OcppContext(

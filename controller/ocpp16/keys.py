@@ -61,9 +61,11 @@ REGISTRY: tuple[KeySpec, ...] = KEY_REGISTRY
 
 SPECS: dict[str, KeySpec] = {s.name: s for s in REGISTRY}
 _BY_LOWER: dict[str, KeySpec] = {s.name.lower(): s for s in REGISTRY}
-_MEASURAND_KEYS = frozenset(
+#: The keys that hold measurand lists (each with its *MaxLength key).
+MEASURAND_KEYS = frozenset(
     {"MeterValuesAlignedData", "MeterValuesSampledData", "StopTxnAlignedData", "StopTxnSampledData"}
 )
+_MEASURAND_KEYS = MEASURAND_KEYS
 _INT_RE = re.compile(r"[+-]?\d+")
 _MAX_VALUE_LEN = 500  # CiString500
 
@@ -104,6 +106,7 @@ class ConfigurationKeys:
         reboot_required: Iterable[str] = (),
         security_profile_ready: Callable[[int], bool] = lambda level: False,
         security_profile: builtins.int = 0,
+        phases: builtins.int = 3,
     ) -> None:
         """``security_profile``: the level the configuration runs at; SecurityProfile reads
         at least that (the profile in effect), so a CS cannot "lower" it to 0 or 1."""
@@ -114,6 +117,7 @@ class ConfigurationKeys:
             raise ValueError(f"bad SupportedFeatureProfiles {profiles!r} (Core is mandatory)")
         self._profiles = frozenset(profiles)
         self._measurands = frozenset(measurands)
+        self._phases = phases  # the most any connector has: "Voltage.L3" needs three
         if not self._measurands <= MEASURANDS:
             raise ValueError(f"unknown measurands: {sorted(self._measurands - MEASURANDS)}")
         self._on = set(supported)
@@ -316,7 +320,11 @@ class ConfigurationKeys:
         if item in self._measurands:
             return True
         base, _, phase = item.rpartition(".")
-        return base in self._measurands and phase in PHASES
+        if base not in self._measurands or phase not in PHASES:
+            return False
+        # L3, L2-N, L3-L1 ...: every line named must exist on some connector.
+        lines = [int(c) for c in phase if c.isdigit()]
+        return all(k <= self._phases for k in lines)
 
     def _validate_csl(self, spec: KeySpec, value: builtins.str) -> builtins.str | None:
         raw = value.split(",") if value.strip() else []

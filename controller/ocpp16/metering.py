@@ -130,7 +130,8 @@ class MeterValueBuilder:
         self.unsupported = sorted({i.measurand for i in self.items} - BUILDABLE)
 
     def _wanted(self, item: MeasurandItem, phase: str) -> bool:
-        return item.phase is None or item.phase == phase
+        # "Voltage.L1" names the line; the value is reported as measured, L1-N.
+        return item.phase is None or item.phase == phase or f"{item.phase}-N" == phase
 
     def build(
         self,
