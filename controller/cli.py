@@ -52,6 +52,20 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("--config", type=Path, help="TOML file (default: bench defaults)")
     run.set_defaults(func=_run)
 
+    st = sub.add_parser(
+        "status",
+        help="what the running service sees: connectors, limits, Central System, queue",
+        description="Ask the running `evsed run` (over its unix socket, status.sock in "
+        "/run/evsed or the state directory) for each connector's status, pilot state, "
+        "offered and drawn current, power, energy, transaction and binding limit, the link "
+        "to the Central System and the number of queued messages. Exit status 1 when no "
+        "evsed answers.",
+    )
+    st.add_argument("--config", type=Path, help="TOML file (finds the state directory)")
+    st.add_argument("--socket", type=Path, help="the status socket (default: see above)")
+    st.add_argument("--json", action="store_true", help="the snapshot as JSON")
+    st.set_defaults(func=_status)
+
     off = sub.add_parser("safe-off", help="relay off and pilot at +12 V (systemd ExecStopPost)")
     off.add_argument("--config", type=Path, help="TOML file (default: bench defaults)")
     off.set_defaults(func=_safe_off)
@@ -139,6 +153,21 @@ def _run(args: argparse.Namespace) -> int:
     # The same checks as `config check`, before anything starts; they also load the TLS
     # key material, once, before the event loop runs.
     return run_controller(checked_or_exit(args.config))
+
+
+def _status(args: argparse.Namespace) -> int:
+    import json
+
+    from evsed.controller import status
+
+    path = args.socket or status.client_socket_path(load_or_exit(args.config))
+    try:
+        snap = status.query(path)
+    except status.StatusError as exc:
+        print(f"evsed status: {exc}", file=sys.stderr)
+        return 1
+    print(json.dumps(snap, indent=2) if args.json else status.format_table(snap))
+    return 0
 
 
 def _safe_off(args: argparse.Namespace) -> int:

@@ -183,7 +183,18 @@ def configure_logging(config: Config) -> None:
 async def serve(
     config: Config, *, on_ready: Callable[[Stack], None] | None = None, stop: asyncio.Event
 ) -> None:
-    async with Stack(config, ocpp=True) as stack:
+    from evsed.controller import status
+
+    clock = SystemClock()
+    link = status.LinkTracker(config, clock)
+
+    def observe_link(app: Any) -> None:  # again after every Reset: a new OcppApp
+        app.ctx.observers.append(link.observe)
+
+    server: status.StatusServer | None = None
+    async with Stack(config, clock=clock, ocpp=True, ocpp_setup=observe_link) as stack:
+        server = status.StatusServer(stack, link, status.server_socket_path(config))
+        await server.start()
         # Everything built so far lives as long as the process: keep it out of the
         # collector's scans, so that no full collection stalls the pilot sampling.
         gc.collect()
@@ -205,6 +216,7 @@ async def serve(
                 with contextlib.suppress(asyncio.CancelledError):
                     await watchdog
             sd_notify("STOPPING=1")
+            await server.stop()
 
 
 def _main(coro_factory: Callable[[asyncio.Event], Any]) -> int:

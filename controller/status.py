@@ -1,0 +1,284 @@
+"""`evsed status`: what the running service knows, read over a local unix socket.
+
+The service listens on ``status.sock`` in its runtime directory (``$RUNTIME_DIRECTORY``,
+``/run/evsed`` under the unit) or else in its state directory. The socket is mode 0660,
+owned by the service user and its group: root and members of the group may read it, nobody
+else. A client connects, reads one JSON object and the server closes: there is no request,
+so there is nothing to parse and nothing to attack.
+
+The snapshot is read on the loop from values the charger already keeps (the same ones the
+OCPP layer reads through its port); it never calls hardware.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import os
+import socket
+from collections.abc import Mapping
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+from evsed.controller.config import Config, mask_url
+from evsed.controller.masking import mask_tag
+
+log = logging.getLogger(__name__)
+
+SOCKET_NAME = "status.sock"
+#: Where the unit's RuntimeDirectory=evsed puts it: `evsed status` typed in a shell has no
+#: $RUNTIME_DIRECTORY, so it looks there first.
+SERVICE_SOCKET = Path("/run/evsed") / SOCKET_NAME
+SOCKET_MODE = 0o660
+
+
+class StatusError(Exception):
+    """The service could not be asked (not running, no permission): one line for people."""
+
+
+class AlreadyRunning(Exception):
+    """Another evsed answers on the status socket."""
+
+
+def server_socket_path(config: Config, environ: Mapping[str, str] = os.environ) -> Path:
+    runtime = environ.get("RUNTIME_DIRECTORY", "").split(":")[0]
+    return (Path(runtime) if runtime else Path(config.state_dir)) / SOCKET_NAME
+
+
+def client_socket_path(config: Config, environ: Mapping[str, str] = os.environ) -> Path:
+    """The service's socket if it is there, else the one `evsed run` with this
+    configuration would open."""
+    if not environ.get("RUNTIME_DIRECTORY") and SERVICE_SOCKET.exists():
+        return SERVICE_SOCKET
+    return server_socket_path(config, environ)
+
+
+# ---------------------------------------------------------------- what the service knows
+
+
+class LinkTracker:
+    """The link to the Central System as the session's events tell it."""
+
+    def __init__(self, config: Config, clock: Any) -> None:
+        self._clock = clock
+        self.url = mask_url(config.central_system.url) if config.central_system.url else ""
+        self.online = False
+        self.since: datetime | None = None  # of the current online/offline spell
+        self.last_error: str = ""
+
+    def observe(self, event: str, fields: dict[str, Any]) -> None:
+        if event == "online":
+            self.online = True
+            self.since = self._clock.now()
+            self.last_error = ""
+        elif event == "offline":
+            self.online = False
+            self.since = self._clock.now()
+        elif event == "connect_failed":
+            if "http_status" in fields:
+                self.last_error = f"HTTP {fields['http_status']}"
+            else:
+                self.last_error = str(fields.get("reason") or fields.get("error") or "failed")
+            if self.since is None:
+                self.since = self._clock.now()
+
+
+def _drawn_a(sample: Any) -> float | None:
+    if sample is None:
+        return None
+    currents = [a for a in sample.current_a if a is not None]
+    return max(currents) if currents else None
+
+
+def snapshot(stack: Any, link: LinkTracker) -> dict[str, Any]:
+    """The JSON object `evsed status` prints (stable keys: scripts read --json)."""
+    charger = stack.charger
+    connectors: list[dict[str, Any]] = []
+    if charger is not None:
+        for cid in charger.connector_ids:
+            conn = charger.connectors[cid]
+            status = charger.status(cid)
+            metering = charger.metering(cid)
+            allowance = charger.allowance(cid)
+            tx = charger.transaction(cid)
+            sample = metering.sample
+            transaction = None
+            if tx is not None:
+                energy = metering.energy_wh
+                transaction = {
+                    "id_tag": mask_tag(tx.id_tag),
+                    "started_at": tx.started_at.isoformat(),
+                    "meter_start_wh": tx.meter_start_wh,
+                    "energy_wh": None if energy is None else round(energy - tx.meter_start_wh),
+                }
+            connectors.append(
+                {
+                    "id": cid,
+                    "status": str(status.status),
+                    "error_code": str(status.error_code),
+                    "info": status.info,
+                    "pilot": str(conn.pilot_state),
+                    "offered_a": round(metering.offered_a, 1),
+                    "drawn_a": _drawn_a(sample),
+                    "power_w": None if sample is None else sample.power_total_w,
+                    "energy_wh": metering.energy_wh,
+                    "temperature_c": metering.temperature_c,
+                    "faults": sorted(str(f) for f in conn.faults),
+                    "transaction": transaction,
+                    "limit": {
+                        "amps": allowance.amps,
+                        "suspended": allowance.suspended,
+                        "reason": str(allowance.reason),
+                    },
+                }
+            )
+    ocpp = stack.ocpp
+    session = getattr(ocpp, "session", None) if ocpp is not None else None
+    return {
+        "time": stack.clock.now().isoformat(),
+        "connectors": connectors,
+        "central_system": {
+            "url": link.url,
+            "configured": bool(link.url),
+            "connected": bool(session is not None and session.connected),
+            "online": bool(session is not None and session.online),
+            "since": None if link.since is None else link.since.isoformat(),
+            "last_error": link.last_error,
+        },
+        "queue_depth": len(ocpp.txqueue) if ocpp is not None else 0,
+    }
+
+
+# ---------------------------------------------------------------- the server
+
+
+class StatusServer:
+    """The unix socket that answers every connection with one snapshot."""
+
+    def __init__(self, stack: Any, link: LinkTracker, path: Path) -> None:
+        self._stack = stack
+        self._link = link
+        self.path = path
+        self._server: asyncio.Server | None = None
+
+    async def start(self) -> None:
+        if self.path.exists():
+            if _answers(self.path):
+                raise AlreadyRunning(f"another evsed answers on {self.path}")
+            # Left by a process that did not get to clean up (kill -9, power cut).
+            self.path.unlink()
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self._server = await asyncio.start_unix_server(self._answer, path=str(self.path))
+        os.chmod(self.path, SOCKET_MODE)
+
+    async def stop(self) -> None:
+        if self._server is not None:
+            self._server.close()
+            with contextlib.suppress(Exception):
+                await self._server.wait_closed()
+            self._server = None
+            with contextlib.suppress(FileNotFoundError):
+                self.path.unlink()
+
+    async def _answer(self, _reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        try:
+            body = json.dumps(snapshot(self._stack, self._link)).encode() + b"\n"
+            writer.write(body)
+            await writer.drain()
+        except Exception:
+            log.exception("status: could not answer a status request")
+        finally:
+            writer.close()
+            with contextlib.suppress(Exception):
+                await writer.wait_closed()
+
+
+def _answers(path: Path) -> bool:
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as s:
+        s.settimeout(1.0)
+        try:
+            s.connect(str(path))
+        except OSError:
+            return False
+    return True
+
+
+# ---------------------------------------------------------------- the client
+
+
+def query(path: Path, timeout_s: float = 5.0) -> dict[str, Any]:
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as s:
+        s.settimeout(timeout_s)
+        try:
+            s.connect(str(path))
+        except FileNotFoundError:
+            raise StatusError(f"evsed is not running (no {path})") from None
+        except ConnectionRefusedError:
+            raise StatusError(f"evsed is not running ({path} is left over)") from None
+        except PermissionError:
+            raise StatusError(
+                f"no permission to read {path}: run as root or as a member of the "
+                "service's group (sudo usermod -aG evsed $USER, then log in again)"
+            ) from None
+        chunks = []
+        while chunk := s.recv(65536):
+            chunks.append(chunk)
+    try:
+        reply: dict[str, Any] = json.loads(b"".join(chunks))
+    except ValueError:
+        raise StatusError(f"{path} did not answer with a status") from None
+    return reply
+
+
+def _num(value: Any, unit: str, digits: int = 1) -> str:
+    if value is None:
+        return "-"
+    return f"{float(value):.{digits}f} {unit}"
+
+
+def format_table(snap: dict[str, Any]) -> str:
+    cs = snap["central_system"]
+    lines = []
+    if not cs["configured"]:
+        lines.append("Central System: none configured (local authorisation only)")
+    else:
+        state = "online" if cs["online"] else ("connected" if cs["connected"] else "offline")
+        since = f" since {cs['since']}" if cs["since"] else ""
+        error = ""
+        if cs["last_error"] and not cs["online"]:
+            error = f" (last error: {cs['last_error']})"
+        lines.append(f"Central System: {state}{since}{error}")
+        lines.append(f"  url: {cs['url']}")
+    lines.append(f"Queued messages: {snap['queue_depth']}")
+    rows = [("connector", "status", "pilot", "offered", "drawn", "power", "energy", "limit", "tx")]
+    for c in snap["connectors"]:
+        tx = c["transaction"]
+        tx_text = "-"
+        if tx is not None:
+            tx_text = f"{tx['id_tag']} {_num(tx['energy_wh'], 'Wh', 0)}"
+        limit = c["limit"]
+        limit_text = "suspended" if limit["suspended"] else _num(limit["amps"], "A")
+        status = c["status"] if c["error_code"] == "NoError" else f"{c['status']}/{c['error_code']}"
+        rows.append(
+            (
+                str(c["id"]),
+                status,
+                c["pilot"],
+                _num(c["offered_a"], "A"),
+                _num(c["drawn_a"], "A"),
+                _num(c["power_w"], "W", 0),
+                _num(c["energy_wh"], "Wh", 0),
+                f"{limit_text} ({limit['reason']})",
+                tx_text,
+            )
+        )
+    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
+    for r in rows:
+        lines.append("  ".join(v.ljust(w) for v, w in zip(r, widths, strict=True)).rstrip())
+    for c in snap["connectors"]:
+        if c["faults"]:
+            lines.append(f"connector {c['id']} faults: {', '.join(c['faults'])}")
+    return "\n".join(lines)
