@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import sys
 from collections.abc import Sequence
@@ -65,6 +66,19 @@ def _parser() -> argparse.ArgumentParser:
     st.add_argument("--socket", type=Path, help="the status socket (default: see above)")
     st.add_argument("--json", action="store_true", help="the snapshot as JSON")
     st.set_defaults(func=_status)
+
+    stest = sub.add_parser(
+        "selftest",
+        help="commissioning: check every fitted part, print a pass/fail table",
+        description="With the service stopped and nothing plugged in: the pilot at +12 V and "
+        "at -12 V during PWM (through the ADC), the proximity pilot, the relay closing and "
+        "opening (by its feedback contact), the RCD self-test, the lock, the temperature "
+        "sensor, the meter answering with plausible values and the card reader. The relay "
+        "is closed only on a good pilot (no vehicle) and an untripped RCD, and is left open "
+        "whatever happens. Exit status 1 when a check fails.",
+    )
+    stest.add_argument("--config", type=Path, help="TOML file (default: bench defaults)")
+    stest.set_defaults(func=_selftest)
 
     off = sub.add_parser("safe-off", help="relay off and pilot at +12 V (systemd ExecStopPost)")
     off.add_argument("--config", type=Path, help="TOML file (default: bench defaults)")
@@ -168,6 +182,26 @@ def _status(args: argparse.Namespace) -> int:
         return 1
     print(json.dumps(snap, indent=2) if args.json else status.format_table(snap))
     return 0
+
+
+def _selftest(args: argparse.Namespace) -> int:
+    import asyncio
+
+    from evsed.controller import selftest, status
+
+    cfg = checked_or_exit(args.config)
+    for path in {status.server_socket_path(cfg), status.client_socket_path(cfg)}:
+        with contextlib.suppress(status.StatusError):
+            status.query(path, timeout_s=1.0)
+            print(
+                f"evsed selftest: evsed is running ({path}); stop it first "
+                "(sudo systemctl stop evsed)",
+                file=sys.stderr,
+            )
+            return EXIT_CONFIG
+    rows = asyncio.run(selftest.run_selftest(cfg))
+    print(selftest.format_table(rows))
+    return 1 if selftest.failed(rows) else 0
 
 
 def _safe_off(args: argparse.Namespace) -> int:

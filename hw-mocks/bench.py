@@ -378,6 +378,9 @@ class Bench:
             "over_temperature": lambda on: sim.pins.set_temperature(HOT_C if on else NORMAL_C),
             "pilot_short": ev_fault("pilot_short"),
             "diode_missing": diode,
+            "pilot_negative_lost": sim.pins.lose_negative_supply,
+            "pp_short": lambda on: sim.pins.set_pp_ohms(0.0 if on else None),
+            "lock_jammed": sim.pins.lock_jam,
         }
 
     def _reader_fault(self, on: bool) -> None:

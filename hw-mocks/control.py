@@ -75,6 +75,9 @@ FAULT_NAMES = (
     "pilot_short",
     "diode_missing",
     "reader_unplugged",
+    "pilot_negative_lost",
+    "pp_short",
+    "lock_jammed",
 )
 READERS = ("rdm6300", "pn532")
 

@@ -321,6 +321,7 @@ class BenchPins:
         self._lock_jammed = False
         self._cp_high: Callable[[], float] = lambda: 12.0
         self._diode = True
+        self._negative_supply = True
         self.adc.set_channel(cp_channel, self._cp_adc_volts)
         self.set_pp_ohms(None)
         self.set_temperature(25.0)
@@ -411,6 +412,10 @@ class BenchPins:
         if self._pp_channel is not None:
             self.adc.set_channel(self._pp_channel, pp_volts(ohms, *self._pp))
 
+    def lose_negative_supply(self, lost: bool) -> None:
+        """The pilot driver's -12 V rail is gone: the low half of the PWM reads 0 V."""
+        self._negative_supply = not lost
+
     def set_cp(self, high_v_fn: Callable[[], float] | float, diode: bool = True) -> None:
         """What the EV does to CP. `high_v_fn()` returns the high plateau the EV's load
         makes right now (12 none, 9 B, 6 C, 3 D, 0 short); it is called at each ADC
@@ -453,6 +458,8 @@ class BenchPins:
         if abs(high) < 0.5:
             return 0.0
         low = -12.0 if self._diode else -abs(high)
+        if not self._negative_supply:
+            low = 0.0
         return pwm_waveform_volts(high, low, duty, t)
 
     def _cp_adc_volts(self) -> float:
