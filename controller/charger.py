@@ -38,6 +38,7 @@ from evsed.hal.interfaces import (
     Contactor,
     EnergyMeter,
     LockActuator,
+    PhaseSwitch,
     PilotOutput,
     PilotSensor,
     ProximitySensor,
@@ -61,6 +62,7 @@ class ConnectorParts:
     lock: LockActuator | None = None
     temperature: TemperatureSensor | None = None
     meter: EnergyMeter | None = None
+    phase_switch: PhaseSwitch | None = None
 
 
 @dataclass
@@ -73,6 +75,9 @@ class Parts:
         """Release every device in its safe state; contactors first."""
         for c in self.connectors:
             _quietly(c.contactor.shutdown)
+        for c in self.connectors:
+            if c.phase_switch is not None:
+                _quietly(c.phase_switch.shutdown)
         for c in self.connectors:
             for dev in (c.pilot, c.sensor, c.rcd, c.proximity, c.lock, c.temperature):
                 if dev is not None:
@@ -110,6 +115,12 @@ class _Slot:
     budget: Budget | None = None
     started_at: float = 0.0
     invalid_id: bool = False  # StopTransactionOnInvalidId=false suspension (own limit slot)
+    # 1/3-phase switching (set_phases): the phases wanted, the task that gets there, and
+    # whether the contactor is known open (from the connector's own notes).
+    phases_wanted: int | None = None
+    phase_task: asyncio.Task[None] | None = None
+    phase_pause: bool = False
+    contactor_open: asyncio.Event = field(default_factory=asyncio.Event)
     allowance: Allowance | None = None  # the last one the limiter gave
 
 
@@ -210,6 +221,10 @@ class Charger:
             if hw.rcd is not None:
                 connector.add_probe(Fault.RCD, lambda r=hw.rcd: r.tripped)
             connector.on_change(lambda what, fields, s=slot: self._on_change(s, what, fields))
+            if hw.phase_switch is not None:
+                connector.add_listener(
+                    lambda kind, fields, s=slot: self._on_contactor_note(s, kind, fields)
+                )
             self.core.add(connector, sampler)
             self._slots[cid] = slot
             self.recompute(cid)
@@ -338,6 +353,64 @@ class Charger:
             else:
                 self.recompute(connector_id)
 
+    # ------------------------------------------------------------------ 1/3-phase switching
+
+    def phases(self, connector_id: int) -> int:
+        """The phases the connector gives the EV now."""
+        return self._slots[connector_id].connector.settings.phases
+
+    def set_phases(self, connector_id: int, phases: int) -> bool:
+        """Switch to 1 or 3 phases (a schedule period's numberPhases) with the safe sequence:
+        pause (offer nothing), wait until the contactor is open, wait, move the phase relay,
+        wait, resume. Never under load. False without a phase relay: numberPhases then only
+        changes the A<->W conversion (the caller's business)."""
+        slot = self._slots[connector_id]
+        if slot.parts.phase_switch is None or phases not in (1, 3):
+            return False
+        slot.phases_wanted = phases
+        if phases != slot.connector.settings.phases and (
+            slot.phase_task is None or slot.phase_task.done()
+        ):
+            slot.phase_pause = True  # at once: the pilot stops offering in this call
+            self.recompute(connector_id)
+            slot.phase_task = asyncio.get_running_loop().create_task(
+                self._switch_phases(slot), name=f"phase-switch-{connector_id}"
+            )
+            self._tasks.append(slot.phase_task)
+        return True
+
+    async def _switch_phases(self, slot: _Slot) -> None:
+        relay = slot.parts.phase_switch
+        assert relay is not None
+        settle = slot.config.phase_switch.settle_s
+        cid = slot.connector.id
+        try:
+            while slot.phases_wanted is not None and slot.phases_wanted != (
+                slot.connector.settings.phases
+            ):
+                target = slot.phases_wanted
+                slot.phase_pause = True
+                self.recompute(cid)  # PWM off: the EV stops, then the connector opens
+                if slot.connector.energized:
+                    slot.contactor_open.clear()
+                    await slot.contactor_open.wait()
+                await self.clock.sleep(settle)
+                if slot.connector.energized:
+                    continue  # closed again meanwhile: never switch under load
+                relay.set_phases(target)
+                self._use_phases(slot, target)
+                log.info("connector %s switched to %d phase(s)", cid, target)
+                await self.clock.sleep(settle)
+        finally:
+            slot.phase_pause = False
+            self.recompute(cid)
+
+    def _use_phases(self, slot: _Slot, phases: int) -> None:
+        connector = slot.connector
+        connector.settings = replace(connector.settings, phases=phases)
+        cfg = slot.limiter.config
+        slot.limiter.config = replace(cfg, electrical=replace(cfg.electrical, phases=phases))
+
     def _inputs(self, slot: _Slot, with_budget: bool = True) -> LimitInputs:
         cfg = slot.config
         if cfg.proximity.fixed_cable_a is not None:
@@ -353,6 +426,7 @@ class Charger:
             smart_charging=slot.smart,
             budget=slot.budget if with_budget else None,
             invalid_id_suspended=slot.invalid_id,
+            phase_switching=slot.phase_pause,
             meter=slot.connector.last_sample,
         )
 
@@ -389,6 +463,14 @@ class Charger:
             self.recompute(cid)
 
     # ------------------------------------------------------------------ events
+
+    def _on_contactor_note(self, slot: _Slot, kind: str, fields: dict[str, object]) -> None:
+        # The phase switch waits for this (the connector's own word that it opened).
+        if kind == "contactor":
+            if fields.get("closed"):
+                slot.contactor_open.clear()
+            else:
+                slot.contactor_open.set()
 
     def _on_change(self, slot: _Slot, kind: str, fields: dict[str, object]) -> None:
         if kind == "cable":

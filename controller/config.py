@@ -193,6 +193,17 @@ class ContactorConfig(Strict):
     settle_s: Annotated[float, Field(gt=0, le=2)] = 0.1
 
 
+class PhaseSwitchConfig(Strict):
+    """An optional second relay that takes L2 and L3 off the connector (as SmartEVSE-3's C2
+    contactor): energised = one phase. Switched only with the main contactor open."""
+
+    enabled: bool = False
+    relay_pin: Gpio = 6
+    active_high: bool = True
+    # Waited with the contactor open before and after the phase relay moves.
+    settle_s: Annotated[float, Field(ge=0.1, le=30)] = 2.0
+
+
 class RcdConfig(Strict):
     enabled: bool = True
     fault_pin: Gpio = 22
@@ -249,6 +260,7 @@ class Connector(Strict):
     pilot: PilotConfig = PilotConfig()
     proximity: ProximityConfig = ProximityConfig()
     contactor: ContactorConfig = ContactorConfig()
+    phase_switch: PhaseSwitchConfig = PhaseSwitchConfig()
     rcd: RcdConfig = RcdConfig()
     lock: LockConfig = LockConfig()
     temperature: TemperatureConfig = TemperatureConfig()
@@ -260,6 +272,8 @@ class Connector(Strict):
             raise ValueError(
                 f"max_current_a {self.max_current_a} exceeds rated_current_a {self.rated_current_a}"
             )
+        if self.phase_switch.enabled and self.phases != 3:
+            raise ValueError("phase_switch needs a three-phase connector (phases = 3)")
         return self
 
 
@@ -413,6 +427,8 @@ class Config(Strict):
             yield f"{base}.contactor.relay_pin", c.contactor.relay_pin
             if c.contactor.feedback_pin is not None:
                 yield f"{base}.contactor.feedback_pin", c.contactor.feedback_pin
+            if c.phase_switch.enabled:
+                yield f"{base}.phase_switch.relay_pin", c.phase_switch.relay_pin
             if c.rcd.enabled:
                 yield f"{base}.rcd.fault_pin", c.rcd.fault_pin
                 if c.rcd.test_pin is not None:

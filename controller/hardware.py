@@ -16,6 +16,7 @@ from evsed.hal.contactor import RelayContactor
 from evsed.hal.interfaces import EnergyMeter, PilotOutput, TemperatureSensor
 from evsed.hal.lock import GpioLock
 from evsed.hal.meters.modbus import ModbusMeter, RtuTransport, TcpTransport
+from evsed.hal.phase_switch import RelayPhaseSwitch
 from evsed.hal.pilot.pwm_gpiozero import GpiozeroPwmPilot
 from evsed.hal.pilot.pwm_sysfs import SysfsPwmPilot
 from evsed.hal.pilot.sense import AdcPilotSensor
@@ -77,6 +78,12 @@ def _connector(cfg: Connector, adc: Adc, clock: Clock, pin_factory: Any) -> Conn
         commanded_duty=lambda: pilot.duty,
     )
     parts = ConnectorParts(pilot=pilot, sensor=sensor, contactor=contactor)
+    if cfg.phase_switch.enabled:
+        parts.phase_switch = RelayPhaseSwitch(
+            cfg.phase_switch.relay_pin,
+            active_high=cfg.phase_switch.active_high,
+            pin_factory=pin_factory,
+        )
     if cfg.rcd.enabled:
         parts.rcd = GpioRcd(cfg.rcd.fault_pin, cfg.rcd.test_pin, pin_factory=pin_factory)
     if cfg.proximity.enabled and cfg.proximity.fixed_cable_a is None:

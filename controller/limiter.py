@@ -62,6 +62,8 @@ class Reason(StrEnum):
     SOLAR = "solar"
     # StopTransactionOnInvalidId=false: the CS refused the idTag of a running transaction.
     INVALID_ID = "invalid_id"
+    # The 1/3-phase relay is moving: nothing is offered until it has (charger.set_phases).
+    PHASE_SWITCH = "phase_switch"
 
 
 @dataclass(frozen=True, slots=True)
@@ -118,6 +120,7 @@ class LimitInputs:
     budget: Budget | None = None
     meter: MeterSample | None = None
     invalid_id_suspended: bool = False
+    phase_switching: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -214,6 +217,8 @@ def limit(inputs: LimitInputs, electrical: Electrical | None = None) -> Limit:
         candidates.append((_sane(inputs.budget.amps), inputs.budget.reason))
     if inputs.invalid_id_suspended:
         candidates.append((0.0, Reason.INVALID_ID))
+    if inputs.phase_switching:
+        candidates.append((0.0, Reason.PHASE_SWITCH))
     amps, reason = min(candidates, key=lambda c: c[0])  # min() keeps the first of equals
     return Limit(amps, reason)
 

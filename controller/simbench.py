@@ -41,6 +41,7 @@ def _connector(cfg: ConnectorConfig) -> SimConnectorSettings:
         pilot_pin=cfg.pilot.pin,
         relay_pin=cfg.contactor.relay_pin,
         relay_feedback_pin=cfg.contactor.feedback_pin,
+        phase_switch_pin=cfg.phase_switch.relay_pin if cfg.phase_switch.enabled else None,
         rcd_fault_pin=rcd.fault_pin if rcd.enabled else None,
         rcd_test_pin=rcd.test_pin if rcd.enabled else None,
         lock_pin=lock.lock_pin if lock.enabled else None,

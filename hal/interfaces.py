@@ -79,6 +79,18 @@ class Contactor(Protocol):
 
 
 @runtime_checkable
+class PhaseSwitch(Protocol):
+    """1/3-phase relay on a three-phase connector; only moved with the contactor open."""
+
+    @property
+    def phases(self) -> int: ...
+
+    def set_phases(self, phases: int) -> None: ...
+
+    def shutdown(self) -> None: ...
+
+
+@runtime_checkable
 class ResidualCurrentMonitor(Protocol):
     def start(self, sink: EventSink) -> None:
         """Deliver DeviceFault("rcd", active=True) on a trip (on the loop thread)."""

@@ -68,9 +68,17 @@ class SimConnector:
     serial: SerialPair | None = None
     _duty: float = 1.0
     _closed: bool = False
+    _one_phase: bool = False
+    car_phases: int = 3  # what the car itself can take (the phase relay may take fewer)
 
     def sync(self) -> None:
-        """Tell the EV what the charger does now (PWM duty, contactor)."""
+        """Tell the EV what the charger does now (PWM duty, contactor, phase relay)."""
+        one = self.pins.phases_switched_to_one
+        if one != self._one_phase:
+            self._one_phase = one
+            # The car draws on the phases the connector gives it (never switched under
+            # load: evsed moves the relay only with the contactor open).
+            self.ev.configure(phases=1 if one else self.car_phases)
         duty = self.pins.pilot_duty
         duty = 1.0 if duty is None else duty
         if duty != self._duty:
@@ -168,6 +176,7 @@ class Bench:
             pilot_pin=cfg.pilot_pin,
             relay_pin=cfg.relay_pin,
             relay_feedback_pin=cfg.relay_feedback_pin,
+            phase_switch_pin=cfg.phase_switch_pin,
             rcd_fault_pin=cfg.rcd_fault_pin,
             rcd_test_pin=cfg.rcd_test_pin,
             lock_pin=cfg.lock_pin,
@@ -200,7 +209,7 @@ class Bench:
                 nominal_voltage_v=cfg.nominal_voltage_v,
             ),
         )
-        sim = SimConnector(cid, cfg, pins, ev, None, set())
+        sim = SimConnector(cid, cfg, pins, ev, None, set(), car_phases=ev.config.phases)
         pins.set_cp(sim.cp_high_volts)
         try:
             sim.meter, sim.serial = self._meter(cfg.meter, sim.load)

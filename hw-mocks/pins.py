@@ -268,6 +268,7 @@ class BenchPins:
         pilot_pin: int = 18,
         relay_pin: int = 17,
         relay_feedback_pin: int | None = 27,
+        phase_switch_pin: int | None = None,
         rcd_fault_pin: int | None = 22,
         rcd_test_pin: int | None = 23,
         lock_pin: int | None = 24,
@@ -297,6 +298,7 @@ class BenchPins:
         self.pilot = f.pin(pilot_pin)
         self.relay = self._watched(relay_pin, self._sync_relay)
         self.relay_feedback = None if relay_feedback_pin is None else f.pin(relay_feedback_pin)
+        self.phase_relay = None if phase_switch_pin is None else f.pin(phase_switch_pin)
         self.rcd_fault = None if rcd_fault_pin is None else f.pin(rcd_fault_pin)
         self.rcd_test = (
             None if rcd_test_pin is None else self._watched(rcd_test_pin, self._sync_rcd)
@@ -437,6 +439,11 @@ class BenchPins:
     @property
     def relay_energized(self) -> bool:
         return self._out(self.relay)
+
+    @property
+    def phases_switched_to_one(self) -> bool:
+        """The 1/3-phase relay is energised: L2 and L3 are off the connector."""
+        return self._out(self.phase_relay)
 
     @property
     def contactor_closed(self) -> bool:

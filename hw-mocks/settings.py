@@ -33,6 +33,8 @@ class SimConnectorSettings:
     pilot_pin: int | str = 18
     relay_pin: int | str = 17
     relay_feedback_pin: int | str | None = 27
+    # None: no 1/3-phase relay; energised = one phase (L2, L3 off).
+    phase_switch_pin: int | str | None = None
     rcd_fault_pin: int | str | None = 22
     rcd_test_pin: int | str | None = 23
     lock_pin: int | str | None = None

@@ -99,7 +99,12 @@ class OcppApp:
             security_profile=config.central_system.security_profile,
             measurands=measurands,
             phases=phases,
-            overrides={f"{k}MaxLength": room for k in MEASURAND_KEYS},
+            overrides={
+                **{f"{k}MaxLength": room for k in MEASURAND_KEYS},
+                "ConnectorSwitch3to1PhaseSupported": "true"
+                if any(c.phase_switch.enabled for c in config.connectors)
+                else "false",
+            },
         )
         self.txqueue = TxQueue.from_keys(self.store, self.keys)
         self.ctx = OcppContext(

@@ -70,11 +70,16 @@ class SmartChargingRunner:
         evaluate: Evaluate,
         *,
         connector_ids: Iterable[int],
+        set_phases: Callable[[int, int], bool] | None = None,
     ) -> None:
+        """`set_phases(connector_id, phases)`: the charger's 1/3-phase switch, told a
+        period's numberPhases when it changes (None: the charger has none)."""
         self._charger = charger
         self._clock = clock
         self._evaluate = evaluate
         self._ids = tuple(connector_ids)
+        self._set_phases = set_phases
+        self._phases: dict[int, int | None] = {}
         self._applied: dict[int, SmartChargingLimit | None] = {}
         self._next: dict[int, datetime | None] = {}
         self._timer: asyncio.Task[None] | None = None
@@ -124,6 +129,10 @@ class SmartChargingRunner:
         if cid not in self._applied or self._applied[cid] != result.limit:
             self._applied[cid] = result.limit
             self._charger.set_smart_charging_limit(cid, result.limit)
+        if self._set_phases is not None and result.number_phases in (1, 3):
+            if self._phases.get(cid) != result.number_phases:
+                self._phases[cid] = result.number_phases
+                self._set_phases(cid, result.number_phases)
 
     def _arm(self) -> None:
         pending = [t for t in self._next.values() if t is not None]

@@ -178,3 +178,26 @@ async def test_on_the_bench_the_ev_follows_each_period_on_time() -> None:
         await runner.stop()
     finally:
         await stack.stop()
+
+
+async def test_a_periods_number_phases_reaches_the_phase_switch(clock: FakeClock) -> None:
+    sink = Sink(clock=clock)
+    switched: list[tuple[int, int]] = []
+    origin = clock.now()
+
+    def schedule(cid: int, now: datetime) -> Evaluation:
+        late = (now - origin).total_seconds() >= 60
+        return Evaluation(A(16), None if late else origin + timedelta(seconds=60), 1 if late else 3)
+
+    runner = SmartChargingRunner(
+        sink,
+        clock,
+        schedule,
+        connector_ids=[1],
+        set_phases=lambda cid, n: switched.append((cid, n)) is None,
+    )
+    runner.start()
+    await clock.advance(120)
+    runner.reevaluate()  # the same answer again: no second switch
+    assert switched == [(1, 3), (1, 1)]
+    await runner.stop()
