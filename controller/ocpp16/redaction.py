@@ -1,10 +1,13 @@
 """Secrets stay out of logs and "frame" events: AuthorizationKey values, Authorization
-headers and the Basic-auth password of the connection in use."""
+headers, the Basic-auth password of the connection in use and passwords inside URLs
+(``ftp://user:password@host``, as UpdateFirmware and GetDiagnostics locations carry them)."""
 
 from __future__ import annotations
 
 import logging
 import re
+
+from evsed.controller.firmware.urls import redact_url
 
 _SECRET_PATTERNS = (
     # ChangeConfiguration of the AuthorizationKey, in either property order.
@@ -29,13 +32,16 @@ def _may_match(text: str) -> bool:
 
 
 def redact(text: str, secrets: tuple[str, ...] = ()) -> str:
-    """``text`` without AuthorizationKey values, Authorization headers or any of ``secrets``."""
+    """``text`` without AuthorizationKey values, Authorization headers, URL passwords or any
+    of ``secrets``."""
     # Holding the GIL for ~30 ms of case-insensitive scans would stall the loop and the
     # safety core's thread alike: plain searches settle most frames first.
     if _may_match(text):
         text = _SECRET_PATTERNS[0].sub(r"\1***", text)
         text = _SECRET_PATTERNS[1].sub(r"\1***\2", text)
         text = _SECRET_PATTERNS[2].sub(r"\1***", text)
+    if "@" in text:
+        text = redact_url(text)
     for secret in secrets:
         if secret:
             text = text.replace(secret, "***")

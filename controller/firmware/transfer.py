@@ -1,0 +1,316 @@
+"""Bounded file transfers for Firmware Management: download (UpdateFirmware) and upload
+(GetDiagnostics) over http, https and ftp.
+
+The standard library is enough: `urllib.request` for http(s) (TLS with the system's
+trust store, streaming reads) and `ftplib` for ftp, both with socket timeouts. Each
+transfer is blocking and meant to run in a worker thread (`asyncio.to_thread`), so neither
+the event loop nor the safety core ever waits on a server. Bounds: a byte limit (the
+transfer stops as soon as it is passed) and a deadline for the whole transfer, besides the
+per-operation socket timeout. A download lands under a temporary name and is renamed (after
+fsync) only when complete: a half file never carries the final name.
+
+The opener is built by hand, not with `build_opener`, so that it has no file:, data: or
+ftp: handler and no proxy from the environment; a redirect is checked like the first URL.
+"""
+
+from __future__ import annotations
+
+import base64
+import ftplib
+import logging
+import os
+import time
+import urllib.request
+import uuid
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from email.message import Message
+from pathlib import Path
+from typing import IO, Any, BinaryIO
+from urllib.error import HTTPError, URLError
+from urllib.parse import unquote
+
+from evsed.controller.firmware.urls import TransferUrl, UrlRejected, check_url, redact_url
+
+log = logging.getLogger(__name__)
+
+CHUNK = 64 * 1024
+DEFAULT_MAX_BYTES = 200 * 1024 * 1024
+DEFAULT_TIMEOUT_S = 600.0  # the whole transfer
+DEFAULT_SOCKET_TIMEOUT_S = 30.0  # one connect / read / write
+
+
+class TransferFailed(Exception):
+    """A download or upload did not complete; the message carries no password."""
+
+
+@dataclass(frozen=True, slots=True)
+class Limits:
+    max_bytes: int = DEFAULT_MAX_BYTES
+    timeout_s: float = DEFAULT_TIMEOUT_S
+    socket_timeout_s: float = DEFAULT_SOCKET_TIMEOUT_S
+
+
+class _Budget:
+    """Bytes and time left for one transfer."""
+
+    def __init__(self, limits: Limits, monotonic: Callable[[], float]) -> None:
+        self.limits = limits
+        self._monotonic = monotonic
+        self._deadline = monotonic() + limits.timeout_s
+        self.done = 0
+
+    def count(self, n: int) -> None:
+        self.done += n
+        if self.done > self.limits.max_bytes:
+            raise TransferFailed(f"larger than the limit of {self.limits.max_bytes} bytes")
+        self.check_time()
+
+    def check_time(self) -> None:
+        if self._monotonic() > self._deadline:
+            raise TransferFailed(f"took longer than {self.limits.timeout_s:g} s")
+
+
+# ---------------------------------------------------------------- http(s)
+
+
+class _CheckedRedirects(urllib.request.HTTPRedirectHandler):
+    max_redirections = 5
+
+    def redirect_request(  # type: ignore[override]
+        self,
+        req: urllib.request.Request,
+        fp: IO[bytes],
+        code: int,
+        msg: str,
+        headers: Message,
+        newurl: str,
+    ) -> urllib.request.Request | None:
+        try:
+            target = check_url(newurl, allowed=frozenset({"http", "https"}))
+        except UrlRejected as e:
+            raise TransferFailed(f"redirect refused: {e}") from None
+        new = super().redirect_request(req, fp, code, msg, headers, _without_userinfo(target))
+        if new is not None and target.username is not None:
+            new.add_unredirected_header("Authorization", _basic(target))
+        return new
+
+
+def _opener() -> urllib.request.OpenerDirector:
+    opener = urllib.request.OpenerDirector()
+    for handler in (
+        urllib.request.HTTPHandler(),
+        urllib.request.HTTPSHandler(),
+        urllib.request.HTTPDefaultErrorHandler(),
+        urllib.request.HTTPErrorProcessor(),
+        _CheckedRedirects(),
+    ):
+        opener.add_handler(handler)
+    return opener
+
+
+def _without_userinfo(url: TransferUrl) -> str:
+    netloc = url.host if ":" not in url.host else f"[{url.host}]"
+    if url.port is not None:
+        netloc = f"{netloc}:{url.port}"
+    return f"{url.scheme}://{netloc}{url.path}"
+
+
+def _basic(url: TransferUrl) -> str:
+    token = f"{url.username or ''}:{url.password or ''}".encode()
+    return "Basic " + base64.b64encode(token).decode("ascii")
+
+
+def _http_request(
+    url: TransferUrl, *, method: str, data: Any = None, headers: dict[str, str] | None = None
+) -> urllib.request.Request:
+    req = urllib.request.Request(_without_userinfo(url), data=data, method=method)
+    req.add_header("User-Agent", "evsed")
+    for name, value in (headers or {}).items():
+        req.add_header(name, value)
+    if url.username is not None:
+        req.add_unredirected_header("Authorization", _basic(url))
+    return req
+
+
+def _http_download(url: TransferUrl, out: BinaryIO, budget: _Budget) -> None:
+    req = _http_request(url, method="GET")
+    with _opener().open(req, timeout=budget.limits.socket_timeout_s) as resp:
+        length = resp.headers.get("Content-Length")
+        if length is not None and length.isdigit() and int(length) > budget.limits.max_bytes:
+            raise TransferFailed(
+                f"announced {length} bytes, above the limit of {budget.limits.max_bytes}"
+            )
+        while chunk := resp.read(CHUNK):
+            budget.count(len(chunk))
+            out.write(chunk)
+
+
+def _file_chunks(path: Path, budget: _Budget) -> Iterator[bytes]:
+    with path.open("rb") as f:
+        while chunk := f.read(CHUNK):
+            budget.check_time()
+            yield chunk
+
+
+def _http_upload(url: TransferUrl, path: Path, method: str, budget: _Budget) -> None:
+    size = path.stat().st_size
+    if method == "PUT":
+        body: Any = _file_chunks(path, budget)
+        headers = {"Content-Type": "application/octet-stream", "Content-Length": str(size)}
+    else:
+        # POST as an HTML form upload (field "file"): what upload endpoints generally take.
+        boundary = uuid.uuid4().hex
+        head = (
+            f'--{boundary}\r\nContent-Disposition: form-data; name="file"; '
+            f'filename="{path.name}"\r\nContent-Type: application/octet-stream\r\n\r\n'
+        ).encode()
+        tail = f"\r\n--{boundary}--\r\n".encode()
+
+        def parts() -> Iterator[bytes]:
+            yield head
+            yield from _file_chunks(path, budget)
+            yield tail
+
+        body = parts()
+        headers = {
+            "Content-Type": f"multipart/form-data; boundary={boundary}",
+            "Content-Length": str(len(head) + size + len(tail)),
+        }
+    req = _http_request(url, method=method, data=body, headers=headers)
+    with _opener().open(req, timeout=budget.limits.socket_timeout_s) as resp:
+        resp.read(CHUNK)
+
+
+# ---------------------------------------------------------------- ftp
+
+
+def _ftp(url: TransferUrl, budget: _Budget) -> ftplib.FTP:
+    ftp = ftplib.FTP(timeout=budget.limits.socket_timeout_s)
+    ftp.connect(url.host, url.port or 21)
+    ftp.login(url.username or "anonymous", url.password or "")
+    ftp.set_pasv(True)
+    return ftp
+
+
+def _ftp_path(url: TransferUrl) -> str:
+    return unquote(url.path.split("?", 1)[0])
+
+
+def _ftp_download(url: TransferUrl, out: BinaryIO, budget: _Budget) -> None:
+    ftp = _ftp(url, budget)
+    try:
+        with _DataConnection(ftp, "RETR " + _ftp_path(url)) as conn:
+            while chunk := conn.recv(CHUNK):
+                budget.count(len(chunk))
+                out.write(chunk)
+        ftp.voidresp()
+    finally:
+        _ftp_close(ftp)
+
+
+def _ftp_upload(url: TransferUrl, path: Path, budget: _Budget) -> None:
+    ftp = _ftp(url, budget)
+    try:
+        with _DataConnection(ftp, "STOR " + _ftp_path(url)) as conn:
+            for chunk in _file_chunks(path, budget):
+                conn.sendall(chunk)
+        ftp.voidresp()
+    finally:
+        _ftp_close(ftp)
+
+
+class _DataConnection:
+    """The data connection of one transfer command, closed on the way out."""
+
+    def __init__(self, ftp: ftplib.FTP, cmd: str) -> None:
+        ftp.voidcmd("TYPE I")
+        self.conn = ftp.transfercmd(cmd)
+
+    def __enter__(self) -> Any:
+        return self.conn
+
+    def __exit__(self, *exc: object) -> None:
+        self.conn.close()
+
+
+def _ftp_close(ftp: ftplib.FTP) -> None:
+    try:
+        ftp.quit()
+    except (OSError, ftplib.Error):
+        ftp.close()
+
+
+# ---------------------------------------------------------------- the two operations
+
+
+def _failure(url: TransferUrl, e: BaseException) -> TransferFailed:
+    if isinstance(e, TransferFailed):
+        reason = str(e)
+    elif isinstance(e, HTTPError):
+        reason = f"HTTP {e.code} {e.reason}"
+    elif isinstance(e, URLError):
+        reason = f"{e.reason}"
+    else:
+        reason = f"{type(e).__name__}: {e}"
+    for secret in url.secrets:
+        reason = reason.replace(secret, "***")
+    return TransferFailed(f"{url.redacted}: {redact_url(reason)}")
+
+
+def download(
+    location: str,
+    dest: Path,
+    *,
+    limits: Limits = Limits(),
+    monotonic: Callable[[], float] = time.monotonic,
+) -> int:
+    """Fetch ``location`` into ``dest`` (written as ``.<name>.part``, renamed when complete);
+    returns the size. Raises UrlRejected or TransferFailed. Blocking: run it in a thread."""
+    url = check_url(location)
+    budget = _Budget(limits, monotonic)
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    part = dest.with_name(f".{dest.name}.part")
+    try:
+        with part.open("wb") as out:
+            if url.scheme == "ftp":
+                _ftp_download(url, out, budget)
+            else:
+                _http_download(url, out, budget)
+            out.flush()
+            os.fsync(out.fileno())
+        os.replace(part, dest)
+    except Exception as e:
+        part.unlink(missing_ok=True)
+        raise _failure(url, e) from None
+    log.info("downloaded %s (%d bytes) to %s", url.redacted, budget.done, dest)
+    return budget.done
+
+
+def upload(
+    path: Path,
+    location: str,
+    *,
+    method: str = "PUT",
+    limits: Limits = Limits(),
+    monotonic: Callable[[], float] = time.monotonic,
+) -> None:
+    """Send ``path`` to ``location``: ftp STOR (a location ending in "/" gets the file's
+    name appended), http(s) PUT or POST (form field "file"). Raises UrlRejected or
+    TransferFailed. Blocking: run it in a thread."""
+    if location.endswith("/"):
+        location += path.name
+    url = check_url(location)
+    if method not in ("PUT", "POST"):
+        raise ValueError(f"method {method!r}: PUT or POST")
+    budget = _Budget(limits, monotonic)
+    if path.stat().st_size > limits.max_bytes:
+        raise TransferFailed(f"{path.name} is larger than the limit of {limits.max_bytes} bytes")
+    try:
+        if url.scheme == "ftp":
+            _ftp_upload(url, path, budget)
+        else:
+            _http_upload(url, path, method, budget)
+    except Exception as e:
+        raise _failure(url, e) from None
+    log.info("uploaded %s to %s", path.name, url.redacted)
