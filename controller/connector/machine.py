@@ -549,16 +549,23 @@ class Connector:
             if same_group:
                 self.request_stop(StopReason.LOCAL, id_tag)
             return
-        if result.accepted and self._reservation_allows(id_tag, result.parent_id_tag):
-            self._dispatch(Authorized(id_tag, result.parent_id_tag))
-            self._apply()
+        if not result.accepted:
+            return
+        refusal = self._start_refusal(id_tag, result.parent_id_tag)
+        if refusal is not None:
+            self._refuse_start(id_tag, refusal)
+            return
+        self._dispatch(Authorized(id_tag, result.parent_id_tag))
+        self._apply()
 
     @command(False)
     def authorize_remote(self, id_tag: str, parent_id_tag: str | None = None) -> bool:
         """RemoteStartTransaction (already authorised by the caller if it had to be)."""
-        if self.transaction is not None or not self.operative or self._blocking_fault():
+        if self.transaction is not None:
             return False
-        if not self._reservation_allows(id_tag, parent_id_tag):
+        refusal = self._start_refusal(id_tag, parent_id_tag)
+        if refusal is not None:
+            self._refuse_start(id_tag, refusal)
             return False
         self._dispatch(Authorized(id_tag, parent_id_tag))
         self._apply()
@@ -613,6 +620,24 @@ class Connector:
         self.reservation = None
         self._apply()
         return True
+
+    def _start_refusal(self, id_tag: str, parent: str | None) -> str | None:
+        """Why a transaction for `id_tag` may not start here now, or None: the one gate
+        every start path passes (card, remote start, free vend, local list and cache,
+        offline), both when the tag is taken and again when the transaction would start,
+        since availability, faults and reservations may change in between."""
+        if not self.operative or self._pending_operative is False:
+            return "unavailable"
+        fault = self._blocking_fault()
+        if fault is not None:
+            return f"faulted ({fault})"
+        if not self._reservation_allows(id_tag, parent):
+            return "reserved for another idTag"
+        return None
+
+    def _refuse_start(self, id_tag: str, refusal: str) -> None:
+        log.info("connector %s: no transaction: %s", self.id, refusal)
+        self._note("start_refused", id_tag=id_tag, reason=refusal)
 
     def _reservation_allows(self, id_tag: str, parent: str | None) -> bool:
         if self.reservation is None:
@@ -710,9 +735,13 @@ class Connector:
     def _transition(self, phase: Phase, event: Event) -> Phase:
         match phase, event:
             case Phase.IDLE, EvPlugged():
-                if self.settings.free_vend and self.operative:
-                    self._start_transaction(Authorized(self.settings.free_vend_id_tag))
-                    return Phase.TRANSACTION
+                if self.settings.free_vend:
+                    tag = self.settings.free_vend_id_tag
+                    refusal = self._start_refusal(tag, None)
+                    if refusal is None:
+                        self._start_transaction(Authorized(tag))
+                        return Phase.TRANSACTION
+                    self._refuse_start(tag, refusal)
                 return Phase.PLUGGED
             case Phase.IDLE, Authorized() as auth:
                 self._authorized = auth
@@ -723,13 +752,24 @@ class Connector:
                 return Phase.AUTHORIZED
             case Phase.AUTHORIZED, EvPlugged():
                 assert self._authorized is not None
-                self._start_transaction(self._authorized)
+                auth = self._authorized
+                refusal = self._start_refusal(auth.id_tag, auth.parent_id_tag)
+                if refusal is not None:  # made unavailable, faulted or reserved meanwhile
+                    self._refuse_start(auth.id_tag, refusal)
+                    self._authorized = None
+                    self._auth_deadline = None
+                    return Phase.PLUGGED
+                self._start_transaction(auth)
                 return Phase.TRANSACTION
             case Phase.AUTHORIZED, AuthTimedOut():
                 self._authorized = None
                 self._auth_deadline = None
                 return Phase.IDLE
             case Phase.PLUGGED, Authorized() as auth:
+                refusal = self._start_refusal(auth.id_tag, auth.parent_id_tag)
+                if refusal is not None:
+                    self._refuse_start(auth.id_tag, refusal)
+                    return Phase.PLUGGED
                 self._start_transaction(auth)
                 return Phase.TRANSACTION
             case Phase.PLUGGED, EvUnplugged():
