@@ -21,7 +21,12 @@ from evsed.controller.connector.faults import Fault
 from evsed.controller.connector.hooks import ConnectorHooks, Transaction
 from evsed.controller.connector.machine import Connector, Phase, Settings
 from evsed.controller.connector.sampler import Rates, Sampler
-from evsed.controller.connector.status import ConnectorStatus, StopReason
+from evsed.controller.connector.status import (
+    ChargePointStatus,
+    ConnectorStatus,
+    ErrorCode,
+    StopReason,
+)
 from evsed.controller.limiter import (
     Allowance,
     Budget,
@@ -152,6 +157,7 @@ class Charger:
         self.parts = parts
         self.clock = clock
         self.events = ChargerEvents()
+        self._hooks = hooks
         self.reader_faulted = False
         #: How often each supervised task had to be restarted.
         self.restarts: dict[str, int] = {}
@@ -517,9 +523,13 @@ class Charger:
                 _isolated(listener, event.id_tag)
             self.present_tag(event.id_tag)
         elif isinstance(event, DeviceFault):
+            changed = event.active != self.reader_faulted
             self.reader_faulted = event.active
             for fault_listener in self.events.reader_fault:
                 _isolated(fault_listener, event.active, event.detail)
+            if changed:
+                # The reader belongs to the charge point, not to a connector: connector 0.
+                _isolated(self._hooks.status_changed, 0, self.charge_point_status())
 
     def present_tag(self, id_tag: str) -> None:
         """Route a card: to the session it stops, else to a connector waiting, else a free one."""
@@ -560,6 +570,17 @@ class Charger:
 
     def status(self, connector_id: int) -> ConnectorStatus:
         return self._slots[connector_id].connector.status
+
+    def charge_point_status(self) -> ConnectorStatus:
+        """Connector 0: Unavailable when every connector is, ReaderFailure while the reader
+        fails (OCPP 1.6 §4.9: connector 0 is the charge point's main controller)."""
+        every_one_unavailable = all(
+            s.connector.status.status is ChargePointStatus.UNAVAILABLE for s in self._slots.values()
+        )
+        return ConnectorStatus(
+            ChargePointStatus.UNAVAILABLE if every_one_unavailable else ChargePointStatus.AVAILABLE,
+            ErrorCode.READER_FAILURE if self.reader_faulted else ErrorCode.NO_ERROR,
+        )
 
     def transaction(self, connector_id: int) -> Transaction | None:
         return self._slots[connector_id].connector.transaction

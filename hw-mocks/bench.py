@@ -51,7 +51,7 @@ HOT_C = 95.0
 NORMAL_C = 25.0
 METER_UPDATE_S = 0.5
 
-BENCH_WIDE_FAULTS = frozenset({"reader_unplugged"})
+BENCH_WIDE_FAULTS = frozenset({"reader_unplugged", "reader_silent", "reader_garbage"})
 
 
 @dataclass
@@ -351,7 +351,7 @@ class Bench:
 
     async def inject_fault(self, name: str, connector: int, on: bool) -> dict[str, Any]:
         if name in BENCH_WIDE_FAULTS:
-            self._reader_fault(on)
+            self._reader_fault(name, on)
             (self._bench_faults.add if on else self._bench_faults.discard)(name)
             return {"faults": sorted(self._bench_faults)}
         sim = self.sim(connector)
@@ -392,10 +392,20 @@ class Bench:
             "lock_jammed": sim.pins.lock_jam,
         }
 
-    def _reader_fault(self, on: bool) -> None:
-        for reader in (self.rdm6300, self.pn532):
-            if reader is not None:
-                (reader.unplug if on else reader.replug)()
+    def _reader_fault(self, name: str, on: bool) -> None:
+        if name == "reader_garbage":
+            for garbled in (self.rdm6300, self.pn532):
+                if garbled is not None:
+                    garbled.set_garbage(on)
+        elif name == "reader_silent":
+            if self.pn532 is None:
+                # It only ever transmits: a silent one is what an idle one is.
+                raise ValueError("an RDM6300 is silent whenever no card is on it")
+            self.pn532.set_silent(on)
+        else:
+            for reader in (self.rdm6300, self.pn532):
+                if reader is not None:
+                    (reader.unplug if on else reader.replug)()
 
     async def status(self, connector: int | None = None) -> dict[str, Any]:
         if connector is not None:

@@ -78,6 +78,8 @@ FAULT_NAMES = (
     "pilot_negative_lost",
     "pp_short",
     "lock_jammed",
+    "reader_silent",
+    "reader_garbage",
 )
 READERS = ("rdm6300", "pn532")
 

@@ -30,6 +30,9 @@ from typing import Self
 from evsed.hal.rfid.pn532 import ACK_FRAME, ERROR_FRAME, TFI_PN532, Pn532FrameParser, build_frame
 from evsed.hal.rfid.rdm6300 import build_rdm6300_frame
 
+# What a UART at the wrong baud rate makes of a frame: bytes with no frame in them.
+_GARBAGE = bytes.fromhex("FE7F009AE61CFF8033C50DF06681")
+
 
 class _SimPty:
     def __init__(self) -> None:
@@ -107,6 +110,7 @@ class SimRdm6300(_SimPty):
         self._cond = threading.Condition(self._lock)
         self._card: bytes | None = None
         self._until: float | None = None
+        self.garbage = False
         self._thread = threading.Thread(target=self._run, name="sim-rdm6300", daemon=True)
         self._thread.start()
 
@@ -125,6 +129,13 @@ class SimRdm6300(_SimPty):
         with self._cond:
             self._card = None
             self._until = None
+            self._cond.notify_all()
+
+    def set_garbage(self, on: bool) -> None:
+        """A garbled line (wrong baud rate, noisy RX wire): a frame's worth of bytes that is
+        never a frame every `period_s`, card or no card."""
+        with self._cond:
+            self.garbage = on
             self._cond.notify_all()
 
     def wait_frames(self, count: int, timeout: float) -> bool:
@@ -158,10 +169,14 @@ class SimRdm6300(_SimPty):
                 now = time.monotonic()
                 if self._until is not None and now >= self._until:
                     self._card, self._until = None, None
-                if self._card is None:
+                if self._card is None and not self.garbage:
                     self._cond.wait()
                     continue
-                if self.plugged:
+                if self.plugged and self.garbage:
+                    self._write(_GARBAGE)
+                    self.frames_sent += 1
+                    self._cond.notify_all()
+                elif self.plugged and self._card is not None:
                     self._write(build_rdm6300_frame(self._card))
                     self.frames_sent += 1
                     self._cond.notify_all()
@@ -180,7 +195,8 @@ class SimPn532(_SimPty):
     frame. InListPassiveTarget with no card: with MaxRetries passive activation 0xFF (the
     power-on default) the chip keeps searching and answers only when a card arrives (a host
     ACK aborts the search); with any other value it answers NbTg=0. `set_silent(True)` makes
-    it stop answering altogether, with the port still there.
+    it stop answering altogether, with the port still there; `set_garbage(True)` makes it
+    answer every command with bytes that are no frame.
     """
 
     FIRMWARE = bytes([0x32, 0x01, 0x06, 0x07])
@@ -189,6 +205,7 @@ class SimPn532(_SimPty):
         self.require_wakeup = require_wakeup
         self.commands: list[bytes] = []  # every command received, code + params
         self.silent = False
+        self.garbage = False
         self._uid: bytes | None = None
         self._until: float | None = None
         self._thread: threading.Thread | None = None
@@ -219,6 +236,11 @@ class SimPn532(_SimPty):
     def set_silent(self, silent: bool) -> None:
         with self._lock:
             self.silent = silent
+
+    def set_garbage(self, on: bool) -> None:
+        """Answer every command with bytes that are no frame (a garbled line)."""
+        with self._lock:
+            self.garbage = on
 
     def command_codes(self) -> list[int]:
         with self._lock:
@@ -301,6 +323,9 @@ class SimPn532(_SimPty):
             data = data[idx:]
         for frame in self._parser.feed(data):
             if self.silent:
+                continue
+            if self.garbage:
+                self._write(_GARBAGE)
                 continue
             if frame.kind == "ack":
                 self._pending_poll = False  # the host aborts the running command

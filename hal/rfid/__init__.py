@@ -38,7 +38,9 @@ class SerialTagReader:
     port, raises DeviceFault("reader", active=True) once, and the thread reopens the port with
     a back-off from `retry_min_s` doubling to `retry_max_s`; success after a fault sends
     active=False. A real USB reader comes back at the same path (/dev/serial/by-id/...), so
-    reopening the same path is the whole recovery.
+    reopening the same path is the whole recovery. A driver may also report a fault with the
+    port kept open (`_fault`, e.g. a line that carries only garbage) and clear it itself
+    (`_recovered`).
     """
 
     def __init__(
@@ -128,6 +130,12 @@ class SerialTagReader:
             log.warning("reader %s: %s", self.name, detail)
             self._emit(DeviceFault("reader", active=True, detail=f"{self.name}: {detail}"))
 
+    def _recovered(self, how: str) -> None:
+        if self._faulted:
+            self._faulted = False
+            log.info("reader %s: %s", self.name, how)
+            self._emit(DeviceFault("reader", active=False, detail=f"{self.name}: ok"))
+
     def _run(self) -> None:
         delay = self._retry_min_s
         while not self._stop.is_set():
@@ -137,10 +145,7 @@ class SerialTagReader:
                     self.port, baudrate=self.baudrate, timeout=self._read_timeout_s
                 )
                 self._on_open(ser)
-                if self._faulted:
-                    self._faulted = False
-                    log.info("reader %s: back on %s", self.name, self.port)
-                    self._emit(DeviceFault("reader", active=False, detail=f"{self.name}: ok"))
+                self._recovered(f"back on {self.port}")
                 delay = self._retry_min_s
                 while not self._stop.is_set():
                     self._step(ser)

@@ -60,6 +60,8 @@ class Rdm6300Parser:
 
     def __init__(self) -> None:
         self._buf = bytearray()
+        #: Bytes dropped since the last valid frame (a garbled line shows here).
+        self.dropped = 0
 
     def feed(self, data: bytes) -> list[str]:
         self._buf += data
@@ -67,25 +69,35 @@ class Rdm6300Parser:
         while True:
             start = self._buf.find(STX)
             if start < 0:
+                self.dropped += len(self._buf)
                 self._buf.clear()
                 break
+            self.dropped += start
             del self._buf[:start]
             if len(self._buf) < FRAME_LEN:
                 break
             tag = parse_rdm6300_frame(bytes(self._buf[:FRAME_LEN]))
             if tag is None:
+                self.dropped += 1
                 del self._buf[:1]  # resync on the next STX, which may lie inside this window
             else:
                 found.append(tag)
+                self.dropped = 0
                 del self._buf[:FRAME_LEN]
         return found
 
     def reset(self) -> None:
         self._buf.clear()
+        self.dropped = 0
 
 
 # Also bounds how long shutdown() waits for the reader thread.
 IDLE_READ_TIMEOUT_S = 0.25
+# An RDM6300 only transmits, so silence is its idle state and cannot be told from a dead one;
+# a stream of bytes that never forms a frame can (wrong baud rate, a loose or noisy RX wire).
+# About a second of a held card's frames with not one valid: a card at the edge of the field
+# garbles a few frames, never this many in a row.
+GARBAGE_LIMIT_BYTES = 256
 
 
 class Rdm6300Reader(SerialTagReader):
@@ -128,7 +140,11 @@ class Rdm6300Reader(SerialTagReader):
         # Block for the first byte (or the timeout), then take whatever else has arrived.
         data = ser.read(max(1, ser.in_waiting))
         for data_hex in self._parser.feed(data):
+            self._recovered("valid frames again")
             self._tag_read(rdm6300_id_tag(data_hex, self.id_format))
+        if self._parser.dropped >= GARBAGE_LIMIT_BYTES:
+            # The port stays open: the fault clears with the next valid frame.
+            self._fault(f"{self._parser.dropped} bytes of garbage and no valid frame")
 
     def _on_close(self) -> None:
         self._parser.reset()

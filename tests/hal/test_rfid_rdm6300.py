@@ -255,3 +255,17 @@ async def test_missing_port_at_start_is_a_fault_until_it_appears(
     finally:
         r.shutdown()
     assert events.empty()
+
+
+async def test_a_line_of_garbage_is_a_fault_until_a_valid_frame(
+    sim: SimRdm6300, reader: Rdm6300Reader, events: asyncio.Queue[object]
+) -> None:
+    sim.set_garbage(True)
+    fault = await next_event(events)
+    assert isinstance(fault, DeviceFault) and fault.active
+    assert "garbage" in fault.detail
+    sim.set_garbage(False)
+    sim.present(CARD_A)
+    recovered = await next_event(events)
+    assert isinstance(recovered, DeviceFault) and not recovered.active
+    assert await next_event(events) == TagPresented(CARD_A, "rdm6300")

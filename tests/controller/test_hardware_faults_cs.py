@@ -1,0 +1,91 @@
+"""Every hardware failure reaches the Central System (issue 14): each fault the bench can
+inject shows as a StatusNotification with its errorCode, and the recovery as another one.
+
+The whole stack on the bench against the embedded Central System; what moves in real time
+(the reader's thread, the meter's socket) is waited for with a timeout, never slept on.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator, Callable
+from pathlib import Path
+
+import pytest
+
+from evsed.hwmocks.central_system import CentralSystem, Direction, Frame
+from tests.support.ocpp_rig import CARD, CP_ID, OcppRig, ocpp_rig
+
+RDM6300_CARD = "0700673158"
+
+
+@pytest.fixture
+async def cs() -> AsyncIterator[CentralSystem]:
+    async with CentralSystem(tags={CARD: "Accepted", RDM6300_CARD: "Accepted"}) as central:
+        yield central
+
+
+def status_of(connector_id: int, error_code: str | None = None) -> Callable[[Frame], bool]:
+    def matches(f: Frame) -> bool:
+        return (
+            f.is_call
+            and f.direction is Direction.CP_TO_CS
+            and f.cp_id == CP_ID
+            and f.action == "StatusNotification"
+            and f.payload["connectorId"] == connector_id
+            and (error_code is None or f.payload["errorCode"] == error_code)
+        )
+
+    return matches
+
+
+async def status_sent(
+    rig: OcppRig, pred: Callable[[Frame], bool], since: int, timeout: float = 8.0
+) -> Frame:
+    """The first StatusNotification matching `pred` after `since`; simulated time moves on
+    meanwhile (a MinimumStatusDuration, the meter's poll) while the reader works in real time."""
+    waiting = asyncio.ensure_future(rig.central.wait_for(pred, timeout, since=since))
+    while not waiting.done():
+        await rig.clock.advance(0.05)
+        await asyncio.wait([waiting], timeout=0.02)
+    return waiting.result()
+
+
+def statuses(rig: OcppRig, connector_id: int, since: int) -> list[tuple[str, str]]:
+    return [
+        (f.payload["status"], f.payload["errorCode"])
+        for f in rig.central.frames_of(CP_ID, since=since)
+        if status_of(connector_id)(f)
+    ]
+
+
+# ---------------------------------------------------------------- the RFID reader (#6)
+
+READER_FAULTS = [
+    ("rdm6300", "reader_unplugged"),
+    ("rdm6300", "reader_garbage"),
+    ("pn532", "reader_unplugged"),
+    ("pn532", "reader_silent"),
+    ("pn532", "reader_garbage"),
+]
+
+
+@pytest.mark.parametrize(("model", "fault"), READER_FAULTS)
+async def test_a_failed_reader_is_reported_on_connector_0_and_cleared(
+    cs: CentralSystem, tmp_path: Path, model: str, fault: str
+) -> None:
+    async with ocpp_rig(cs, tmp_path, reader={"model": model}) as rig:
+        first = await status_sent(rig, status_of(0), since=0)
+        assert first.payload["errorCode"] == "NoError"
+        mark = cs.mark()
+        await rig.bench.inject_fault(fault, 1, True)
+        failed = await status_sent(rig, status_of(0, "ReaderFailure"), since=mark)
+        assert failed.payload["status"] == "Available"  # the connectors still work
+        assert rig.status == "Available"
+        mark = cs.mark()
+        await rig.bench.inject_fault(fault, 1, False)
+        if model == "rdm6300" and fault == "reader_garbage":
+            # It never speaks unasked: a valid frame is how it says it is well again.
+            await rig.bench.present_card(RDM6300_CARD, reader="rdm6300")
+        await status_sent(rig, status_of(0, "NoError"), since=mark)
+        assert statuses(rig, 0, since=mark) == [("Available", "NoError")]
