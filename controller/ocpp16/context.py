@@ -20,6 +20,11 @@ from evsed.controller.store import Store
 
 log = logging.getLogger(__name__)
 
+
+def _idle() -> str:
+    return "Idle"
+
+
 if TYPE_CHECKING:
     from evsed.controller.ocpp16.auth import Authorizer
     from evsed.controller.ocpp16.port import ChargePointPort
@@ -35,6 +40,10 @@ class TransactionReactions(Protocol):
 
     def tx_profile_applied(self, connector_id: int) -> None:
         """A RemoteStart's TxProfile now limits the connector, until its session ends."""
+        ...
+
+    async def send_meter_values_now(self, connector_id: int | None = None) -> int:
+        """TriggerMessage(MeterValues): the newest reading, context Trigger."""
         ...
 
 
@@ -67,6 +76,19 @@ class SessionControl(Protocol):
         """Reset (Soft/Hard) accepted: stop transactions, then restart the process."""
         ...
 
+    async def send_boot_now(self) -> str | None:
+        """TriggerMessage(BootNotification): one now; its answer's status or None."""
+        ...
+
+    async def send_heartbeat_now(self) -> bool:
+        """TriggerMessage(Heartbeat): one now (the timer starts again); True if answered."""
+        ...
+
+    async def send_status_now(self, connector_id: int | None) -> int:
+        """TriggerMessage(StatusNotification): the current status of one connector, or of
+        every one (connector 0 first) when None; how many were answered."""
+        ...
+
 
 @dataclass
 class OcppContext:
@@ -86,6 +108,12 @@ class OcppContext:
     vendor_handlers: dict[
         str, Callable[[str | None, str | None], Awaitable[tuple[str, str | None]]]
     ] = field(default_factory=dict)
+
+    # The Firmware Management profile's state for TriggerMessage and its notifications:
+    # FirmwareStatusNotification / DiagnosticsStatusNotification values ("Idle" when
+    # nothing goes on). The firmware and diagnostics jobs set these when they run.
+    firmware_status: Callable[[], str] = field(default=_idle)
+    diagnostics_status: Callable[[], str] = field(default=_idle)
 
     #: Observer calls that raised (each is logged; none reaches the emitter).
     observer_failures: int = 0

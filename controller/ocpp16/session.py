@@ -177,6 +177,15 @@ class OcppSession:
     def wake_delivery(self) -> None:
         self.delivery.send_now()
 
+    async def send_boot_now(self) -> str | None:
+        return await self.boot.send_now()
+
+    async def send_heartbeat_now(self) -> bool:
+        return await self.heartbeat.send_now()
+
+    async def send_status_now(self, connector_id: int | None) -> int:
+        return await self.status.send_now(connector_id)
+
     def status_changed(self, connector_id: int) -> None:
         self.status.changed(connector_id)
 

@@ -73,11 +73,16 @@ def test_every_action_is_declared_by_exactly_one_profile_per_direction() -> None
     assert both == {"DataTransfer"}
 
 
-def test_only_core_is_implemented_and_supported() -> None:
-    # Stays so until a profile's handlers really land.
-    assert SUPPORTED_FEATURE_PROFILES == ("Core",)
-    assert SUPPORTED_ACTIONS == core.PROFILE.cs_to_cp
-    assert [p.name for p in PROFILES if p.implemented] == ["Core"]
+def test_exactly_the_profiles_with_handlers_are_supported() -> None:
+    implemented = [p for p in PROFILES if p.implemented and p.advertised]
+    assert SUPPORTED_FEATURE_PROFILES == tuple(p.name for p in implemented)
+    assert SUPPORTED_FEATURE_PROFILES[0] == "Core"
+    assert "RemoteTrigger" in SUPPORTED_FEATURE_PROFILES
+    assert SUPPORTED_ACTIONS == frozenset().union(*(p.cs_to_cp for p in PROFILES if p.implemented))
+    assert core.PROFILE.cs_to_cp <= SUPPORTED_ACTIONS
+    for p in PROFILES:
+        if not p.implemented:  # declared only: none of its actions is routed
+            assert not (p.cs_to_cp & SUPPORTED_ACTIONS)
     assert FEATURE_PROFILE_NAMES == set(MODULES.values()) - {"Security"}
 
 
@@ -119,8 +124,10 @@ def test_add_handlers_refuses_an_action_routed_twice() -> None:
 
 def test_configuration_keys_derive_supported_feature_profiles(tmp_path: Path) -> None:
     keys = ConfigurationKeys(Store(tmp_path / "k.db"), number_of_connectors=1)
-    assert keys.value("SupportedFeatureProfiles") == "Core"
-    assert not keys.is_supported("LocalAuthListEnabled")  # declared, its profile is off
+    assert keys.value("SupportedFeatureProfiles") == ",".join(SUPPORTED_FEATURE_PROFILES)
+    off = [p for p in PROFILES if p.advertised and not p.implemented and p.keys]
+    for p in off:  # declared, its profile is off: its keys are not
+        assert not keys.is_supported(p.keys[0].name)
     assert keys.is_supported("SecurityProfile")  # the extension's keys are always on
     with pytest.raises(ValueError, match="SupportedFeatureProfiles"):
         ConfigurationKeys(
@@ -197,4 +204,4 @@ async def test_an_action_no_profile_declares_is_not_implemented(wire: CentralSys
 
 async def test_supported_feature_profiles_on_the_wire(wire: CentralSystem) -> None:
     got = await wire.call(CP_ID, call.GetConfiguration(key=["SupportedFeatureProfiles"]), timeout=5)
-    assert got.configuration_key[0]["value"] == "Core"
+    assert got.configuration_key[0]["value"] == ",".join(SUPPORTED_FEATURE_PROFILES)

@@ -7,7 +7,7 @@
 | `firmware`          | FirmwareManagement        | declared: actions, keys        |
 | `local_list`        | LocalAuthListManagement   | declared: actions, keys        |
 | `reservation`       | Reservation               | declared: actions, keys        |
-| `remote_trigger`    | RemoteTrigger             | declared: action               |
+| `remote_trigger`    | RemoteTrigger             | implemented                    |
 | `security`          | (Security Whitepaper)     | keys on, actions declared      |
 
 Derived here, never listed elsewhere:
