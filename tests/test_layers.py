@@ -20,6 +20,7 @@ pytest.importorskip("importlinter", reason="import-linter comes with the dev ext
 REPO = Path(__file__).resolve().parents[1]
 FOLDERS = {"controller": "controller", "hal": "hal", "hw-mocks": "hwmocks"}
 CONNECTOR = "the connector and the limits"
+SMART = "smart charging is pure"
 LINT = "import sys; from importlinter.cli import lint_imports_command as m; sys.exit(m())"
 
 
@@ -61,6 +62,8 @@ def test_the_contracts_hold_on_the_copy(tree: Path) -> None:
         ("controller/ocpp16/auth.py", "evsed.hal.types", "ocpp16 never imports hal"),
         ("controller/connector/machine.py", "evsed.controller.ocpp16.keys", CONNECTOR),
         ("controller/limiter.py", "evsed.controller.ocpp16.keys", CONNECTOR),
+        ("controller/smartcharging/composite.py", "evsed.controller.ocpp16.keys", SMART),
+        ("controller/smartcharging/model.py", "evsed.hal.types", SMART),
         ("controller/run.py", "evsed.hwmocks.bench", "only the wiring module"),
         ("controller/cli.py", "evsed.hwmocks.control", "only the wiring module"),
         ("controller/demo.py", "evsed.hwmocks.central_system", "only the wiring module"),

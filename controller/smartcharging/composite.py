@@ -1,0 +1,550 @@
+"""The composite schedule (OCPP 1.6 §3.13, §5.7) and the limit at one instant.
+
+Per connector, at every instant:
+- the TxProfile with the highest stackLevel that applies (valid, its schedule running, and
+  bound to the running transaction or to none) prevails; where none applies, the prevailing
+  TxDefaultProfile does (§3.13.1). The TxDefaultProfiles of a connector are its own plus
+  those of connector 0 at stack levels it has none of: a connector's profile replaces the
+  connector-0 one "only for that specific connector" (§3.13.1), stacking decides the rest;
+- a profile applies from its validFrom (inclusive) to its validTo (exclusive) and only while
+  its schedule runs: Absolute from startSchedule, Recurring from startSchedule and every day or
+  week after it (never before: the first occurrence is startSchedule), Relative (and a
+  schedule without startSchedule, §7.13) from the transaction's start, or from the start of
+  the question when there is no transaction (as if one started then); a schedule ends after
+  `duration`, a Recurring one at the latest at its next occurrence (errata §3.43/§3.44);
+  where a profile does not run, the next lower stack level does (errata §3.43);
+- the result is capped by the prevailing ChargePointMaxProfile (§3.13.3). Connector 0 is the
+  whole charge point: the sum of the connectors' limits, capped the same way.
+
+Limits are compared in the unit asked for: W = A x V x phases, where phases is the period's
+numberPhases (3 when absent, §7.12) but never more than the connector uses (errata §3.34).
+Instants are whole seconds (the wire's startPeriod is an integer).
+"""
+
+from __future__ import annotations
+
+import math
+from bisect import bisect_right
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from itertools import pairwise
+from typing import Any
+
+from evsed.controller.smartcharging.model import (
+    ChargingProfile,
+    Kind,
+    Period,
+    Purpose,
+    RateUnit,
+    format_datetime,
+)
+from evsed.controller.smartcharging.profileset import ProfileSet
+
+INF = math.inf
+
+# (start, end, limit in the asked unit, numberPhases): half-open [start, end) in epoch seconds.
+_Piece = tuple[int, int, float, int | None]
+
+
+class UnknownConnector(ValueError):
+    """GetCompositeSchedule for a connector the charge point does not have: Rejected."""
+
+
+@dataclass(frozen=True, slots=True)
+class ElectricalContext:
+    """How the connector is supplied: phases in use (1-3) and the nominal voltage.
+
+    `max_current_a`, when given, is a local limit (the connector's rating) that the composite
+    schedule takes into account (§5.7 "Local Limits might be taken into account") and that
+    fills the instants no profile limits; without it those instants are `math.inf`.
+    """
+
+    phases: int
+    voltage_v: float
+    max_current_a: float | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class TxContext:
+    transaction_id: int
+    started: datetime
+
+
+@dataclass(frozen=True, slots=True)
+class CompositeSchedule:
+    start: datetime
+    duration_s: int
+    unit: RateUnit
+    periods: tuple[Period, ...]
+
+    def to_ocpp(self) -> dict[str, Any]:
+        """The chargingSchedule object of GetCompositeSchedule.conf.
+
+        Limits are rounded down to the wire's one decimal, so the answer never promises more
+        than is applied; an unlimited instant needs `ElectricalContext.max_current_a`.
+        """
+        periods = []
+        for p in self.periods:
+            if not math.isfinite(p.limit):
+                raise ValueError("an unlimited period: give ElectricalContext.max_current_a")
+            entry: dict[str, Any] = {
+                "startPeriod": p.start_s,
+                "limit": math.floor(p.limit * 10 + 1e-6) / 10,
+            }
+            if p.number_phases is not None:
+                entry["numberPhases"] = p.number_phases
+            periods.append(entry)
+        return {
+            "duration": self.duration_s,
+            "startSchedule": format_datetime(self.start),
+            "chargingRateUnit": self.unit.value,
+            "chargingSchedulePeriod": periods,
+        }
+
+
+@dataclass(frozen=True, slots=True)
+class LimitAt:
+    """The limit now. `limit` None: no profile limits; `next_change` None: none is coming.
+
+    `next_change` is the next instant at which the limit can change (never later than the
+    change; it may be an instant at which it turns out not to change).
+    """
+
+    limit: float | None
+    unit: RateUnit
+    number_phases: int | None
+    next_change: datetime | None
+    profile_id: int | None = None
+    purpose: Purpose | None = None
+
+
+def convert(
+    limit: float,
+    from_unit: RateUnit,
+    to_unit: RateUnit,
+    number_phases: int | None,
+    electrical: ElectricalContext,
+) -> float:
+    if from_unit is to_unit or math.isinf(limit):
+        return limit
+    phases = electrical.phases if number_phases is None else min(number_phases, electrical.phases)
+    factor = electrical.voltage_v * phases
+    return limit * factor if from_unit is RateUnit.A else limit / factor
+
+
+def composite(
+    profiles: ProfileSet,
+    connector_id: int,
+    start: datetime,
+    duration_s: int,
+    unit: RateUnit,
+    *,
+    transaction: TxContext | None,
+    electrical: ElectricalContext,
+    connector_ids: tuple[int, ...],
+    transactions: Mapping[int, TxContext] | None = None,
+) -> CompositeSchedule:
+    """GetCompositeSchedule(connector_id, duration_s, unit) asked at `start`.
+
+    `transaction` is the one running on `connector_id`; for connector 0, `transactions` maps
+    each connector to its running transaction.
+    """
+    if connector_id != 0 and connector_id not in connector_ids:
+        raise UnknownConnector(f"no connector {connector_id}")
+    if duration_s < 0:
+        raise ValueError(f"duration {duration_s} is negative")
+    w0 = _ts(start)
+    w1 = w0 + duration_s
+    installed = profiles.profiles()
+    cap = _cap(electrical, unit)
+    if connector_id == 0:
+        running = dict(transactions or {})
+        layers = []
+        for cid in connector_ids:
+            tx = running.get(cid)
+            layer = _tx_layer(installed, cid, tx, w0, w1, unit, electrical, cap)
+            layers.append(_fill(layer, w0, w1, INF))
+        tx_level = _merge(layers, _sum) if layers else []
+    else:
+        tx_level = _tx_layer(installed, connector_id, transaction, w0, w1, unit, electrical, cap)
+    anchor = _ts(transaction.started) if transaction is not None and connector_id else w0
+    cp_max = _stack(_of(installed, Purpose.CHARGE_POINT_MAX, 0), w0, w1, anchor, unit, electrical)
+    pieces = _fill(_merge([tx_level, cp_max], _min), w0, w1, INF)
+    periods: list[Period] = []
+    for a, _b, limit, phases in pieces:
+        if periods and periods[-1].limit == limit and periods[-1].number_phases == phases:
+            continue
+        periods.append(Period(a - w0, limit, phases))
+    if not periods:
+        periods.append(Period(0, cap, None))
+    return CompositeSchedule(_dt(w0), duration_s, unit, tuple(periods))
+
+
+def limit_at(
+    profiles: ProfileSet,
+    connector_id: int,
+    now: datetime,
+    *,
+    transaction: TxContext | None,
+    electrical: ElectricalContext,
+    unit: RateUnit = RateUnit.A,
+    connector_ids: tuple[int, ...] = (),
+    transactions: Mapping[int, TxContext] | None = None,
+) -> LimitAt:
+    """The limit the profiles set on `connector_id` at `now`, and when it may next change.
+
+    Local limits (`max_current_a`) are not applied: the limiter takes the minimum itself and
+    says which one binds. Connector 0: the sum over `connector_ids`, capped by the
+    ChargePointMaxProfile, as `composite` computes it.
+    """
+    t = _ts(now)
+    installed = profiles.profiles()
+    horizon: list[float] = [INF]
+    if connector_id == 0:
+        running = dict(transactions or {})
+        total = 0.0
+        total_phases: int | None = None
+        for cid in connector_ids:
+            v = _tx_at(installed, cid, running.get(cid), t, unit, electrical, horizon)
+            if v is None:
+                total = INF
+            else:
+                total += v[0]
+                total_phases = _max_phases(total_phases, v[1])
+        tx_value = None if math.isinf(total) else (total, total_phases, None, None)
+        anchor = t
+    else:
+        tx_value = _tx_at(installed, connector_id, transaction, t, unit, electrical, horizon)
+        anchor = _ts(transaction.started) if transaction is not None else t
+    moving = anchor == t and (connector_id == 0 or transaction is None)
+    cp_max = _first_at(
+        _of(installed, Purpose.CHARGE_POINT_MAX, 0), t, anchor, moving, unit, electrical, horizon
+    )
+    chosen = tx_value
+    if cp_max is not None and (chosen is None or cp_max[0] < chosen[0]):
+        chosen = (cp_max[0], _min_phases(cp_max[1], chosen[1] if chosen else None), *cp_max[2:])
+    elif cp_max is not None and chosen is not None:
+        chosen = (chosen[0], _min_phases(chosen[1], cp_max[1]), *chosen[2:])
+    nxt = min(horizon)
+    return LimitAt(
+        limit=None if chosen is None else chosen[0],
+        unit=unit,
+        number_phases=None if chosen is None else chosen[1],
+        next_change=None if math.isinf(nxt) else _dt(int(nxt)),
+        profile_id=None if chosen is None else chosen[2],
+        purpose=None if chosen is None else chosen[3],
+    )
+
+
+# ------------------------------------------------------------------------------ selection
+
+
+def _of(installed: Sequence[ChargingProfile], purpose: Purpose, cid: int) -> list[ChargingProfile]:
+    """The profiles of `purpose` on `cid`, highest stack level first."""
+    return sorted(
+        (p for p in installed if p.purpose is purpose and p.connector_id == cid),
+        key=lambda p: -p.stack_level,
+    )
+
+
+def _tx_defaults(installed: Sequence[ChargingProfile], cid: int) -> list[ChargingProfile]:
+    own = _of(installed, Purpose.TX_DEFAULT, cid)
+    levels = {p.stack_level for p in own}
+    shared = [p for p in _of(installed, Purpose.TX_DEFAULT, 0) if p.stack_level not in levels]
+    return sorted(own + shared, key=lambda p: -p.stack_level)
+
+
+def _tx_profiles(
+    installed: Sequence[ChargingProfile], cid: int, tx: TxContext | None
+) -> list[ChargingProfile]:
+    if tx is None:
+        return []
+    return [
+        p
+        for p in _of(installed, Purpose.TX, cid)
+        if p.transaction_id is None or p.transaction_id == tx.transaction_id
+    ]
+
+
+# ------------------------------------------------------------------------------ over a window
+
+
+def _tx_layer(
+    installed: Sequence[ChargingProfile],
+    cid: int,
+    tx: TxContext | None,
+    w0: int,
+    w1: int,
+    unit: RateUnit,
+    electrical: ElectricalContext,
+    cap: float,
+) -> list[_Piece]:
+    anchor = _ts(tx.started) if tx is not None else w0
+    chosen = _stack(
+        _tx_profiles(installed, cid, tx) + _tx_defaults(installed, cid),
+        w0,
+        w1,
+        anchor,
+        unit,
+        electrical,
+    )
+    if math.isinf(cap):
+        return chosen
+    return _merge([chosen, [(w0, w1, cap, None)]], _min) if w1 > w0 else []
+
+
+def _stack(
+    ordered: Sequence[ChargingProfile],
+    w0: int,
+    w1: int,
+    anchor: int,
+    unit: RateUnit,
+    electrical: ElectricalContext,
+) -> list[_Piece]:
+    """Where any of `ordered` applies, the first one that does."""
+    out: list[_Piece] = []
+    for profile in ordered:
+        out = _overlay(out, _pieces(profile, w0, w1, anchor, unit, electrical))
+    return out
+
+
+def _pieces(
+    p: ChargingProfile,
+    w0: int,
+    w1: int,
+    anchor: int,
+    unit: RateUnit,
+    electrical: ElectricalContext,
+) -> list[_Piece]:
+    lo = w0 if p.valid_from is None else max(w0, _ts(p.valid_from))
+    hi = w1 if p.valid_to is None else min(w1, _ts(p.valid_to))
+    if lo >= hi:
+        return []
+    s = p.schedule
+    length: float = INF if s.duration_s is None else s.duration_s
+    if p.kind is Kind.RECURRING:
+        assert p.recurrency is not None and s.start is not None
+        every = p.recurrency.seconds
+        length = min(length, every)
+        first = _ts(s.start)
+        starts: Sequence[int] = range(first + max(0, (lo - first) // every) * every, hi, every)
+    else:
+        starts = (_anchor(p, anchor),)
+    periods = s.periods
+    n = len(periods)
+    out: list[_Piece] = []
+    for occurrence in starts:
+        end = occurrence + length
+        for i, period in enumerate(periods):
+            a = occurrence + period.start_s
+            if a >= end or a >= hi:
+                break
+            b = occurrence + periods[i + 1].start_s if i + 1 < n else end
+            a, b = max(a, lo), min(b, end, hi)
+            if a < b:
+                limit = convert(period.limit, s.unit, unit, period.number_phases, electrical)
+                out.append((a, int(b), limit, period.number_phases))
+    return out
+
+
+def _overlay(top: list[_Piece], under: list[_Piece]) -> list[_Piece]:
+    """`top` where it has pieces, `under` in its gaps (both sorted and non-overlapping)."""
+    if not top:
+        return under
+    if not under:
+        return top
+    out = list(top)
+    j, n = 0, len(top)
+    for a, b, limit, phases in under:
+        while j < n and top[j][1] <= a:
+            j += 1
+        k, cur = j, a
+        while k < n and top[k][0] < b:
+            if top[k][0] > cur:
+                out.append((cur, top[k][0], limit, phases))
+            cur = max(cur, top[k][1])
+            k += 1
+        if cur < b:
+            out.append((cur, b, limit, phases))
+    out.sort(key=lambda piece: piece[0])
+    return out
+
+
+def _merge(
+    layers: Sequence[list[_Piece]], combine: Callable[[list[_Piece]], tuple[float, int | None]]
+) -> list[_Piece]:
+    """Cut all layers at every boundary; where any layer has a piece, combine those present."""
+    cuts = sorted({t for layer in layers for piece in layer for t in (piece[0], piece[1])})
+    index = [0] * len(layers)
+    out: list[_Piece] = []
+    for x, y in pairwise(cuts):
+        present = []
+        for li, layer in enumerate(layers):
+            k = index[li]
+            while k < len(layer) and layer[k][1] <= x:
+                k += 1
+            index[li] = k
+            if k < len(layer) and layer[k][0] <= x:
+                present.append(layer[k])
+        if present:
+            limit, phases = combine(present)
+            out.append((x, y, limit, phases))
+    return out
+
+
+def _min(present: list[_Piece]) -> tuple[float, int | None]:
+    phases: int | None = None
+    for piece in present:
+        phases = _min_phases(phases, piece[3])
+    return min(piece[2] for piece in present), phases
+
+
+def _sum(present: list[_Piece]) -> tuple[float, int | None]:
+    phases: int | None = None
+    for piece in present:
+        phases = _max_phases(phases, piece[3])
+    return sum(piece[2] for piece in present), phases
+
+
+def _fill(pieces: list[_Piece], w0: int, w1: int, value: float) -> list[_Piece]:
+    out: list[_Piece] = []
+    cur = w0
+    for piece in pieces:
+        if piece[0] > cur:
+            out.append((cur, piece[0], value, None))
+        out.append(piece)
+        cur = piece[1]
+    if cur < w1:
+        out.append((cur, w1, value, None))
+    return out
+
+
+# ------------------------------------------------------------------------------ at an instant
+
+# (limit in the asked unit, numberPhases, profile id, purpose)
+_Value = tuple[float, int | None, int | None, Purpose | None]
+
+
+def _tx_at(
+    installed: Sequence[ChargingProfile],
+    cid: int,
+    tx: TxContext | None,
+    t: int,
+    unit: RateUnit,
+    electrical: ElectricalContext,
+    horizon: list[float],
+) -> _Value | None:
+    anchor = _ts(tx.started) if tx is not None else t
+    moving = tx is None
+    ordered = _tx_profiles(installed, cid, tx) + _tx_defaults(installed, cid)
+    return _first_at(ordered, t, anchor, moving, unit, electrical, horizon)
+
+
+def _first_at(
+    ordered: Sequence[ChargingProfile],
+    t: int,
+    anchor: int,
+    moving: bool,
+    unit: RateUnit,
+    electrical: ElectricalContext,
+    horizon: list[float],
+) -> _Value | None:
+    """The first of `ordered` that applies at `t`; every change instant seen goes to `horizon`.
+
+    Lower profiles are looked at too (a higher one can end before a lower one changes).
+    """
+    found: _Value | None = None
+    for p in ordered:
+        period, nxt = _period_at(p, t, anchor, moving)
+        horizon.append(nxt)
+        if found is None and period is not None:
+            limit = convert(period.limit, p.schedule.unit, unit, period.number_phases, electrical)
+            found = (limit, period.number_phases, p.id, p.purpose)
+    return found
+
+
+def _period_at(
+    p: ChargingProfile, t: int, anchor: int, moving: bool
+) -> tuple[Period | None, float]:
+    """The period of `p` running at `t` (None: it does not apply) and its next change after t.
+
+    `moving`: the schedule is relative to a start that is always "now" (no transaction), so
+    only validFrom/validTo bound it.
+    """
+    nxt: float = INF
+    if p.valid_to is not None:
+        valid_to = _ts(p.valid_to)
+        if t >= valid_to:
+            return None, INF
+        nxt = valid_to
+    if p.valid_from is not None and t < _ts(p.valid_from):
+        return None, _ts(p.valid_from)
+    s = p.schedule
+    length: float = INF if s.duration_s is None else s.duration_s
+    if p.kind is Kind.RECURRING:
+        assert p.recurrency is not None and s.start is not None
+        every = p.recurrency.seconds
+        first = _ts(s.start)
+        if t < first:
+            return None, min(nxt, first)
+        occurrence = first + (t - first) // every * every
+        length = min(length, every)
+        nxt = min(nxt, occurrence + every)
+    else:
+        occurrence = t if moving and _relative(p) else _anchor(p, anchor)
+        if t < occurrence:
+            return None, min(nxt, occurrence)
+    offset = t - occurrence
+    if offset >= length:
+        return None, nxt
+    if moving and _relative(p):
+        return p.schedule.periods[0], nxt
+    nxt = min(nxt, occurrence + length)
+    starts = [period.start_s for period in s.periods]
+    i = bisect_right(starts, offset) - 1
+    if i + 1 < len(starts):
+        nxt = min(nxt, occurrence + starts[i + 1])
+    return s.periods[i], nxt
+
+
+# ------------------------------------------------------------------------------ helpers
+
+
+def _relative(p: ChargingProfile) -> bool:
+    return p.kind is Kind.RELATIVE or (p.kind is Kind.ABSOLUTE and p.schedule.start is None)
+
+
+def _anchor(p: ChargingProfile, relative_start: int) -> int:
+    if _relative(p):
+        return relative_start
+    assert p.schedule.start is not None
+    return _ts(p.schedule.start)
+
+
+def _cap(electrical: ElectricalContext, unit: RateUnit) -> float:
+    if electrical.max_current_a is None:
+        return INF
+    return convert(electrical.max_current_a, RateUnit.A, unit, None, electrical)
+
+
+def _min_phases(a: int | None, b: int | None) -> int | None:
+    if a is None:
+        return b
+    return a if b is None else min(a, b)
+
+
+def _max_phases(a: int | None, b: int | None) -> int | None:
+    if a is None:
+        return b
+    return a if b is None else max(a, b)
+
+
+def _ts(value: datetime) -> int:
+    if value.utcoffset() is None:
+        raise ValueError(f"{value!r} has no time zone")
+    return math.floor(value.timestamp())
+
+
+def _dt(seconds: int) -> datetime:
+    return datetime.fromtimestamp(seconds, UTC)
