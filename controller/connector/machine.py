@@ -196,6 +196,7 @@ class Connector:
         self._delivery_pending = False
         self._recorded: tuple[Transaction, Transaction | None] | None = None  # loop side
         self._tx_recorded = False  # the start hook returned: the lock may engage
+        self._status_held = False  # a change waits for the contactor to have opened
         #: Callbacks (listeners, hooks) that raised, and internal errors the core survived.
         self.callback_errors = 0
         self.internal_errors = 0
@@ -708,6 +709,8 @@ class Connector:
         """Deadlines and contactor feedback; the sampler calls this every tick."""
         now = self._clock.monotonic()
         self.on_contactor_fault(self._contactor.fault())
+        if self._status_held:
+            self._publish_status()
         if self._lock_since is not None and self.transaction is not None:
             if self._lock is not None and self._lock.locked() is not False:
                 self._lock_since = None
@@ -955,8 +958,22 @@ class Connector:
             status = ChargePointStatus.AVAILABLE
         return ConnectorStatus(status, error, info[:50])
 
+    def _contactor_opening(self) -> bool:
+        """Commanded open, its auxiliary contact still closed, not yet judged welded."""
+        return not self._contactor.energized and self._contactor.feedback() is True
+
     def _publish_status(self) -> None:
         status = self._derive_status()
+        if (
+            self._status is not None
+            and status.status is not ChargePointStatus.FAULTED
+            and self._contactor_opening()
+        ):
+            # Until the contact has opened (or is judged welded) the connector is not free:
+            # a welded one goes straight to Faulted, never through Available (issue 14 #8).
+            self._status_held = True
+            return
+        self._status_held = False
         if status != self._status:
             self._status = status
             self._note("status", status=str(status.status), error_code=str(status.error_code))

@@ -12,6 +12,7 @@ from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 
 import pytest
+from ocpp.v16 import call
 
 from evsed.hwmocks.central_system import CentralSystem, Direction, Frame
 from tests.support.ocpp_rig import CARD, CP_ID, OcppRig, ocpp_rig
@@ -89,3 +90,28 @@ async def test_a_failed_reader_is_reported_on_connector_0_and_cleared(
             await rig.bench.present_card(RDM6300_CARD, reader="rdm6300")
         await status_sent(rig, status_of(0, "NoError"), since=mark)
         assert statuses(rig, 0, since=mark) == [("Available", "NoError")]
+
+
+# ---------------------------------------------------------------- a welded contactor (#8)
+
+
+@pytest.mark.parametrize("how", ["unplug", "remote stop"])
+async def test_a_welded_contactor_goes_straight_to_faulted(
+    cs: CentralSystem, tmp_path: Path, how: str
+) -> None:
+    async with ocpp_rig(cs, tmp_path) as rig:
+        transaction_id = await rig.start_transaction()
+        await rig.bench.inject_fault("contactor_welded", 1, True)
+        mark = cs.mark()
+        if how == "unplug":
+            await rig.bench.unplug(1)
+        else:
+            reply = await rig.command(call.RemoteStopTransaction(transaction_id=transaction_id))
+            assert reply.status == "Accepted"
+        faulted = await status_sent(rig, status_of(1, "PowerSwitchFailure"), since=mark)
+        assert faulted.payload["status"] == "Faulted"
+        await rig.run(2)
+        sent = statuses(rig, 1, since=mark)
+        # Whatever came before the fault (Finishing, SuspendedEVSE), never an Available.
+        assert ("Available", "NoError") not in sent, sent
+        assert sent[-1] == ("Faulted", "PowerSwitchFailure")
