@@ -171,9 +171,13 @@ class SafetyCore:
     def call(self, fn: Callable[[], Any], default: Any = None) -> Any:
         """Run `fn` on the core and return its answer (`default` if the core is stuck)."""
         answer: concurrent.futures.Future[Any] = concurrent.futures.Future()
-        if self._thread is None or not self._thread.is_alive():
-            log.error("the safety core's thread is gone; running a command on the caller's")
+        if self._thread is None:  # not started, or stopped: the caller is the core
             return fn()
+        if not self._thread.is_alive():
+            # Never run an output-moving command with nobody sampling the pilot after it.
+            log.error("the safety core's thread is gone; command refused, outputs cut")
+            self._cut_all()
+            return default
         try:
             self._queue.put(_Command(fn, answer), timeout=CALL_TIMEOUT_S)
             return answer.result(timeout=CALL_TIMEOUT_S)
@@ -205,14 +209,28 @@ class SafetyCore:
         self._thread_id = threading.get_ident()
         _raise_priority()
         log.debug("safety core running (%d connectors)", len(self._units))
-        while True:
+        stopped = False
+        try:
+            while True:
+                try:
+                    if not self._step():
+                        stopped = True
+                        return
+                except BaseException:  # a bug of the core, or a SystemExit from a driver:
+                    # nothing may end this thread while it owns the outputs.
+                    log.exception("the safety core failed a step; cutting every output")
+                    self._cut_all()
+        finally:
+            if not stopped:  # whatever ended it: nothing samples the pilot from here on
+                log.critical("the safety core's thread ends; cutting every output")
+                self._cut_all()
+
+    def _cut_all(self) -> None:
+        for unit in self._units:
             try:
-                if not self._step():
-                    return
-            except Exception:  # outside any connector's guard: a bug of the core itself
-                log.exception("the safety core failed a step; cutting every output")
-                for unit in self._units:
-                    unit.connector.run_guarded(unit.connector.cut_outputs)
+                unit.connector.run_guarded(unit.connector.cut_outputs)
+            except BaseException:
+                log.exception("connector %s: outputs could not be cut", unit.connector.id)
 
     def _step(self) -> bool:
         """Commands first, then every tick that is due; False once told to stop."""

@@ -261,6 +261,9 @@ class Connector:
         except Exception as exc:
             self._internal_error(exc)
             return default
+        except BaseException as exc:  # SystemExit from a driver, KeyboardInterrupt inline:
+            self._internal_error(exc)  # the outputs are cut before it goes on up
+            raise
         finally:
             self._depth -= 1
         if self._driver_errors:
@@ -901,11 +904,16 @@ class Connector:
             if in_f
             else (current_to_duty(limit, self.settings.pwm_resolution) if limit else DUTY_OFF)
         )
-        if duty != self._pilot.duty and self._drive(lambda: self._pilot.set_duty(duty)):
-            self._note("duty", duty=duty, amps=limit)
+        duty_ok = True
+        if duty != self._pilot.duty:
+            duty_ok = self._drive(lambda: self._pilot.set_duty(duty))
+            if duty_ok:
+                self._note("duty", duty=duty, amps=limit)
         self.offered_a = limit
 
-        want = limit > 0 and self._may_draw(self.pilot_state)
+        # A duty that could not be written is no offer: never close on it (the guard then
+        # cuts for the driver error; closing first would click the contactor on the EV).
+        want = duty_ok and limit > 0 and self._may_draw(self.pilot_state)
         if want:
             self._soft_off_since = None
             if not self._contactor.energized and self._drive(self._contactor.energize):

@@ -36,10 +36,15 @@ from evsed.hal.interfaces import (
     ResidualCurrentMonitor,
     TemperatureSensor,
 )
+from evsed.hal.types import PilotReading, PilotState
 
 log = logging.getLogger(__name__)
 
 PWM_PERIOD_S = 0.001
+#: A pilot sensor whose read raises this many times in a row (~30 ms while charging) is a
+#: pilot we cannot see: read as state F, so the contactor opens (DESIGN rule 7), whatever
+#: the driver does about its own failures.
+SENSOR_FAILURES_TO_F = 3
 
 
 @dataclass(frozen=True, slots=True)
@@ -80,6 +85,7 @@ class Sampler:
         self._read_time_s = read_time_s
         self._next_pp = 0.0
         self._next_temp = 0.0
+        self._sensor_failures = 0
         self._temperature_reader: concurrent.futures.ThreadPoolExecutor | None = None
         self._temperature_read: concurrent.futures.Future[float | Exception] | None = None
 
@@ -107,9 +113,17 @@ class Sampler:
         now = self.clock.monotonic()
         try:
             reading = self.sensor.read(reads)
-        except Exception:  # a broken ADC must not end sampling
-            log.exception("pilot sensing failed")
+        except Exception:  # a broken ADC must not end sampling, nor pass for a healthy one
+            self._sensor_failures += 1
+            if self._sensor_failures == 1:  # the traceback once per run of failures
+                log.exception("pilot sensing failed")
             reading = None
+            if self._sensor_failures >= SENSOR_FAILURES_TO_F:
+                reading = PilotReading(state=PilotState.F, high_v=math.nan, low_v=math.nan)
+        else:
+            if self._sensor_failures:
+                log.info("pilot sensing works again after %d failures", self._sensor_failures)
+                self._sensor_failures = 0
         if self.rcd is not None and self.rcd.tripped:
             # The driver also reports the trip through the loop; the core does not wait
             # for it (a no-op while the fault is active).

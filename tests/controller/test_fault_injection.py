@@ -304,6 +304,49 @@ async def test_a_pwm_that_stays_broken_still_opens_the_contactor(
     assert not rig.sim.pins.relay_energized
 
 
+async def test_a_pwm_write_failing_at_the_start_never_closes_the_contactor(
+    make_rig: MakeRig,
+) -> None:
+    """The duty that would offer current cannot be written: no close (and open 2 ms later,
+    a click on the EV), only the cut and InternalError."""
+    rig = await make_rig()
+    contactor = rig.connector._contactor
+    real = contactor.energize
+    closes: list[bool] = []
+
+    def energize() -> None:
+        closes.append(True)
+        real()
+
+    contactor.energize = energize  # type: ignore[method-assign]
+    break_pwm(rig, times=1)
+    await rig.bench.plug(1)
+    await rig.until(lambda: rig.status == "Faulted", within_s=3)
+    assert rig.connector.status.error_code == "InternalError"
+    assert closes == []
+    assert not rig.sim.pins.relay_energized
+
+
+async def test_a_pilot_sensor_that_keeps_raising_reads_as_state_f(make_rig: MakeRig) -> None:
+    """Whatever the sensor driver does about its own failures, a pilot the core cannot read
+    is no EV it may charge: after a few failed reads the contactor opens."""
+    rig = await make_rig()
+    await rig.bench.plug(1)
+    await charging(rig)
+    assert rig.stack.charger is not None
+    sampler = rig.stack.charger._slots[1].sampler
+
+    def read(_samples: int) -> Any:
+        raise OSError(5, "SPI transfer failed")
+
+    real, sampler.sensor.read = sampler.sensor.read, read  # type: ignore[method-assign]
+    took = await rig.until(lambda: not rig.sim.pins.relay_energized, within_s=1)
+    assert took <= 0.5  # three failed ticks at the charging rate, not a timeout
+    assert rig.connector.pilot_state == "F"
+    sampler.sensor.read = real  # type: ignore[method-assign]
+    await rig.until(lambda: rig.connector.pilot_state == "C", within_s=1)
+
+
 # ---------------------------------------------------------------- supervised tasks
 
 

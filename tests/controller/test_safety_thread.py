@@ -218,3 +218,41 @@ async def test_a_motor_lock_works_from_the_core_thread(tmp_path: Path) -> None:
             assert str(connector.status.status) == "Charging"
         finally:
             watch.close()
+
+
+async def test_a_system_exit_from_a_driver_does_not_end_the_core(stack: Stack) -> None:
+    """A driver raising a BaseException inside a tick: the outputs are cut, the connector
+    reports InternalError, and the thread lives on, sampling (the watchdog's tick stays
+    fresh); the connector recovers by its clearing rule."""
+    assert stack.charger is not None
+    connector = stack.charger.connector(1)
+    sampler = stack.charger._slots[1].sampler
+    sim, watch = relay_of(stack)
+    try:
+        await stack.bench.plug(1)
+        await watch.wait(True)
+        real = sampler.sensor.read
+        raised = threading.Event()
+
+        def read(samples: int) -> Any:
+            if not raised.is_set():
+                raised.set()
+                raise SystemExit("a driver calling sys.exit")
+            return real(samples)
+
+        sampler.sensor.read = read  # type: ignore[method-assign]
+        await watch.wait(False, timeout=2.0)
+        assert await asyncio.to_thread(raised.wait, 2.0)
+        assert stack.charger.core.running  # the thread lives
+        assert await asyncio.to_thread(stack.charger.core.wait_ticking, 2.0)
+        assert stack.charger.safety_tick_age() < 1.0
+        assert connector.internal_errors >= 1
+        await stack.bench.unplug(1)
+        for _ in range(200):  # the status reaches the loop through the outbox
+            if str(connector.status.status) == "Available":
+                break
+            await asyncio.sleep(0.01)
+        assert str(connector.status.status) == "Available"  # cleared by the unplug
+        assert not sim.pins.relay_energized
+    finally:
+        watch.close()
