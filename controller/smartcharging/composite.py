@@ -64,6 +64,14 @@ class ElectricalContext:
     voltage_v: float
     max_current_a: float | None = None
 
+    def __post_init__(self) -> None:
+        if self.phases not in (1, 2, 3):
+            raise ValueError(f"phases {self.phases} is not 1, 2 or 3")
+        if not self.voltage_v > 0:
+            raise ValueError(f"voltage {self.voltage_v} V is not positive")
+        if self.max_current_a is not None and not self.max_current_a >= 0:
+            raise ValueError(f"max_current_a {self.max_current_a} is negative")
+
 
 @dataclass(frozen=True, slots=True)
 class TxContext:

@@ -376,3 +376,29 @@ def test_limit_at_gives_the_next_boundary_for_the_runner() -> None:
         Purpose.CHARGE_POINT_MAX,
     )
     assert limit_at(ProfileSet(), 1, T, transaction=None, electrical=THREE_PHASE).limit is None
+
+
+def test_a_remote_start_tx_profile_applies_once_bound_to_its_transaction() -> None:
+    # RemoteStartTransaction's TxProfile has no transactionId (§5.16.2); bound to the
+    # transaction the Central System numbered, it applies to that one: 12 A over 16 A.
+    ps = ProfileSet()
+    ps.install(profile(1, Purpose.TX_DEFAULT, 0, [(0, 16)], start=T))
+    remote = profile(2, Purpose.TX, 0, [(0, 12)], kind=Kind.RELATIVE)
+    ps.install(remote.with_transaction(44))
+    assert run(ps, H, transaction=TxContext(44, T)) == [(0, 12)]
+    assert run(ps, H, transaction=TxContext(45, T)) == [(0, 16)]
+
+
+def test_absolute_without_start_schedule_runs_from_the_start_of_charging() -> None:
+    # §7.13: "If absent the schedule will be relative to start of charging." 6 A for the
+    # first 10 min of the transaction (started T-5 min), then 16 A.
+    ps = ProfileSet()
+    ps.install(profile(1, Purpose.TX_DEFAULT, 0, [(0, 6), (600, 16)], kind=Kind.ABSOLUTE))
+    assert run(ps, H, transaction=TxContext(1, T - timedelta(minutes=5))) == [(0, 6), (300, 16)]
+
+
+def test_an_empty_window_and_a_bad_electrical_context() -> None:
+    assert run(ProfileSet(), 0) == [(0, 40)]
+    for bad in ({"phases": 0, "voltage_v": 230.0}, {"phases": 3, "voltage_v": 0.0}):
+        with pytest.raises(ValueError):
+            ElectricalContext(**bad)
