@@ -320,6 +320,20 @@ class Bench(Strict):
         return value
 
 
+class Firmware(Strict):
+    """UpdateFirmware and GetDiagnostics transfers, and where versions are installed."""
+
+    max_download_mb: Annotated[int, Field(ge=1, le=4096)] = 200
+    max_upload_mb: Annotated[int, Field(ge=1, le=4096)] = 50
+    # One whole transfer (socket operations time out after 30 s each on top).
+    transfer_timeout_s: Annotated[float, Field(ge=5, le=86400)] = 900.0
+    # <install_root>/venvs/<version>, <install_root>/current -> the one in service.
+    install_root: FsPath = Path("/opt/evsed")
+    service: Annotated[str, Field(min_length=1, max_length=64)] = "evsed"
+    # A new version must start and get its BootNotification Accepted within this.
+    confirm_timeout_s: Annotated[float, Field(ge=60, le=86400)] = 600.0
+
+
 class Logging(Strict):
     level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
 
@@ -337,6 +351,7 @@ class Config(Strict):
     # $STATE_DIRECTORY under systemd, else ~/.local/state/evsed: never the current directory.
     state_dir: FsPath = Field(default_factory=default_state_dir)
     logging: Logging = Logging()
+    firmware: Firmware = Firmware()
 
     @model_validator(mode="after")
     def _bench_alone(self) -> Config:

@@ -43,12 +43,19 @@ DEFAULT_SOCKET_TIMEOUT_S = 30.0  # one connect / read / write
 class TransferFailed(Exception):
     """A download or upload did not complete; the message carries no password."""
 
+    def __init__(self, message: str, status: int | None = None) -> None:
+        super().__init__(message)
+        self.status = status  # the HTTP status, when a server answered with an error
+
 
 @dataclass(frozen=True, slots=True)
 class Limits:
     max_bytes: int = DEFAULT_MAX_BYTES
     timeout_s: float = DEFAULT_TIMEOUT_S
     socket_timeout_s: float = DEFAULT_SOCKET_TIMEOUT_S
+
+
+DEFAULT_LIMITS = Limits()
 
 
 class _Budget:
@@ -255,14 +262,15 @@ def _failure(url: TransferUrl, e: BaseException) -> TransferFailed:
         reason = f"{type(e).__name__}: {e}"
     for secret in url.secrets:
         reason = reason.replace(secret, "***")
-    return TransferFailed(f"{url.redacted}: {redact_url(reason)}")
+    status = e.code if isinstance(e, HTTPError) else None
+    return TransferFailed(f"{url.redacted}: {redact_url(reason)}", status)
 
 
 def download(
     location: str,
     dest: Path,
     *,
-    limits: Limits = Limits(),
+    limits: Limits = DEFAULT_LIMITS,
     monotonic: Callable[[], float] = time.monotonic,
 ) -> int:
     """Fetch ``location`` into ``dest`` (written as ``.<name>.part``, renamed when complete);
@@ -292,7 +300,7 @@ def upload(
     location: str,
     *,
     method: str = "PUT",
-    limits: Limits = Limits(),
+    limits: Limits = DEFAULT_LIMITS,
     monotonic: Callable[[], float] = time.monotonic,
 ) -> None:
     """Send ``path`` to ``location``: ftp STOR (a location ending in "/" gets the file's

@@ -27,6 +27,7 @@ from ocpp.v16 import call
 
 from evsed.controller.clock import Clock
 from evsed.controller.config import Config
+from evsed.controller.firmware.update import Installer
 from evsed.controller.meter_measurands import charger_measurands, max_phases, selectable_items
 from evsed.controller.ocpp16.auth import Authorizer
 from evsed.controller.ocpp16.bridge import OcppHooks
@@ -35,6 +36,7 @@ from evsed.controller.ocpp16.context import OcppContext, SessionControl
 from evsed.controller.ocpp16.keys import MEASURAND_KEYS, ConfigurationKeys
 from evsed.controller.ocpp16.port import ChargePointPort
 from evsed.controller.ocpp16.profiles.core import restore_availability
+from evsed.controller.ocpp16.profiles.firmware import build_services
 from evsed.controller.ocpp16.txqueue import TxQueue
 from evsed.controller.store import DB_FILENAME, Store, secure_state_dir
 
@@ -77,6 +79,8 @@ class OcppApp:
         on_reset: ResetCallback | None = None,
         session_factory: SessionFactory | None = None,
         store: Store | None = None,
+        firmware_installer: Installer | None = None,
+        trace_file: Path | None = None,
     ) -> None:
         self.config = config
         self.clock = clock
@@ -118,6 +122,9 @@ class OcppApp:
             send_authorize=self._send_authorize,
         )
         self._hooks = OcppHooks(self.ctx)
+        self.ctx.firmware, self.ctx.diagnostics = build_services(
+            self.ctx, state_dir, installer=firmware_installer, trace_file=trace_file
+        )
         self._on_reset = on_reset
         self._session_factory = session_factory or default_session_factory
         self.session: RunnableSession | None = None
@@ -153,6 +160,8 @@ class OcppApp:
         # Stopped and delivered transactions are history: keep the last hundred, not all.
         self.store.prune_transactions()
         self._hooks.start()
+        assert self.ctx.firmware is not None
+        self.ctx.firmware.resume()
         self._checkpointing = asyncio.get_running_loop().create_task(
             self._checkpoints(), name="wal-checkpoint"
         )
@@ -169,6 +178,9 @@ class OcppApp:
         if self.session is not None:
             await self.session.stop()
         await self._hooks.stop()
+        for service in (self.ctx.firmware, self.ctx.diagnostics):
+            if service is not None:
+                await service.stop()
         if self._checkpointing is not None:
             self._checkpointing.cancel()
             with contextlib.suppress(asyncio.CancelledError):

@@ -26,6 +26,8 @@ def _idle() -> str:
 
 
 if TYPE_CHECKING:
+    from evsed.controller.diagnostics.upload import DiagnosticsUploader
+    from evsed.controller.firmware.update import FirmwareUpdater
     from evsed.controller.ocpp16.auth import Authorizer
     from evsed.controller.ocpp16.port import ChargePointPort
 
@@ -102,6 +104,9 @@ class OcppContext:
     authorizer: Authorizer | None = None
     session: SessionControl | None = None
     reactions: TransactionReactions | None = None  # the connector hooks (bridge)
+    # Firmware Management's services (profiles/firmware.py), one per process.
+    firmware: FirmwareUpdater | None = None
+    diagnostics: DiagnosticsUploader | None = None
     # Called with (event, fields) for the demo's timeline and the tests; never on a safety path.
     observers: list[Callable[[str, dict[str, Any]], None]] = field(default_factory=list)
     # Vendor DataTransfer handlers: vendorId -> async fn(message_id, data) -> (status, data)

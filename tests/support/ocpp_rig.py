@@ -117,6 +117,7 @@ async def ocpp_rig(
     keys: dict[str, str] | None = None,
     clock: FakeClock | None = None,
     online: bool = True,
+    app_options: dict[str, Any] | None = None,
     **sections: Any,
 ) -> AsyncIterator[OcppRig]:
     clock = clock or FakeClock()
@@ -133,7 +134,9 @@ async def ocpp_rig(
     def session(ctx: OcppContext, factory: Any, reset: Any) -> OcppSession:
         return OcppSession(ctx, factory, on_reset=reset, response_timeout=5)
 
-    app = OcppApp(config, clock, state_dir, on_reset=on_reset, session_factory=session)
+    app = OcppApp(
+        config, clock, state_dir, on_reset=on_reset, session_factory=session, **(app_options or {})
+    )
     rig.app = app
     app.ctx.observers.append(rig.observe)
     for key, value in (keys or {}).items():
