@@ -125,6 +125,9 @@ class OcppApp:
         self.ctx.firmware, self.ctx.diagnostics = build_services(
             self.ctx, state_dir, installer=firmware_installer, trace_file=trace_file
         )
+        # What TriggerMessage(Firmware/DiagnosticsStatusNotification) reports.
+        self.ctx.firmware_status = self.ctx.firmware.current_status
+        self.ctx.diagnostics_status = self.ctx.diagnostics.current_status
         self._on_reset = on_reset
         self._session_factory = session_factory or default_session_factory
         self.session: RunnableSession | None = None

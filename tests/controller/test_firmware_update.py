@@ -241,3 +241,21 @@ async def test_status_in_progress_is_what_trigger_would_report(
             await rig.clock.advance(60)
             await _status(cs, "Installed", mark)
             assert fw.current_status() == "Idle"
+
+
+async def test_trigger_message_reports_the_update_in_progress(
+    cs: CentralSystem, tmp_path: Path
+) -> None:
+    with http_server() as srv:
+        srv.fail_next = 1
+        srv.files["/evsed-9.9.9-py3-none-any.whl"] = WHEEL
+        async with _rig(cs, tmp_path, RecordingInstaller()) as rig:
+            mark = cs.mark()
+            trigger = call.TriggerMessage(requested_message="FirmwareStatusNotification")
+            assert (await rig.command(trigger)).status == "Accepted"
+            await _status(cs, "Idle", mark)
+            await _update(rig, srv.url("/evsed-9.9.9-py3-none-any.whl"), retries=1)
+            await rig.event("firmware_retry_wait")
+            again = cs.mark()
+            assert (await rig.command(trigger)).status == "Accepted"
+            await _status(cs, "Downloading", again)
