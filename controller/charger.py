@@ -614,8 +614,22 @@ class Charger:
     def request_stop(self, connector_id: int, reason: StopReason) -> bool:
         return self._slots[connector_id].connector.request_stop(reason)
 
-    def unlock(self, connector_id: int) -> str:
-        return self._slots[connector_id].connector.unlock()
+    #: How often an unlock waiting for the contactor looks again (simulated or real time).
+    UNLOCK_POLL_S = 0.02
+
+    async def unlock(self, connector_id: int) -> str:
+        connector = self._slots[connector_id].connector
+        result = connector.unlock()
+        # A running session ends first; its IEC soft stop gives the EV time to stop drawing
+        # before the contactor opens, and only then may the lock open. Bounded by that time.
+        deadline = self.clock.monotonic() + connector.settings.power_off_under_load_s + 1.0
+        while result == "Pending" and self.clock.monotonic() < deadline:
+            await self.clock.sleep(self.UNLOCK_POLL_S)
+            result = connector.unlock_result()
+        if result == "Pending":
+            log.warning("connector %s: contactor still closed, the lock stays shut", connector_id)
+            return "UnlockFailed"
+        return result
 
     def set_invalid_id_suspension(self, connector_id: int, suspended: bool) -> None:
         slot = self._slots[connector_id]

@@ -197,6 +197,7 @@ class Connector:
         self._recorded: tuple[Transaction, Transaction | None] | None = None  # loop side
         self._tx_recorded = False  # the start hook returned: the lock may engage
         self._status_held = False  # a change waits for the contactor to have opened
+        self._unlock_pending = False  # an unlock waits for the contactor to have opened
         #: Callbacks (listeners, hooks) that raised, and internal errors the core survived.
         self.callback_errors = 0
         self.internal_errors = 0
@@ -655,7 +656,8 @@ class Connector:
 
     @command("UnlockFailed")
     def unlock(self) -> str:
-        """UnlockConnector: stops a running transaction, then releases the lock.
+        """UnlockConnector: stops a running transaction, then releases the lock once the
+        contactor has opened ("Pending" until then: ask `unlock_result`).
 
         Without a lock (a tethered cable) there is nothing to release: NotSupported, and a
         running session is left alone rather than ended for nothing.
@@ -664,8 +666,29 @@ class Connector:
             return "NotSupported"
         if self.transaction is not None:
             self.request_stop(StopReason.UNLOCK_COMMAND)
-        self._lock.unlock()
+        self._unlock_pending = True
+        self._release_lock_when_safe()
+        return self.unlock_result()
+
+    @command("UnlockFailed")
+    def unlock_result(self) -> str:
+        """ "Pending" while the unlock waits for the contactor to open, then "Unlocked" or
+        "UnlockFailed" (the lock's own feedback), "NotSupported" without a lock."""
+        if self._lock is None:
+            return "NotSupported"
+        if self._unlock_pending:
+            return "Pending"
         return "Unlocked" if self._lock.locked() is not True else "UnlockFailed"
+
+    def _release_lock_when_safe(self) -> None:
+        # The lock never opens while current may flow: an unlock (UnlockConnector, the end of
+        # a transaction) waits until the contactor is commanded open and reads open.
+        if not self._unlock_pending or self._lock is None:
+            return
+        if self._contactor.energized or self._contactor.feedback() is True:
+            return
+        self._unlock_pending = False
+        self._drive(self._lock.unlock)
 
     @command()
     def cut_outputs(self) -> None:
@@ -712,6 +735,7 @@ class Connector:
         """Deadlines and contactor feedback; the sampler calls this every tick."""
         now = self._clock.monotonic()
         self.on_contactor_fault(self._contactor.fault())
+        self._release_lock_when_safe()
         if self._status_held:
             self._publish_status()
         if self._lock_since is not None and self.transaction is not None:
@@ -827,6 +851,7 @@ class Connector:
         if self._lock is not None:
             # A motor lock takes a pulse to move: `supervise` judges it after lock_timeout_s,
             # and until it reports locked `_apply` offers nothing.
+            self._unlock_pending = False
             self._drive(self._lock.lock)
             self._lock_since = self._clock.monotonic()
         log.info("connector %s transaction %s started", self.id, recorded.local_id)
@@ -864,7 +889,8 @@ class Connector:
             energy_wh=stop.meter_stop_wh - tx.meter_start_wh,
         )
         if self._lock is not None and reason != StopReason.LOCAL:
-            self._drive(self._lock.unlock)
+            self._unlock_pending = True
+            self._release_lock_when_safe()
         if self._pending_operative is not None:
             self.operative, self._pending_operative = self._pending_operative, None
 
@@ -931,6 +957,7 @@ class Connector:
                 self._drive(self._contactor.deenergize)
                 self._soft_off_since = None
                 self._note("contactor", closed=False)
+        self._release_lock_when_safe()
         self._publish_status()
 
     def _derive_status(self) -> ConnectorStatus:

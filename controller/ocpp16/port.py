@@ -67,8 +67,10 @@ class ChargePointPort(Protocol):
         """Stop the running transaction with `reason`; False when there is none."""
         ...
 
-    def unlock(self, connector_id: int) -> str:
-        """UnlockConnector: "Unlocked", "UnlockFailed" or "NotSupported"."""
+    async def unlock(self, connector_id: int) -> str:
+        """UnlockConnector: "Unlocked", "UnlockFailed" or "NotSupported". A running
+        transaction is ended first and the lock opens only once the contactor has (OCPP 1.6
+        §5.17); that wait is bounded by the soft stop, after it the answer is UnlockFailed."""
         ...
 
     def set_smart_charging_limit(self, connector_id: int, value: SmartChargingLimit | None) -> None:

@@ -428,6 +428,16 @@ async def test_unlock_without_a_lock_is_not_supported(rig: OcppRig) -> None:
     assert (await rig.command(call.UnlockConnector(connector_id=5))).status == "NotSupported"
 
 
+async def answered_as_time_passes(rig: OcppRig, payload: Any) -> Any:
+    """The CS's command answered while simulated time moves on (an unlock waits for the
+    soft stop to open the contactor)."""
+    answer = asyncio.ensure_future(rig.command(payload))
+    while not answer.done():
+        await rig.clock.advance(0.05)
+        await asyncio.wait([answer], timeout=0.01)
+    return answer.result()
+
+
 async def test_unlock_stops_the_transaction_and_releases(cs: CentralSystem, tmp_path: Path) -> None:
     lock = {"lock": {"enabled": True}, "meter": {"port": 0, "poll_interval_s": 1.0}}
     async with ocpp_rig(
@@ -436,7 +446,8 @@ async def test_unlock_stops_the_transaction_and_releases(cs: CentralSystem, tmp_
         await rig.start_transaction()
         assert rig.sim.pins.locked
         mark = cs.mark()
-        assert (await rig.command(call.UnlockConnector(connector_id=1))).status == "Unlocked"
+        result = await answered_as_time_passes(rig, call.UnlockConnector(connector_id=1))
+        assert result.status == "Unlocked"
         stop = await rig.call_of("StopTransaction", since=mark)
         assert stop.payload["reason"] == "UnlockCommand"
         assert not rig.sim.pins.locked
@@ -450,6 +461,6 @@ async def test_unlock_jammed_lock_fails(cs: CentralSystem, tmp_path: Path) -> No
         await rig.start_transaction()
         assert rig.sim.pins.locked
         rig.sim.pins.lock_jam(True)
-        result = await rig.command(call.UnlockConnector(connector_id=1))
+        result = await answered_as_time_passes(rig, call.UnlockConnector(connector_id=1))
         assert result.status == "UnlockFailed"
         assert rig.sim.pins.locked

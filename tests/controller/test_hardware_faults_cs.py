@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
+from typing import Any
 
 import pytest
 from ocpp.v16 import call
@@ -115,3 +116,55 @@ async def test_a_welded_contactor_goes_straight_to_faulted(
         # Whatever came before the fault (Finishing, SuspendedEVSE), never an Available.
         assert ("Available", "NoError") not in sent, sent
         assert sent[-1] == ("Faulted", "PowerSwitchFailure")
+
+
+# ---------------------------------------------------------------- the lock and the contactor (#10)
+
+LOCKED = {"lock": {"enabled": True}, "meter": {"port": 0, "poll_interval_s": 1.0}}
+SAMPLE_S = 0.005  # simulated time between two looks at the bench's pins
+
+
+async def sampled_while(rig: OcppRig, payload: Any) -> tuple[Any, list[tuple[float, bool, bool]]]:
+    """Send `payload` from the CS and look at the bench's lock and contactor every
+    SAMPLE_S of simulated time until it is answered and the contactor reads open (bounded):
+    the answer and the samples (t, locked, contactor closed)."""
+    pins = rig.sim.pins
+    answer = asyncio.ensure_future(rig.command(payload))
+    samples: list[tuple[float, bool, bool]] = []
+    start = rig.clock.monotonic()
+    while not (answer.done() and not pins.contactor_closed):
+        samples.append((rig.clock.monotonic() - start, pins.locked, pins.contactor_closed))
+        assert rig.clock.monotonic() - start < 15, "not answered, or contactor never opened"
+        await rig.clock.advance(SAMPLE_S)
+        await asyncio.wait([answer], timeout=0.001)
+    samples.append((rig.clock.monotonic() - start, pins.locked, pins.contactor_closed))
+    return answer.result(), samples
+
+
+def opened_under_load(samples: list[tuple[float, bool, bool]]) -> list[float]:
+    return [t for t, locked, closed in samples if closed and not locked]
+
+
+@pytest.mark.parametrize("command", ["UnlockConnector", "RemoteStopTransaction"])
+async def test_the_lock_never_opens_while_the_contactor_is_closed(
+    cs: CentralSystem, tmp_path: Path, command: str
+) -> None:
+    keys = {"AuthorizeRemoteTxRequests": "false"}
+    async with ocpp_rig(cs, tmp_path, keys=keys, connectors=[LOCKED]) as rig:
+        transaction_id = await rig.start_transaction()
+        assert rig.sim.pins.locked and rig.sim.pins.contactor_closed
+        mark = cs.mark()
+        payload: Any = (
+            call.UnlockConnector(connector_id=1)
+            if command == "UnlockConnector"
+            else call.RemoteStopTransaction(transaction_id=transaction_id)
+        )
+        answer, samples = await sampled_while(rig, payload)
+        assert answer.status == ("Unlocked" if command == "UnlockConnector" else "Accepted")
+        closed_for = max(t for t, _locked, closed in samples if closed)
+        assert closed_for > 0.05, samples[-3:]  # the soft stop kept it closed a while
+        assert opened_under_load(samples) == []
+        await rig.until(lambda: not rig.sim.pins.locked, within_s=3)
+        stop = await rig.call_of("StopTransaction", since=mark)
+        expected = "UnlockCommand" if command == "UnlockConnector" else "Remote"
+        assert stop.payload["reason"] == expected

@@ -97,7 +97,7 @@ async def test_the_bench_charger_is_a_port_and_every_member_works(rig: Rig) -> N
     port.apply_session_settings(connection_timeout_s=33.0, stop_on_ev_disconnect=False)
     assert rig.connector.settings.connection_timeout_s == 33.0
     assert rig.connector.settings.stop_on_ev_disconnect is False
-    assert port.unlock(1) == "NotSupported"  # the bench connector has a tethered cable
+    assert await port.unlock(1) == "NotSupported"  # the bench connector has a tethered cable
 
     # a remote start, the group of its transaction, and a stop
     assert port.start_remote(1, CARD, None) is True

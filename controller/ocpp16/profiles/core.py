@@ -321,11 +321,13 @@ class CoreHandlers:
     # ------------------------------------------------------------ UnlockConnector §5.17
 
     @on(Action.unlock_connector)
-    def on_unlock_connector(self, connector_id: int) -> call_result.UnlockConnector:
+    async def on_unlock_connector(self, connector_id: int) -> call_result.UnlockConnector:
         charger = self._port(connector_id)
         if charger is None:
             return call_result.UnlockConnector(status="NotSupported")
-        return call_result.UnlockConnector(status=charger.unlock(connector_id))
+        # Answered once the lock has moved (or could not): the spec's answer says whether it
+        # unlocked. The wait is bounded (the soft stop) and awaits no CS answer.
+        return call_result.UnlockConnector(status=await charger.unlock(connector_id))
 
 
 # ---------------------------------------------------------------- the declaration
