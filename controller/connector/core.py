@@ -187,7 +187,15 @@ class SafetyCore:
                 CALL_TIMEOUT_S,
                 self._where(),
             )
-            return default
+            # The caller answers with `default` (a Central System hears Rejected): the
+            # command must then never run later behind its back. Once it is running it
+            # cannot be withdrawn, so its own answer is awaited a little longer instead.
+            if answer.cancel():
+                return default
+            try:
+                return answer.result(timeout=CALL_TIMEOUT_S)
+            except TimeoutError:
+                return default
 
     def _where(self) -> str:
         frame = sys._current_frames().get(self._thread_id or -1)
@@ -262,6 +270,8 @@ class SafetyCore:
 
     @staticmethod
     def _execute(command: _Command) -> None:
+        if not command.answer.set_running_or_notify_cancel():
+            return  # its caller gave up on it and answered without it
         try:
             command.answer.set_result(command.fn())
         except BaseException as exc:  # the connector's guard already cut: hand it back

@@ -256,3 +256,33 @@ async def test_a_system_exit_from_a_driver_does_not_end_the_core(stack: Stack) -
         assert not sim.pins.relay_energized
     finally:
         watch.close()
+
+
+async def test_a_command_given_up_on_never_runs_later(
+    stack: Stack, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The core is stuck past the caller's patience: the caller answers with its default
+    (the Central System hears Rejected), so the command must not run once the core is
+    back (a RemoteStop refused, then carried out behind the Central System's back)."""
+    from evsed.controller.connector import core as core_module
+
+    monkeypatch.setattr(core_module, "CALL_TIMEOUT_S", 0.3)
+    assert stack.charger is not None
+    core = stack.charger.core
+    release, stuck = threading.Event(), threading.Event()
+
+    def freeze() -> None:
+        stuck.set()
+        release.wait(5)
+
+    frozen = asyncio.create_task(asyncio.to_thread(core.call, freeze))
+    ran: list[bool] = []
+    try:
+        assert await asyncio.to_thread(stuck.wait, 2.0)
+        answer = await asyncio.to_thread(core.call, lambda: ran.append(True) or True, False)
+        assert answer is False  # the default: nobody took it in time
+    finally:
+        release.set()
+        await frozen
+    assert await asyncio.to_thread(core.call, lambda: "back") == "back"  # the core is back
+    assert ran == []  # and the abandoned command was dropped, not run late
