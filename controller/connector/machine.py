@@ -367,7 +367,7 @@ class Connector:
         try:
             fn(*args)
             return True
-        except Exception:
+        except (Exception, SystemExit):  # a listener's sys.exit must not stop the loop either
             self.callback_errors += 1
             log.exception("connector %s: a callback (%r) raised; ignored", self.id, fn)
             return False

@@ -347,6 +347,22 @@ async def test_a_pilot_sensor_that_keeps_raising_reads_as_state_f(make_rig: Make
     await rig.until(lambda: rig.connector.pilot_state == "C", within_s=1)
 
 
+async def test_a_listener_calling_sys_exit_is_isolated_too(make_rig: MakeRig) -> None:
+    rig = await make_rig()
+
+    def listener(kind: str, fields: dict[str, object]) -> None:
+        if kind == "contactor" and fields["closed"] is True:
+            raise SystemExit("a listener calling sys.exit")
+
+    rig.connector.add_listener(listener)
+    await rig.bench.plug(1)
+    await charging(rig)
+    assert rig.connector.callback_errors == 1
+    await rig.bench.unplug(1)
+    await rig.until(lambda: not rig.sim.pins.relay_energized, within_s=0.1)
+    await rig.until(lambda: rig.status == "Available", within_s=1)
+
+
 # ---------------------------------------------------------------- supervised tasks
 
 
