@@ -37,6 +37,7 @@ from evsed.controller.ocpp16.keys import MEASURAND_KEYS, ConfigurationKeys
 from evsed.controller.ocpp16.port import ChargePointPort
 from evsed.controller.ocpp16.profiles.core import restore_availability
 from evsed.controller.ocpp16.profiles.firmware import build_services
+from evsed.controller.ocpp16.profiles.smart_charging import SmartChargingService
 from evsed.controller.ocpp16.txqueue import TxQueue
 from evsed.controller.store import DB_FILENAME, Store, secure_state_dir
 
@@ -146,6 +147,10 @@ class OcppApp:
         self.ctx.charger = charger
         restore_availability(self.ctx)
         self._apply_keys()
+        # The profiles the CS installed before the restart limit the connectors from now.
+        service = SmartChargingService(self.ctx)
+        self.ctx.smart_charging = service
+        service.start(charger)
 
     def _apply_keys(self) -> None:
         """Keys the connector itself honours (its Settings are read at each use)."""
@@ -184,6 +189,8 @@ class OcppApp:
         for service in (self.ctx.firmware, self.ctx.diagnostics):
             if service is not None:
                 await service.stop()
+        if self.ctx.smart_charging is not None:
+            await self.ctx.smart_charging.stop()
         if self._checkpointing is not None:
             self._checkpointing.cancel()
             with contextlib.suppress(asyncio.CancelledError):

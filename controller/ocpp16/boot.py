@@ -54,7 +54,12 @@ def learn_time(ctx: OcppContext, current_time: Any) -> None:
     if cs_time is None or not hasattr(clock, "offset_s"):
         return
     local = clock.now().timestamp() - float(clock.offset_s)
-    clock.offset_s = cs_time.timestamp() - local
+    offset = cs_time.timestamp() - local
+    moved = abs(offset - float(clock.offset_s)) >= 1.0
+    clock.offset_s = offset
+    if moved and ctx.smart_charging is not None:
+        # Schedules are written in the CS's time: the next boundary is due anew.
+        ctx.smart_charging.reevaluate()
 
 
 class BootReporter:

@@ -150,6 +150,9 @@ class OcppHooks:
         running.data.add(self._reading(tx.connector_id, "StopTxnSampledData", "Transaction.Begin"))
         self._wake()
         self._start_sampler(running)
+        if self.ctx.smart_charging is not None:
+            # TxProfiles and Relative schedules start with the transaction.
+            self.ctx.smart_charging.reevaluate(tx.connector_id)
         self.ctx.emit(
             "transaction_started",
             connector_id=tx.connector_id,
@@ -484,7 +487,11 @@ class OcppHooks:
     def _clear_tx_profile(self, connector_id: int) -> None:
         if connector_id in self._profile_limited:
             self._profile_limited.discard(connector_id)
-            self._set_limit(connector_id, None)
+            if self.ctx.smart_charging is None:
+                self._set_limit(connector_id, None)
+        if self.ctx.smart_charging is not None:
+            # TxProfiles end with their transaction; the runner applies what is left.
+            self.ctx.smart_charging.end_transaction(connector_id)
 
     def _wake(self) -> None:
         if self.ctx.session is not None:

@@ -30,6 +30,7 @@ if TYPE_CHECKING:
     from evsed.controller.firmware.update import FirmwareUpdater
     from evsed.controller.ocpp16.auth import Authorizer
     from evsed.controller.ocpp16.port import ChargePointPort
+    from evsed.controller.ocpp16.profiles.smart_charging import SmartChargingService
 
 
 class TransactionReactions(Protocol):
@@ -107,6 +108,8 @@ class OcppContext:
     # Firmware Management's services (profiles/firmware.py), one per process.
     firmware: FirmwareUpdater | None = None
     diagnostics: DiagnosticsUploader | None = None
+    # The installed charging profiles and their runner (profiles/smart_charging.py).
+    smart_charging: SmartChargingService | None = None
     # Called with (event, fields) for the demo's timeline and the tests; never on a safety path.
     observers: list[Callable[[str, dict[str, Any]], None]] = field(default_factory=list)
     # Vendor DataTransfer handlers: vendorId -> async fn(message_id, data) -> (status, data)

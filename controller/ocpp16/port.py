@@ -77,6 +77,11 @@ class ChargePointPort(Protocol):
         """The smart-charging limit in force now (None: no profile applies)."""
         ...
 
+    def set_phases(self, connector_id: int, phases: int) -> bool:
+        """A schedule period's numberPhases: switch to 1 or 3 phases with the safe sequence.
+        False when the connector has no phase relay (nothing switches)."""
+        ...
+
     def set_invalid_id_suspension(self, connector_id: int, suspended: bool) -> None:
         """StopTransactionOnInvalidId=false: offer nothing while `suspended`, whatever the
         other limits say (its own limit slot: it never overwrites the smart-charging one)."""

@@ -3,7 +3,7 @@
 | module              | profile                   | state                          |
 | ------------------- | ------------------------- | ------------------------------ |
 | `core`              | Core                      | implemented (`CoreHandlers`)   |
-| `smart_charging`    | SmartCharging             | declared: actions, keys        |
+| `smart_charging`    | SmartCharging             | implemented (`SmartChargingHandlers`) |
 | `firmware`          | FirmwareManagement        | declared: actions, keys        |
 | `local_list`        | LocalAuthListManagement   | declared: actions, keys        |
 | `reservation`       | Reservation               | declared: actions, keys        |

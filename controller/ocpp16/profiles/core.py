@@ -37,7 +37,7 @@ from ocpp.v16.enums import Action
 
 from evsed.controller.connector.status import ChargePointStatus, StopReason
 from evsed.controller.ocpp16.profiles.base import Access, KeyType, TooManyKeys, declare, key
-from evsed.controller.ocpp16.profiles.smart_charging import tx_profile_limit
+from evsed.controller.ocpp16.profiles.smart_charging import remote_start_profile
 
 if TYPE_CHECKING:
     from evsed.controller.ocpp16.context import OcppContext
@@ -267,13 +267,12 @@ class CoreHandlers:
     def _apply_tx_profile(
         self, charger: ChargePointPort, connector_id: int, profile: dict[str, Any]
     ) -> None:
-        now = self.ctx.clock.now()
-        limit = tx_profile_limit(profile, now, now)
-        charger.set_smart_charging_limit(connector_id, limit)
-        # The bridge clears it when the transaction (or the wait for the EV) ends.
-        if self.ctx.reactions is not None:
+        # The transaction's TxProfile, its whole schedule (Relative: from the start).
+        installed = remote_start_profile(self.ctx, connector_id, profile)
+        # The bridge ends it when the transaction (or the wait for the EV) ends.
+        if installed and self.ctx.reactions is not None:
             self.ctx.reactions.tx_profile_applied(connector_id)
-        self.ctx.emit("tx_profile", connector_id=connector_id, limit=limit)
+        self.ctx.emit("tx_profile", connector_id=connector_id, installed=installed)
 
     # ------------------------------------------------------------ RemoteStopTransaction §5.12
 

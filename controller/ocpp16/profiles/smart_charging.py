@@ -1,23 +1,341 @@
-"""Smart Charging (OCPP 1.6 §3.13, §5.7, §5.16, §5.5, §9.4): declared, not implemented yet.
+"""Smart Charging (OCPP 1.6 §3.13, §5.5, §5.7, §5.16, §9.4): SetChargingProfile,
+ClearChargingProfile, GetCompositeSchedule, and a RemoteStartTransaction's TxProfile.
 
-Its actions answer NotSupported and it is not in SupportedFeatureProfiles until its handlers
-land here (the composite schedule itself goes in `evsed.controller.smartcharging`, which
-knows nothing of the wire; the handler only translates and hands the limit to the charger
-through `ChargePointPort.set_smart_charging_limit`).
+The handlers only translate: the profiles, their validity and the composite schedule are
+`evsed.controller.smartcharging` (pure); `SmartChargingService` keeps the installed set,
+persists it (`store/profiles.py`, synced before the answer), restores it at start-up and
+hands the charger the limit in force through the runner (`ChargePointPort.
+set_smart_charging_limit`, and `set_phases` where the charger has a phase relay).
 
-Until then, `tx_profile_limit` is the interim reading of a RemoteStartTransaction's
-TxProfile (Core accepts one, §5.11).
+Answers, where the specification leaves a choice:
+- SetChargingProfile: Rejected for an unknown connector, a ChargePointMaxProfile not on
+  connector 0, a TxProfile on connector 0 or without a running transaction on the
+  connector or naming another transactionId, a chargingRateUnit not in
+  ChargingScheduleAllowedChargingRateUnit, a stack level above ChargeProfileMaxStackLevel,
+  more periods than ChargingScheduleMaxPeriods, MaxChargingProfilesInstalled reached, or
+  a malformed schedule. Accepted otherwise (NotSupported is never needed: every purpose
+  and kind is implemented).
+- ClearChargingProfile: Accepted when at least one profile was removed, else Unknown.
+- GetCompositeSchedule: Rejected for an unknown connector or a unit not allowed; the
+  schedule starts now; where no profile applies the connector's own maximum stands (for
+  connector 0, the sum of the connectors').
+- Profiles survive restarts; TxProfiles end with their transaction (and none survives a
+  restart: the transactions do not either).
 """
 
 from __future__ import annotations
 
+import logging
 from datetime import datetime
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+from ocpp.charge_point import snake_to_camel_case
+from ocpp.routing import on
+from ocpp.v16 import call_result
+from ocpp.v16.enums import Action
 
 from evsed.controller.limiter import SmartChargingLimit
 from evsed.controller.ocpp16.profiles.base import Access, KeyType, declare, key
+from evsed.controller.smartcharging.composite import (
+    ElectricalContext,
+    TxContext,
+    UnknownConnector,
+    composite,
+    limit_at,
+)
+from evsed.controller.smartcharging.model import (
+    ChargingProfile,
+    InvalidProfile,
+    Purpose,
+    RateUnit,
+    format_datetime,
+)
+from evsed.controller.smartcharging.profileset import ProfileSet
+from evsed.controller.smartcharging.runner import Evaluation, SmartChargingRunner
+
+if TYPE_CHECKING:
+    from evsed.controller.ocpp16.context import OcppContext
+    from evsed.controller.ocpp16.port import ChargePointPort
+
+log = logging.getLogger(__name__)
 
 NAME = "SmartCharging"
+
+_UNIT_NAMES = {"Current": RateUnit.A, "Power": RateUnit.W}
+
+
+class SmartChargingService:
+    """The installed profiles of one charger, persisted, and the runner applying them."""
+
+    def __init__(self, ctx: OcppContext) -> None:
+        self.ctx = ctx
+        keys = ctx.keys
+        self.profiles = ProfileSet(
+            max_stack_level=_int(ctx, "ChargeProfileMaxStackLevel", 8),
+            max_periods=_int(ctx, "ChargingScheduleMaxPeriods", 24),
+            max_installed=_int(ctx, "MaxChargingProfilesInstalled", 16),
+        )
+        self._keys = keys
+        self.runner: SmartChargingRunner | None = None
+        self._restore()
+
+    def _restore(self) -> None:
+        stale_tx = False
+        for stored in self.ctx.store.profiles():
+            if stored.purpose == Purpose.TX.value:
+                stale_tx = True  # its transaction did not survive the restart
+                continue
+            try:
+                profile = ChargingProfile.from_ocpp(stored.profile, stored.connector_id)
+                self.profiles.install(profile)
+            except InvalidProfile as e:
+                log.warning("stored charging profile %s unreadable, dropped: %s", stored, e)
+                self.ctx.store.profile_clear(profile_id=stored.profile_id)
+        if stale_tx:
+            self.ctx.store.profile_clear(purpose=Purpose.TX.value)
+
+    # ------------------------------------------------------------ running
+
+    def start(self, charger: ChargePointPort) -> None:
+        self.runner = SmartChargingRunner(
+            charger,
+            self.ctx.clock,
+            self.evaluate,
+            connector_ids=charger.connector_ids,
+            set_phases=charger.set_phases,
+        )
+        self.runner.start()
+
+    async def stop(self) -> None:
+        if self.runner is not None:
+            await self.runner.stop()
+
+    def reevaluate(self, connector_id: int | None = None) -> None:
+        if self.runner is not None:
+            self.runner.reevaluate(connector_id)
+
+    def electrical(self, connector_id: int, *, with_rating: bool = False) -> ElectricalContext:
+        connectors = self.ctx.config.connectors
+        cfg = connectors[max(0, connector_id - 1)]
+        phases = cfg.phases
+        charger = self.ctx.charger
+        if connector_id and charger is not None and connector_id in charger.connector_ids:
+            phases = charger.metering(connector_id).phases
+        own = [c.max_current_a or c.rated_current_a for c in connectors]
+        rating = float(sum(own) if connector_id == 0 else own[connector_id - 1])
+        return ElectricalContext(
+            phases=phases,
+            voltage_v=cfg.nominal_voltage_v,
+            max_current_a=rating if with_rating else None,
+        )
+
+    @property
+    def connector_ids(self) -> tuple[int, ...]:
+        charger = self.ctx.charger
+        return () if charger is None else tuple(charger.connector_ids)
+
+    def transactions(self) -> dict[int, TxContext]:
+        out: dict[int, TxContext] = {}
+        for cid in self.connector_ids:
+            tx = self.tx_context(cid)
+            if tx is not None:
+                out[cid] = tx
+        return out
+
+    def tx_context(self, connector_id: int) -> TxContext | None:
+        charger = self.ctx.charger
+        if charger is None or connector_id not in charger.connector_ids:
+            return None
+        tx = charger.transaction(connector_id)
+        if tx is None:
+            return None
+        stored = self.ctx.store.transaction(tx.local_id) if tx.local_id else None
+        cs_id = None if stored is None else stored.cs_transaction_id
+        # -1 until StartTransaction.conf numbered it: no TxProfile can name it yet, one
+        # installed without transactionId (RemoteStart's) applies all the same.
+        return TxContext(-1 if cs_id is None else cs_id, tx.started_at)
+
+    def evaluate(self, connector_id: int, now: datetime) -> Evaluation:
+        got = limit_at(
+            self.profiles,
+            connector_id,
+            now,
+            transaction=self.tx_context(connector_id),
+            electrical=self.electrical(connector_id),
+            connector_ids=self.connector_ids,
+            transactions=self.transactions(),
+        )
+        value = None if got.limit is None else SmartChargingLimit(got.limit, "A")
+        return Evaluation(value, got.next_change, got.number_phases)
+
+    # ------------------------------------------------------------ changes
+
+    def install(self, profile: ChargingProfile) -> None:
+        """Install and persist (synced) before the answer; InvalidProfile: nothing changed."""
+        self.profiles.install(profile)
+        self.ctx.store.profile_put(
+            profile.id,
+            profile.connector_id,
+            profile.purpose.value,
+            profile.stack_level,
+            profile.to_ocpp(),
+        )
+        self.reevaluate(None if profile.connector_id == 0 else profile.connector_id)
+
+    def clear(self, **criteria: Any) -> int:
+        gone = self.profiles.clear(**criteria)
+        for p in gone:
+            self.ctx.store.profile_clear(profile_id=p.id)
+        if gone:
+            self.reevaluate()
+        return len(gone)
+
+    def end_transaction(self, connector_id: int) -> None:
+        """The transaction ended (or the EV of a RemoteStart never came)."""
+        for p in self.profiles.end_transaction(connector_id):
+            self.ctx.store.profile_clear(profile_id=p.id)
+        self.reevaluate(connector_id)
+
+    def allowed_units(self) -> set[RateUnit]:
+        try:
+            names = self.ctx.keys.csl("ChargingScheduleAllowedChargingRateUnit")
+        except KeyError:
+            names = ["Current", "Power"]
+        return {_UNIT_NAMES[n] for n in names if n in _UNIT_NAMES}
+
+
+def _int(ctx: OcppContext, name: str, default: int) -> int:
+    try:
+        return ctx.keys.int(name)
+    except (KeyError, ValueError):
+        return default
+
+
+def remote_start_profile(ctx: OcppContext, connector_id: int, raw: dict[str, Any]) -> bool:
+    """RemoteStartTransaction's chargingProfile (snake_case from the library): installed as
+    the coming transaction's TxProfile, its whole schedule. False if it cannot be."""
+    service = ctx.smart_charging
+    if service is None:
+        return False
+    try:
+        profile = ChargingProfile.from_ocpp(snake_to_camel_case(raw), connector_id)
+        if profile.purpose is not Purpose.TX:
+            return False
+        if profile.schedule.unit not in service.allowed_units():
+            return False
+        service.install(profile)
+    except InvalidProfile as e:
+        log.info("RemoteStartTransaction's charging profile not installed: %s", e)
+        return False
+    return True
+
+
+class SmartChargingHandlers:
+    def __init__(self, ctx: OcppContext) -> None:
+        self.ctx = ctx
+
+    @property
+    def _service(self) -> SmartChargingService | None:
+        return self.ctx.smart_charging
+
+    def _known(self, connector_id: int) -> bool:
+        charger = self.ctx.charger
+        return charger is not None and (connector_id == 0 or connector_id in charger.connector_ids)
+
+    @on(Action.set_charging_profile)
+    def on_set_charging_profile(
+        self, connector_id: int, cs_charging_profiles: dict[str, Any]
+    ) -> call_result.SetChargingProfile:
+        service = self._service
+        status = "Rejected"
+        if service is not None and self._known(connector_id):
+            try:
+                profile = ChargingProfile.from_ocpp(
+                    snake_to_camel_case(cs_charging_profiles), connector_id
+                )
+                problem = self._problem(service, profile)
+                if problem is None:
+                    service.install(profile)
+                    status = "Accepted"
+                else:
+                    log.info("SetChargingProfile %s: Rejected (%s)", profile.id, problem)
+            except InvalidProfile as e:
+                log.info("SetChargingProfile: Rejected (%s)", e)
+        self.ctx.emit("set_charging_profile", connector_id=connector_id, status=status)
+        return call_result.SetChargingProfile(status=status)
+
+    def _problem(self, service: SmartChargingService, profile: ChargingProfile) -> str | None:
+        cid = profile.connector_id
+        if profile.purpose is Purpose.CHARGE_POINT_MAX and cid != 0:
+            return "a ChargePointMaxProfile goes on connector 0"
+        if profile.schedule.unit not in service.allowed_units():
+            return f"chargingRateUnit {profile.schedule.unit} not allowed"
+        if profile.purpose is Purpose.TX:
+            if cid == 0:
+                return "a TxProfile needs a connector"
+            tx = service.tx_context(cid)
+            if tx is None:
+                return "no transaction on the connector"
+            if profile.transaction_id is not None and profile.transaction_id != tx.transaction_id:
+                return f"transaction {profile.transaction_id} is not the one running"
+        return None
+
+    @on(Action.clear_charging_profile)
+    def on_clear_charging_profile(
+        self,
+        id: int | None = None,
+        connector_id: int | None = None,
+        charging_profile_purpose: str | None = None,
+        stack_level: int | None = None,
+    ) -> call_result.ClearChargingProfile:
+        service = self._service
+        removed = 0
+        if service is not None:
+            removed = service.clear(
+                id=id,
+                connector_id=connector_id,
+                purpose=None
+                if charging_profile_purpose is None
+                else Purpose(charging_profile_purpose),
+                stack_level=stack_level,
+            )
+        return call_result.ClearChargingProfile(status="Accepted" if removed else "Unknown")
+
+    @on(Action.get_composite_schedule)
+    def on_get_composite_schedule(
+        self, connector_id: int, duration: int, charging_rate_unit: str | None = None
+    ) -> call_result.GetCompositeSchedule:
+        service = self._service
+        charger = self.ctx.charger
+        unit = RateUnit(charging_rate_unit) if charging_rate_unit else RateUnit.A
+        if (
+            service is None
+            or charger is None
+            or not self._known(connector_id)
+            or unit not in service.allowed_units()
+        ):
+            return call_result.GetCompositeSchedule(status="Rejected")
+        try:
+            result = composite(
+                service.profiles,
+                connector_id,
+                self.ctx.clock.now(),
+                duration,
+                unit,
+                transaction=service.tx_context(connector_id),
+                electrical=service.electrical(connector_id, with_rating=True),
+                connector_ids=service.connector_ids,
+                transactions=service.transactions(),
+            )
+        except UnknownConnector:
+            return call_result.GetCompositeSchedule(status="Rejected")
+        return call_result.GetCompositeSchedule(
+            status="Accepted",
+            connector_id=connector_id,
+            schedule_start=format_datetime(result.start),
+            charging_schedule=result.to_ocpp(),
+        )
+
 
 PROFILE = declare(
     NAME,
@@ -31,44 +349,9 @@ PROFILE = declare(
             "Current,Power",
             allowed=frozenset({"Current", "Power"}),
         ),
-        key("ChargingScheduleMaxPeriods", KeyType.INT, Access.R, "24"),
+        key("ChargingScheduleMaxPeriods", KeyType.INT, Access.R, "48"),
         key("ConnectorSwitch3to1PhaseSupported", KeyType.BOOL, Access.R, "false"),
         key("MaxChargingProfilesInstalled", KeyType.INT, Access.R, "16"),
     ),
+    handlers=SmartChargingHandlers,
 )
-
-
-def tx_profile_limit(
-    profile: dict[str, Any], started: datetime, now: datetime
-) -> SmartChargingLimit | None:
-    """The limit of the period of a TxProfile that is active at `now`, or None.
-
-    Interim: the Smart Charging issue replaces this with composite schedules. `profile` is
-    in the library's snake_case form. A Relative schedule starts with the transaction
-    (`started`), an Absolute/Recurring one at its startSchedule (Recurring is not repeated
-    here).
-    """
-    schedule = profile.get("charging_schedule") or {}
-    periods = sorted(
-        schedule.get("charging_schedule_period") or [], key=lambda p: p.get("start_period", 0)
-    )
-    if not periods:
-        return None
-    origin = started
-    if profile.get("charging_profile_kind") != "Relative" and schedule.get("start_schedule"):
-        try:
-            origin = datetime.fromisoformat(str(schedule["start_schedule"]).replace("Z", "+00:00"))
-        except ValueError:
-            origin = started
-    elapsed = (now - origin).total_seconds()
-    duration = schedule.get("duration")
-    if elapsed < 0 or (duration is not None and elapsed >= duration):
-        return None
-    active = None
-    for period in periods:
-        if period.get("start_period", 0) <= elapsed:
-            active = period
-    if active is None:
-        return None
-    unit = "W" if schedule.get("charging_rate_unit") == "W" else "A"
-    return SmartChargingLimit(float(active["limit"]), unit)
