@@ -38,6 +38,7 @@ from evsed.controller.limiter import (
     limit,
 )
 from evsed.controller.loadbalance import ConnectorDemand, LoadBalanceConfig, LoadBalancer, Mode
+from evsed.controller.masking import mask_tag
 from evsed.controller.snapshot import Metering, Reservation
 from evsed.hal.interfaces import (
     Contactor,
@@ -519,6 +520,7 @@ class Charger:
 
     def _on_reader(self, event: object) -> None:
         if isinstance(event, TagPresented):
+            log.info("card %s on reader %s", mask_tag(event.id_tag), event.reader)
             for listener in self.events.tag:
                 _isolated(listener, event.id_tag)
             self.present_tag(event.id_tag)

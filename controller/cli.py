@@ -51,6 +51,17 @@ def _parser() -> argparse.ArgumentParser:
 
     run = sub.add_parser("run", help="run the controller (with the bench when configured)")
     run.add_argument("--config", type=Path, help="TOML file (default: bench defaults)")
+    run.add_argument(
+        "--log-level",
+        choices=("DEBUG", "INFO", "WARNING", "ERROR"),
+        help="instead of [logging] level; DEBUG adds every OCPP frame",
+    )
+    run.add_argument(
+        "--trace",
+        type=Path,
+        metavar="FILE",
+        help="append every OCPP frame in full to FILE (mode 0600; secrets redacted)",
+    )
     run.set_defaults(func=_run)
 
     st = sub.add_parser(
@@ -164,9 +175,16 @@ def _bench(args: argparse.Namespace) -> int:
 def _run(args: argparse.Namespace) -> int:
     from evsed.controller.run import run_controller
 
+    if args.trace is not None:
+        try:
+            with args.trace.open("a"):
+                pass
+        except OSError as exc:
+            print(f"evsed run: --trace {args.trace}: {exc.strerror}", file=sys.stderr)
+            return EXIT_CONFIG
     # The same checks as `config check`, before anything starts; they also load the TLS
     # key material, once, before the event loop runs.
-    return run_controller(checked_or_exit(args.config))
+    return run_controller(checked_or_exit(args.config), log_level=args.log_level, trace=args.trace)
 
 
 def _status(args: argparse.Namespace) -> int:

@@ -170,9 +170,11 @@ class Stack:
             self.bench = None
 
 
-def configure_logging(config: Config) -> None:
+def configure_logging(config: Config, level: str | None = None) -> None:
+    """Journal-friendly: one line per record on stderr (systemd adds the time too).
+    ``level`` (``--log-level``) wins over the configuration's."""
     logging.basicConfig(
-        level=config.logging.level,
+        level=level or config.logging.level,
         stream=sys.stderr,
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
@@ -181,15 +183,23 @@ def configure_logging(config: Config) -> None:
 
 
 async def serve(
-    config: Config, *, on_ready: Callable[[Stack], None] | None = None, stop: asyncio.Event
+    config: Config,
+    *,
+    on_ready: Callable[[Stack], None] | None = None,
+    stop: asyncio.Event,
+    trace: Path | None = None,
 ) -> None:
     from evsed.controller import status
+    from evsed.controller.trace import FrameTrace
 
     clock = SystemClock()
     link = status.LinkTracker(config, clock)
+    frames = FrameTrace(trace, clock) if trace is not None else None
 
     def observe_link(app: Any) -> None:  # again after every Reset: a new OcppApp
         app.ctx.observers.append(link.observe)
+        if frames is not None:
+            app.ctx.observers.append(frames.observe)
 
     server: status.StatusServer | None = None
     async with Stack(config, clock=clock, ocpp=True, ocpp_setup=observe_link) as stack:
@@ -217,6 +227,8 @@ async def serve(
                     await watchdog
             sd_notify("STOPPING=1")
             await server.stop()
+    if frames is not None:
+        frames.close()
 
 
 def _main(coro_factory: Callable[[asyncio.Event], Any]) -> int:
@@ -234,15 +246,17 @@ def _main(coro_factory: Callable[[asyncio.Event], Any]) -> int:
     return 0
 
 
-def run_controller(config: Config) -> int:
-    configure_logging(config)
+def run_controller(
+    config: Config, *, log_level: str | None = None, trace: Path | None = None
+) -> int:
+    configure_logging(config, log_level)
 
     def ready(stack: Stack) -> None:
         if stack.bench is not None and stack.bench.control_port is not None:
             print(f"bench control port {stack.bench.control_port}", flush=True)
         print("evsed running", flush=True)
 
-    return _main(lambda stop: serve(config, on_ready=ready, stop=stop))
+    return _main(lambda stop: serve(config, on_ready=ready, stop=stop, trace=trace))
 
 
 def run_bench(config: Config) -> int:

@@ -41,6 +41,7 @@ from evsed.controller.connector.status import (
     ErrorCode,
     StopReason,
 )
+from evsed.controller.masking import mask_tag
 from evsed.hal.interfaces import Contactor, LockActuator, PilotOutput
 from evsed.hal.pilot.duty import MIN_CURRENT_A, NO_PWM, current_to_duty
 from evsed.hal.types import ContactorFault, MeterSample, PilotReading, PilotState
@@ -854,7 +855,13 @@ class Connector:
             self._unlock_pending = False
             self._drive(self._lock.lock)
             self._lock_since = self._clock.monotonic()
-        log.info("connector %s transaction %s started", self.id, recorded.local_id)
+        log.info(
+            "connector %s transaction %s started: idTag %s, meter %d Wh",
+            self.id,
+            recorded.local_id,
+            mask_tag(tx.id_tag),
+            tx.meter_start_wh,
+        )
         self._note("transaction_started", id_tag=tx.id_tag, meter_start_wh=tx.meter_start_wh)
         self._apply()
 
@@ -882,7 +889,13 @@ class Connector:
         self._lock_since = None
         stop = TransactionStop(tx, reason, self._meter_wh(), self._clock.now(), id_tag)
         self._emit("stop", stop)
-        log.info("connector %s transaction %s stopped: %s", self.id, tx.local_id, reason)
+        log.info(
+            "connector %s transaction %s stopped: %s, %d Wh",
+            self.id,
+            tx.local_id,
+            reason,
+            stop.meter_stop_wh - tx.meter_start_wh,
+        )
         self._note(
             "transaction_stopped",
             reason=str(reason),

@@ -44,6 +44,7 @@ from typing import Any
 
 from evsed.controller.clock import Clock
 from evsed.controller.connector.hooks import AuthResult
+from evsed.controller.masking import mask_tag
 from evsed.controller.ocpp16.keys import ConfigurationKeys
 from evsed.controller.store import Store
 
@@ -245,11 +246,11 @@ class Authorizer:
             answer = await self._send_authorize(id_tag)
         except Exception:
             # The session promises None on failure; a bug there must not stop the connector.
-            log.exception("Authorize for %s failed", id_tag)
+            log.exception("Authorize for %s failed", mask_tag(id_tag))
             return None
         info = _valid_info(answer)
         if answer is not None and info is None:
-            log.warning("Authorize for %s: unusable idTagInfo %r", id_tag, answer)
+            log.warning("Authorize for %s: unusable idTagInfo %r", mask_tag(id_tag), answer)
         return info
 
     def _decide_offline(

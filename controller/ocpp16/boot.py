@@ -133,6 +133,7 @@ class BootReporter:
             learn_time(self._ctx, getattr(result, "current_time", None))
         self._ctx.emit("boot", status=status, interval=interval)
         if status == "Accepted":
+            log.info("session: boot accepted (heartbeat interval %ss)", interval or "default")
             self._adopt_interval(interval)
         elif status is not None:
             log.warning("session: boot %s, retrying in %ss", status, interval or "default")

@@ -39,6 +39,7 @@ from ocpp.v16 import call
 from evsed.controller.connector.hooks import AuthResult, Transaction, TransactionStop
 from evsed.controller.connector.status import ChargePointStatus, ConnectorStatus, StopReason
 from evsed.controller.limiter import SmartChargingLimit
+from evsed.controller.masking import mask_tag
 from evsed.controller.ocpp16.context import OcppContext
 from evsed.controller.ocpp16.metering import (
     ClockAlignedSchedule,
@@ -289,7 +290,9 @@ class OcppHooks:
             charger.set_transaction_parent(cid, running.tx.local_id, parent)
         if action == "continue":
             return
-        log.info("transaction %s: idTag %s answered %s: %s", local_id, id_tag, status, action)
+        log.info(
+            "transaction %s: idTag %s answered %s: %s", local_id, mask_tag(id_tag), status, action
+        )
         if action == "stop":
             charger.request_stop(cid, StopReason.DE_AUTHORIZED)
             return

@@ -85,6 +85,21 @@ except ImportError:  # pragma: no cover - depends on the installation
 
 LOGGER = logging.getLogger(__name__)
 
+
+class FrameLogger(logging.LoggerAdapter):  # type: ignore[type-arg]
+    """The logger given to the `ocpp` library, which logs every frame it sends and receives
+    at INFO: those lines go to DEBUG (a journal at INFO would get ~10 MB a day of frames,
+    card ids included); its warnings and errors stay what they are."""
+
+    def info(self, msg: object, *args: object, **kwargs: object) -> None:
+        self.debug(msg, *args, **kwargs)  # type: ignore[arg-type]
+
+    def addFilter(self, filter: logging.Filter) -> None:
+        self.logger.addFilter(filter)
+
+
+FRAME_LOGGER = FrameLogger(LOGGER, {})
+
 SUBPROTOCOL = "ocpp1.6"
 DEFAULT_MAX_FRAME_BYTES = 64 * 1024
 #: Frames longer than this (characters) are parsed and schema-checked in a worker thread.
@@ -349,7 +364,8 @@ class StrictChargePoint(ocpp.v16.ChargePoint):
         *,
         max_frame_bytes: int | None = None,
     ) -> None:
-        super().__init__(id, connection, response_timeout=response_timeout, logger=logger)
+        frames = FRAME_LOGGER if logger is LOGGER else FrameLogger(logger, {})
+        super().__init__(id, connection, response_timeout=response_timeout, logger=frames)
         if max_frame_bytes is not None:
             self.max_frame_bytes = max_frame_bytes
         # @after hooks and other fire-and-forget work; kept so they are not garbage

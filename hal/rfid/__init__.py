@@ -107,7 +107,8 @@ class SerialTagReader:
 
     def _tag_read(self, id_tag: str) -> None:
         if self._debounce.seen(id_tag, self._monotonic()):
-            log.info("reader %s: card %s", self.name, id_tag)
+            # DEBUG: a card number is a credential (the charger logs it masked at INFO).
+            log.debug("reader %s: card %s", self.name, id_tag)
             self._emit(TagPresented(id_tag=id_tag, reader=self.name))
 
     def _tick(self) -> None:

@@ -36,6 +36,7 @@ from ocpp.v16 import call_result
 from ocpp.v16.enums import Action
 
 from evsed.controller.connector.status import ChargePointStatus, StopReason
+from evsed.controller.masking import mask_tag
 from evsed.controller.ocpp16.profiles.base import Access, KeyType, TooManyKeys, declare, key
 from evsed.controller.ocpp16.profiles.smart_charging import remote_start_profile
 
@@ -247,7 +248,7 @@ class CoreHandlers:
         if self._authorize_remote() and self.ctx.authorizer is not None:
             result = await self.ctx.authorizer.authorize(id_tag)
             if not result.accepted:
-                log.info("RemoteStart for %s not authorised: %s", id_tag, result.status)
+                log.info("RemoteStart for %s not authorised: %s", mask_tag(id_tag), result.status)
                 self.ctx.emit("remote_start", id_tag=id_tag, connector_id=cid, status=result.status)
                 return
             parent = result.parent_id_tag
