@@ -16,10 +16,12 @@ that runs the old venv's `python -m evsed.controller.firmware.installer rollback
 deadline it puts `current` back to the previous venv and restarts the service unless the
 marker says confirmed. The new version confirms (`outcome_after_restart`, asked by the
 updater once the BootNotification was Accepted) by recording that it runs from the
-pending venv. Every start of any version also runs `rollback_if_due` first, in case the
-timer was lost (a reboot in between). The previous version, back in service, finds the
+pending venv. The previous version, back in service, finds the
 installation still stored as Installing, asks `outcome_after_restart` (False: it is not
-the pending venv) and reports InstallationFailed.
+the pending venv) and reports InstallationFailed. (systemd's OnFailure= would not do: a
+version that hangs before its boot never fails, and a crash loop is cut by the start
+limit only much later. A transient timer does not survive a reboot: a reboot within the
+confirmation window leaves the rollback to a person: a known limit.)
 
 Commands go through an injectable runner, so tests use a fake `systemctl`/`systemd-run`
 and a temporary root.

@@ -16,10 +16,11 @@ from ocpp.v16 import call
 
 from evsed.controller.firmware.update import InstallFailed
 from evsed.controller.ocpp16.profiles import SUPPORTED_FEATURE_PROFILES
-from evsed.hwmocks.central_system import CentralSystem, Direction, Frame
+from evsed.hwmocks.central_system import CentralSystem, Frame
 from tests.support.clock import FakeClock
 from tests.support.file_servers import ftp_server, http_server
 from tests.support.ocpp_stack import CARD, CP_ID, OcppRig, ocpp_rig
+from tests.support.status_frames import statuses, wait_status
 
 WHEEL = b"PK\x03\x04 not really a wheel " * 100
 KEYS = {"AuthorizeRemoteTxRequests": "false"}
@@ -53,26 +54,11 @@ async def cs() -> AsyncIterator[CentralSystem]:
 
 
 def _statuses(cs: CentralSystem, since: int = 0) -> list[str]:
-    return [
-        f.payload["status"]
-        for f in cs.frames_of(CP_ID, since=since)
-        if f.is_call
-        and f.direction is Direction.CP_TO_CS
-        and f.action == "FirmwareStatusNotification"
-    ]
+    return statuses(cs, "FirmwareStatusNotification", since)
 
 
 async def _status(cs: CentralSystem, status: str, since: int, timeout: float = 5) -> Frame:
-    return await cs.wait_for(
-        lambda f: (
-            f.is_call
-            and f.direction is Direction.CP_TO_CS
-            and f.action == "FirmwareStatusNotification"
-            and f.payload.get("status") == status
-        ),
-        timeout,
-        since=since,
-    )
+    return await wait_status(cs, "FirmwareStatusNotification", status, since, timeout)
 
 
 async def _update(rig: OcppRig, location: str, **kw: Any) -> None:
