@@ -72,7 +72,13 @@ class Identity(Strict):
     meter_serial: Annotated[str, Field(max_length=25)] = ""
 
 
+#: Where the charge point id goes in a `central_system.url` template.
+CP_ID_PLACEHOLDER = "{charge_point_id}"
+
+
 class CentralSystem(Strict):
+    # The charge point id is appended as the last path segment, or goes where the URL
+    # says {charge_point_id} (a trailing slash after it, a query string: kept as written).
     url: str = "ws://127.0.0.1:9000/ocpp"
     charge_point_id: Annotated[str, Field(min_length=1, max_length=48, pattern=r"^[^/\s]+$")] = (
         "CP-SIM-1"
@@ -90,6 +96,9 @@ class CentralSystem(Strict):
     max_frame_bytes: Annotated[int, Field(ge=4096, le=16 * 1024 * 1024)] = 65536
     # The longest wait between reconnection attempts: back this long after the network is.
     reconnect_backoff_max_s: Annotated[float, Field(ge=1, le=3600)] = 30.0
+    # wss:// with the server verified (ca_file, else the system's CAs) and no Basic auth:
+    # what many servers run. Only with security_profile 0, as an explicit choice.
+    tls_without_auth: bool = False
 
     @field_validator("url")
     @classmethod
@@ -99,6 +108,8 @@ class CentralSystem(Strict):
             raise ValueError("expected a ws:// or wss:// URL with a host")
         if parts.password:
             raise ValueError("put the password in authorization_key, not in the URL")
+        if value.replace(CP_ID_PLACEHOLDER, "").count("{") or value.count(CP_ID_PLACEHOLDER) > 1:
+            raise ValueError(f"the only placeholder a url may hold is {CP_ID_PLACEHOLDER}, once")
         return value
 
     @model_validator(mode="after")
@@ -112,8 +123,12 @@ class CentralSystem(Strict):
             )
         if self.security_profile >= 2 and scheme != "wss":
             raise ValueError(f"security_profile {self.security_profile} needs a wss:// url")
-        if self.security_profile <= 1 and scheme != "ws":
-            raise ValueError(f"security_profile {self.security_profile} needs a ws:// url")
+        if self.tls_without_auth:
+            if self.security_profile != 0 or scheme != "wss":
+                raise ValueError("tls_without_auth needs security_profile 0 and a wss:// url")
+        elif self.security_profile <= 1 and scheme != "ws":
+            hint = " (or tls_without_auth = true)" if self.security_profile == 0 else ""
+            raise ValueError(f"security_profile {self.security_profile} needs a ws:// url{hint}")
         if self.security_profile == 3 and (self.client_cert is None or self.client_key is None):
             raise ValueError("security_profile 3 needs client_cert and client_key")
         return self

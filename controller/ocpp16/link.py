@@ -1,8 +1,12 @@
 """The link to the Central System: how to reach it (URL, security profile, TLS, Basic
 auth, pings), the back-off between attempts, and one connection with its call path.
 
-- URL ``<central_system.url>/<charge_point_id>``, subprotocol ``ocpp1.6``; a server that
-  picks no subprotocol is refused. Frames are bounded by ``websocket_options()``.
+- URL ``<central_system.url>/<charge_point_id>``, or the url with ``{charge_point_id}``
+  replaced (a trailing slash and a query string kept), subprotocol ``ocpp1.6``; a server
+  that picks no subprotocol is refused. An HTTP answer to the handshake is logged with
+  what it most likely means (`http_hint`); every failure waits out the bounded back-off.
+- ``tls_without_auth``: wss with the server verified and no Basic auth (profile 0).
+  Frames are bounded by ``websocket_options()``.
 - Security profile in effect: the higher of the configured level and the SecurityProfile
   key (the CS may only raise it). 1: HTTP Basic over ws (user = charge point id, password =
   AuthorizationKey as changed by the CS, else the configured key). 2: the same over TLS >=
@@ -27,16 +31,22 @@ from collections.abc import Awaitable
 from contextlib import suppress
 from dataclasses import dataclass, field
 from typing import Any
-from urllib.parse import urlsplit, urlunsplit
+from urllib.parse import quote, urlsplit, urlunsplit
 
 from ocpp.exceptions import OCPPError
 from websockets.asyncio.client import ClientConnection, connect
-from websockets.exceptions import ConnectionClosed, InvalidHandshake, InvalidStatus, InvalidURI
+from websockets.exceptions import (
+    ConnectionClosed,
+    InvalidHandshake,
+    InvalidStatus,
+    InvalidURI,
+    NegotiationError,
+)
 
 from evsed.controller import tls
 from evsed.controller.clock import Clock
+from evsed.controller.config import CP_ID_PLACEHOLDER, mask_url
 from evsed.controller.config import CentralSystem as CentralSystemConfig
-from evsed.controller.config import mask_url
 from evsed.controller.ocpp16.context import OcppContext
 from evsed.controller.ocpp16.keys import ConfigurationKeys
 from evsed.controller.ocpp16.protocol import (
@@ -293,12 +303,25 @@ def client_ssl_context(cs: CentralSystemConfig, profile: int) -> ssl.SSLContext:
     return tls.client_context(cs, profile)
 
 
+def central_system_url(template: str, charge_point_id: str, scheme: str | None = None) -> str:
+    """The URL to open: the id where the template says {charge_point_id}, else appended as
+    the last path segment; a trailing slash or a query string stays where it was written."""
+    quoted = quote(charge_point_id, safe="")
+    parts = urlsplit(template)
+    if CP_ID_PLACEHOLDER in parts.path:
+        path = parts.path.replace(CP_ID_PLACEHOLDER, quoted)
+    elif CP_ID_PLACEHOLDER in parts.query:
+        path = parts.path
+    else:
+        path = f"{parts.path.rstrip('/')}/{quoted}"
+    query = parts.query.replace(CP_ID_PLACEHOLDER, quoted)
+    return urlunsplit((scheme or parts.scheme, parts.netloc, path, query, ""))
+
+
 def connect_settings(cs: CentralSystemConfig, keys: ConfigurationKeys) -> ConnectSettings:
     profile = security_profile(cs, keys)
-    parts = urlsplit(cs.url.rstrip("/"))
-    scheme = "wss" if profile >= 2 else parts.scheme
-    url = urlunsplit((scheme, parts.netloc, parts.path, parts.query, ""))
-    url = f"{url}/{cs.charge_point_id}"
+    scheme = "wss" if profile >= 2 or cs.tls_without_auth else urlsplit(cs.url).scheme
+    url = central_system_url(cs.url, cs.charge_point_id, scheme)
     headers: dict[str, str] = {}
     password = ""
     if profile in (1, 2):
@@ -357,21 +380,58 @@ async def open_connection(
         )
     except InvalidStatus as e:
         status = e.response.status_code
-        hint = " (check the AuthorizationKey)" if status == 401 else ""
-        log.warning("session: %s refused the connection: HTTP %d%s", where, status, hint)
+        log.warning(
+            "session: %s refused the connection: HTTP %d %s%s",
+            where,
+            status,
+            e.response.reason_phrase,
+            http_hint(status, settings.profile),
+        )
         ctx.emit("connect_failed", url=where, http_status=status)
         return None
+    except NegotiationError as e:
+        log.warning("session: %s: %s (%s)", where, SUBPROTOCOL_REFUSED, e)
+        ctx.emit("connect_failed", url=where, error="subprotocol")
+        return None
     except (OSError, TimeoutError, InvalidHandshake, InvalidURI, ssl.SSLError) as e:
-        log.warning("session: cannot connect to %s: %s", where, type(e).__name__)
+        detail = str(e) or type(e).__name__
+        log.warning("session: cannot connect to %s: %s: %s", where, type(e).__name__, detail)
         ctx.emit("connect_failed", url=where, error=type(e).__name__)
         return None
     if ws.subprotocol != SUBPROTOCOL:
-        log.error("session: %s did not agree to %s, closing", where, SUBPROTOCOL)
+        log.warning("session: %s: %s, closing", where, SUBPROTOCOL_REFUSED)
         ctx.emit("connect_failed", url=where, error="subprotocol")
         await close_connection(ws, close_timeout)
         return None
     log.info("session: connected to %s (security profile %d)", where, settings.profile)
     return ws, settings
+
+
+SUBPROTOCOL_REFUSED = (
+    f"the server did not accept the websocket subprotocol {SUBPROTOCOL}: "
+    "is this URL an OCPP 1.6J endpoint (not 2.0.1, not a web page)?"
+)
+
+
+def http_hint(status: int, profile: int) -> str:
+    """What an HTTP answer to the websocket handshake most likely means, for the log."""
+    if status == 401:
+        if profile in (1, 2):
+            return ": the server refused the password (check authorization_key)"
+        return ": the server wants a password (security_profile 1 or 2 with authorization_key)"
+    if status == 403:
+        return ": the server does not accept this charge point id (register it there)"
+    if status == 404:
+        return (
+            ": no OCPP endpoint at this path (check the url and charge_point_id; "
+            f"put {CP_ID_PLACEHOLDER} in the url where the server expects the id)"
+        )
+    if status >= 500:
+        return (
+            ": the server failed (some want a trailing slash after the id: "
+            f'url = ".../{CP_ID_PLACEHOLDER}/")'
+        )
+    return ""
 
 
 async def close_connection(ws: ClientConnection, close_timeout: float) -> None:
