@@ -7,7 +7,6 @@ RDM6300 driver on a pseudo-terminal, so those waits are on events, in real time.
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
 import pytest
@@ -16,32 +15,10 @@ from evsed.controller.connector.faults import Fault
 from evsed.controller.connector.hooks import LocalHooks
 from evsed.controller.connector.status import StopReason
 from evsed.controller.limiter import SmartChargingLimit
-from evsed.controller.run import Stack
-from tests.support.bench_rig import Rig, bench_config
-from tests.support.clock import FakeClock
+from tests.support.bench_rig import MakeRig, Rig
 
 CARD = "AABBCCDDEE"
 OTHER_CARD = "0102030405"
-
-MakeRig = Callable[..., Awaitable[Rig]]
-
-
-@pytest.fixture
-async def make_rig() -> AsyncIterator[MakeRig]:
-    stacks: list[Stack] = []
-
-    async def make(**sections: Any) -> Rig:
-        clock = FakeClock()
-        stack = Stack(bench_config(**sections), clock=clock, control=False)
-        await stack.start()
-        stacks.append(stack)
-        rig = Rig(stack, clock)
-        rig.connector.add_listener(lambda kind, fields: rig.notes.append((kind, fields)))
-        return rig
-
-    yield make
-    for stack in stacks:
-        await stack.stop()
 
 
 @pytest.fixture

@@ -19,35 +19,13 @@ import pytest
 from ocpp.v16 import call
 
 from evsed.controller.connector.faults import Fault
-from evsed.controller.run import Stack
 from evsed.hwmocks.central_system import CentralSystem
-from tests.support.bench_rig import Rig, bench_config
-from tests.support.clock import FakeClock
+from tests.support.bench_rig import MakeRig, Rig
 from tests.support.ocpp_rig import ocpp_rig
 
 CARD = "AABBCCDDEE"
 PARENT = "GROUP-1"
 OTHER = "0102030405"
-
-MakeRig = Callable[..., Awaitable[Rig]]
-
-
-@pytest.fixture
-async def make_rig() -> AsyncIterator[MakeRig]:
-    stacks: list[Stack] = []
-
-    async def make(**sections: Any) -> Rig:
-        clock = FakeClock()
-        stack = Stack(bench_config(**sections), clock=clock, control=False)
-        await stack.start()
-        stacks.append(stack)
-        rig = Rig(stack, clock)
-        rig.connector.add_listener(lambda kind, fields: rig.notes.append((kind, fields)))
-        return rig
-
-    yield make
-    for stack in stacks:
-        await stack.stop()
 
 
 def _reserve(rig: Rig, tag: str, parent: str | None) -> None:

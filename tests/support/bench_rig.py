@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -107,3 +107,8 @@ class Rig:
 
     def kinds(self, kind: str) -> list[dict[str, object]]:
         return [f for k, f in self.notes if k == kind]
+
+
+#: Builds a started bench Stack on a FakeClock with `bench_config(**sections)`, as a Rig
+#: that records the connector's notes (the `make_rig` fixture of tests/controller/conftest.py).
+MakeRig = Callable[..., Awaitable[Rig]]
