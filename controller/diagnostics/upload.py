@@ -38,6 +38,7 @@ class DiagnosticsUploader:
         sources: Callable[[], Sources],
         secrets: Callable[[], Sequence[str]],
         name_prefix: str,
+        emit: Callable[..., None] = lambda event, **fields: None,
         limits: Limits = DEFAULT_LIMITS,
         resend_s: float = 30.0,
     ) -> None:
@@ -47,6 +48,7 @@ class DiagnosticsUploader:
         self._sources = sources
         self._secrets = secrets
         self._prefix = name_prefix
+        self._emit = emit
         self._limits = limits
         self._resend_s = resend_s
         self._task: asyncio.Task[None] | None = None
@@ -132,6 +134,7 @@ class DiagnosticsUploader:
                     await self._notify("UploadFailed")
                     return
                 retries -= 1
+                self._emit("diagnostics_retry_wait", seconds=interval, retries_left=retries)
                 await self._clock.sleep(interval)
                 continue
             log.info("diagnostics %s uploaded to %s", archive.name, redact_url(location))

@@ -21,6 +21,7 @@ class HttpFiles:
     # Answer this status to the next n requests (a server that is down, then up).
     fail_next: int = 0
     fail_status: int = 503
+    put_allowed: bool = True  # False: PUT answers 405 Method Not Allowed
     requests: int = 0
     port: int = 0
 
@@ -59,6 +60,9 @@ def http_server() -> Iterator[HttpFiles]:
 
         def _receive(self) -> None:
             if self._fail():
+                return
+            if self.command == "PUT" and not state.put_allowed:
+                self.send_error(405)
                 return
             length = int(self.headers.get("Content-Length", "0"))
             body = self.rfile.read(length)

@@ -37,6 +37,7 @@ from evsed.controller.firmware.update import FirmwareUpdater, Installer
 from evsed.controller.ocpp16.profiles.base import Access, KeyType, declare, key
 from evsed.controller.ocpp16.redaction import FILTER
 from evsed.controller.tomlout import dumps
+from evsed.controller.trace import FrameTrace
 
 if TYPE_CHECKING:
     from evsed.controller.ocpp16.context import OcppContext
@@ -98,6 +99,15 @@ def _keys_text(ctx: OcppContext) -> str:
     return "\n".join(lines) + "\n"
 
 
+def _trace_in_use(ctx: OcppContext) -> Path | None:
+    """The file `evsed run --trace FILE` writes the frames to, if it does."""
+    for observer in ctx.observers:
+        owner = getattr(observer, "__self__", None)
+        if isinstance(owner, FrameTrace):
+            return owner.path
+    return None
+
+
 def build_services(
     ctx: OcppContext,
     state_dir: Path,
@@ -130,7 +140,7 @@ def build_services(
         return Sources(
             journal=journal_reader(fw.service),
             log_files=log_files_in_use(),
-            trace_file=trace_file,
+            trace_file=trace_file or _trace_in_use(ctx),
             extra={
                 "config.toml": dumps(redacted(ctx.config)),
                 "configuration-keys.txt": _keys_text(ctx),
@@ -144,6 +154,7 @@ def build_services(
         sources=sources,
         secrets=lambda: _secrets(ctx),
         name_prefix=ctx.config.central_system.charge_point_id or "evsed",
+        emit=ctx.emit,
         limits=limits_up,
     )
     return updater, uploader
