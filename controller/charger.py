@@ -190,6 +190,7 @@ class Charger:
                     free_vend=config.authorization.free_vend,
                     free_vend_id_tag=config.authorization.free_vend_id_tag,
                     pwm_resolution=getattr(hw.pilot, "resolution", 0.001),
+                    has_meter=hw.meter is not None,
                 ),
                 pilot=hw.pilot,
                 contactor=hw.contactor,

@@ -21,6 +21,7 @@ from __future__ import annotations
 import asyncio
 import functools
 import logging
+import math
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, replace
@@ -110,6 +111,10 @@ class Settings:
     pwm_resolution: float = 0.001
     # A motor lock's pulse is ~0.5 s; no confirmation within this is a ConnectorLockFailure.
     lock_timeout_s: float = 2.0
+    # With a meter fitted a start waits this long for a first reading after start-up: a card
+    # left on the reader across a restart must not start with meterStart 0 (issue 14 #11).
+    has_meter: bool = False
+    meter_wait_s: float = 2.0
 
 
 # Events (the "event" half of (phase, event) in `_transition`).
@@ -199,6 +204,7 @@ class Connector:
         self._tx_recorded = False  # the start hook returned: the lock may engage
         self._status_held = False  # a change waits for the contactor to have opened
         self._unlock_pending = False  # an unlock waits for the contactor to have opened
+        self._start_waits_since: float | None = None  # a start waits for a meter reading
         #: Callbacks (listeners, hooks) that raised, and internal errors the core survived.
         self.callback_errors = 0
         self.internal_errors = 0
@@ -485,6 +491,9 @@ class Connector:
         self.last_sample = sample
         if sample.energy_import_wh is not None:
             self.last_energy_wh = sample.energy_import_wh
+            if self._start_waits_since is not None:
+                self._start_waiting_for_meter()
+                self._apply()
         self._check_overcurrent(sample)
         self._note("meter", energy_wh=sample.energy_import_wh, power_w=sample.power_total_w)
 
@@ -729,6 +738,8 @@ class Connector:
             deadlines.append(self._lock_since + self.settings.lock_timeout_s)
         if self._soft_off_since is not None:
             deadlines.append(self._soft_off_since + self.settings.power_off_under_load_s)
+        if self._start_waits_since is not None:
+            deadlines.append(self._start_waits_since + self.settings.meter_wait_s)
         return min((d for d in deadlines if d is not None), default=None)
 
     @command()
@@ -737,6 +748,8 @@ class Connector:
         now = self._clock.monotonic()
         self.on_contactor_fault(self._contactor.fault())
         self._release_lock_when_safe()
+        if self._start_waits_since is not None:
+            self._start_waiting_for_meter()
         if self._status_held:
             self._publish_status()
         if self._lock_since is not None and self.transaction is not None:
@@ -841,6 +854,34 @@ class Connector:
         # the loop runs the hook and answers with `_start_recorded`.
         self.transaction = tx
         self._tx_recorded = False
+        if self.settings.has_meter and self.last_energy_wh is None:
+            # Not recorded (so nothing offered, the lock open) until the meter has spoken.
+            self._start_waits_since = self._clock.monotonic()
+            return
+        self._emit("start", tx)
+
+    def _start_waiting_for_meter(self) -> None:
+        """Record a start that waited for a first meter reading, once one came or the wait
+        ran out (then with the last reading known, and said so)."""
+        since = self._start_waits_since
+        tx = self.transaction
+        if since is None or tx is None:
+            self._start_waits_since = None
+            return
+        fresh = self.last_energy_wh is not None
+        if not fresh and self._clock.monotonic() - since < self.settings.meter_wait_s:
+            return
+        self._start_waits_since = None
+        if not fresh:
+            log.warning(
+                "connector %s: no meter reading within %.1f s of the start; meterStart %d Wh "
+                "is the last one known",
+                self.id,
+                self.settings.meter_wait_s,
+                self._meter_wh(),
+            )
+        tx = replace(tx, meter_start_wh=self._meter_wh())
+        self.transaction = tx
         self._emit("start", tx)
 
     @command()
@@ -881,6 +922,10 @@ class Connector:
         self.raise_fault(Fault.INTERNAL, detail)
 
     def _stop_transaction(self, reason: StopReason, id_tag: str | None = None) -> None:
+        if self._start_waits_since is not None:
+            # Stopped while the start waited for the meter: the start is recorded first.
+            self._start_waits_since = -math.inf
+            self._start_waiting_for_meter()
         tx = self.transaction
         if tx is None:
             return

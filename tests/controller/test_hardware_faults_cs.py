@@ -168,3 +168,45 @@ async def test_the_lock_never_opens_while_the_contactor_is_closed(
         stop = await rig.call_of("StopTransaction", since=mark)
         expected = "UnlockCommand" if command == "UnlockConnector" else "Remote"
         assert stop.payload["reason"] == expected
+
+
+# ---------------------------------------------------------------- meterStart after a restart (#11)
+
+
+def start_transaction(f: Frame) -> bool:
+    return f.is_call and f.direction is Direction.CP_TO_CS and f.action == "StartTransaction"
+
+
+async def test_a_start_before_the_first_meter_reading_waits_for_it(
+    cs: CentralSystem, tmp_path: Path
+) -> None:
+    async with ocpp_rig(cs, tmp_path) as rig:
+        rig.sim.meter.energy_wh = 25.0  # what the meter held when evsed restarted
+        await rig.bench.inject_fault("meter_silent", 1, True)
+        rig.connector.last_energy_wh = None  # just restarted: nothing read yet
+        mark = cs.mark()
+        await rig.plug()
+        assert await rig.remote_start(CARD, connector_id=1) == "Accepted"
+        await rig.run(0.5)
+        assert rig.calls("StartTransaction", since=mark) == []
+        assert not rig.sim.pins.relay_energized  # nothing offered before the start is recorded
+        await rig.bench.inject_fault("meter_silent", 1, False)
+        start = await status_sent(rig, start_transaction, since=mark)
+        assert start.payload["meterStart"] == 25
+        await rig.charging()
+
+
+async def test_a_start_waits_for_the_meter_only_so_long(
+    cs: CentralSystem, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    async with ocpp_rig(cs, tmp_path) as rig:
+        await rig.bench.inject_fault("meter_silent", 1, True)
+        rig.connector.last_energy_wh = None
+        mark = cs.mark()
+        await rig.plug()
+        assert await rig.remote_start(CARD, connector_id=1) == "Accepted"
+        await rig.run(1.5)
+        assert rig.calls("StartTransaction", since=mark) == []
+        await rig.run(0.6)
+        await status_sent(rig, start_transaction, since=mark, timeout=3)
+        assert "no meter reading within 2.0 s" in caplog.text
