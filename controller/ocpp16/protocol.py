@@ -101,7 +101,7 @@ class FrameLogger(logging.LoggerAdapter):  # type: ignore[type-arg]
 FRAME_LOGGER = FrameLogger(LOGGER, {})
 
 SUBPROTOCOL = "ocpp1.6"
-DEFAULT_MAX_FRAME_BYTES = 64 * 1024
+DEFAULT_MAX_FRAME_BYTES = 2 * 1024 * 1024  # a 10,000-entry SendLocalList is ~1.4 MiB
 #: Frames longer than this (characters) are parsed and schema-checked in a worker thread.
 OFFLOAD_FRAME_BYTES = 16 * 1024
 MAX_UNIQUE_ID_CHARS = 36

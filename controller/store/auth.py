@@ -18,6 +18,10 @@ class CachedAuth:
     expiry: datetime | None
 
 
+class LocalListTooLong(ValueError):
+    """A SendLocalList whose result would exceed LocalAuthListMaxLength (rolled back)."""
+
+
 class AuthRepository(Repository):
     # -- authorisation cache: light (a lost entry is asked for again) -----------------------
 
@@ -70,21 +74,28 @@ class AuthRepository(Repository):
         entries: Mapping[str, Mapping[str, Any] | None],
         *,
         full: bool,
+        durable: bool = True,
+        max_len: int | None = None,
     ) -> None:
         """SendLocalList: ``full`` replaces the list; a differential update deletes the tags
-        whose info is None and upserts the others. One durable commit, version included."""
-        with self._db.durable():
+        whose info is None and upserts the others. One commit, version included: all or
+        nothing. ``durable=False`` leaves the sync to the caller (`sync_off_loop`), so that a
+        10,000-entry list does not wait for the card on the event loop. A list that would end
+        up longer than ``max_len`` raises `LocalListTooLong` and changes nothing."""
+        removed = [(tag,) for tag, info in entries.items() if info is None]
+        kept = [(tag, dumps(info)) for tag, info in entries.items() if info is not None]
+        with self._db.durable() if durable else self._db.atomic():
             if full:
                 self._db.execute("DELETE FROM local_list")
-            for id_tag, info in entries.items():
-                if info is None:
-                    self._db.execute("DELETE FROM local_list WHERE id_tag = ?", (id_tag,))
-                else:
-                    self._db.execute(
-                        "INSERT INTO local_list (id_tag, id_tag_info) VALUES (?, ?) "
-                        "ON CONFLICT (id_tag) DO UPDATE SET id_tag_info = excluded.id_tag_info",
-                        (id_tag, dumps(info)),
-                    )
+            elif removed:
+                self._db.executemany("DELETE FROM local_list WHERE id_tag = ?", removed)
+            self._db.executemany(
+                "INSERT INTO local_list (id_tag, id_tag_info) VALUES (?, ?) "
+                "ON CONFLICT (id_tag) DO UPDATE SET id_tag_info = excluded.id_tag_info",
+                kept,
+            )
+            if max_len is not None and self.local_list_len() > max_len:
+                raise LocalListTooLong(f"the local list would exceed {max_len} entries")
             self._db.execute(
                 "INSERT INTO meta (key, value) VALUES ('local_list_version', ?) "
                 "ON CONFLICT (key) DO UPDATE SET value = excluded.value",

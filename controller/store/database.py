@@ -51,7 +51,7 @@ import contextlib
 import logging
 import os
 import sqlite3
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -181,6 +181,10 @@ class Database:
     def execute(self, sql: str, params: tuple[Any, ...] | Mapping[str, Any] = ()) -> sqlite3.Cursor:
         """One statement: its own (light) commit, or part of the enclosing block's."""
         return self._con.execute(sql, params)
+
+    def executemany(self, sql: str, rows: Iterable[tuple[Any, ...]]) -> sqlite3.Cursor:
+        """One statement over many rows (a 10,000-entry local list: one call, not 10,000)."""
+        return self._con.executemany(sql, rows)
 
     @contextmanager
     def atomic(self) -> Iterator[None]:

@@ -32,6 +32,7 @@ from evsed.controller.ocpp16.keys import (
 )
 from evsed.controller.ocpp16.profiles import (
     ALWAYS_ON_KEY_PROFILES,
+    PROFILES,
     SUPPORTED_ACTIONS,
 )
 from evsed.controller.ocpp16.protocol import websocket_options
@@ -229,9 +230,14 @@ async def test_data_transfer_vendors_and_message_ids(bare: Bare) -> None:
 
 
 async def test_other_profiles_are_not_supported(bare: Bare) -> None:
-    assert "GetLocalListVersion" not in SUPPORTED_ACTIONS
+    # Whatever CS->CP action no landed profile handles yet (profiles land one by one).
+    pending = sorted(a for p in PROFILES if not p.implemented for a in p.cs_to_cp)
+    if not pending:
+        pytest.skip("every profile is implemented")
+    action = pending[0]
+    assert action not in SUPPORTED_ACTIONS
     mark = bare.cs.mark()
-    await bare.cs.send_raw(CP_ID, '[2,"x1","GetLocalListVersion",{}]')
+    await bare.cs.send_raw(CP_ID, f'[2,"x1","{action}",{{}}]')
     reply = await bare.cs.wait_for_reply("x1", since=mark)
     assert reply.error_code == "NotSupported"
 

@@ -5,7 +5,7 @@
 | `core`              | Core                      | implemented (`CoreHandlers`)   |
 | `smart_charging`    | SmartCharging             | implemented (`SmartChargingHandlers`) |
 | `firmware`          | FirmwareManagement        | declared: actions, keys        |
-| `local_list`        | LocalAuthListManagement   | declared: actions, keys        |
+| `local_list`        | LocalAuthListManagement   | implemented (`LocalListHandlers`) |
 | `reservation`       | Reservation               | declared: actions, keys        |
 | `remote_trigger`    | RemoteTrigger             | implemented                    |
 | `security`          | (Security Whitepaper)     | keys on, actions declared      |
