@@ -28,7 +28,11 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--version", action="version", version=f"evsed {__version__}")
     sub = p.add_subparsers(metavar="COMMAND")
 
-    cfg = sub.add_parser("config", help="configuration tools")
+    cfg = sub.add_parser(
+        "config",
+        help="configuration tools",
+        description="Tools for the TOML configuration file: `evsed config check FILE`.",
+    )
     cfg_sub = cfg.add_subparsers(metavar="ACTION")
     check = cfg_sub.add_parser(
         "check",
@@ -45,11 +49,23 @@ def _parser() -> argparse.ArgumentParser:
     )
     check.set_defaults(func=_config_check)
 
-    bench = sub.add_parser("bench", help="run the simulated bench alone")
+    bench = sub.add_parser(
+        "bench",
+        help="run the simulated bench alone",
+        description="The simulated charger hardware (pilot, relay, meter, reader, EV) with "
+        "its control channel on loopback, without the controller: for a controller or a "
+        "Central System under test elsewhere. Prints the ports it listens on.",
+    )
     bench.add_argument("--config", type=Path, help="TOML file (default: bench defaults)")
     bench.set_defaults(func=_bench)
 
-    run = sub.add_parser("run", help="run the controller (with the bench when configured)")
+    run = sub.add_parser(
+        "run",
+        help="run the controller (with the bench when configured)",
+        description="Check the configuration and the machine (as `config check` does), then "
+        "drive the charger and talk to the Central System until SIGTERM or Ctrl-C. Exit "
+        "status 2: a configuration problem; 1: it could not start (one line says why).",
+    )
     run.add_argument("--config", type=Path, help="TOML file (default: bench defaults)")
     run.add_argument(
         "--log-level",
@@ -91,7 +107,13 @@ def _parser() -> argparse.ArgumentParser:
     stest.add_argument("--config", type=Path, help="TOML file (default: bench defaults)")
     stest.set_defaults(func=_selftest)
 
-    off = sub.add_parser("safe-off", help="relay off and pilot at +12 V (systemd ExecStopPost)")
+    off = sub.add_parser(
+        "safe-off",
+        help="relay off and pilot at +12 V (systemd ExecStopPost)",
+        description="Drive every relay output off and every pilot to a steady +12 V, and "
+        "leave them so. Exit status 1 (one line per output) when an output could not be "
+        "driven: the charger may not be safe.",
+    )
     off.add_argument("--config", type=Path, help="TOML file (default: bench defaults)")
     off.set_defaults(func=_safe_off)
 
@@ -128,7 +150,12 @@ def _parser() -> argparse.ArgumentParser:
     )
     uninst.set_defaults(func=_uninstall)
 
-    demo = sub.add_parser("demo", help="play a charging session on the simulated bench")
+    demo = sub.add_parser(
+        "demo",
+        help="play a charging session on the simulated bench",
+        description="The bench, the controller and an embedded Central System in one "
+        "process: plug in, card, charge, unplug, printed as it happens. Needs no file.",
+    )
     demo.add_argument("--json", action="store_true", help="one JSON object per line")
     demo.set_defaults(func=_demo)
     return p

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import errno
 import gc
 import logging
 import math
@@ -21,6 +22,7 @@ from evsed.controller.connector.hooks import ConnectorHooks, LocalHooks
 from evsed.controller.connector.sampler import Rates
 from evsed.controller.connector.status import StopReason
 from evsed.controller.limiter import LimiterConfig
+from evsed.controller.status import AlreadyRunning
 from evsed.controller.watchdog import Watchdog, ping_interval_s, sd_notify
 
 log = logging.getLogger(__name__)
@@ -243,7 +245,37 @@ def _main(coro_factory: Callable[[asyncio.Event], Any]) -> int:
         asyncio.run(runner())
     except KeyboardInterrupt:
         pass
+    except OSError as exc:
+        print(f"evsed: {first_run_message(exc)}", file=sys.stderr)
+        return EXIT_START
+    except AlreadyRunning as exc:
+        print(f"evsed: {exc}: stop it first (sudo systemctl stop evsed)", file=sys.stderr)
+        return EXIT_START
     return 0
+
+
+#: Could not start (a port in use, a device it may not open): one line, not a traceback.
+EXIT_START = 1
+
+
+def first_run_message(exc: OSError) -> str:
+    """What a first run trips on, said in one line with what to do."""
+    what = exc.strerror or str(exc)
+    if exc.filename:
+        what = f"{exc.filename}: {what}"
+    if exc.errno == errno.EADDRINUSE:
+        return (
+            f"{what or 'address in use'}: a port is in use; is another evsed running? "
+            "(`evsed status`; or give [bench] control_port and the meter port = 0)"
+        )
+    if exc.errno in (errno.EACCES, errno.EPERM):
+        return (
+            f"{what}: permission denied (the service user needs the groups gpio, spi and "
+            "dialout: `evsed install` sets them; log in again after usermod -aG)"
+        )
+    if exc.errno == errno.ENOENT:
+        return f"{what}: not found (a serial port or device named in the configuration?)"
+    return what
 
 
 def run_controller(

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import errno
 import logging
 import random
 from collections.abc import Callable
@@ -247,7 +248,15 @@ class SimMeter:
                 trace_packet=self._trace_packet,
                 trace_pdu=self._trace_pdu,
             )
-        await self._server.serve_forever(background=True)
+        try:
+            await self._server.serve_forever(background=True)
+        except RuntimeError:
+            # pymodbus says only "Could not start listen": name the port (for a serial
+            # meter the pseudo-terminal was just made, so it is the TCP case that fails).
+            where = self.serial_port or f"{self.host}:{self._port}"
+            raise OSError(
+                errno.EADDRINUSE, f"the simulated meter cannot listen on {where}"
+            ) from None
         if self.serial_port is None:
             listener = self._server.transport
             self._port = listener.sockets[0].getsockname()[1]  # type: ignore[union-attr]
