@@ -591,6 +591,11 @@ class Charger:
     def operative(self, connector_id: int) -> bool:
         return self._slots[connector_id].connector.operative
 
+    def start_refusal(
+        self, connector_id: int, id_tag: str, parent_id_tag: str | None
+    ) -> str | None:
+        return self._slots[connector_id].connector.start_refusal(id_tag, parent_id_tag)
+
     def reservation(self, connector_id: int) -> Reservation | None:
         held = self._slots[connector_id].connector.reservation
         return None if held is None else Reservation(held[0], held[1], held[2])

@@ -37,6 +37,7 @@ from evsed.controller.connector.hooks import (
     TransactionStop,
 )
 from evsed.controller.connector.status import (
+    RESERVED_FOR_ANOTHER,
     ChargePointStatus,
     ConnectorStatus,
     ErrorCode,
@@ -636,6 +637,10 @@ class Connector:
         self._apply()
         return True
 
+    def start_refusal(self, id_tag: str, parent_id_tag: str | None) -> str | None:
+        """The gate, asked from the loop (RemoteStart's choice of connector): a read only."""
+        return self._start_refusal(id_tag, parent_id_tag)
+
     def _start_refusal(self, id_tag: str, parent: str | None) -> str | None:
         """Why a transaction for `id_tag` may not start here now, or None: the one gate
         every start path passes (card, remote start, free vend, local list and cache,
@@ -647,7 +652,7 @@ class Connector:
         if fault is not None:
             return f"faulted ({fault})"
         if not self._reservation_allows(id_tag, parent):
-            return "reserved for another idTag"
+            return RESERVED_FOR_ANOTHER
         return None
 
     def _refuse_start(self, id_tag: str, refusal: str) -> None:

@@ -57,3 +57,8 @@ class ConnectorStatus:
     error_code: ErrorCode = ErrorCode.NO_ERROR
     info: str = ""
     vendor_error_code: str = ""
+
+
+#: The start gate's refusal when only a reservation for another idTag stands in the way
+#: (`Connector.start_refusal`); RemoteStart tells it from the others.
+RESERVED_FOR_ANOTHER = "reserved for another idTag"

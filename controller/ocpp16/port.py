@@ -46,6 +46,14 @@ class ChargePointPort(Protocol):
 
     def reservation(self, connector_id: int) -> Reservation | None: ...
 
+    def start_refusal(
+        self, connector_id: int, id_tag: str, parent_id_tag: str | None
+    ) -> str | None:
+        """Why a transaction for `id_tag` may not start on the connector now (faulted,
+        inoperative, a scheduled Inoperative, reserved for someone else), None if it may:
+        the gate every start goes through."""
+        ...
+
     def metering(self, connector_id: int) -> Metering: ...
 
     def allowance(self, connector_id: int) -> Allowance:

@@ -35,7 +35,11 @@ from ocpp.routing import after, on
 from ocpp.v16 import call_result
 from ocpp.v16.enums import Action
 
-from evsed.controller.connector.status import ChargePointStatus, StopReason
+from evsed.controller.connector.status import (
+    RESERVED_FOR_ANOTHER,
+    ChargePointStatus,
+    StopReason,
+)
 from evsed.controller.masking import mask_tag
 from evsed.controller.ocpp16.profiles.base import Access, KeyType, TooManyKeys, declare, key
 from evsed.controller.ocpp16.profiles.smart_charging import remote_start_profile
@@ -187,13 +191,21 @@ class CoreHandlers:
     # ------------------------------------------------------------ RemoteStartTransaction §5.11
 
     def _free_for(self, charger: ChargePointPort, cid: int, id_tag: str) -> bool:
-        if charger.transaction(cid) is not None or not charger.operative(cid):
+        if charger.transaction(cid) is not None:
             return False
-        status = charger.status(cid).status
-        reservation = charger.reservation(cid)
-        if status == ChargePointStatus.RESERVED and reservation is not None:
-            return reservation.id_tag.casefold() == id_tag.casefold()
-        return status in _FREE
+        refusal = charger.start_refusal(cid, id_tag, None)
+        if refusal == RESERVED_FOR_ANOTHER:
+            # A tag of the reservation's group is known as one only after its Authorize:
+            # accepted here, the connector's gate decides with the parentIdTag.
+            reservation = charger.reservation(cid)
+            return (
+                reservation is not None
+                and reservation.parent_id_tag is not None
+                and self._authorize_remote()
+            )
+        if refusal is not None:
+            return False
+        return charger.status(cid).status in (*_FREE, ChargePointStatus.RESERVED)
 
     def _choose(self, connector_id: int | None, id_tag: str) -> int | None:
         charger = self.ctx.charger
