@@ -53,8 +53,15 @@ def learn_time(ctx: OcppContext, current_time: Any) -> None:
     clock = ctx.clock
     if cs_time is None or not hasattr(clock, "offset_s"):
         return
-    local = clock.now().timestamp() - float(clock.offset_s)
-    offset = cs_time.timestamp() - local
+    shown = clock.now().timestamp()
+    local = shown - float(clock.offset_s)
+    cs_s = cs_time.timestamp()
+    if cs_time.microsecond == 0:
+        # Whole seconds: the CS's clock read somewhere in [cs_s, cs_s + 1). Our time inside
+        # that second agrees with it (kept); otherwise the middle is the best guess
+        # (taking cs_s itself put every timestamp half a second behind on average).
+        cs_s = shown if cs_s <= shown < cs_s + 1.0 else cs_s + 0.5
+    offset = cs_s - local
     moved = abs(offset - float(clock.offset_s)) >= 1.0
     clock.offset_s = offset
     if moved and ctx.smart_charging is not None:
