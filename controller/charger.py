@@ -12,6 +12,7 @@ import contextlib
 import logging
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field, replace
+from datetime import datetime
 
 from evsed.controller.clock import Clock, SystemClock
 from evsed.controller.config import Config
@@ -618,6 +619,20 @@ class Charger:
 
     def start_remote(self, connector_id: int, id_tag: str, parent_id_tag: str | None) -> bool:
         return self._slots[connector_id].connector.authorize_remote(id_tag, parent_id_tag)
+
+    def reserve(
+        self,
+        connector_id: int,
+        reservation_id: int,
+        id_tag: str,
+        parent_id_tag: str | None,
+        expiry: datetime,
+    ) -> str:
+        connector = self._slots[connector_id].connector
+        return connector.reserve(reservation_id, id_tag, parent_id_tag, expiry.timestamp())
+
+    def cancel_reservation(self, connector_id: int, reservation_id: int) -> bool:
+        return self._slots[connector_id].connector.cancel_reservation(reservation_id)
 
     def request_stop(self, connector_id: int, reason: StopReason) -> bool:
         return self._slots[connector_id].connector.request_stop(reason)

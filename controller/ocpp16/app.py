@@ -38,6 +38,7 @@ from evsed.controller.ocpp16.port import ChargePointPort
 from evsed.controller.ocpp16.profiles.core import restore_availability
 from evsed.controller.ocpp16.profiles.firmware import build_services
 from evsed.controller.ocpp16.profiles.smart_charging import SmartChargingService
+from evsed.controller.ocpp16.profiles.reservation import restore_reservations
 from evsed.controller.ocpp16.txqueue import TxQueue
 from evsed.controller.store import DB_FILENAME, Store, secure_state_dir
 
@@ -146,6 +147,7 @@ class OcppApp:
         """The charger built with `hooks`: restore what the CS set before the restart."""
         self.ctx.charger = charger
         restore_availability(self.ctx)
+        restore_reservations(self.ctx)  # after availability: an Inoperative one takes none
         self._apply_keys()
         # The profiles the CS installed before the restart limit the connectors from now.
         service = SmartChargingService(self.ctx)

@@ -146,6 +146,9 @@ class OcppHooks:
                 self._stop_stale(stale, StopReason.POWER_LOSS.value)
             local_id = q.start_transaction(*args)
         tx = replace(tx, local_id=local_id)
+        if tx.reservation_id is not None:
+            # The start used the reservation up (§5.13): a restart must not bring it back.
+            self.ctx.store.reservation_delete(tx.reservation_id)
         running = _Running(tx)
         self._running[tx.connector_id] = running
         running.data.add(self._reading(tx.connector_id, "StopTxnSampledData", "Transaction.Begin"))

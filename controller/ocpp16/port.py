@@ -10,6 +10,7 @@ member (tests/controller/test_port.py).
 
 from __future__ import annotations
 
+from datetime import datetime
 from typing import Protocol, runtime_checkable
 
 from evsed.controller.connector.hooks import Transaction
@@ -69,6 +70,23 @@ class ChargePointPort(Protocol):
     def start_remote(self, connector_id: int, id_tag: str, parent_id_tag: str | None) -> bool:
         """RemoteStartTransaction (already authorised if it had to be): True if the connector
         took it (it then starts when the EV is there)."""
+        ...
+
+    def reserve(
+        self,
+        connector_id: int,
+        reservation_id: int,
+        id_tag: str,
+        parent_id_tag: str | None,
+        expiry: datetime,
+    ) -> str:
+        """ReserveNow on one connector (> 0): "Accepted" (it replaces what the connector
+        held), "Faulted", "Occupied" or "Unavailable". The connector decides; it frees the
+        reservation itself at `expiry` or when the reserved transaction starts."""
+        ...
+
+    def cancel_reservation(self, connector_id: int, reservation_id: int) -> bool:
+        """CancelReservation: False if the connector does not hold `reservation_id`."""
         ...
 
     def request_stop(self, connector_id: int, reason: StopReason) -> bool:

@@ -7,6 +7,7 @@ import ast
 import inspect
 import typing
 from collections.abc import AsyncIterator
+from datetime import timedelta
 from pathlib import Path
 
 import pytest
@@ -16,7 +17,7 @@ from evsed.controller.charger import Charger
 from evsed.controller.connector.hooks import LocalHooks
 from evsed.controller.connector.status import ChargePointStatus, StopReason
 from evsed.controller.limiter import Reason, SmartChargingLimit
-from evsed.controller.ocpp16.port import ChargePointPort, Metering
+from evsed.controller.ocpp16.port import ChargePointPort, Metering, Reservation
 from evsed.controller.run import Stack
 from tests.support.bench_rig import Rig, bench_config
 from tests.support.clock import FakeClock
@@ -45,7 +46,7 @@ async def rig() -> AsyncIterator[Rig]:
 
 def test_the_charger_class_has_every_member_with_the_same_signature() -> None:
     members = _members()
-    assert len(members) == 18, members  # a new member must be added to the Charger too
+    assert len(members) == 20, members  # a new member must be added to the Charger too
     for name in members:
         declared = getattr(ChargePointPort, name)
         implemented = getattr(Charger, name, None)
@@ -98,6 +99,15 @@ async def test_the_bench_charger_is_a_port_and_every_member_works(rig: Rig) -> N
     assert rig.connector.settings.connection_timeout_s == 33.0
     assert rig.connector.settings.stop_on_ev_disconnect is False
     assert await port.unlock(1) == "NotSupported"  # the bench connector has a tethered cable
+
+    # a reservation (Reserved while idle) and its cancellation
+    expiry = rig.clock.now() + timedelta(hours=1)
+    assert port.reserve(1, 5, CARD, None, expiry) == "Accepted"
+    assert port.reservation(1) == Reservation(5, CARD, None)
+    assert port.status(1).status is ChargePointStatus.RESERVED
+    assert port.cancel_reservation(1, 6) is False
+    assert port.cancel_reservation(1, 5) is True
+    assert port.reservation(1) is None
 
     # a remote start, the group of its transaction, and a stop
     assert port.start_remote(1, CARD, None) is True

@@ -6,7 +6,7 @@
 | `smart_charging`    | SmartCharging             | implemented (`SmartChargingHandlers`) |
 | `firmware`          | FirmwareManagement        | declared: actions, keys        |
 | `local_list`        | LocalAuthListManagement   | implemented (`LocalListHandlers`) |
-| `reservation`       | Reservation               | declared: actions, keys        |
+| `reservation`       | Reservation               | implemented (`ReservationHandlers`) |
 | `remote_trigger`    | RemoteTrigger             | implemented                    |
 | `security`          | (Security Whitepaper)     | keys on, actions declared      |
 
