@@ -37,8 +37,8 @@ from evsed.controller.ocpp16.keys import MEASURAND_KEYS, ConfigurationKeys
 from evsed.controller.ocpp16.port import ChargePointPort
 from evsed.controller.ocpp16.profiles.core import restore_availability
 from evsed.controller.ocpp16.profiles.firmware import build_services
-from evsed.controller.ocpp16.profiles.smart_charging import SmartChargingService
 from evsed.controller.ocpp16.profiles.reservation import restore_reservations
+from evsed.controller.ocpp16.profiles.smart_charging import SmartChargingService
 from evsed.controller.ocpp16.txqueue import TxQueue
 from evsed.controller.store import DB_FILENAME, Store, secure_state_dir
 
