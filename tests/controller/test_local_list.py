@@ -4,6 +4,7 @@ reads it (over the cache, status and expiryDate honoured, groups)."""
 
 from __future__ import annotations
 
+import threading
 import time
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -12,7 +13,8 @@ from typing import Any
 import pytest
 from ocpp.v16 import call
 
-from evsed.controller.ocpp16.profiles import SUPPORTED_FEATURE_PROFILES
+from evsed.controller.ocpp16.profiles import SUPPORTED_FEATURE_PROFILES, local_list
+from evsed.controller.store import auth as auth_store
 from evsed.hwmocks.central_system import CentralSystem
 from tests.support.ocpp_rig import CARD, OcppRig, ocpp_rig
 
@@ -168,3 +170,30 @@ async def test_parent_id_tag_groups_from_the_list(cs: CentralSystem, tmp_path: P
         assert first.parent_id_tag == "FLEET"
         assert await auth.is_same_group(first, "CARD2")
         assert not await auth.is_same_group(first, "CARD3")
+
+
+async def test_a_big_list_is_read_and_written_off_the_loop(
+    cs: CentralSystem, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    threads: dict[str, int] = {}
+    real_parse, real_write = local_list.parse_entries, auth_store._write_local_list
+
+    def parse(*args: Any, **kw: Any) -> Any:
+        threads["parse"] = threading.get_ident()
+        return real_parse(*args, **kw)
+
+    def write(*args: Any, **kw: Any) -> Any:
+        threads["write"] = threading.get_ident()
+        return real_write(*args, **kw)
+
+    monkeypatch.setattr(local_list, "parse_entries", parse)
+    monkeypatch.setattr(auth_store, "_write_local_list", write)
+    async with ocpp_rig(cs, tmp_path) as rig:
+        syncs = rig.ocpp.store.syncs
+        entries = [entry(f"TAG{i:05d}") for i in range(2_000)]
+        assert await send(rig, 1, "Full", entries) == "Accepted"
+        loop_thread = threading.get_ident()
+        assert set(threads) == {"parse", "write"}
+        assert loop_thread not in threads.values()
+        assert rig.ocpp.store.syncs > syncs  # synced before the answer
+        assert rig.ocpp.store.local_list_len() == 2_000
