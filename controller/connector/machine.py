@@ -765,10 +765,23 @@ class Connector:
                 self.raise_fault(Fault.LOCK, "lock did not engage")
         if self._auth_deadline is not None and now >= self._auth_deadline:
             self._dispatch(AuthTimedOut())
-        if self.reservation is not None and self._clock.now().timestamp() >= self.reservation[3]:
-            log.info("connector %s reservation %s expired", self.id, self.reservation[0])
-            self.reservation = None
+        if self.reservation is not None:
+            ended = self._reservation_ended(self.reservation[3])
+            if ended is not None:
+                log.info("connector %s reservation %s %s", self.id, self.reservation[0], ended)
+                self.reservation = None
         self._apply()
+
+    def _reservation_ended(self, expiry: float) -> str | None:
+        """Why the reservation ends now, or None (§5.13: its expiryDate came, or the connector
+        became Unavailable or Faulted: what `reserve` would refuse, it does not keep)."""
+        if self._clock.now().timestamp() >= expiry:
+            return "expired"
+        if not self.operative:
+            return "ended: connector unavailable"
+        if self._blocking_fault() is not None:
+            return "ended: connector faulted"
+        return None
 
     # ------------------------------------------------------------------ the table
 

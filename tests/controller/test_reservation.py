@@ -215,3 +215,26 @@ async def test_a_reservation_survives_a_restart_unless_it_expired(
             assert rig.status == "Available"
             assert rig.ocpp.store.reservations() == []
             assert await cancel(rig, 21) == "Rejected"
+
+
+async def test_becoming_unavailable_ends_the_reservation(rig: OcppRig) -> None:
+    assert await reserve(rig, 31) == "Accepted"
+    answer = await rig.command(call.ChangeAvailability(connector_id=1, type="Inoperative"))
+    assert answer.status == "Accepted"
+    await rig.run(1)
+    assert rig.connector.reservation is None
+    answer = await rig.command(call.ChangeAvailability(connector_id=1, type="Operative"))
+    assert answer.status == "Accepted"
+    await rig.run(1)
+    assert rig.status == "Available"  # not Reserved again
+    assert await cancel(rig, 31) == "Rejected"
+
+
+async def test_a_fault_ends_the_reservation(rig: OcppRig) -> None:
+    assert await reserve(rig, 32) == "Accepted"
+    rig.connector.raise_fault(Fault.WELDED, "test")
+    await rig.run(1)
+    assert rig.connector.reservation is None
+    assert rig.status == "Faulted"
+    assert await cancel(rig, 32) == "Rejected"
+    assert rig.ocpp.store.reservations() == []
