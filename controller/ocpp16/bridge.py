@@ -199,8 +199,9 @@ class OcppHooks:
         )
 
     def status_changed(self, connector_id: int, status: ConnectorStatus) -> None:
-        if status.status == ChargePointStatus.AVAILABLE:
+        if connector_id != 0 and status.status == ChargePointStatus.AVAILABLE:
             # A RemoteStart whose EV never came: its TxProfile must not reach the next session.
+            # (Connector 0, the charge point itself, holds no transaction.)
             self._clear_tx_profile(connector_id)
         if self.ctx.session is not None:
             self.ctx.session.status_changed(connector_id)
