@@ -238,3 +238,15 @@ async def test_a_fault_ends_the_reservation(rig: OcppRig) -> None:
     assert rig.status == "Faulted"
     assert await cancel(rig, 32) == "Rejected"
     assert rig.ocpp.store.reservations() == []
+
+
+async def test_a_remote_start_for_another_tag_is_rejected_and_for_the_reserved_one_starts(
+    rig: OcppRig,
+) -> None:
+    assert await reserve(rig, 33) == "Accepted"
+    assert await rig.remote_start(OTHER, connector_id=1) == "Rejected"
+    mark = rig.central.mark()
+    await rig.plug()
+    assert await rig.remote_start(CARD, connector_id=1) == "Accepted"
+    start = await rig.call_of("StartTransaction", since=mark)
+    assert (start.payload["idTag"], start.payload["reservationId"]) == (CARD, 33)
