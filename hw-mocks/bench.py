@@ -87,7 +87,11 @@ class SimConnector:
         closed = self.pins.contactor_closed
         if closed != self._closed:
             self._closed = closed
+            if self.meter is not None:
+                self.meter.accrue()
             self.ev.set_contactor(closed)
+            if self.meter is not None:
+                self.meter.resample()
 
     def cp_high_volts(self) -> float:
         # Called at every ADC conversion of CP: the EV sees the latest duty first.
@@ -331,7 +335,11 @@ class Bench:
         sim = self.sim(connector)
         if not sim.ev.plugged:
             raise ValueError(f"connector {connector} has no EV plugged")
+        if sim.meter is not None:
+            sim.meter.accrue()
         sim.ev.unplug()
+        if sim.meter is not None:
+            sim.meter.resample()
         sim.pins.set_pp_ohms(None)
         return {"ev_state": sim.ev.state}
 

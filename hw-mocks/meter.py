@@ -139,6 +139,20 @@ class SimMeter:
             out[f"power_l{n + 1}"] = ld.power_w[n]
         return out
 
+    def accrue(self, now: float | None = None) -> None:
+        """Integrate energy up to `now` at the load in effect, before the load changes (the
+        contactor opens, the EV leaves): the next update must not count the new moment at
+        the old power (the register kept creeping up after an unplug)."""
+        t = self.clock.monotonic() if now is None else now
+        if self._last_t is not None and t > self._last_t:
+            self.energy_wh += max(self.power_total_w, 0.0) * (t - self._last_t) / 3600.0
+            self._last_t = t
+
+    def resample(self) -> None:
+        """The load from the source now (after `accrue` and the change it preceded)."""
+        if self.source is not None:
+            self.load = self.source()
+
     async def update(self, now: float | None = None) -> None:
         """Integrate energy up to monotonic time `now`, sample the source, write the registers."""
         t = self.clock.monotonic() if now is None else now
