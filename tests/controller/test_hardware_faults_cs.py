@@ -210,3 +210,46 @@ async def test_a_start_waits_for_the_meter_only_so_long(
         await rig.run(0.6)
         await status_sent(rig, start_transaction, since=mark, timeout=3)
         assert "no meter reading within 2.0 s" in caplog.text
+
+
+# ---------------------------------------------------------------- the other fault paths (audit)
+
+CONNECTOR_FAULTS = [
+    ("meter_silent", "PowerMeterFailure"),
+    ("meter_garbage", "PowerMeterFailure"),
+    ("over_temperature", "HighTemperature"),
+]
+
+
+@pytest.mark.parametrize(("fault", "error_code"), CONNECTOR_FAULTS)
+async def test_a_connector_fault_reaches_the_cs_and_clears(
+    cs: CentralSystem, tmp_path: Path, fault: str, error_code: str
+) -> None:
+    async with ocpp_rig(cs, tmp_path) as rig:
+        mark = cs.mark()
+        await rig.bench.inject_fault(fault, 1, True)
+        failed = await status_sent(rig, status_of(1, error_code), since=mark, timeout=15)
+        assert failed.payload["status"] == "Faulted"
+        mark = cs.mark()
+        await rig.bench.inject_fault(fault, 1, False)
+        cleared = await status_sent(rig, status_of(1, "NoError"), since=mark, timeout=15)
+        assert cleared.payload["status"] == "Available"
+
+
+async def test_a_lock_that_does_not_engage_reaches_the_cs(
+    cs: CentralSystem, tmp_path: Path
+) -> None:
+    keys = {"AuthorizeRemoteTxRequests": "false"}
+    async with ocpp_rig(cs, tmp_path, keys=keys, connectors=[LOCKED]) as rig:
+        await rig.bench.inject_fault("lock_jammed", 1, True)
+        mark = cs.mark()
+        await rig.plug()
+        assert await rig.remote_start(CARD, connector_id=1) == "Accepted"
+        failed = await status_sent(rig, status_of(1, "ConnectorLockFailure"), since=mark)
+        assert failed.payload["status"] == "Faulted"
+        assert not rig.sim.pins.relay_energized
+        await rig.bench.inject_fault("lock_jammed", 1, False)
+        mark = cs.mark()
+        await rig.bench.unplug(1)
+        cleared = await status_sent(rig, status_of(1, "NoError"), since=mark)
+        assert cleared.payload["status"] == "Available"
