@@ -189,29 +189,41 @@ class VenvInstaller:
             previous=str(previous),
             deadline=self._time() + self.confirm_timeout_s,
         )
+        # The check runs from the previous venv: known to start, unlike the new one. Armed
+        # before the switch: a charger switched without its way back must never happen.
+        timer = f"{self.service}-firmware-rollback"
         _write_marker(self.state_dir, pending)
+        try:
+            await self._must(
+                [
+                    "systemd-run",
+                    f"--unit={timer}",
+                    f"--on-active={int(self.confirm_timeout_s)}",
+                    str(previous / "bin" / "python"),
+                    "-m",
+                    "evsed.controller.firmware.installer",
+                    "rollback",
+                    "--root",
+                    str(self.root),
+                    "--state-dir",
+                    str(self.state_dir),
+                    "--service",
+                    self.service,
+                ],
+                "arming the rollback timer",
+            )
+        except InstallFailed:
+            self.forget()
+            raise
         switch_current(self.root, target)
         log.info("firmware %s installed in %s; restarting into it", version, target)
-        # The check runs from the previous venv: known to start, unlike the new one.
-        await self._must(
-            [
-                "systemd-run",
-                f"--unit={self.service}-firmware-rollback",
-                f"--on-active={int(self.confirm_timeout_s)}",
-                str(previous / "bin" / "python"),
-                "-m",
-                "evsed.controller.firmware.installer",
-                "rollback",
-                "--root",
-                str(self.root),
-                "--state-dir",
-                str(self.state_dir),
-                "--service",
-                self.service,
-            ],
-            "arming the rollback timer",
-        )
-        await self._must(["systemctl", "--no-block", "restart", self.service], "restart")
+        try:
+            await self._must(["systemctl", "--no-block", "restart", self.service], "restart")
+        except InstallFailed:
+            switch_current(self.root, previous)
+            self.forget()
+            await self._run(["systemctl", "stop", f"{timer}.timer"])
+            raise
         return False
 
     def outcome_after_restart(self) -> bool:

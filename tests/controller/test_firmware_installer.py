@@ -236,7 +236,8 @@ async def test_update_across_the_restart(
                 )
             )
             await wait_status(cs, FW, "Installing", mark)
-            await rig.until(lambda: "restart" in _read(service_manager), within_s=2)
+            restart = "systemctl --no-block restart evsed"
+            await rig.until(lambda: restart in _read(service_manager), within_s=30)
     await cs.wait_disconnected(CP_ID)
     if not boots:  # the new version never came up: the timer fires after the deadline
         now[0] += 601
@@ -250,9 +251,27 @@ async def test_update_across_the_restart(
         await wait_status(cs, FW, final, mark)
         await rig.until(lambda: rig.ocpp.store.firmware_state() is None, within_s=2)
     assert statuses(cs, FW, mark) == ["Downloading", "Downloaded", "Installing", final]
-    assert (root / "current").resolve() == (new if boots else old).resolve()
+    assert (root / "current").resolve() == (new if boots else old).resolve(), _read(service_manager)
     assert not (state / MARKER).exists()  # reported: forgotten
 
 
 def _read(path: Path) -> str:
     return path.read_text() if path.exists() else ""
+
+
+def test_no_switch_without_the_way_back(
+    tmp_path: Path, service_manager: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """systemd-run refused (a service user without the right): nothing is switched."""
+    root, state = _root(tmp_path), tmp_path / "state"
+    state.mkdir()
+    refuse = tmp_path / "fakebin" / "systemd-run"
+    refuse.write_text(
+        "#!/bin/sh\necho 'Failed to start transient timer unit: Access denied'\nexit 1\n"
+    )
+    installer = _installer(root, state, FakeVenvs(), [0.0], prefix=root)
+    with pytest.raises(InstallFailed, match=r"rollback timer.*Access denied"):
+        asyncio.run(installer.install(tiny_wheel(tmp_path)))
+    assert os.readlink(root / "current") == "venvs/1.0.0"
+    assert not (state / MARKER).exists()
+    assert not service_manager.exists()  # no restart

@@ -4,7 +4,7 @@
 | ------------------- | ------------------------- | ------------------------------ |
 | `core`              | Core                      | implemented (`CoreHandlers`)   |
 | `smart_charging`    | SmartCharging             | implemented (`SmartChargingHandlers`) |
-| `firmware`          | FirmwareManagement        | declared: actions, keys        |
+| `firmware`          | FirmwareManagement        | implemented (`FirmwareHandlers`) |
 | `local_list`        | LocalAuthListManagement   | implemented (`LocalListHandlers`) |
 | `reservation`       | Reservation               | implemented (`ReservationHandlers`) |
 | `remote_trigger`    | RemoteTrigger             | implemented                    |
