@@ -42,7 +42,9 @@ async def rig(cs: CentralSystem, tmp_path: Path) -> AsyncIterator[OcppRig]:
 
 
 def _in(rig: OcppRig, seconds: float) -> str:
-    return (rig.clock.now() + timedelta(seconds=seconds)).isoformat()
+    """As Central Systems write it: UTC with "Z"."""
+    at = rig.clock.now() + timedelta(seconds=seconds)
+    return at.isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
 
 async def reserve(
