@@ -5,6 +5,7 @@ injected clock, and a reservation that survives a restart."""
 
 from __future__ import annotations
 
+import tomllib
 from collections.abc import AsyncIterator
 from datetime import datetime, timedelta
 from pathlib import Path
@@ -252,3 +253,27 @@ async def test_a_remote_start_for_another_tag_is_rejected_and_for_the_reserved_o
     assert await rig.remote_start(CARD, connector_id=1) == "Accepted"
     start = await rig.call_of("StartTransaction", since=mark)
     assert (start.payload["idTag"], start.payload["reservationId"]) == (CARD, 33)
+
+
+async def test_the_same_reservation_id_on_another_connector_moves_it(
+    cs: CentralSystem, tmp_path: Path
+) -> None:
+    example = Path(__file__).parents[2] / "config" / "sim-two-connectors.toml"
+    connectors = tomllib.loads(example.read_text(encoding="utf-8"))["connectors"]
+    for connector in connectors:
+        connector["meter"]["port"] = 0
+    async with ocpp_rig(cs, tmp_path, connectors=connectors) as rig:
+        charger = rig.stack.charger
+        assert charger is not None
+        assert await reserve(rig, 51) == "Accepted"
+        assert await reserve(rig, 51, connector_id=2, tag=OTHER) == "Accepted"
+        assert charger.connector(1).reservation is None
+        assert str(charger.connector(1).status.status) == "Available"
+        held = charger.connector(2).reservation
+        assert held is not None and held[:2] == (51, OTHER)
+        assert str(charger.connector(2).status.status) == "Reserved"
+        assert [(r.reservation_id, r.connector_id) for r in rig.ocpp.store.reservations()] == [
+            (51, 2)
+        ]
+        assert await cancel(rig, 51) == "Accepted"
+        assert charger.connector(2).reservation is None
