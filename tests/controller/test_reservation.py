@@ -16,9 +16,11 @@ from ocpp.v16 import call
 
 from evsed.controller.connector.faults import Fault
 from evsed.controller.ocpp16.profiles import SUPPORTED_ACTIONS, SUPPORTED_FEATURE_PROFILES
+from evsed.controller.run import Stack
 from evsed.hwmocks.central_system import CentralSystem, TagInfo
+from tests.support.bench_rig import bench_config
 from tests.support.clock import FakeClock
-from tests.support.ocpp_rig import CARD, OTHER, OcppRig, ocpp_rig
+from tests.support.ocpp_rig import CARD, CP_ID, OTHER, OcppRig, ocpp_rig
 
 PARENT = "GROUP-1"
 MEMBER = "5566778899"  # another card of PARENT
@@ -277,3 +279,24 @@ async def test_the_same_reservation_id_on_another_connector_moves_it(
         ]
         assert await cancel(rig, 51) == "Accepted"
         assert charger.connector(2).reservation is None
+
+
+async def test_the_production_start_up_order_restores_it_too(
+    cs: CentralSystem, tmp_path: Path
+) -> None:
+    """`Stack(ocpp=True)` attaches the OCPP side before the charger (and its safety core)
+    starts: the reservation is restored then, and holds once the core runs."""
+    clock = FakeClock()
+    async with ocpp_rig(cs, tmp_path, clock=clock) as rig:
+        assert await reserve(rig, 61) == "Accepted"
+    config = bench_config(central_system={"url": cs.url, "charge_point_id": CP_ID})
+    stack = Stack(config, clock=clock, control=False, ocpp=True, state_dir=tmp_path)
+    await stack.start()
+    try:
+        assert stack.charger is not None
+        connector = stack.charger.connector(1)
+        await clock.advance(1)
+        assert connector.reservation is not None and connector.reservation[0] == 61
+        assert str(connector.status.status) == "Reserved"
+    finally:
+        await stack.stop()
