@@ -21,6 +21,7 @@ from __future__ import annotations
 import logging
 from datetime import datetime
 from pathlib import Path
+from types import MethodType
 from typing import TYPE_CHECKING
 
 from ocpp.routing import on
@@ -102,9 +103,8 @@ def _keys_text(ctx: OcppContext) -> str:
 def _trace_in_use(ctx: OcppContext) -> Path | None:
     """The file `evsed run --trace FILE` writes the frames to, if it does."""
     for observer in ctx.observers:
-        owner = getattr(observer, "__self__", None)
-        if isinstance(owner, FrameTrace):
-            return owner.path
+        if isinstance(observer, MethodType) and isinstance(observer.__self__, FrameTrace):
+            return observer.__self__.path
     return None
 
 
