@@ -14,6 +14,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field, replace
 from datetime import datetime
 
+from evsed.controller.charger_reservation import ChargerReservation
 from evsed.controller.clock import Clock, SystemClock
 from evsed.controller.config import Config
 from evsed.controller.config import Connector as ConnectorConfig
@@ -171,6 +172,7 @@ class Charger:
             safety_thread = isinstance(clock, SystemClock)
         self.core = SafetyCore(clock, threaded=safety_thread)
         self._grid_poller: MeterPoller | None = None
+        self._zero = ChargerReservation(lambda: self.connectors, clock)
         self._balancer: LoadBalancer | None = None
         if config.grid.enabled:
             self._balancer = LoadBalancer(
@@ -230,6 +232,7 @@ class Charger:
             if hw.rcd is not None:
                 connector.add_probe(Fault.RCD, lambda r=hw.rcd: r.tripped)
             connector.on_change(lambda what, fields, s=slot: self._on_change(s, what, fields))
+            connector.charger_wide = self._zero
             if hw.phase_switch is not None:
                 connector.add_listener(
                     lambda kind, fields, s=slot: self._on_contactor_note(s, kind, fields)
@@ -598,6 +601,8 @@ class Charger:
         return self._slots[connector_id].connector.start_refusal(id_tag, parent_id_tag)
 
     def reservation(self, connector_id: int) -> Reservation | None:
+        if connector_id == 0:
+            return self._zero.held
         held = self._slots[connector_id].connector.reservation
         return None if held is None else Reservation(held[0], held[1], held[2])
 
@@ -628,10 +633,14 @@ class Charger:
         parent_id_tag: str | None,
         expiry: datetime,
     ) -> str:
+        if connector_id == 0:
+            return self._zero.reserve(Reservation(reservation_id, id_tag, parent_id_tag), expiry)
         connector = self._slots[connector_id].connector
         return connector.reserve(reservation_id, id_tag, parent_id_tag, expiry.timestamp())
 
     def cancel_reservation(self, connector_id: int, reservation_id: int) -> bool:
+        if connector_id == 0:
+            return self._zero.cancel(reservation_id)
         return self._slots[connector_id].connector.cancel_reservation(reservation_id)
 
     def request_stop(self, connector_id: int, reason: StopReason) -> bool:

@@ -315,6 +315,9 @@ class Authorization(Strict):
     free_vend_id_tag: Annotated[str, Field(min_length=1, max_length=20)] = "FREEVEND"
     # Tags that may charge with no Central System at all (offline-first chargers).
     local_tags: list[Annotated[str, Field(min_length=1, max_length=20)]] = []
+    # ReserveNow on connector 0 (ReserveConnectorZeroSupported): one connector of the
+    # charger kept free for the reserved idTag.
+    reserve_connector_zero: bool = False
 
 
 class Bench(Strict):

@@ -26,7 +26,7 @@ from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, replace
 from enum import StrEnum
-from typing import TYPE_CHECKING, Any, ParamSpec, TypeVar
+from typing import TYPE_CHECKING, Any, ParamSpec, Protocol, TypeVar
 
 from evsed.controller.clock import Clock
 from evsed.controller.connector.faults import RULES, Clear, Fault, most_serious
@@ -152,6 +152,19 @@ PLUGGED_STATES = frozenset({PilotState.B, PilotState.C, PilotState.D})
 NO_EV_STATES = frozenset({PilotState.A, PilotState.E, PilotState.F})
 
 
+class ChargerWideReservation(Protocol):
+    """A reservation of the whole charger (ReserveNow on connector 0), asked on the safety
+    core, where all connectors' states are consistent."""
+
+    def refusal(self, connector_id: int, id_tag: str, parent_id_tag: str | None) -> str | None:
+        """Why this start would leave no connector for the reserved idTag, or None."""
+        ...
+
+    def claim(self, connector_id: int, id_tag: str, parent_id_tag: str | None) -> int | None:
+        """The reservationId the starting transaction uses up, if it is the reserved tag's."""
+        ...
+
+
 class Connector:
     def __init__(
         self,
@@ -184,6 +197,8 @@ class Connector:
         self.temperature_c: float | None = None  # the socket's, when a sensor is fitted
         self.rcd_tested = False
         self.reservation: tuple[int, str, str | None, float] | None = None
+        #: The charger's reservation of connector 0, which every connector's gate asks.
+        self.charger_wide: ChargerWideReservation | None = None
         self._authorized: Authorized | None = None
         self._auth_deadline: float | None = None
         self._authorizing = False
@@ -653,6 +668,8 @@ class Connector:
             return f"faulted ({fault})"
         if not self._reservation_allows(id_tag, parent):
             return RESERVED_FOR_ANOTHER
+        if self.charger_wide is not None:
+            return self.charger_wide.refusal(self.id, id_tag, parent)
         return None
 
     def _refuse_start(self, id_tag: str, refusal: str) -> None:
@@ -860,6 +877,8 @@ class Connector:
         if self.reservation is not None:
             reservation_id = self.reservation[0]
             self.reservation = None
+        elif self.charger_wide is not None:
+            reservation_id = self.charger_wide.claim(self.id, auth.id_tag, auth.parent_id_tag)
         tx = Transaction(
             connector_id=self.id,
             id_tag=auth.id_tag,

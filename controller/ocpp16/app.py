@@ -110,6 +110,9 @@ class OcppApp:
                 "ConnectorSwitch3to1PhaseSupported": "true"
                 if any(c.phase_switch.enabled for c in config.connectors)
                 else "false",
+                "ReserveConnectorZeroSupported": "true"
+                if config.authorization.reserve_connector_zero
+                else "false",
             },
         )
         self.txqueue = TxQueue.from_keys(self.store, self.keys)

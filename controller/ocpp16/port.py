@@ -80,9 +80,10 @@ class ChargePointPort(Protocol):
         parent_id_tag: str | None,
         expiry: datetime,
     ) -> str:
-        """ReserveNow on one connector (> 0): "Accepted" (it replaces what the connector
+        """ReserveNow on one connector: "Accepted" (it replaces what the connector
         held), "Faulted", "Occupied" or "Unavailable". The connector decides; it frees the
-        reservation itself at `expiry` or when the reserved transaction starts."""
+        reservation itself at `expiry` or when the reserved transaction starts. Connector 0
+        is the charger's: any connector, one always kept free for the idTag."""
         ...
 
     def cancel_reservation(self, connector_id: int, reservation_id: int) -> bool:

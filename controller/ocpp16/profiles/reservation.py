@@ -10,8 +10,11 @@ a stored reservation the connector no longer holds (used, expired) is forgotten 
 next ReserveNow or CancelReservation reads the store, and at start-up.
 
 Choices where the spec is silent:
-- connectorId 0: Rejected. ReserveConnectorZeroSupported is read-only "false": evsed does not
-  keep "one connector free for the idTag" across several connectors.
+- connectorId 0: Rejected unless ReserveConnectorZeroSupported, which the configuration sets
+  (`[authorization] reserve_connector_zero`). Then the charger holds it (any connector for
+  the idTag or its group) and keeps one connector free for it: another idTag may not take
+  the last Available connector. Accepted while a connector is Available, else Occupied
+  (Faulted or Unavailable when every connector is so); it ends like the others.
 - A connectorId that does not exist, or an expiryDate not in the future: Rejected.
 - The same reservationId on another connector: the new connector is asked first; only if it
   accepts is the old reservation released (a refusal leaves the old one as it was).
@@ -50,6 +53,20 @@ def _parse_expiry(value: str) -> datetime | None:
     return parsed.astimezone(UTC)
 
 
+def _reservable(ctx: OcppContext, connector_id: int) -> bool:
+    """A connector that may hold a reservation: one of the charger's, or 0 (the whole
+    charger) when ReserveConnectorZeroSupported."""
+    charger = ctx.charger
+    if charger is None:
+        return False
+    if connector_id == 0:
+        try:
+            return ctx.keys.bool("ReserveConnectorZeroSupported")
+        except (KeyError, ValueError):
+            return False
+    return connector_id in charger.connector_ids
+
+
 def forget_freed(ctx: OcppContext) -> None:
     """Drop the stored reservations the connectors no longer hold (the reserved transaction
     started, or the connector let it expire)."""
@@ -59,7 +76,7 @@ def forget_freed(ctx: OcppContext) -> None:
     for stored in ctx.store.reservations():
         held = (
             charger.reservation(stored.connector_id)
-            if stored.connector_id in charger.connector_ids
+            if _reservable(ctx, stored.connector_id)
             else None
         )
         if held is None or held.reservation_id != stored.reservation_id:
@@ -77,7 +94,7 @@ def restore_reservations(ctx: OcppContext) -> None:
         log.info("reservation %s expired while evsed was stopped", gone.reservation_id)
     for stored in ctx.store.reservations():
         status = "Rejected"
-        if stored.connector_id in charger.connector_ids:
+        if _reservable(ctx, stored.connector_id):
             status = charger.reserve(
                 stored.connector_id,
                 stored.reservation_id,
@@ -130,8 +147,8 @@ class ReservationHandlers:
         parent_id_tag: str | None,
     ) -> str:
         charger = self.ctx.charger
-        if charger is None or connector_id not in charger.connector_ids:
-            return "Rejected"  # connector 0 included: see the module's docstring
+        if charger is None or not _reservable(self.ctx, connector_id):
+            return "Rejected"  # connector 0 unless supported: see the module's docstring
         expiry = _parse_expiry(expiry_date)
         if expiry is None or expiry <= self.ctx.clock.now():
             return "Rejected"
