@@ -496,8 +496,9 @@ class OcppHooks:
             self._profile_limited.discard(connector_id)
             if self.ctx.smart_charging is None:
                 self._set_limit(connector_id, None)
-        if self.ctx.smart_charging is not None:
+        if self.ctx.smart_charging is not None and connector_id in self._ids():
             # TxProfiles end with their transaction; the runner applies what is left.
+            # (Connector 0's status, e.g. a ReaderFailure, names no connector of ours.)
             self.ctx.smart_charging.end_transaction(connector_id)
 
     def _wake(self) -> None:
