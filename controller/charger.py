@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field, replace
 from datetime import datetime
@@ -80,18 +81,57 @@ class Parts:
     grid_meter: EnergyMeter | None = None
 
     def shutdown(self) -> None:
-        """Release every device in its safe state; contactors first."""
+        """Release every device in its safe state; contactors first, and a socket lock only
+        once its contactor reads open: a stop (Reset, systemctl stop, an update) must not
+        let a plug be pulled while the contacts still carry current. A contactor that stays
+        closed (welded) keeps its lock as it is. (A hold-solenoid lock still drops when the
+        process ends and its GPIO is released: only a motor lock stays locked without us.)"""
+        for c in self.connectors:
+            _quietly(c.contactor.deenergize)
+        opened = _wait_open([c.contactor for c in self.connectors])
         for c in self.connectors:
             _quietly(c.contactor.shutdown)
         for c in self.connectors:
             if c.phase_switch is not None:
                 _quietly(c.phase_switch.shutdown)
-        for c in self.connectors:
-            for dev in (c.pilot, c.sensor, c.rcd, c.proximity, c.lock, c.temperature):
+        for i, c in enumerate(self.connectors):
+            for dev in (c.pilot, c.sensor, c.rcd, c.proximity, c.temperature):
                 if dev is not None:
                     _quietly(dev.shutdown)
+            if c.lock is None:
+                continue
+            if opened[i]:
+                _quietly(c.lock.shutdown)
+            else:
+                log.critical(
+                    "a contactor still reads closed at shutdown: its socket lock is left locked"
+                )
         if self.reader is not None:
             _quietly(self.reader.shutdown)
+
+
+#: How long a stop waits for the contactors' feedback to read open before it gives up on
+#: releasing their locks (a relay drops out in tens of milliseconds).
+LOCK_RELEASE_WAIT_S = 0.5
+#: Without feedback: the drop-out time assumed before a lock is released.
+DROP_OUT_S = 0.05
+
+
+def _wait_open(contactors: list[Contactor]) -> list[bool]:
+    """Per contactor: whether it reads open (no feedback: assumed, after `DROP_OUT_S`)."""
+
+    def reads(c: Contactor) -> bool | None:
+        try:
+            return c.feedback()
+        except Exception:
+            return True  # unreadable: not known to be open
+
+    deadline = time.monotonic() + LOCK_RELEASE_WAIT_S
+    if any(reads(c) is None for c in contactors):
+        time.sleep(DROP_OUT_S)
+    while any(reads(c) is True for c in contactors) and time.monotonic() < deadline:
+        time.sleep(0.01)
+    return [reads(c) is not True for c in contactors]
 
 
 def _isolated(fn: Callable[..., object], *args: object) -> None:
