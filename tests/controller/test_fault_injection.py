@@ -319,6 +319,9 @@ async def test_a_pwm_write_failing_at_the_start_never_closes_the_contactor(
         real()
 
     contactor.energize = energize  # type: ignore[method-assign]
+    # An EV that closes S2 at once (state C before any PWM): the step that writes the first
+    # duty is also the one that would close the contactor.
+    rig.sim.ev.configure(waits_for_pwm=False)
     break_pwm(rig, times=1)
     await rig.bench.plug(1)
     await rig.until(lambda: rig.status == "Faulted", within_s=3)
