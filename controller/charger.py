@@ -346,7 +346,9 @@ class Charger:
                 await slot.poller.stop()
         if self._grid_poller is not None:
             await self._grid_poller.stop()
-        self.parts.shutdown()
+        # In a worker: it waits (bounded) for the contactors to read open before a lock
+        # goes, and nothing else drives the devices once the core has stopped.
+        await asyncio.to_thread(self.parts.shutdown)
 
     # ------------------------------------------------------------------ supervision
 
