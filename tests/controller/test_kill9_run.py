@@ -22,7 +22,7 @@ import pytest
 
 from evsed.controller.store import DB_FILENAME, Store, secure_state_dir
 from evsed.hwmocks.central_system import CentralSystem, Direction, Frame
-from tests.support.evsed_process import CP_ID, FREE_TAG, Evsed, _config, _cp_calls
+from tests.support.evsed_process import CP_ID, FREE_TAG, Evsed, _config, _cp_calls, until_charging
 
 
 @pytest.fixture
@@ -52,17 +52,7 @@ async def test_sigkill_while_charging_stops_the_transaction_once_after_restart(
         assert reply.payload["idTagInfo"]["status"] == "Accepted"
         # Sent after the StartTransaction's answer was acknowledged on disk (one CALL at a
         # time on the link, and the ack is committed before the lock is given up).
-        await cs.wait_for(
-            lambda f: (
-                f.is_call
-                and f.direction is Direction.CP_TO_CS
-                and f.action == "StatusNotification"
-                and f.payload.get("connectorId") == 1
-                and f.payload.get("status") == "Charging"
-            ),
-            timeout=20,
-            since=reply.seq,
-        )
+        await until_charging(cs, reply.seq)
 
         assert await first.signal(signal.SIGKILL) == -signal.SIGKILL
         with Store(tmp_path / "state" / "evsed.db") as store:

@@ -15,8 +15,8 @@ import pytest
 from ocpp.v16 import call
 
 from evsed.controller.store import Store
-from evsed.hwmocks.central_system import CentralSystem, Direction
-from tests.support.evsed_process import CP_ID, FREE_TAG, Evsed, _config, _cp_calls
+from evsed.hwmocks.central_system import CentralSystem
+from tests.support.evsed_process import CP_ID, FREE_TAG, Evsed, _config, _cp_calls, until_charging
 
 
 @pytest.fixture
@@ -34,16 +34,7 @@ async def test_signal_while_charging_stops_cleanly(
         await evsed.start()
         await evsed.bench("plug", connector=1)
         start = await cs.wait_for_call("StartTransaction", CP_ID, timeout=20)
-        await cs.wait_for(
-            lambda f: (
-                f.is_call
-                and f.direction is Direction.CP_TO_CS
-                and f.action == "StatusNotification"
-                and f.payload.get("status") == "Charging"
-            ),
-            timeout=20,
-            since=start.seq,
-        )
+        await until_charging(cs, start.seq)
         status = await evsed.bench("status", connector=1)
         assert status["relay"]["energized"] is True
         # A reading the CS sees, to hold the StopTransaction's meterStop against.

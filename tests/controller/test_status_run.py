@@ -13,8 +13,8 @@ from pathlib import Path
 import pytest
 
 from evsed.controller import cli
-from evsed.hwmocks.central_system import CentralSystem, Direction
-from tests.support.evsed_process import CP_ID, ENV, FREE_TAG, REPO, Evsed, _config
+from evsed.hwmocks.central_system import CentralSystem
+from tests.support.evsed_process import CP_ID, ENV, FREE_TAG, REPO, Evsed, _config, until_charging
 
 
 @pytest.fixture
@@ -51,16 +51,7 @@ async def test_status_of_a_charging_session(cs: CentralSystem, tmp_path: Path) -
         assert stat.S_IMODE(sock.stat().st_mode) == 0o660
         await evsed.bench("plug", connector=1)
         start = await cs.wait_for_call("StartTransaction", CP_ID, timeout=20)
-        await cs.wait_for(
-            lambda f: (
-                f.is_call
-                and f.direction is Direction.CP_TO_CS
-                and f.action == "StatusNotification"
-                and f.payload.get("status") == "Charging"
-            ),
-            timeout=20,
-            since=start.seq,
-        )
+        await until_charging(cs, start.seq)
         code, out, err = await _status(config, "--json")
         assert code == 0, err
         snap = json.loads(out)

@@ -78,6 +78,21 @@ class Evsed:
             await self.proc.wait()
 
 
+async def until_charging(cs: CentralSystem, since: int, timeout: float = 20) -> Frame:
+    """The Central System's record of connector 1 reporting Charging, after frame `since`."""
+    return await cs.wait_for(
+        lambda f: (
+            f.is_call
+            and f.direction is Direction.CP_TO_CS
+            and f.action == "StatusNotification"
+            and f.payload.get("connectorId") == 1
+            and f.payload.get("status") == "Charging"
+        ),
+        timeout=timeout,
+        since=since,
+    )
+
+
 def _cp_calls(cs: CentralSystem, action: str, since: int = 0) -> list[Frame]:
     return [
         f
