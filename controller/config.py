@@ -318,6 +318,9 @@ class Authorization(Strict):
     # ReserveNow on connector 0 (ReserveConnectorZeroSupported): one connector of the
     # charger kept free for the reserved idTag.
     reserve_connector_zero: bool = False
+    # The authorisation cache's bound (OCPP names none): beyond it, entries that can no
+    # longer authorise go first, then the least recently used. The local list is apart.
+    cache_max_entries: Annotated[int, Field(ge=1, le=100_000)] = 1000
 
 
 class Bench(Strict):

@@ -125,6 +125,7 @@ class OcppApp:
             clock,
             online=self._online,
             send_authorize=self._send_authorize,
+            cache_max_entries=config.authorization.cache_max_entries,
         )
         self._hooks = OcppHooks(self.ctx)
         self.ctx.firmware, self.ctx.diagnostics = build_services(

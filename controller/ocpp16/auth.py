@@ -30,6 +30,12 @@ Choices where the spec is silent:
 - idTags compare case-insensitively (IdToken is CiString20): the store's tables use
   COLLATE NOCASE; comparisons here use ``casefold``.
 - A cache entry whose expiryDate cannot be parsed is stored without expiry.
+- The cache is bounded (``cache_max_entries``, configuration ``[authorization]
+  cache_max_entries``; the spec names no size). A new entry beyond the bound evicts, in the
+  same commit: first entries that are not Accepted or past their expiryDate, then the least
+  recently used (§3.5.1). "Used" means: the entry authorised (or refused) a presented tag,
+  or the CS's answer for it was stored. The Local Authorization List is a table of its own,
+  never counted nor evicted, and keeps its precedence.
 """
 
 from __future__ import annotations
@@ -59,6 +65,8 @@ CONCURRENT_TX = "ConcurrentTx"
 STATUSES = frozenset({ACCEPTED, BLOCKED, EXPIRED, INVALID, CONCURRENT_TX})
 _VALID = frozenset({ACCEPTED, CONCURRENT_TX})
 ID_TOKEN_MAX_LEN = 20
+#: The cache's default bound: ~100 bytes an entry, so about 100 KiB of database at most.
+DEFAULT_CACHE_MAX_ENTRIES = 1000
 
 SendAuthorize = Callable[[str], Awaitable[dict[str, Any] | None]]
 ConflictListener = Callable[[str, Mapping[str, Any], Mapping[str, Any]], None]
@@ -143,8 +151,10 @@ class Authorizer:
         online: Callable[[], bool],
         send_authorize: SendAuthorize,
         on_local_list_conflict: ConflictListener | None = None,
+        cache_max_entries: int = DEFAULT_CACHE_MAX_ENTRIES,
     ) -> None:
         self._store = store
+        self._cache_max = cache_max_entries
         self._keys = keys
         self._clock = clock
         self._online = online
@@ -201,6 +211,8 @@ class Authorizer:
             # expired in the Cache." cache_put skips the write once it is so.
             info = {**info, "status": status}
             self._store.cache_put(entry.id_tag, info, entry.expiry)
+        else:
+            self._store.cache_touch(entry.id_tag)  # its place in the eviction order
         return status, info
 
     def _local(self, id_tag: str) -> tuple[AuthSource, str, dict[str, Any]] | None:
@@ -320,7 +332,15 @@ class Authorizer:
             return
         if not self.cache_enabled:
             return
-        self._store.cache_put(id_tag, info, parse_expiry(info.get("expiryDate")))
+        evicted = self._store.cache_put(
+            id_tag,
+            info,
+            parse_expiry(info.get("expiryDate")),
+            max_entries=self._cache_max,
+            now=self._clock.now(),
+        )
+        if evicted:
+            log.debug("authorisation cache full (%d): %d evicted", self._cache_max, len(evicted))
 
     def _check_conflict(
         self, id_tag: str, listed: Mapping[str, Any], received: Mapping[str, Any]

@@ -24,18 +24,66 @@ class LocalListTooLong(ValueError):
     """A SendLocalList whose result would exceed LocalAuthListMaxLength (rolled back)."""
 
 
+#: The next value of the cache's use counter (see schema migration 4).
+_NEXT_USE = "(SELECT coalesce(max(last_used), 0) + 1 FROM auth_cache)"
+
+# Eviction order (OCPP 1.6 §3.5.1): first what can no longer authorise anyone (a status
+# other than Accepted, or past its expiryDate), then the least recently used; within each,
+# the oldest use first. julianday() compares the stored ISO texts as instants (a text
+# comparison would misorder "12:00:00+00:00" and "12:00:00.5+00:00").
+_EVICTION_ORDER = (
+    "SELECT id_tag FROM auth_cache WHERE id_tag != ? ORDER BY "
+    "CASE WHEN coalesce(json_extract(id_tag_info, '$.status'), '') != 'Accepted' "
+    "OR (expiry IS NOT NULL AND julianday(expiry) <= julianday(?)) THEN 0 ELSE 1 END, "
+    "last_used LIMIT ?"
+)
+
+
 class AuthRepository(Repository):
     # -- authorisation cache: light (a lost entry is asked for again) -----------------------
 
     def cache_put(
-        self, id_tag: str, id_tag_info: Mapping[str, Any], expiry: datetime | None
-    ) -> None:
+        self,
+        id_tag: str,
+        id_tag_info: Mapping[str, Any],
+        expiry: datetime | None,
+        *,
+        max_entries: int | None = None,
+        now: datetime | None = None,
+    ) -> list[str]:
+        """Add or update an entry, marking it the most recently used; an unchanged entry is
+        not written again. With ``max_entries``, a cache grown above it evicts down to it
+        (never ``id_tag`` itself; ``now`` decides what has expired) in the same commit.
+        Returns the evicted idTags."""
+        with self._db.atomic():
+            cur = self._db.execute(
+                "INSERT INTO auth_cache (id_tag, id_tag_info, expiry, last_used) "
+                f"VALUES (?, ?, ?, {_NEXT_USE}) "
+                "ON CONFLICT (id_tag) DO UPDATE SET id_tag_info = excluded.id_tag_info, "
+                "expiry = excluded.expiry, last_used = excluded.last_used "
+                "WHERE id_tag_info IS NOT excluded.id_tag_info OR expiry IS NOT excluded.expiry",
+                (id_tag, dumps(id_tag_info), ts(expiry)),
+            )
+            if cur.rowcount == 0 or max_entries is None:
+                return []
+            return self._cache_evict(max_entries, now, keep=id_tag)
+
+    def _cache_evict(self, max_entries: int, now: datetime | None, *, keep: str) -> list[str]:
+        excess = self.cache_len() - max(0, max_entries)
+        if excess <= 0:
+            return []
+        rows = self._db.execute(_EVICTION_ORDER, (keep, ts(now), excess)).fetchall()
+        tags = [str(r[0]) for r in rows]
+        self._db.executemany("DELETE FROM auth_cache WHERE id_tag = ?", [(t,) for t in tags])
+        return tags
+
+    def cache_touch(self, id_tag: str) -> None:
+        """The entry was used to authorise: it becomes the most recently used. No write when
+        it already is (the same card presented again)."""
         self._db.execute(
-            "INSERT INTO auth_cache (id_tag, id_tag_info, expiry) VALUES (?, ?, ?) "
-            "ON CONFLICT (id_tag) DO UPDATE SET id_tag_info = excluded.id_tag_info, "
-            "expiry = excluded.expiry WHERE id_tag_info IS NOT excluded.id_tag_info "
-            "OR expiry IS NOT excluded.expiry",
-            (id_tag, dumps(id_tag_info), ts(expiry)),
+            f"UPDATE auth_cache SET last_used = {_NEXT_USE} WHERE id_tag = ? "
+            "AND last_used < (SELECT max(last_used) FROM auth_cache)",
+            (id_tag,),
         )
 
     def cache_get(self, id_tag: str) -> CachedAuth | None:
@@ -43,6 +91,14 @@ class AuthRepository(Repository):
             "SELECT id_tag, id_tag_info, expiry FROM auth_cache WHERE id_tag = ?", (id_tag,)
         ).fetchone()
         return None if row is None else CachedAuth(row[0], loads(row[1]), dt(row[2]))
+
+    def cache_len(self) -> int:
+        return int(self._db.execute("SELECT count(*) FROM auth_cache").fetchone()[0])
+
+    def cache_tags(self) -> list[str]:
+        """Every cached idTag, least recently used first."""
+        rows = self._db.execute("SELECT id_tag FROM auth_cache ORDER BY last_used, id_tag")
+        return [str(r[0]) for r in rows.fetchall()]
 
     def cache_clear(self) -> None:
         """Durable: ClearCache is answered after it (a revoked card must stay revoked)."""

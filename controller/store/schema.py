@@ -117,6 +117,15 @@ MIGRATIONS: tuple[str, ...] = (
         ON tx_queue (tx_local_id) WHERE action = 'StopTransaction';
     DELETE FROM sqlite_sequence WHERE name = 'tx_queue';
     """,
+    # 4: the authorisation cache gets a size bound and evicts the least recently used entry
+    # (OCPP 1.6 §3.5.1): each entry carries when it was last used, as a counter (an order,
+    # not a time: a Pi without a clock battery boots with the wrong date). Entries of older
+    # databases get 0, the oldest, and are the first candidates. The index keeps both the
+    # next counter value (max) and the eviction order cheap.
+    """
+    ALTER TABLE auth_cache ADD COLUMN last_used INTEGER NOT NULL DEFAULT 0;
+    CREATE INDEX auth_cache_lru ON auth_cache (last_used);
+    """,
 )
 
 SCHEMA_VERSION = len(MIGRATIONS)

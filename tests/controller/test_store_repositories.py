@@ -99,7 +99,7 @@ def test_a_version_1_database_is_migrated_keeping_its_rows(tmp_path: Path) -> No
     )
     con.close()
     with Store(path) as s:
-        assert s.schema_version == SCHEMA_VERSION == 3
+        assert s.schema_version == SCHEMA_VERSION == 4
         assert s.config_values() == {"HeartbeatInterval": "60"}
         s.reservation_put(Reservation(1, 1, "A", T0))
         rows = s.queue_rows() + s.queue_rows(parked=True)
