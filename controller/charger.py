@@ -494,26 +494,41 @@ class Charger:
         slot.connector.set_allowed_current(allowance.amps)
         self._note_allowance(slot, allowance)
 
+    def _demand(self, cid: int, slot: _Slot) -> ConnectorDemand:
+        # An EV that paused (back to B) draws nothing: it keeps the minimum, so the PWM
+        # stays on and it can resume, and the rest goes to the others. An EV starts in B
+        # too, so an idle connector looks ahead at that minimum (unless its EV already
+        # asks, C/D): its first allowance is then what the re-share at its start gives.
+        asking = slot.connector.pilot_state in (PilotState.C, PilotState.D)
+        idle = slot.connector.transaction is None
+        return ConnectorDemand(
+            connector_id=cid,
+            started_at=slot.started_at,
+            max_a=limit(self._inputs(slot, with_budget=False)).amps,
+            meter=slot.connector.last_sample,
+            grid_phases=(0, 1, 2)[: slot.config.phases],
+            demand_a=0.0
+            if (not asking if idle else slot.connector.pilot_state == PilotState.B)
+            else None,
+        )
+
     def _rebalance(self, grid: MeterSample | None = None) -> None:
         if self._balancer is None:
             return
-        demands = [
-            ConnectorDemand(
-                connector_id=cid,
-                started_at=slot.started_at,
-                max_a=limit(self._inputs(slot, with_budget=False)).amps,
-                meter=slot.connector.last_sample,
-                grid_phases=(0, 1, 2)[: slot.config.phases],
-                # An EV that paused (back to B) draws nothing: it keeps the minimum, so the
-                # PWM stays on and it can resume, and the rest goes to the others.
-                demand_a=0.0 if slot.connector.pilot_state == PilotState.B else None,
-            )
-            for cid, slot in self._slots.items()
-            if slot.connector.transaction is not None
-        ]
-        budgets = self._balancer.update(self.clock.monotonic(), demands, grid)
+        charging = {c: s for c, s in self._slots.items() if s.connector.transaction is not None}
+        # Idle connectors get the budget they would have as the newest starter, so a
+        # newcomer's first allowance is already its share: never a placeholder 0 A (a
+        # "dip" that held its resume 30 s), never above what the fuse leaves (issue 11).
+        budgets = self._balancer.update(
+            self.clock.monotonic(),
+            [self._demand(cid, slot) for cid, slot in charging.items()],
+            grid,
+            prospective=[
+                self._demand(cid, slot) for cid, slot in self._slots.items() if cid not in charging
+            ],
+        )
         for cid, slot in self._slots.items():
-            slot.budget = budgets.get(cid, Budget(0.0)) if demands else None
+            slot.budget = budgets[cid]
             self.recompute(cid)
 
     # ------------------------------------------------------------------ events

@@ -31,8 +31,10 @@ held it down:
   a Central System that raises or clears a profile must see the EV charge again within a
   second, and a hold would only make it think the charger ignored it.
 
-A budget that merely equals the connector's own limit (the balancer passes a suspended
-connector's own limit through) is not a dip: the budget was not what held it down.
+A budget that is not below the connector's own limit is not a dip: the budget was not
+what held it down. (The balancer gives a connector that cannot run, idle or paused by its
+own limit, the budget it would get on joining, so its budget is already right when its own
+limit rises: a newcomer's first allowance is its share, never a placeholder 0 A.)
 """
 
 from __future__ import annotations

@@ -2,14 +2,22 @@
 
 Pure logic, no I/O; time comes in as `now` (monotonic seconds).
 
-Call `LoadBalancer.update(now, connectors, grid)` on every poll of the grid meter (the meter
-at the house connection), with `grid=None` when a poll failed, and again whenever the set of
-charging connectors changes. Feed each returned `Budget` into that connector's
-`LimitInputs.budget`. The grid meter should be polled at least once a second: a change in
-household load is then answered within one interval (the budget is recomputed in the same
-call), inside the 2 s the design allows; `margin_a` must cover the few seconds an EV takes to
-follow a lower duty. If no grid sample arrives for `grid_timeout_s` (default 2 s), every
-phase falls back to `fallback_budget_a` (default 0 A: everyone suspends, rule "fail safe").
+Call `LoadBalancer.update(now, connectors, grid, prospective=idle)` on every poll of the grid
+meter (the meter at the house connection), with `grid=None` when a poll failed, and again
+whenever the set of charging connectors changes. Feed each returned `Budget` into that
+connector's `LimitInputs.budget`, the idle connectors' too.
+
+`prospective` are the connectors not charging yet: each gets the budget it would have if it
+started now, as the newest starter, without changing anyone else's share. A newcomer's limiter
+thus has its budget before its first allowance: it never sees a placeholder 0 A (which it
+would take for a budget dip and answer with the 30 s resume hold), never starts above the
+fuse's budget, and does not wait for the next grid poll to be shared in.
+
+The grid meter should be polled at least once a second: a change in household load is then
+answered within one interval (the budget is recomputed in the same call), inside the 2 s the
+design allows; `margin_a` must cover the few seconds an EV takes to follow a lower duty. If
+no grid sample arrives for `grid_timeout_s` (default 2 s), every phase falls back to
+`fallback_budget_a` (default 0 A: everyone suspends, rule "fail safe").
 
 Per grid phase p (currents in A, import positive):
     others[p] = grid[p] - ours[p]                  (household load, PV counted negative)
@@ -38,7 +46,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from enum import StrEnum
 
 from evsed.controller.limiter import Budget, Reason, active_phases, representable_current
@@ -163,16 +171,64 @@ class LoadBalancer:
         self.surplus_a: float = 0.0  # last solar pool (phase-amps), for logs
 
     def update(
-        self, now: float, connectors: Sequence[ConnectorDemand], grid: MeterSample | None = None
+        self,
+        now: float,
+        connectors: Sequence[ConnectorDemand],
+        grid: MeterSample | None = None,
+        *,
+        prospective: Sequence[ConnectorDemand] = (),
     ) -> dict[int, Budget]:
-        """Recompute every connector's budget; `grid` is a fresh grid sample, if any."""
+        """Recompute every connector's budget; `grid` is a fresh grid sample, if any.
+
+        Each of `prospective` (connectors not charging, none of them in `connectors`), and
+        each of `connectors` whose own limit is below 6 A, gets the budget it would get if
+        it alone joined now as the newest starter; the others share without them.
+        """
         cfg = self.config
         if grid is not None:
             self._grid, self._grid_at = grid, now
         fresh = self._grid_at is not None and now - self._grid_at <= cfg.grid_timeout_s
         sample = self._grid if fresh else None
+        budget, pool = self._phase_budgets(connectors, sample)
+        self.phase_budget_a = (budget[0], budget[1], budget[2])
+        self.surplus_a = pool
+        out = self._budgets(now, connectors, budget, pool, self._gates)
+        charging = {c.connector_id for c in connectors}
+        if any(p.connector_id in charging for p in prospective):
+            raise ValueError("a connector is both charging and prospective")
+        # A connector that cannot run now (not started, or its own limit below 6 A: no
+        # cable, a paused profile, a phase switch) takes no share; its budget is the one
+        # it would get on joining, so the moment its own limit rises the budget is right.
+        waiting = [c for c in connectors if not c.max_a >= MIN_CURRENT_A] + list(prospective)
+        for c in waiting:
+            out[c.connector_id] = self._ahead(now, connectors, c, sample)
+        return out
 
-        phases = {c.connector_id: self._drawn_grid_phases(c) for c in connectors}
+    def _ahead(
+        self,
+        now: float,
+        connectors: Sequence[ConnectorDemand],
+        joining: ConnectorDemand,
+        sample: MeterSample | None,
+    ) -> Budget:
+        """The budget `joining` would get if it joined now as the newest starter (the one
+        that yields first on a crowded phase), the others' shares left as they are."""
+        # Its own limit may be about to rise (a cable plugged, a profile raised): look ahead
+        # without it; the limiter's min() applies it. A lower cap only lowers its own share,
+        # so min(own limit, this budget) never exceeds its share once it runs.
+        cap = joining.max_a if joining.max_a >= MIN_CURRENT_A else MAX_CURRENT_A
+        newcomer = replace(joining, started_at=math.inf, max_a=cap)
+        others = [c for c in connectors if c.connector_id != joining.connector_id]
+        budget, pool = self._phase_budgets([*others, newcomer], sample)
+        # A copy of the solar gates: looking ahead must not start or stop anyone's timers.
+        gates = {i: replace(g) for i, g in self._gates.items()}
+        return self._budgets(now, [*others, newcomer], budget, pool, gates)[joining.connector_id]
+
+    def _phase_budgets(
+        self, connectors: Sequence[ConnectorDemand], sample: MeterSample | None
+    ) -> tuple[list[float], float]:
+        """What all of `connectors` may draw per grid phase, and the solar pool."""
+        cfg = self.config
         ours = [0.0, 0.0, 0.0]
         for c in connectors:
             if c.meter is None:
@@ -193,9 +249,18 @@ class LoadBalancer:
                 known += 1
         if known < 3:
             pool = 0.0  # a blind phase could be importing: no surplus we can vouch for
-        self.phase_budget_a = (budget[0], budget[1], budget[2])
-        self.surplus_a = pool
+        return budget, pool
 
+    def _budgets(
+        self,
+        now: float,
+        connectors: Sequence[ConnectorDemand],
+        budget: list[float],
+        pool: float,
+        gates: dict[int, _Gate],
+    ) -> dict[int, Budget]:
+        cfg = self.config
+        phases = {c.connector_id: self._drawn_grid_phases(c) for c in connectors}
         caps: dict[int, float] = {}
         for c in connectors:
             # Below 6 A it cannot charge anyway; above 80 A no duty can offer more.
@@ -206,19 +271,15 @@ class LoadBalancer:
 
         solar: dict[int, float] = {}
         if cfg.mode is not Mode.FUSE:
-            solar = self._solar_caps(now, connectors, phases, caps, pool)
+            solar = self._solar_caps(now, connectors, phases, caps, pool, gates)
         else:
-            self._gates.clear()
+            gates.clear()
         final_caps = {i: min(cap, solar.get(i, math.inf)) for i, cap in caps.items()}
 
         alloc = self._share(connectors, phases, final_caps, budget)
         out: dict[int, Budget] = {}
         for c in connectors:
             i = c.connector_id
-            if not c.max_a >= MIN_CURRENT_A:
-                # Its own limit already suspends it: pass that through so it stays the reason.
-                out[i] = Budget(c.max_a if c.max_a > 0 else 0.0)
-                continue
             a = alloc.get(i, 0.0)
             solar_bound = i in solar and solar[i] < caps[i] - _EPS and a >= solar[i] - 1e-6
             gated_off = i in solar and solar[i] == 0.0 and caps[i] > 0
@@ -261,17 +322,18 @@ class LoadBalancer:
         phases: dict[int, tuple[int, ...]],
         caps: dict[int, float],
         pool: float,
+        gates: dict[int, _Gate],
     ) -> dict[int, float]:
         """Per-connector solar allowance: 0 when gated off, else a fair share (>= 6 A)."""
         cfg = self.config
         ids = {c.connector_id for c in connectors}
-        for gone in set(self._gates) - ids:
-            del self._gates[gone]
+        for gone in set(gates) - ids:
+            del gates[gone]
         left = pool
         running: list[int] = []
         for c in sorted(connectors, key=lambda c: (c.started_at, c.connector_id)):
             i, n = c.connector_id, len(phases[c.connector_id])
-            gate = self._gates.setdefault(i, _Gate())
+            gate = gates.setdefault(i, _Gate())
             need = MIN_CURRENT_A * n
             if caps[i] <= 0:
                 gate.on, gate.since = False, None
