@@ -77,6 +77,8 @@ def command(default: Any = None) -> Callable[[Callable[P, R]], Callable[P, R]]:
     return wrap
 
 
+WELDED_DETAIL = "auxiliary contact closed while commanded open"
+
 DUTY_OFF = NO_PWM  # steady +12 V: no current offered (A1/B1/C1)
 DUTY_F = 0.0  # steady -12 V: state F
 
@@ -239,7 +241,16 @@ class Connector:
 
     @property
     def status(self) -> ConnectorStatus:
-        return self._status or self._derive_status()
+        if self._status is not None:
+            return self._status
+        if self._contactor_opening():
+            # Nothing published yet (start-up) and the contactor reads closed although it
+            # was never closed: until the driver has judged it, it is what it most likely
+            # is, welded; never Available (the session may ask before the judgement).
+            return ConnectorStatus(
+                ChargePointStatus.FAULTED, RULES[Fault.WELDED].error_code, WELDED_DETAIL
+            )
+        return self._derive_status()
 
     def add_listener(self, listener: Callable[[str, dict[str, object]], None]) -> None:
         """Called as listener(kind, fields) for transitions and output changes (timelines),
@@ -476,7 +487,7 @@ class Connector:
     @command()
     def on_contactor_fault(self, fault: ContactorFault | None) -> None:
         if fault == ContactorFault.WELDED:
-            self.raise_fault(Fault.WELDED, "auxiliary contact closed while commanded open")
+            self.raise_fault(Fault.WELDED, WELDED_DETAIL)
         elif fault == ContactorFault.FAILED_TO_CLOSE:
             self.raise_fault(Fault.FAILED_TO_CLOSE, "auxiliary contact open while commanded closed")
 
@@ -1094,13 +1105,10 @@ class Connector:
 
     def _publish_status(self) -> None:
         status = self._derive_status()
-        if (
-            self._status is not None
-            and status.status is not ChargePointStatus.FAULTED
-            and self._contactor_opening()
-        ):
+        if status.status is not ChargePointStatus.FAULTED and self._contactor_opening():
             # Until the contact has opened (or is judged welded) the connector is not free:
-            # a welded one goes straight to Faulted, never through Available (issue 14 #8).
+            # a welded one goes straight to Faulted, never through Available (issue 14 #8);
+            # the first status after start-up too (a weld from before evsed started).
             self._status_held = True
             return
         self._status_held = False
