@@ -707,17 +707,21 @@ class Charger:
     UNLOCK_POLL_S = 0.02
 
     async def unlock(self, connector_id: int) -> str:
+        """UnlockConnector's answer, once known: what the lock's position switch reads after
+        the unlock (a running session ends first; its IEC soft stop gives the EV time to
+        stop drawing before the contactor opens, and only then may the lock open). The
+        connector bounds each wait itself; this bound is a second line."""
         connector = self._slots[connector_id].connector
         result = connector.unlock()
-        # A running session ends first; its IEC soft stop gives the EV time to stop drawing
-        # before the contactor opens, and only then may the lock open. Bounded by that time.
-        deadline = self.clock.monotonic() + connector.settings.power_off_under_load_s + 1.0
-        while result == "Pending" and self.clock.monotonic() < deadline:
+        deadline = self.clock.monotonic() + connector.unlock_bound_s() + self.UNLOCK_POLL_S
+        while result == "Pending":
+            if self.clock.monotonic() >= deadline:
+                # Answered UnlockFailed: the lock must not open later behind that answer.
+                connector.withdraw_unlock()
+                log.warning("connector %s: unlock not done in time, lock shut", connector_id)
+                return "UnlockFailed"
             await self.clock.sleep(self.UNLOCK_POLL_S)
             result = connector.unlock_result()
-        if result == "Pending":
-            log.warning("connector %s: contactor still closed, the lock stays shut", connector_id)
-            return "UnlockFailed"
         return result
 
     def set_invalid_id_suspension(self, connector_id: int, suspended: bool) -> None:

@@ -321,6 +321,11 @@ class BenchPins:
         self._rcd_test_broken = False
         self._locked = False
         self._lock_jammed = False
+        #: A motor lock whose position switch changes only when its pulse ends (the motor
+        #: takes the whole pulse to travel), not when the pulse starts: a real lock's
+        #: timing, for tests of what evsed reads back (off by default: instant).
+        self.lock_moves_at_pulse_end = False
+        self._travelling: bool | None = None  # the position a running pulse drives to
         self._cp_high: Callable[[], float] = lambda: 12.0
         self._diode = True
         self._negative_supply = True
@@ -364,14 +369,28 @@ class BenchPins:
         _drive(self.rcd_fault, self._rcd_tripped or test)
 
     def _on_lock_out(self) -> None:
-        if not self._lock_jammed and (self._out(self.lock_out) or self.unlock_out is None):
-            self._locked = self._out(self.lock_out)
+        high = self._out(self.lock_out)
+        if self.unlock_out is not None and self.lock_moves_at_pulse_end:
+            self._pulse_edge(high, True)
+        elif not self._lock_jammed and (high or self.unlock_out is None):
+            self._locked = high
         self._sync_lock()
 
     def _on_unlock_out(self) -> None:
-        if not self._lock_jammed and self._out(self.unlock_out):
+        high = self._out(self.unlock_out)
+        if self.lock_moves_at_pulse_end:
+            self._pulse_edge(high, False)
+        elif not self._lock_jammed and high:
             self._locked = False
         self._sync_lock()
+
+    def _pulse_edge(self, high: bool, to_locked: bool) -> None:
+        if high:
+            self._travelling = to_locked
+        elif self._travelling is to_locked:
+            self._travelling = None
+            if not self._lock_jammed:
+                self._locked = to_locked
 
     def _sync_lock(self) -> None:
         if self.lock_feedback is not None:

@@ -112,8 +112,12 @@ class Settings:
     # After a fault stops charging, state F for >= 300 ms (IEC 61851-1 Table A.5).
     fault_state_f_s: float = 0.3
     pwm_resolution: float = 0.001
-    # A motor lock's pulse is ~0.5 s; no confirmation within this is a ConnectorLockFailure.
+    # A motor lock's pulse is ~0.5 s; no confirmation within this is a ConnectorLockFailure
+    # (locking), or UnlockFailed (an unlock whose position switch still reads locked).
     lock_timeout_s: float = 2.0
+    # UnlockConnector waits this long beyond the soft stop for the contactor to read open;
+    # then the unlock is withdrawn (UnlockFailed), never carried out later by surprise.
+    unlock_margin_s: float = 1.0
     # With a meter fitted a start waits this long for a first reading after start-up: a card
     # left on the reader across a restart must not start with meterStart 0 (issue 14 #11).
     has_meter: bool = False
@@ -222,6 +226,8 @@ class Connector:
         self._tx_recorded = False  # the start hook returned: the lock may engage
         self._status_held = False  # a change waits for the contactor to have opened
         self._unlock_pending = False  # an unlock waits for the contactor to have opened
+        self._unlock_deadline: float | None = None  # UnlockConnector's bound on that wait
+        self._unlocking_since: float | None = None  # unlock driven, position not yet read
         self._start_waits_since: float | None = None  # a start waits for a meter reading
         #: Callbacks (listeners, hooks) that raised, and internal errors the core survived.
         self.callback_errors = 0
@@ -700,7 +706,8 @@ class Connector:
     @command("UnlockFailed")
     def unlock(self) -> str:
         """UnlockConnector: stops a running transaction, then releases the lock once the
-        contactor has opened ("Pending" until then: ask `unlock_result`).
+        contactor has opened ("Pending" until then and until the lock's position switch
+        has moved: ask `unlock_result`).
 
         Without a lock (a tethered cable) there is nothing to release: NotSupported, and a
         running session is left alone rather than ended for nothing.
@@ -710,28 +717,83 @@ class Connector:
         if self.transaction is not None:
             self.request_stop(StopReason.UNLOCK_COMMAND)
         self._unlock_pending = True
+        self._unlock_deadline = (
+            self._clock.monotonic()
+            + self.settings.power_off_under_load_s
+            + self.settings.unlock_margin_s
+        )
         self._release_lock_when_safe()
         return self.unlock_result()
 
+    def unlock_bound_s(self) -> float:
+        """The longest an UnlockConnector can stay "Pending": the soft stop, the margin for
+        the contactor to read open, and the lock's travel."""
+        s = self.settings
+        return s.power_off_under_load_s + s.unlock_margin_s + s.lock_timeout_s
+
     @command("UnlockFailed")
     def unlock_result(self) -> str:
-        """ "Pending" while the unlock waits for the contactor to open, then "Unlocked" or
-        "UnlockFailed" (the lock's own feedback), "NotSupported" without a lock."""
+        """ "Pending" while the unlock waits for the contactor to open and then for the
+        lock's position switch to move (bounded by `lock_timeout_s`), then "Unlocked" or
+        "UnlockFailed" by what the switch reads; "NotSupported" without a lock."""
         if self._lock is None:
             return "NotSupported"
         if self._unlock_pending:
             return "Pending"
-        return "Unlocked" if self._lock.locked() is not True else "UnlockFailed"
+        locked = self._lock.locked()
+        if locked is True and self._unlock_travelling():
+            return "Pending"  # a motor lock takes its pulse to move: not failed yet
+        return "Unlocked" if locked is not True else "UnlockFailed"
+
+    def _unlock_travelling(self) -> bool:
+        since = self._unlocking_since
+        return since is not None and (
+            self._clock.monotonic() - since < self.settings.lock_timeout_s
+        )
+
+    @command()
+    def withdraw_unlock(self) -> None:
+        """The caller gave up on the unlock (answered UnlockFailed): it must not happen later."""
+        self._withdraw_unlock()
+
+    def _withdraw_unlock(self) -> None:
+        self._unlock_pending = False
+        self._unlock_deadline = None
 
     def _release_lock_when_safe(self) -> None:
         # The lock never opens while current may flow: an unlock (UnlockConnector, the end of
         # a transaction) waits until the contactor is commanded open and reads open.
         if not self._unlock_pending or self._lock is None:
             return
+        if Fault.WELDED in self.faults:
+            # A welded contactor keeps its lock until someone has looked (a reset): the
+            # unlock is withdrawn, not carried out if the contact ever reads open.
+            self._withdraw_unlock()
+            return
         if self._contactor.energized or self._contactor.feedback() is True:
             return
-        self._unlock_pending = False
-        self._drive(self._lock.unlock)
+        self._withdraw_unlock()
+        if self._drive(self._lock.unlock):
+            self._unlocking_since = self._clock.monotonic()
+
+    def _supervise_unlock(self, now: float) -> None:
+        """An UnlockConnector past its bound is withdrawn (it was answered UnlockFailed, so it
+        must not open the lock later, when the contactor at last reads open); an unlock
+        whose position switch has moved, or not within `lock_timeout_s`, is done."""
+        deadline = self._unlock_deadline
+        if self._unlock_pending and deadline is not None and now >= deadline:
+            log.warning(
+                "connector %s: the contactor still reads closed; the unlock is withdrawn, "
+                "the lock stays shut",
+                self.id,
+            )
+            self._withdraw_unlock()
+        if self._unlocking_since is not None and self._lock is not None:
+            if self._lock.locked() is not True:
+                self._unlocking_since = None
+            elif not self._unlock_travelling():
+                self._unlocking_since = None
+                log.warning("connector %s: the lock still reads locked after an unlock", self.id)
 
     @command()
     def cut_outputs(self) -> None:
@@ -769,6 +831,10 @@ class Connector:
         deadlines = [self._f_until, self._auth_deadline]
         if self._lock_since is not None:
             deadlines.append(self._lock_since + self.settings.lock_timeout_s)
+        if self._unlocking_since is not None:
+            deadlines.append(self._unlocking_since + self.settings.lock_timeout_s)
+        if self._unlock_pending and self._unlock_deadline is not None:
+            deadlines.append(self._unlock_deadline)
         if self._soft_off_since is not None:
             deadlines.append(self._soft_off_since + self.settings.power_off_under_load_s)
         if self._start_waits_since is not None:
@@ -780,6 +846,7 @@ class Connector:
         """Deadlines and contactor feedback; the sampler calls this every tick."""
         now = self._clock.monotonic()
         self.on_contactor_fault(self._contactor.fault())
+        self._supervise_unlock(now)
         self._release_lock_when_safe()
         if self._start_waits_since is not None:
             self._start_waiting_for_meter()
@@ -941,7 +1008,8 @@ class Connector:
         if self._lock is not None:
             # A motor lock takes a pulse to move: `supervise` judges it after lock_timeout_s,
             # and until it reports locked `_apply` offers nothing.
-            self._unlock_pending = False
+            self._withdraw_unlock()
+            self._unlocking_since = None
             self._drive(self._lock.lock)
             self._lock_since = self._clock.monotonic()
         log.info(
