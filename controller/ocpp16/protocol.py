@@ -332,6 +332,24 @@ def _reject_constant(name: str) -> Any:
     raise ValueError(f"{name} is not JSON")
 
 
+#: The @on handlers marked by `answered_in_background` (module and qualified name).
+_IN_BACKGROUND: set[str] = set()
+
+
+def _name(handler: Callable[..., Any]) -> str:
+    return f"{handler.__module__}.{handler.__qualname__}"
+
+
+def answered_in_background(handler: Callable[..., Any]) -> Callable[..., Any]:
+    """Mark an @on handler that waits (bounded) for the hardware before it can answer
+    (UnlockConnector: the soft stop, then the lock's travel). It is answered from a task
+    of its own, so that the receive loop reads on meanwhile: the CS's other CALLs, and its
+    answers to ours (a StopTransaction.conf, a Heartbeat's). Its @after hook still runs once
+    its answer is sent. Put it under `@on`."""
+    _IN_BACKGROUND.add(_name(handler))
+    return handler
+
+
 class StrictChargePoint(ocpp.v16.ChargePoint):
     """`ocpp.v16.ChargePoint` whose answers to bad CS->CP frames follow OCPP-J 1.6 exactly.
 
@@ -420,6 +438,18 @@ class StrictChargePoint(ocpp.v16.ChargePoint):
         if frame[0] != MessageType.Call:
             self._deliver_response(frame)
             return
+        if self._in_background(frame):
+            self._spawn(self._answer_and_send(frame, heavy))
+            return
+        await self._answer_and_send(frame, heavy)
+
+    def _in_background(self, frame: list[Any]) -> bool:
+        action = frame[2] if len(frame) > 2 else None
+        if not isinstance(action, str) or not self.is_supported(action):
+            return False
+        return _name(self.route_map[action]["_on_action"]) in _IN_BACKGROUND
+
+    async def _answer_and_send(self, frame: list[Any], heavy: bool) -> None:
         reply, after = await self._answer_call(frame, heavy=heavy)
         await self._send(reply)
         if after is not None:

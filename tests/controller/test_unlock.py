@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from ocpp.v16 import call
 
 from evsed.hwmocks.central_system import CentralSystem, Direction, Frame
 from tests.support.ocpp_rig import CARD, CP_ID, OcppRig, ocpp_rig
@@ -129,3 +130,39 @@ async def test_an_unlock_answered_failed_never_opens_the_lock_later(
         await rig.run(12)
         assert not rig.sim.pins.contactor_closed
         assert rig.sim.pins.locked, "the lock opened after UnlockFailed was answered"
+
+
+# ---------------------------------------------------------------- the session flows on (4)
+
+
+async def test_other_calls_are_answered_while_an_unlock_waits_for_the_soft_stop(
+    cs: CentralSystem, tmp_path: Path
+) -> None:
+    async with ocpp_rig(cs, tmp_path, keys=KEYS, connectors=[LOCKED]) as rig:
+        await rig.start_transaction()
+        mark = cs.mark()
+        await send_unlock(rig, "unlock-2")
+        # The stop starts (PWM withdrawn); the soft stop keeps the contactor closed while
+        # simulated time stands still, so the unlock stays pending.
+        await rig.until(lambda: rig.connector.transaction is None, within_s=1)
+        assert rig.sim.pins.contactor_closed and answer_to(rig, "unlock-2") is None
+        # A CALL of the CS's own is answered meanwhile...
+        reply = await rig.command(call.GetConfiguration(key=["HeartbeatInterval"]))
+        assert reply.configuration_key[0]["key"] == "HeartbeatInterval"
+        # ...and the CS's answer to our StopTransaction is read: nothing left queued.
+        stop = await rig.call_of("StopTransaction", since=mark)
+        await rig.answered(stop)
+        for _ in range(200):
+            if not len(rig.ocpp.txqueue):
+                break
+            await asyncio.sleep(0.01)
+        assert not len(rig.ocpp.txqueue), "StopTransaction.conf not read by the charge point"
+        assert answer_to(rig, "unlock-2") is None  # still waiting for the contactor
+        # Then time passes and the unlock is answered when known.
+        while answer_to(rig, "unlock-2") is None:
+            assert rig.clock.monotonic() < 10_000
+            await rig.clock.advance(0.05)
+            await asyncio.sleep(0.001)
+        answer = answer_to(rig, "unlock-2")
+        assert answer is not None and answer.payload["status"] == "Unlocked"
+        assert not rig.sim.pins.locked

@@ -43,6 +43,7 @@ from evsed.controller.connector.status import (
 from evsed.controller.masking import mask_tag
 from evsed.controller.ocpp16.profiles.base import Access, KeyType, TooManyKeys, declare, key
 from evsed.controller.ocpp16.profiles.smart_charging import remote_start_profile
+from evsed.controller.ocpp16.protocol import answered_in_background
 
 if TYPE_CHECKING:
     from evsed.controller.ocpp16.context import OcppContext
@@ -333,12 +334,14 @@ class CoreHandlers:
     # ------------------------------------------------------------ UnlockConnector §5.17
 
     @on(Action.unlock_connector)
+    @answered_in_background
     async def on_unlock_connector(self, connector_id: int) -> call_result.UnlockConnector:
         charger = self._port(connector_id)
         if charger is None:
             return call_result.UnlockConnector(status="NotSupported")
         # Answered once the lock has moved (or could not): the spec's answer says whether it
-        # unlocked. The wait is bounded (the soft stop) and awaits no CS answer.
+        # unlocked. The wait is bounded (the soft stop, the lock's travel) and awaits no CS
+        # answer; it runs beside the receive loop, which reads on meanwhile.
         return call_result.UnlockConnector(status=await charger.unlock(connector_id))
 
 
