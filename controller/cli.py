@@ -120,15 +120,20 @@ def _parser() -> argparse.ArgumentParser:
     inst = sub.add_parser(
         "install",
         help="set evsed up as a systemd service (user, unit, udev rule, /etc/evsed)",
-        description="Create the service user (groups gpio, spi, dialout where they exist), "
-        "write the systemd unit and the udev rule for the kernel PWM, copy the Raspberry Pi "
-        "example to /etc/evsed/evsed.toml unless one is there, reload systemd and udev, and "
-        "print the next steps. Enables nothing: edit the configuration first.",
+        description="Put the first version into /opt/evsed/venvs/<version> (current and "
+        "previous point at it; an /opt/evsed/venv of earlier releases is migrated), create "
+        "the service user (groups gpio, spi, dialout where they exist), write the systemd "
+        "units (evsed, the firmware rollback) and the udev rule for the kernel PWM, copy the "
+        "Raspberry Pi example to /etc/evsed/evsed.toml unless one is there, reload systemd "
+        "and udev, and print the next steps. Enables nothing: edit the configuration first.",
     )
     inst.add_argument("--root", type=Path, default=Path("/"), help="install under DIR (default /)")
     inst.add_argument("--user", default="evsed", help="service user (default evsed)")
     inst.add_argument(
-        "--evsed", type=Path, help="the evsed the unit runs (default: the one beside python)"
+        "--package",
+        type=Path,
+        help="wheel or source archive for the first version in /opt/evsed/venvs/<version> "
+        "(not needed when this evsed runs from there)",
     )
     inst.add_argument(
         "--dry-run", action="store_true", help="print the commands instead of running them"
@@ -265,7 +270,7 @@ def _install(args: argparse.Namespace) -> int:
 
     runner = install.dry_run(print) if args.dry_run else None
     try:
-        return install.install(args.root, evsed_bin=args.evsed, user=args.user, run=runner)
+        return install.install(args.root, package=args.package, user=args.user, run=runner)
     except install.InstallError as exc:
         print(f"evsed install: {exc}", file=sys.stderr)
         return EXIT_CONFIG

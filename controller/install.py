@@ -1,6 +1,14 @@
-"""`evsed install` / `evsed uninstall`: the service user, the systemd unit, the udev rule for
-the kernel PWM and the example configuration, under a root directory (`/` on the charger, a
-temporary directory in tests).
+"""`evsed install` / `evsed uninstall`: the service user, the versioned venvs in /opt/evsed,
+the systemd units, the udev rule for the kernel PWM and the example configuration, under a
+root directory (`/` on the charger, a temporary directory in tests).
+
+The venv layout is the firmware installer's (`evsed.controller.firmware.installer.Layout`):
+/opt/evsed/venvs/<version>, `current` (the unit's ExecStart) and `previous` (the way back)
+pointing into it. A first install puts the given wheel or source archive into
+venvs/<version>, or takes the venv evsed runs from when that is already one of them; an
+install with the single /opt/evsed/venv of earlier releases is migrated: the venv is
+renamed to venvs/<its evsed version> and `venv` left as a link to it (its scripts name
+/opt/evsed/venv/bin/python in their first line).
 
 Files are written directly under the root. What needs the system's own tools (creating the
 user, chown, reloading systemd and udev) goes through a `Runner`: the real one runs the
@@ -20,6 +28,9 @@ from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path, PurePosixPath
 
+from evsed.controller.firmware.installer import Layout, package_version
+from evsed.controller.firmware.update import InstallFailed
+
 #: The groups that own the charger's devices on Raspberry Pi OS: /dev/gpiochip* (and the
 #: PWM files, through the udev rule), /dev/spidev*, the serial ports.
 DEVICE_GROUPS = ("gpio", "spi", "dialout")
@@ -29,12 +40,17 @@ WHY = {
     "dialout": "serial ports (/dev/ttyUSB*, /dev/serial0: RS-485 meter, RFID reader)",
 }
 UNIT = PurePosixPath("etc/systemd/system/evsed.service")
+#: The firmware rollback: the watcher and the path unit that starts it (README: firmware).
+ROLLBACK_UNITS = (
+    PurePosixPath("etc/systemd/system/evsed-rollback.service"),
+    PurePosixPath("etc/systemd/system/evsed-rollback.path"),
+)
+#: Where the versions live (the unit and the firmware installer say /opt/evsed too).
+PREFIX = PurePosixPath("opt/evsed")
 RULE = PurePosixPath("etc/udev/rules.d/99-evsed-pwm.rules")
 CONFIG = PurePosixPath("etc/evsed/evsed.toml")
 STATE = PurePosixPath("var/lib/evsed")
-SHIPPED_BIN = "/opt/evsed/venv/bin/evsed"
-#: ProtectHome=yes hides these from the service: an evsed there cannot start.
-HIDDEN = ("/home", "/root", "/run/user")
+EVSED_BIN = "/opt/evsed/current/bin/evsed"
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
 
@@ -74,16 +90,6 @@ def example_config() -> str:
     return resources.files("evsed.examples").joinpath("raspberry-pi.toml").read_text("utf-8")
 
 
-def default_evsed_bin() -> Path:
-    """The `evsed` script next to this interpreter (the venv evsed runs from); not resolved:
-    a venv's python is a symlink to the system's."""
-    beside = Path(sys.executable).parent / "evsed"
-    if beside.exists():
-        return beside
-    found = shutil.which("evsed")
-    return Path(found) if found else beside
-
-
 @dataclass
 class System:
     """What the root directory says about users and groups (its etc/passwd, etc/group)."""
@@ -103,7 +109,7 @@ class System:
         return cls(names(root / "etc/passwd"), names(root / "etc/group"))
 
 
-def render_unit(text: str, *, evsed_bin: Path, user: str, groups: Sequence[str]) -> str:
+def render_unit(text: str, *, user: str, groups: Sequence[str] = ()) -> str:
     out = []
     for line in text.splitlines():
         if line.startswith("SupplementaryGroups="):
@@ -112,7 +118,6 @@ def render_unit(text: str, *, evsed_bin: Path, user: str, groups: Sequence[str])
             line = "SupplementaryGroups=" + " ".join(groups)
         elif line.startswith(("User=", "Group=")):
             line = line.split("=", 1)[0] + "=" + user
-        line = line.replace(SHIPPED_BIN, str(evsed_bin))
         out.append(line)
     return "\n".join(out) + "\n"
 
@@ -153,28 +158,102 @@ def _boot_config_hints(root: Path) -> list[str]:
     ]
 
 
+def _dist_version(venv: Path) -> str | None:
+    """The version of the evsed installed in ``venv`` (its dist-info), None if none."""
+    for info in sorted(venv.glob("lib/python3*/site-packages/evsed-*.dist-info")):
+        version = info.name[len("evsed-") : -len(".dist-info")]
+        if version:
+            return version
+    return None
+
+
+def _fresh_venv(
+    layout: Layout, package: Path | None, python: str, running_prefix: Path, run: Runner
+) -> Path:
+    """The first version: the package installed into venvs/<version>, or the venv this
+    evsed runs from when it is one of venvs/ already."""
+    if package is not None:
+        try:
+            version = package_version(package)
+        except InstallFailed as exc:
+            raise InstallError(str(exc)) from None
+        target = layout.venv(version)
+        if target.exists():
+            raise InstallError(f"{target} exists but `current` does not point at it: remove it")
+        layout.venvs.mkdir(parents=True, exist_ok=True)
+        try:
+            run([python, "-m", "venv", str(target)])
+            # The [pi] extra: the GPIO and SPI backends gpiozero needs on a Pi.
+            run([str(target / "bin/python"), "-m", "pip", "install", f"{package.resolve()}[pi]"])
+        except BaseException:
+            shutil.rmtree(target, ignore_errors=True)
+            raise
+        return target
+    if running_prefix.resolve().parent == layout.venvs.resolve():
+        return running_prefix.resolve()
+    raise InstallError(
+        f"nothing installed in /{PREFIX}/venvs yet: give the wheel or source archive to put "
+        f"there, e.g. sudo evsed install --package ./evsed-<version>-py3-none-any.whl"
+    )
+
+
+def _venv_layout(
+    root: Path, package: Path | None, python: str, running_prefix: Path, run: Runner, out: Out
+) -> Layout:
+    """/opt/evsed as the firmware installer wants it: venvs/<version>, current, previous."""
+    layout = Layout(root / PREFIX)
+    running = layout.in_service()
+    if running is not None:
+        out(f"versions: /{PREFIX}/current -> venvs/{running.name} (kept)")
+    elif layout.current.exists() or layout.current.is_symlink():
+        raise InstallError(
+            f"/{PREFIX}/current is not a link into /{PREFIX}/venvs: move it away, then run "
+            "evsed install again"
+        )
+    elif layout.old_venv.is_dir() and not layout.old_venv.is_symlink():
+        version = _dist_version(layout.old_venv)
+        if version is None:
+            raise InstallError(
+                f"/{PREFIX}/venv (the layout of earlier releases) holds no evsed: remove it, "
+                "then run evsed install --package <wheel>"
+            )
+        running = layout.venv(version)
+        if running.exists():
+            raise InstallError(f"cannot migrate /{PREFIX}/venv: {running} exists already")
+        layout.venvs.mkdir(parents=True, exist_ok=True)
+        os.rename(layout.old_venv, running)
+        # Its scripts start with #!/opt/evsed/venv/bin/python: the old name stays, as a link.
+        layout.old_venv.symlink_to(running.relative_to(layout.root))
+        out(
+            f"versions: /{PREFIX}/venv migrated to /{PREFIX}/venvs/{version} (/{PREFIX}/venv "
+            "stays as a link to it: its scripts name it)"
+        )
+    else:
+        running = _fresh_venv(layout, package, python, running_prefix, run)
+        out(f"versions: /{PREFIX}/venvs/{running.name}")
+    layout.switch("current", running)
+    if not layout.previous.is_symlink():
+        layout.switch("previous", running)  # the rollback watcher's python until an update
+    return layout
+
+
 def install(
     root: Path = Path("/"),
     *,
-    evsed_bin: Path | None = None,
+    package: Path | None = None,
     user: str = "evsed",
     run: Runner | None = None,
     out: Out = print,
+    python: str = sys.executable,
+    running_prefix: Path | None = None,
 ) -> int:
     root = Path(root)
     real = root == Path("/")
     run = run or (run_commands if real else dry_run(out))
-    evsed_bin = evsed_bin or default_evsed_bin()
-    if not evsed_bin.is_absolute():
-        raise InstallError(f"{evsed_bin}: the unit needs an absolute path to evsed")
-    hidden = [h for h in HIDDEN if str(evsed_bin) == h or str(evsed_bin).startswith(h + "/")]
-    if hidden:
-        raise InstallError(
-            f"{evsed_bin} is under {hidden[0]}, which the unit hides from the service "
-            "(ProtectHome=yes): install evsed into /opt/evsed/venv (README: Raspberry Pi)"
-        )
     if real and os.geteuid() != 0:
         raise InstallError("evsed install changes /etc and creates a user: run it with sudo")
+    if package is not None and not package.exists():
+        raise InstallError(f"{package}: no such file")
 
     system = System.read(root)
     groups = [g for g in DEVICE_GROUPS if g in system.groups]
@@ -188,6 +267,10 @@ def install(
                 else ""
             )
         )
+    try:
+        layout = _venv_layout(root, package, python, running_prefix or Path(sys.prefix), run, out)
+    except InstallFailed as exc:  # a version that cannot be a directory name
+        raise InstallError(str(exc)) from None
     out(f"service user {user}: " + ("exists" if user in system.users else "creating"))
     if user in system.users:
         if groups:
@@ -198,10 +281,17 @@ def install(
         if groups:
             argv += ["--groups", ",".join(groups)]
         run([*argv, user])
+    # A firmware update (run as the service user) adds venvs and switches the links; the
+    # venvs made here stay root's, so the service cannot change the version it runs now.
+    layout.venvs.mkdir(parents=True, exist_ok=True)
+    run(["chown", f"{user}:{user}", str(layout.root), str(layout.venvs)])
 
-    unit = render_unit(shipped("evsed.service"), evsed_bin=evsed_bin, user=user, groups=groups)
+    unit = render_unit(shipped("evsed.service"), user=user, groups=groups)
     _write(root / UNIT, unit, 0o644)
-    out(f"unit: /{UNIT} (ExecStart={evsed_bin} run)")
+    out(f"unit: /{UNIT} (ExecStart={EVSED_BIN} run)")
+    for path in ROLLBACK_UNITS:
+        _write(root / path, render_unit(shipped(path.name), user=user), 0o644)
+    out(f"firmware rollback: /{ROLLBACK_UNITS[0]}, /{ROLLBACK_UNITS[1]}")
     pwm_group = "gpio" if "gpio" in groups else user
     _write(root / RULE, render_rule(shipped("99-evsed-pwm.rules"), pwm_group), 0o644)
     out(f"udev rule: /{RULE} (kernel PWM writable by the group {pwm_group})")
@@ -223,8 +313,8 @@ def install(
     steps = [
         *_boot_config_hints(root),
         f"edit /{CONFIG}: [central_system] url, charge_point_id and key; the wiring",
-        f"sudo -u {user} {evsed_bin} config check /{CONFIG}",
-        "sudo systemctl enable --now evsed",
+        f"sudo -u {user} {EVSED_BIN} config check /{CONFIG}",
+        "sudo systemctl enable --now evsed   (or, already running: sudo systemctl restart evsed)",
         "journalctl -u evsed -f",
     ]
     out("next steps:")
@@ -249,7 +339,9 @@ def uninstall(
     if (root / UNIT).exists():
         # Stopping runs ExecStopPost: the outputs end safe before the unit goes away.
         run(["systemctl", "disable", "--now", "evsed"])
-    for path in (UNIT, RULE):
+    if any((root / path).exists() for path in ROLLBACK_UNITS):
+        run(["systemctl", "stop", "evsed-rollback.path", "evsed-rollback.service"])
+    for path in (UNIT, *ROLLBACK_UNITS, RULE):
         if (root / path).exists():
             (root / path).unlink()
             out(f"removed /{path}")
@@ -260,12 +352,17 @@ def uninstall(
             f"kept /{CONFIG.parent} (configuration), /{STATE} (transactions, queued "
             f"messages) and the user {user}: `evsed uninstall --purge` removes them"
         )
-        return EXIT_OK
-    for directory in (CONFIG.parent, STATE):
-        if (root / directory).exists():
-            shutil.rmtree(root / directory)
-            out(f"removed /{directory}")
-    if user in System.read(root).users:
-        run(["userdel", user])
-        out(f"removed the user {user}")
+    else:
+        for directory in (CONFIG.parent, STATE):
+            if (root / directory).exists():
+                shutil.rmtree(root / directory)
+                out(f"removed /{directory}")
+        if user in System.read(root).users:
+            run(["userdel", user])
+            out(f"removed the user {user}")
+    # Last: this evsed may run from there (Linux keeps what it has open; nothing is
+    # imported after this).
+    if (root / PREFIX).exists() or (root / PREFIX).is_symlink():
+        shutil.rmtree(root / PREFIX)
+        out(f"removed /{PREFIX} (every installed version)")
     return EXIT_OK

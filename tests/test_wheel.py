@@ -53,7 +53,12 @@ def test_the_wheel_has_one_top_level_name_and_every_module(wheel: Path) -> None:
     # A new subpackage missing from [tool.setuptools] packages would be missing here.
     assert expected - names == set()
     # What `evsed install` copies onto a charger that has only the wheel.
-    shipped = {"evsed/systemd/evsed.service", "evsed/systemd/99-evsed-pwm.rules"}
+    shipped = {
+        "evsed/systemd/evsed.service",
+        "evsed/systemd/evsed-rollback.service",
+        "evsed/systemd/evsed-rollback.path",
+        "evsed/systemd/99-evsed-pwm.rules",
+    }
     assert shipped | {"evsed/examples/raspberry-pi.toml"} <= names
 
 

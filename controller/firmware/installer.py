@@ -1,46 +1,62 @@
 """The default installer: one virtual environment per version, switched by a symlink.
 
-    <root>/venvs/<version>/   one venv per installed version (the previous ones are kept)
-    <root>/current            symlink to the venv in service (ExecStart=<root>/current/bin/evsed)
-    <state>/firmware-pending.json   the installation awaiting its confirmation
+The layout (made by `evsed install`, used by the unit and by this installer):
 
-`install(package)`: a new venv next to the current one (`python -m venv`), the wheel or
-source archive installed into it with its pip, the marker written (new and previous venv,
-deadline), the symlink replaced atomically (a new link renamed over `current`), a rollback
-check armed, and the service restarted (`systemctl restart evsed`).
+    /opt/evsed/venvs/<version>/   one venv per installed version (the previous ones are kept)
+    /opt/evsed/current            -> venvs/<version> in service (ExecStart=.../current/bin/evsed)
+    /opt/evsed/previous           -> venvs/<version> that ran the last installation: the way back
+    <state>/firmware-pending.json the installation awaiting its confirmation (the marker)
 
-Rollback when the new version does not confirm. A version that crashes on import never
-runs any code of ours, so the check must not live in the new version: before the restart,
-the *old* version arms a transient systemd timer (`systemd-run --on-active=<timeout>`)
-that runs the old venv's `python -m evsed.controller.firmware.installer rollback`. At the
-deadline it puts `current` back to the previous venv and restarts the service unless the
-marker says confirmed. The new version confirms (`outcome_after_restart`, asked by the
-updater once the BootNotification was Accepted) by recording that it runs from the
-pending venv. The previous version, back in service, finds the
-installation still stored as Installing, asks `outcome_after_restart` (False: it is not
-the pending venv) and reports InstallationFailed. (systemd's OnFailure= would not do: a
-version that hangs before its boot never fails, and a crash loop is cut by the start
-limit only much later. A transient timer does not survive a reboot: a reboot within the
-confirmation window leaves the rollback to a person: a known limit.)
+`install(package)`, in the running (old) version: a new venv next to the current one
+(`python -m venv`), the package installed into it with its pip, `previous` pointed at the
+running venv, the marker written (new and previous venv, a wall-clock deadline), then,
+once the rollback watcher has acknowledged the marker, `current` replaced atomically (a
+new link renamed over it) and the process ends (SIGTERM to itself: the usual orderly
+stop); the unit's `Restart=always` starts `current`, the new version. No right to run
+`systemctl` is needed for that.
 
-Commands go through an injectable runner, so tests use a fake `systemctl`/`systemd-run`
-and a temporary root.
+Who rolls back. A version that crashes on import never runs any code of ours, and a
+transient timer armed by the old version (`systemd-run`) dies with a reboot, so the
+watcher is a unit of its own, started by systemd whenever the marker exists:
+`evsed-rollback.path` (PathExists= the marker; pulled in by evsed.service, so also at
+every boot) starts `evsed-rollback.service`, which runs *the previous venv's* python
+(`python -m evsed.controller.firmware.installer watch`, as the service user). The
+watcher waits, on the wall clock, for the marker's deadline; if the new version has not
+confirmed by then it puts `current` back to `previous` and exits 3, and the unit's only
+privileged line (`ExecStopPost=+...`, a fixed `systemctl restart evsed.service` run when
+the exit status is 3) restarts the service into the old version, even out of a failed
+state. A reboot or a crash inside the window changes nothing: the marker and its
+deadline are on disk, and the path unit starts a watcher again at boot.
+
+The new version confirms (`outcome_after_restart`, asked by the updater once the
+BootNotification was Accepted) by recording that it runs from the pending venv. The
+previous version, back in service, finds the installation stored as Installing, asks
+`outcome_after_restart` (False: it is not the pending venv) and reports
+InstallationFailed. Confirmation and rollback take a lock on the marker, so that one of
+them wins, never both.
+
+Commands go through an injectable runner, the restart through an injectable callable,
+the wall clock and the waits are injected: tests use a temporary root and never touch
+`/opt` or the real service manager.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
+import fcntl
 import json
 import logging
 import os
 import re
 import shutil
+import signal
 import subprocess
 import sys
 import time
-from collections.abc import Awaitable, Callable, Sequence
-from dataclasses import asdict, dataclass
+from collections.abc import Awaitable, Callable, Iterator, Sequence
+from dataclasses import asdict, dataclass, fields, replace
 from pathlib import Path
 
 from evsed.controller.firmware.update import InstallFailed
@@ -48,9 +64,19 @@ from evsed.controller.firmware.update import InstallFailed
 log = logging.getLogger(__name__)
 
 MARKER = "firmware-pending.json"
+LOCK = ".firmware-pending.lock"
 DEFAULT_ROOT = Path("/opt/evsed")
+DEFAULT_STATE_DIR = Path("/var/lib/evsed")
 DEFAULT_CONFIRM_TIMEOUT_S = 600.0
 DEFAULT_SERVICE = "evsed"
+#: How long the installer waits for the watcher to acknowledge the marker before it
+#: gives up (nothing switched): systemd starts a python within seconds, even on a Pi Zero.
+DEFAULT_ARM_TIMEOUT_S = 60.0
+ARM_POLL_S = 0.2
+#: How often the watcher looks at the marker (it also wakes at the deadline).
+WATCH_POLL_S = 5.0
+#: The watcher's exit status when it rolled back: the unit's ExecStopPost restarts evsed.
+EXIT_ROLLED_BACK = 3
 
 #: Runs one command; returns (exit status, combined output).
 Runner = Callable[[Sequence[str]], Awaitable[tuple[int, str]]]
@@ -59,6 +85,8 @@ Runner = Callable[[Sequence[str]], Awaitable[tuple[int, str]]]
 _PACKAGE = re.compile(
     r"^(?P<name>[A-Za-z0-9_.\-]+?)-(?P<version>\d[A-Za-z0-9_.+!]*?)(-.+\.whl|\.tar\.gz|\.zip)$"
 )
+# A version becomes a directory name: nothing that could climb out of venvs/.
+_SAFE_VERSION = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.+!-]{0,63}$")
 
 
 async def run_command(argv: Sequence[str]) -> tuple[int, str]:
@@ -74,6 +102,72 @@ def run_command_sync(argv: Sequence[str]) -> tuple[int, str]:
     return done.returncode, done.stdout + done.stderr
 
 
+def restart_by_exit() -> None:
+    """End this process the orderly way (its SIGTERM handler: outputs safe, store closed);
+    systemd's Restart=always starts `current` again. Needs no right over the unit."""
+    os.kill(os.getpid(), signal.SIGTERM)
+
+
+def package_version(package: Path) -> str:
+    m = _PACKAGE.match(package.name)
+    if m is None or not _SAFE_VERSION.match(m.group("version")):
+        raise InstallFailed(f"{package.name}: not a wheel or source archive name")
+    return m.group("version")
+
+
+# ------------------------------------------------------------------------------ layout
+
+
+@dataclass(frozen=True, slots=True)
+class Layout:
+    """/opt/evsed (or a temporary root in tests): venvs/<version>, current, previous."""
+
+    root: Path = DEFAULT_ROOT
+
+    @property
+    def venvs(self) -> Path:
+        return self.root / "venvs"
+
+    @property
+    def current(self) -> Path:
+        return self.root / "current"
+
+    @property
+    def previous(self) -> Path:
+        return self.root / "previous"
+
+    @property
+    def old_venv(self) -> Path:
+        """The single venv of the layout before this one (`/opt/evsed/venv`)."""
+        return self.root / "venv"
+
+    def venv(self, version: str) -> Path:
+        if not _SAFE_VERSION.match(version):
+            raise InstallFailed(f"{version!r} is not a usable version")
+        return self.venvs / version
+
+    def in_service(self) -> Path | None:
+        """The venv `current` points at, if it is a link into venvs/ (else None)."""
+        if not self.current.is_symlink():
+            return None
+        target = self.current.resolve()
+        return target if target.parent == self.venvs.resolve() else None
+
+    def switch(self, name: str, venv: Path) -> None:
+        """Point `<root>/<name>` at ``venv`` atomically: a new link under a temporary name,
+        renamed over the old one (a reader sees the old or the new link, never none)."""
+        link = self.root / name
+        tmp = self.root / f".{name}.{os.getpid()}.new"
+        tmp.unlink(missing_ok=True)
+        # Relative, so that the layout means the same under a temporary root.
+        tmp.symlink_to(venv.relative_to(self.root) if venv.is_relative_to(self.root) else venv)
+        os.replace(tmp, link)
+        _fsync_dir(self.root)
+
+
+# ------------------------------------------------------------------------------ marker
+
+
 @dataclass(frozen=True, slots=True)
 class Pending:
     version: str
@@ -82,21 +176,36 @@ class Pending:
     deadline: float  # wall-clock seconds (the marker outlives the process and its clock)
     confirmed: bool = False
     rolled_back: bool = False
+    armed: bool = False  # the watcher has seen it (the installer waits for this)
 
 
-def package_version(package: Path) -> str:
-    m = _PACKAGE.match(package.name)
-    if m is None:
-        raise InstallFailed(f"{package.name}: not a wheel or source archive name")
-    return m.group("version")
-
-
-def _read_marker(state_dir: Path) -> Pending | None:
+def _fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
     try:
-        return Pending(**json.loads((state_dir / MARKER).read_text()))
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+@contextlib.contextmanager
+def _locked(state_dir: Path) -> Iterator[None]:
+    """One writer of the marker at a time (installer, watcher, confirming version)."""
+    fd = os.open(state_dir / LOCK, os.O_RDWR | os.O_CREAT, 0o600)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)
+
+
+def read_marker(state_dir: Path) -> Pending | None:
+    try:
+        data = json.loads((state_dir / MARKER).read_text())
+        known = {f.name for f in fields(Pending)}
+        return Pending(**{k: v for k, v in data.items() if k in known})
     except FileNotFoundError:
         return None
-    except (ValueError, TypeError) as e:
+    except (ValueError, TypeError, AttributeError) as e:
         log.error("firmware marker unreadable (%s): ignored", e)
         return None
 
@@ -108,24 +217,10 @@ def _write_marker(state_dir: Path, pending: Pending) -> None:
         f.flush()
         os.fsync(f.fileno())
     os.replace(tmp, state_dir / MARKER)
-    _fsync_dir(state_dir)
+    _fsync_dir(state_dir)  # synced: the way back must survive a power cut
 
 
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def switch_current(root: Path, venv: Path) -> None:
-    """Point `<root>/current` at ``venv`` atomically (rename of a new link over it)."""
-    new = root / ".current.new"
-    new.unlink(missing_ok=True)
-    new.symlink_to(venv.relative_to(root) if venv.is_relative_to(root) else venv)
-    os.replace(new, root / "current")
-    _fsync_dir(root)
+# ------------------------------------------------------------------------------ installer
 
 
 class VenvInstaller:
@@ -139,18 +234,28 @@ class VenvInstaller:
         service: str = DEFAULT_SERVICE,
         running_prefix: Callable[[], Path] = lambda: Path(sys.prefix),
         wall_time: Callable[[], float] = time.time,
+        restart: Callable[[], None] = restart_by_exit,
+        arm_timeout_s: float = DEFAULT_ARM_TIMEOUT_S,
+        sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
     ) -> None:
-        self.root = root
+        self.layout = Layout(Path(root))
         self.state_dir = state_dir
         self._run = run
         self.confirm_timeout_s = confirm_timeout_s
         self.service = service
         self._prefix = running_prefix
         self._time = wall_time
+        self._restart = restart
+        self.arm_timeout_s = arm_timeout_s
+        self._sleep = sleep
+
+    @property
+    def root(self) -> Path:
+        return self.layout.root
 
     @property
     def current(self) -> Path:
-        return self.root / "current"
+        return self.layout.current
 
     async def _must(self, argv: Sequence[str], what: str) -> None:
         status, out = await self._run(argv)
@@ -159,20 +264,25 @@ class VenvInstaller:
             raise InstallFailed(f"{what} failed (exit {status}): {' | '.join(tail)}")
 
     async def install(self, package: Path) -> bool:
-        if not self.current.is_symlink():
+        layout = self.layout
+        running = layout.in_service()
+        if running is None:
             raise InstallFailed(
-                f"{self.current} is not a symlink: evsed is not installed as versioned venvs"
+                f"{layout.current} is not a symlink into {layout.venvs}: not the versioned "
+                "venv layout (`evsed install` makes it, or migrates /opt/evsed/venv)"
             )
-        previous = self.current.resolve()
         version = package_version(package)
-        venvs = self.root / "venvs"
-        target = venvs / version
-        if target.resolve() == previous:
+        target = layout.venv(version)
+        if target.resolve() == running:
             raise InstallFailed(f"version {version} is the one running")
+        # The way back first: `previous` is the version running now, known to start; the
+        # watcher runs its python and puts `current` back to it. (Set before the build, so
+        # that a downgrade to the old `previous` never rebuilds the way back in place.)
+        layout.switch("previous", running)
         # Built under its final name: `python -m venv` writes absolute paths into the
         # scripts, so a venv cannot be renamed afterwards. What is atomic is the switch.
         shutil.rmtree(target, ignore_errors=True)
-        venvs.mkdir(parents=True, exist_ok=True)
+        layout.venvs.mkdir(parents=True, exist_ok=True)
         try:
             await self._must([sys.executable, "-m", "venv", str(target)], "venv creation")
             py = str(target / "bin" / "python")
@@ -186,99 +296,118 @@ class VenvInstaller:
         pending = Pending(
             version=version,
             venv=str(target),
-            previous=str(previous),
+            previous=str(running),
             deadline=self._time() + self.confirm_timeout_s,
         )
-        # The check runs from the previous venv: known to start, unlike the new one. Armed
-        # before the switch: a charger switched without its way back must never happen.
-        timer = f"{self.service}-firmware-rollback"
-        _write_marker(self.state_dir, pending)
-        try:
-            await self._must(
-                [
-                    "systemd-run",
-                    f"--unit={timer}",
-                    f"--on-active={int(self.confirm_timeout_s)}",
-                    str(previous / "bin" / "python"),
-                    "-m",
-                    "evsed.controller.firmware.installer",
-                    "rollback",
-                    "--root",
-                    str(self.root),
-                    "--state-dir",
-                    str(self.state_dir),
-                    "--service",
-                    self.service,
-                ],
-                "arming the rollback timer",
-            )
-        except InstallFailed:
+        with _locked(self.state_dir):
+            _write_marker(self.state_dir, pending)
+        if not await self._watcher_armed():
             self.forget()
-            raise
-        switch_current(self.root, target)
+            raise InstallFailed(
+                f"the rollback watcher (evsed-rollback.path / evsed-rollback.service) did "
+                f"not answer within {self.arm_timeout_s:.0f} s: nothing switched "
+                "(`evsed install` installs those units)"
+            )
+        layout.switch("current", target)
         log.info("firmware %s installed in %s; restarting into it", version, target)
         try:
-            await self._must(["systemctl", "--no-block", "restart", self.service], "restart")
-        except InstallFailed:
-            switch_current(self.root, previous)
+            self._restart()
+        except Exception as e:
+            layout.switch("current", running)
             self.forget()
-            await self._run(["systemctl", "stop", f"{timer}.timer"])
-            raise
+            raise InstallFailed(f"restart failed: {e}") from e
         return False
 
+    async def _watcher_armed(self) -> bool:
+        for _ in range(max(1, round(self.arm_timeout_s / ARM_POLL_S))):
+            pending = read_marker(self.state_dir)
+            if pending is not None and pending.armed:
+                return True
+            await self._sleep(ARM_POLL_S)
+        pending = read_marker(self.state_dir)
+        return pending is not None and pending.armed
+
     def outcome_after_restart(self) -> bool:
-        pending = _read_marker(self.state_dir)
-        if pending is None or pending.rolled_back:
-            return False
-        running = self._prefix().resolve()
-        if running != Path(pending.venv).resolve():
-            return False
-        _write_marker(self.state_dir, _replace(pending, confirmed=True))
+        with _locked(self.state_dir):
+            pending = read_marker(self.state_dir)
+            if pending is None or pending.rolled_back:
+                return False
+            if self._prefix().resolve() != Path(pending.venv).resolve():
+                return False  # the previous version runs: never switched, or rolled back
+            if not pending.confirmed:
+                _write_marker(self.state_dir, replace(pending, confirmed=True))
         log.info("firmware %s confirmed (started and booted)", pending.version)
         return True
 
-    def rollback_if_due(
-        self, run: Callable[[Sequence[str]], tuple[int, str]] | None = None
-    ) -> bool:
-        """Past the deadline and unconfirmed: `current` back to the previous venv and the
-        service restarted (when ``run`` is given). True if it rolled back."""
-        pending = _read_marker(self.state_dir)
-        if pending is None or pending.confirmed or pending.rolled_back:
-            return False
-        if self._time() < pending.deadline:
-            return False
-        switch_current(self.root, Path(pending.previous))
-        _write_marker(self.state_dir, _replace(pending, rolled_back=True))
+    # -------------------------------------------------------------- the watcher's side
+
+    def arm(self) -> Pending | None:
+        """The watcher acknowledges the marker (the installer switches only then)."""
+        with _locked(self.state_dir):
+            pending = read_marker(self.state_dir)
+            if pending is not None and not pending.armed:
+                pending = replace(pending, armed=True)
+                _write_marker(self.state_dir, pending)
+        return pending
+
+    def rollback_if_due(self) -> bool:
+        """Past the deadline and unconfirmed: `current` back to the previous venv. True if
+        it rolled back (then evsed must be restarted)."""
+        with _locked(self.state_dir):
+            pending = read_marker(self.state_dir)
+            if pending is None or pending.confirmed or pending.rolled_back:
+                return False
+            if self._time() < pending.deadline:
+                return False
+            self.layout.switch("current", Path(pending.previous))
+            _write_marker(self.state_dir, replace(pending, rolled_back=True))
         log.error(
             "firmware %s did not confirm by its deadline: back to %s",
             pending.version,
             pending.previous,
         )
-        if run is not None:
-            run(["systemctl", "--no-block", "restart", self.service])
         return True
+
+    def watch(
+        self, *, sleep: Callable[[float], None] = time.sleep, poll_s: float = WATCH_POLL_S
+    ) -> int:
+        """`evsed-rollback.service`: 0 once the marker is gone (reported: nothing to do),
+        EXIT_ROLLED_BACK after a rollback. While the marker exists, confirmed or rolled
+        back, it stays (exiting would make the path unit start it again at once)."""
+        if self.arm() is None:
+            return 0
+        while True:
+            if self.rollback_if_due():
+                return EXIT_ROLLED_BACK
+            pending = read_marker(self.state_dir)
+            if pending is None:
+                return 0
+            wait = poll_s
+            if not (pending.confirmed or pending.rolled_back):
+                wait = min(poll_s, max(0.0, pending.deadline - self._time()))
+            sleep(wait)
 
     def forget(self) -> None:
         """The outcome was reported: the marker is history."""
-        (self.state_dir / MARKER).unlink(missing_ok=True)
-
-
-def _replace(p: Pending, **changes: object) -> Pending:
-    return Pending(**{**asdict(p), **changes})  # type: ignore[arg-type]
+        with _locked(self.state_dir):
+            (self.state_dir / MARKER).unlink(missing_ok=True)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """`python -m evsed.controller.firmware.installer rollback ...` (the systemd timer's job)."""
+    """`python -m evsed.controller.firmware.installer watch|rollback ...` (the units' job).
+
+    watch: what evsed-rollback.service runs. rollback: the same check once (for a person)."""
     parser = argparse.ArgumentParser(prog="evsed-firmware")
-    parser.add_argument("action", choices=["rollback"])
+    parser.add_argument("action", choices=["watch", "rollback"])
     parser.add_argument("--root", type=Path, default=DEFAULT_ROOT)
-    parser.add_argument("--state-dir", type=Path, required=True)
-    parser.add_argument("--service", default=DEFAULT_SERVICE)
+    parser.add_argument("--state-dir", type=Path, default=DEFAULT_STATE_DIR)
+    parser.add_argument("--poll-s", type=float, default=WATCH_POLL_S)
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
-    installer = VenvInstaller(root=args.root, state_dir=args.state_dir, service=args.service)
-    installer.rollback_if_due(run_command_sync)
-    return 0
+    installer = VenvInstaller(root=args.root, state_dir=args.state_dir)
+    if args.action == "watch":
+        return installer.watch(poll_s=args.poll_s)
+    return EXIT_ROLLED_BACK if installer.rollback_if_due() else 0
 
 
 if __name__ == "__main__":

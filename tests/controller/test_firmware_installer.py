@@ -1,13 +1,18 @@
 """The venv installer in a temporary root: a real `python -m venv` and pip for the install
-that succeeds, fake `systemctl` / `systemd-run` scripts on PATH for the service manager,
-and the rollback of a version that never confirmed, end to end with the Central System."""
+that succeeds, the rollback watcher run as the unit runs it (the previous venv's python,
+in its own process), the wall clock and the waits injected for the deadline, and the
+rollback of a version that never confirmed, end to end with the Central System."""
 
 from __future__ import annotations
 
 import asyncio
 import json
 import os
+import re
+import shlex
 import subprocess
+import sys
+import time
 import zipfile
 from collections.abc import AsyncIterator, Sequence
 from datetime import datetime
@@ -16,7 +21,14 @@ from pathlib import Path
 import pytest
 from ocpp.v16 import call
 
-from evsed.controller.firmware.installer import MARKER, VenvInstaller, main, run_command
+from evsed.controller.firmware.installer import (
+    EXIT_ROLLED_BACK,
+    MARKER,
+    Layout,
+    VenvInstaller,
+    read_marker,
+    run_command,
+)
 from evsed.controller.firmware.update import InstallFailed
 from evsed.hwmocks.central_system import CentralSystem
 from tests.support.clock import FakeClock
@@ -27,6 +39,7 @@ from tests.support.status_frames import statuses, wait_status
 WHEEL_NAME = "evsedtiny-9.9.9-py3-none-any.whl"
 KEYS = {"AuthorizeRemoteTxRequests": "false"}
 FW = "FirmwareStatusNotification"
+SYSTEMD = Path(__file__).resolve().parents[2] / "systemd"
 
 
 def tiny_wheel(where: Path) -> Path:
@@ -47,30 +60,28 @@ def tiny_wheel(where: Path) -> Path:
     return path
 
 
-@pytest.fixture
-def service_manager(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
-    """`systemctl` and `systemd-run` that only write their arguments to a log."""
-    bin_dir = tmp_path / "fakebin"
-    bin_dir.mkdir()
-    log = tmp_path / "systemd.log"
-    for name in ("systemctl", "systemd-run"):
-        script = bin_dir / name
-        script.write_text(f'#!/bin/sh\necho "{name} $*" >> "{log}"\n')
-        script.chmod(0o755)
-    monkeypatch.setenv("PATH", f"{bin_dir}{os.pathsep}{os.environ['PATH']}")
-    return log
-
-
 def _root(tmp_path: Path) -> Path:
+    """/opt/evsed with version 1.0.0 in service; its python is this test's (evsed inside),
+    so the watcher can run from it as the unit runs it from `previous`."""
     root = tmp_path / "opt-evsed"
     (root / "venvs" / "1.0.0" / "bin").mkdir(parents=True)
+    python = root / "venvs" / "1.0.0" / "bin" / "python"
+    # A script, not a link: a venv's python is recognised by the path it is started by.
+    python.write_text(f'#!/bin/sh\nexec "{sys.executable}" "$@"\n')
+    python.chmod(0o755)
     (root / "current").symlink_to("venvs/1.0.0")
+    (root / "previous").symlink_to("venvs/1.0.0")
     return root
 
 
+def _state(tmp_path: Path) -> Path:
+    state = tmp_path / "state"
+    state.mkdir(exist_ok=True)
+    return state
+
+
 class FakeVenvs:
-    """Stands in for `python -m venv` and pip (6 s per venv here: measured), and runs every
-    other command for real (the fake systemctl / systemd-run on PATH)."""
+    """Stands in for `python -m venv` and pip (6 s per venv here: measured)."""
 
     def __init__(self, pip_fails: bool = False) -> None:
         self.pip_fails = pip_fails
@@ -83,12 +94,69 @@ class FakeVenvs:
             return 0, ""
         if list(argv[1:4]) == ["-m", "pip", "install"]:
             return (1, "ERROR: no matching distribution") if self.pip_fails else (0, "")
-        return await run_command(argv)
+        raise AssertionError(f"unexpected command {argv}")
+
+
+class PathUnit:
+    """Plays evsed-rollback.path for the installer's wait: once the marker exists, the
+    watcher starts and acknowledges it; in-process (``arm``) or, with ``spawn``, the real
+    watcher command in its own process, from the previous venv."""
+
+    def __init__(self, root: Path, state: Path, *, spawn: bool = False, works: bool = True):
+        self.root, self.state, self.spawn, self.works = root, state, spawn, works
+        self.watcher: subprocess.Popen[str] | None = None
+        self.waits = 0
+
+    async def sleep(self, seconds: float) -> None:
+        self.waits += 1
+        if not self.works or not (self.state / MARKER).exists():
+            return
+        if self.spawn:
+            if self.watcher is None:
+                self.watcher = _spawn_watcher(self.root, self.state)
+            await asyncio.sleep(seconds)  # real: another process answers
+        else:
+            VenvInstaller(root=self.root, state_dir=self.state).arm()
+
+
+def _unit_command(name: str, directive: str, root: Path, state: Path) -> list[str]:
+    """A command line of a shipped unit, with /opt/evsed and /var/lib/evsed under tmp."""
+    text = (SYSTEMD / name).read_text()
+    line = re.search(rf"^{directive}=(.*)$", text, re.M)
+    assert line, f"{directive}= missing in {name}"
+    command = line[1].replace("/opt/evsed", str(root)).replace("/var/lib/evsed", str(state))
+    return shlex.split(command)
+
+
+def _spawn_watcher(root: Path, state: Path, poll_s: float = 0.05) -> subprocess.Popen[str]:
+    argv = _unit_command("evsed-rollback.service", "ExecStart", root, state)
+    return subprocess.Popen(
+        [*argv, "--poll-s", str(poll_s)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+
+
+class Restarts:
+    def __init__(self) -> None:
+        self.count = 0
+
+    def __call__(self) -> None:
+        self.count += 1
 
 
 def _installer(
-    root: Path, state: Path, run: object, now: list[float], prefix: Path
+    root: Path,
+    state: Path,
+    run: object,
+    now: list[float],
+    prefix: Path,
+    *,
+    path_unit: PathUnit | None = None,
+    restart: Restarts | None = None,
 ) -> VenvInstaller:
+    path_unit = path_unit or PathUnit(root, state)
     return VenvInstaller(
         root=root,
         state_dir=state,
@@ -96,113 +164,230 @@ def _installer(
         confirm_timeout_s=600,
         running_prefix=lambda: prefix,
         wall_time=lambda: now[0],
+        restart=restart or Restarts(),
+        arm_timeout_s=30,
+        sleep=path_unit.sleep,
     )
 
 
-def test_real_venv_install_switches_atomically_and_restarts(
-    tmp_path: Path, service_manager: Path
-) -> None:
-    root, state = _root(tmp_path), tmp_path / "state"
-    state.mkdir()
-    now = [1000.0]
+def _clock_sleep(now: list[float], slept: list[float]):
+    def sleep(seconds: float) -> None:
+        slept.append(seconds)
+        now[0] += seconds
+
+    return sleep
+
+
+def test_real_venv_install_switches_atomically_and_restarts(tmp_path: Path) -> None:
+    root, state = _root(tmp_path), _state(tmp_path)
+    now = [time.time()]  # the watcher in its own process reads the real clock
     new = root / "venvs" / "9.9.9"
-    installer = _installer(root, state, run_command, now, prefix=new)
-    assert asyncio.run(installer.install(tiny_wheel(tmp_path))) is False  # a restart comes
-    assert os.readlink(root / "current") == "venvs/9.9.9"
-    assert (root / "venvs" / "1.0.0").is_dir()  # the previous one is kept
-    out = subprocess.run(
-        [
-            str(root / "current" / "bin" / "python"),
-            "-c",
-            "import evsedtiny; print(evsedtiny.VERSION)",
-        ],
-        capture_output=True,
-        text=True,
-        check=True,
+    path_unit, restarts = PathUnit(root, state, spawn=True), Restarts()
+    installer = _installer(
+        root, state, run_command, now, prefix=new, path_unit=path_unit, restart=restarts
     )
-    assert out.stdout.strip() == "9.9.9"
-    calls = service_manager.read_text().splitlines()
-    assert calls[0].startswith("systemd-run --unit=evsed-firmware-rollback --on-active=600 ")
-    assert (
-        f"{root}/venvs/1.0.0/bin/python -m evsed.controller.firmware.installer rollback" in calls[0]
-    )
-    assert calls[1] == "systemctl --no-block restart evsed"
-    # The new version started and booted: confirmed; the deadline then changes nothing.
-    assert installer.outcome_after_restart() is True
-    now[0] += 601
-    assert installer.rollback_if_due() is False
-    assert os.readlink(root / "current") == "venvs/9.9.9"
+    try:
+        assert asyncio.run(installer.install(tiny_wheel(tmp_path))) is False  # a restart comes
+        assert os.readlink(root / "current") == "venvs/9.9.9"
+        assert os.readlink(root / "previous") == "venvs/1.0.0"  # the way back, kept
+        assert restarts.count == 1
+        out = subprocess.run(
+            [str(root / "current/bin/python"), "-c", "import evsedtiny; print(evsedtiny.VERSION)"],
+            capture_output=True,
+            text=True,
+            check=True,
+        )
+        assert out.stdout.strip() == "9.9.9"
+        marker = read_marker(state)
+        assert marker is not None and marker.armed and marker.deadline == now[0] + 600
+        # The watcher (its own process, the old venv's python) waits for the confirmation.
+        assert path_unit.watcher is not None and path_unit.watcher.poll() is None
+        # The new version started and booted: confirmed; the deadline then changes nothing.
+        assert installer.outcome_after_restart() is True
+        now[0] += 601
+        assert installer.rollback_if_due() is False
+        installer.forget()  # Installed reached the Central System
+        assert path_unit.watcher.wait(timeout=30) == 0, path_unit.watcher.stdout
+        assert os.readlink(root / "current") == "venvs/9.9.9"
+    finally:
+        if path_unit.watcher is not None and path_unit.watcher.poll() is None:
+            path_unit.watcher.kill()
+            path_unit.watcher.wait()
 
 
-def test_unconfirmed_version_is_rolled_back_at_its_deadline(
-    tmp_path: Path, service_manager: Path
-) -> None:
-    root, state = _root(tmp_path), tmp_path / "state"
-    state.mkdir()
+def test_unconfirmed_version_is_rolled_back_at_its_deadline(tmp_path: Path) -> None:
+    root, state = _root(tmp_path), _state(tmp_path)
     now = [1000.0]
     old = root / "venvs" / "1.0.0"
     installer = _installer(root, state, FakeVenvs(), now, prefix=old)
     asyncio.run(installer.install(tiny_wheel(tmp_path)))
     assert os.readlink(root / "current") == "venvs/9.9.9"
-    now[0] += 599
-    assert installer.rollback_if_due() is False  # not yet
-    now[0] += 2
-    # What the timer runs, from the old venv: `... installer rollback` (the fake systemctl
-    # records the restart).
-    service_manager.write_text("")
-    assert installer.rollback_if_due(subprocess_run) is True
+    slept: list[float] = []
+    assert installer.watch(sleep=_clock_sleep(now, slept), poll_s=5) == EXIT_ROLLED_BACK
+    assert now[0] == 1600.0 and max(slept) == 5  # it looked every 5 s, up to the deadline
     assert (root / "current").resolve() == old.resolve()
-    assert service_manager.read_text().splitlines() == ["systemctl --no-block restart evsed"]
     assert installer.outcome_after_restart() is False  # the old one runs: InstallationFailed
     assert (root / "venvs" / "9.9.9").is_dir()  # kept for a look
 
 
-def subprocess_run(argv: Sequence[str]) -> tuple[int, str]:
-    done = subprocess.run(list(argv), capture_output=True, text=True, check=False)
-    return done.returncode, done.stdout
+def test_a_reboot_inside_the_window_keeps_the_rollback(tmp_path: Path) -> None:
+    """The watcher dies with the machine 300 s into the window; after the boot a new one
+    (the path unit starts it: the marker is there) reads the stored deadline and rolls back
+    300 s later. (A transient timer would have been lost.)"""
+    root, state = _root(tmp_path), _state(tmp_path)
+    now = [1000.0]
+    before = _installer(root, state, FakeVenvs(), now, prefix=root / "venvs/1.0.0")
+    asyncio.run(before.install(tiny_wheel(tmp_path)))
+
+    class PowerCut(BaseException):
+        pass
+
+    def sleep_until_the_power_cut(seconds: float) -> None:
+        now[0] += seconds
+        if now[0] >= 1300:
+            raise PowerCut
+
+    with pytest.raises(PowerCut):
+        before.watch(sleep=sleep_until_the_power_cut)
+    assert os.readlink(root / "current") == "venvs/9.9.9"
+    # After the boot: nothing of the old process survives, only the files.
+    after_boot = VenvInstaller(root=root, state_dir=state, wall_time=lambda: now[0])
+    slept: list[float] = []
+    assert after_boot.watch(sleep=_clock_sleep(now, slept)) == EXIT_ROLLED_BACK
+    assert sum(slept) == 300 and now[0] == 1600
+    assert os.readlink(root / "current") == "venvs/1.0.0"
 
 
-def test_the_timer_command_rolls_back_when_due(tmp_path: Path, service_manager: Path) -> None:
-    root, state = _root(tmp_path), tmp_path / "state"
-    state.mkdir()
-    (root / "venvs" / "9.9.9" / "bin").mkdir(parents=True)
-    os.replace(_relink(root, "venvs/9.9.9"), root / "current")
+def test_the_units_watcher_rolls_back_a_version_that_crashes_at_import(tmp_path: Path) -> None:
+    """The new venv's evsed dies at import; the watcher never runs its code: it is the
+    command of evsed-rollback.service, run from `previous` in its own process, here after
+    a reboot past the deadline."""
+    root, state = _root(tmp_path), _state(tmp_path)
+    new = root / "venvs" / "9.9.9" / "bin"
+    new.mkdir(parents=True)
+    (new / "python").write_text("#!/bin/sh\necho 'ImportError: broken' >&2\nexit 1\n")
+    (new / "python").chmod(0o755)
+    (new / "evsed").write_text(f"#!{new / 'python'}\n")
+    (new / "evsed").chmod(0o755)
+    Layout(root).switch("current", root / "venvs" / "9.9.9")
     pending = {
         "version": "9.9.9",
         "venv": str(root / "venvs" / "9.9.9"),
         "previous": str(root / "venvs" / "1.0.0"),
-        "deadline": 0,
+        "deadline": 0,  # long past: the machine was off
+        "armed": True,
     }
     (state / MARKER).write_text(json.dumps(pending))
-    assert main(["rollback", "--root", str(root), "--state-dir", str(state)]) == 0
+    crashed = subprocess.run([str(root / "current" / "bin" / "evsed")], capture_output=True)
+    assert crashed.returncode == 1  # what systemd would restart every 2 s
+    watcher = _spawn_watcher(root, state)
+    out, _ = watcher.communicate(timeout=60)
+    assert watcher.returncode == EXIT_ROLLED_BACK, out
     assert os.readlink(root / "current") == "venvs/1.0.0"
-    assert "systemctl --no-block restart evsed" in service_manager.read_text()
+    marker = read_marker(state)
+    assert marker is not None and marker.rolled_back
 
 
-def _relink(root: Path, target: str) -> Path:
-    tmp = root / ".tmp-link"
-    tmp.symlink_to(target)
-    return tmp
-
-
-def test_pip_failure_leaves_the_running_version_alone(
-    tmp_path: Path, service_manager: Path
+@pytest.mark.parametrize(("status", "restarted"), [("3", True), ("0", False), ("1", False)])
+def test_the_rollback_units_restart_step_runs_only_after_a_rollback(
+    tmp_path: Path, status: str, restarted: bool
 ) -> None:
-    root, state = _root(tmp_path), tmp_path / "state"
-    state.mkdir()
-    installer = _installer(root, state, FakeVenvs(pip_fails=True), [0.0], prefix=root)
+    """ExecStopPost of evsed-rollback.service as systemd runs it ($$ is a literal $, the
+    exit status in $EXIT_STATUS), with a `systemctl` that only records its arguments."""
+    text = (SYSTEMD / "evsed-rollback.service").read_text()
+    line = re.search(r"^ExecStopPost=\+(.*)$", text, re.M)
+    assert line, "the restart step must be the privileged ('+') ExecStopPost"
+    argv = shlex.split(line[1].replace("$$", "$"))
+    fake = tmp_path / "bin"
+    fake.mkdir()
+    log = tmp_path / "systemctl.log"
+    (fake / "systemctl").write_text(f'#!/bin/sh\necho "$*" >> "{log}"\n')
+    (fake / "systemctl").chmod(0o755)
+    env = {"PATH": f"{fake}:/usr/bin:/bin", "EXIT_STATUS": status, "EXIT_CODE": "exited"}
+    assert subprocess.run(argv, env=env, check=False).returncode == 0
+    calls = log.read_text().splitlines() if log.exists() else []
+    assert calls == (["--no-block restart evsed.service"] if restarted else [])
+
+
+def test_a_confirmed_version_is_never_rolled_back_and_a_rolled_back_one_never_confirms(
+    tmp_path: Path,
+) -> None:
+    root, state = _root(tmp_path), _state(tmp_path)
+    now = [1000.0]
+    new = root / "venvs" / "9.9.9"
+    installer = _installer(root, state, FakeVenvs(), now, prefix=new)
+    asyncio.run(installer.install(tiny_wheel(tmp_path)))
+    assert installer.outcome_after_restart() is True
+    now[0] += 10_000
+    assert installer.rollback_if_due() is False
+    # The watcher stays while the marker does (else the path unit would start it again at
+    # once), and ends when the outcome was reported.
+    looks: list[float] = []
+
+    def sleep(seconds: float) -> None:
+        looks.append(seconds)
+        if len(looks) == 3:
+            installer.forget()
+
+    assert installer.watch(sleep=sleep, poll_s=5) == 0
+    assert looks == [5, 5, 5]
+    assert os.readlink(root / "current") == "venvs/9.9.9"
+
+
+def test_a_rolled_back_version_never_confirms(tmp_path: Path) -> None:
+    """The new version, still running until the restart, asks after the rollback."""
+    root, state = _root(tmp_path), _state(tmp_path)
+    now = [1000.0]
+    installer = _installer(root, state, FakeVenvs(), now, prefix=root / "venvs/9.9.9")
+    asyncio.run(installer.install(tiny_wheel(tmp_path)))
+    now[0] += 601
+    assert installer.rollback_if_due() is True
+    assert installer.outcome_after_restart() is False
+    assert os.readlink(root / "current") == "venvs/1.0.0"
+
+
+def test_pip_failure_leaves_the_running_version_alone(tmp_path: Path) -> None:
+    root, state = _root(tmp_path), _state(tmp_path)
+    restarts = Restarts()
+    installer = _installer(
+        root, state, FakeVenvs(pip_fails=True), [0.0], prefix=root, restart=restarts
+    )
     with pytest.raises(InstallFailed, match="pip install"):
         asyncio.run(installer.install(tiny_wheel(tmp_path)))
     assert os.readlink(root / "current") == "venvs/1.0.0"
     assert not (root / "venvs" / "9.9.9").exists()
     assert not (state / MARKER).exists()
-    assert not service_manager.exists()  # nothing restarted
+    assert restarts.count == 0
+
+
+def test_no_switch_without_the_way_back(tmp_path: Path) -> None:
+    """No watcher answers (the rollback units missing): nothing is switched or restarted."""
+    root, state = _root(tmp_path), _state(tmp_path)
+    restarts, unit = Restarts(), PathUnit(root, state, works=False)
+    installer = _installer(
+        root, state, FakeVenvs(), [0.0], prefix=root, path_unit=unit, restart=restarts
+    )
+    with pytest.raises(InstallFailed, match=r"rollback watcher .* nothing switched"):
+        asyncio.run(installer.install(tiny_wheel(tmp_path)))
+    assert unit.waits == 150  # 30 s in 0.2 s looks
+    assert os.readlink(root / "current") == "venvs/1.0.0"
+    assert not (state / MARKER).exists()
+    assert restarts.count == 0
 
 
 async def test_not_a_versioned_install_fails_cleanly(tmp_path: Path) -> None:
-    installer = VenvInstaller(root=tmp_path / "nothing", state_dir=tmp_path)
-    with pytest.raises(InstallFailed, match="not a symlink"):
+    old = tmp_path / "venv" / "bin"
+    old.mkdir(parents=True)
+    installer = VenvInstaller(root=tmp_path, state_dir=tmp_path)
+    with pytest.raises(InstallFailed, match=r"not a symlink into .*venvs.*evsed install"):
         await installer.install(tiny_wheel(tmp_path))
+
+
+def test_a_version_name_cannot_climb_out_of_venvs(tmp_path: Path) -> None:
+    root, state = _root(tmp_path), _state(tmp_path)
+    installer = _installer(root, state, FakeVenvs(), [0.0], prefix=root)
+    with pytest.raises(InstallFailed, match="not a wheel"):
+        asyncio.run(installer.install(tmp_path / "evsed-..-py3-none-any.whl"))
 
 
 # ---------------------------------------------------------------- with the Central System
@@ -215,16 +400,15 @@ async def cs() -> AsyncIterator[CentralSystem]:
 
 
 @pytest.mark.parametrize("boots", [True, False])
-async def test_update_across_the_restart(
-    cs: CentralSystem, tmp_path: Path, service_manager: Path, boots: bool
-) -> None:
+async def test_update_across_the_restart(cs: CentralSystem, tmp_path: Path, boots: bool) -> None:
     """Installing, the restart, then: the new version confirms (Installed), or it never
-    booted, the timer rolled back and the old version reports InstallationFailed."""
+    booted, the watcher rolled back and the old version reports InstallationFailed."""
     root, state = _root(tmp_path), tmp_path / "state"
     now = [datetime(2026, 1, 1).timestamp()]
     clock = FakeClock()
     old, new = root / "venvs" / "1.0.0", root / "venvs" / "9.9.9"
-    before = _installer(root, state, FakeVenvs(), now, prefix=old)
+    restarts = Restarts()
+    before = _installer(root, state, FakeVenvs(), now, prefix=old, restart=restarts)
     with http_server() as srv:
         srv.files[f"/{WHEEL_NAME}"] = tiny_wheel(tmp_path).read_bytes()
         options = {"firmware_installer": before}
@@ -236,12 +420,11 @@ async def test_update_across_the_restart(
                 )
             )
             await wait_status(cs, FW, "Installing", mark)
-            restart = "systemctl --no-block restart evsed"
-            await rig.until(lambda: restart in _read(service_manager), within_s=30)
+            await rig.until(lambda: restarts.count == 1, within_s=30)
     await cs.wait_disconnected(CP_ID)
-    if not boots:  # the new version never came up: the timer fires after the deadline
-        now[0] += 601
-        assert before.rollback_if_due(subprocess_run) is True
+    if not boots:  # the new version never came up: the watcher rolls back at the deadline
+        watcher = VenvInstaller(root=root, state_dir=state, wall_time=lambda: now[0])
+        assert watcher.watch(sleep=_clock_sleep(now, [])) == EXIT_ROLLED_BACK
     after = _installer(root, state, FakeVenvs(), now, prefix=new if boots else old)
     async with ocpp_rig(
         cs, state, keys=KEYS, clock=clock, app_options={"firmware_installer": after}
@@ -251,27 +434,5 @@ async def test_update_across_the_restart(
         await wait_status(cs, FW, final, mark)
         await rig.until(lambda: rig.ocpp.store.firmware_state() is None, within_s=2)
     assert statuses(cs, FW, mark) == ["Downloading", "Downloaded", "Installing", final]
-    assert (root / "current").resolve() == (new if boots else old).resolve(), _read(service_manager)
+    assert (root / "current").resolve() == (new if boots else old).resolve()
     assert not (state / MARKER).exists()  # reported: forgotten
-
-
-def _read(path: Path) -> str:
-    return path.read_text() if path.exists() else ""
-
-
-def test_no_switch_without_the_way_back(
-    tmp_path: Path, service_manager: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    """systemd-run refused (a service user without the right): nothing is switched."""
-    root, state = _root(tmp_path), tmp_path / "state"
-    state.mkdir()
-    refuse = tmp_path / "fakebin" / "systemd-run"
-    refuse.write_text(
-        "#!/bin/sh\necho 'Failed to start transient timer unit: Access denied'\nexit 1\n"
-    )
-    installer = _installer(root, state, FakeVenvs(), [0.0], prefix=root)
-    with pytest.raises(InstallFailed, match=r"rollback timer.*Access denied"):
-        asyncio.run(installer.install(tiny_wheel(tmp_path)))
-    assert os.readlink(root / "current") == "venvs/1.0.0"
-    assert not (state / MARKER).exists()
-    assert not service_manager.exists()  # no restart
