@@ -197,6 +197,8 @@ class OcppApp:
                 await service.stop()
         if self.ctx.smart_charging is not None:
             await self.ctx.smart_charging.stop()
+        if self.ctx.reservation_timers is not None:
+            await self.ctx.reservation_timers.close()
         if self._checkpointing is not None:
             self._checkpointing.cancel()
             with contextlib.suppress(asyncio.CancelledError):

@@ -47,6 +47,7 @@ from evsed.controller.ocpp16.metering import (
     SampledSchedule,
     TransactionData,
 )
+from evsed.controller.ocpp16.profiles.reservation import reservation_used
 from evsed.controller.ocpp16.supervise import keep_running
 
 log = logging.getLogger(__name__)
@@ -148,7 +149,7 @@ class OcppHooks:
         tx = replace(tx, local_id=local_id)
         if tx.reservation_id is not None:
             # The start used the reservation up (§5.13): a restart must not bring it back.
-            self.ctx.store.reservation_delete(tx.reservation_id)
+            reservation_used(self.ctx, tx.reservation_id)
         running = _Running(tx)
         self._running[tx.connector_id] = running
         running.data.add(self._reading(tx.connector_id, "StopTxnSampledData", "Transaction.Begin"))

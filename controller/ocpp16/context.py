@@ -29,6 +29,7 @@ if TYPE_CHECKING:
     from evsed.controller.diagnostics.upload import DiagnosticsUploader
     from evsed.controller.firmware.update import FirmwareUpdater
     from evsed.controller.ocpp16.auth import Authorizer
+    from evsed.controller.ocpp16.expiry import ExpiryTimers
     from evsed.controller.ocpp16.port import ChargePointPort
     from evsed.controller.ocpp16.profiles.smart_charging import SmartChargingService
 
@@ -110,6 +111,8 @@ class OcppContext:
     diagnostics: DiagnosticsUploader | None = None
     # The installed charging profiles and their runner (profiles/smart_charging.py).
     smart_charging: SmartChargingService | None = None
+    # One timer per held reservation, ending it at its expiryDate (profiles/reservation.py).
+    reservation_timers: ExpiryTimers | None = None
     # Called with (event, fields) for the demo's timeline and the tests; never on a safety path.
     observers: list[Callable[[str, dict[str, Any]], None]] = field(default_factory=list)
     # Vendor DataTransfer handlers: vendorId -> async fn(message_id, data) -> (status, data)

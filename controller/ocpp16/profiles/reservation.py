@@ -4,10 +4,19 @@ The connector holds the reservation and decides (`ChargePointPort.reserve`): Fau
 Unavailable or Occupied (a transaction, an EV plugged or a card waiting), and its start gate
 refuses every idTag but the reserved one or one of the reserved parentIdTag. It frees the
 reservation itself when the reserved transaction starts (whose StartTransaction carries the
-reservationId) or at expiryDate. The store keeps what was Accepted, durably before the
-answer, so that a restart gives the connector back its reservation (`restore_reservations`);
-a stored reservation the connector no longer holds (used, expired) is forgotten before the
-next ReserveNow or CancelReservation reads the store, and at start-up.
+reservationId). The store keeps what was Accepted, durably before the answer, so that a
+restart gives the connector back its reservation (`restore_reservations`).
+
+Expiry: a timer (`ExpiryTimers`, on the injected clock) is armed for each Accepted or
+restored reservation and fires at its expiryDate: the connector is told to drop it (its
+StatusNotification Available follows), the stored row goes, and "reservation_expired" is
+emitted, without waiting for any other message. CancelReservation, the reserved
+transaction's start (`reservation_used`) and a connector that ended the reservation itself
+(Unavailable, Faulted: `forget_freed`) cancel the timer. One that expired while evsed was
+stopped is dropped at start-up, before the connectors are reserved, so they come up
+Available. (The connector also drops a reservation past its expiry on its own tick and a
+start after expiryDate is not held back by it: the timer is not what keeps it safe, only
+what ends it on time.)
 
 Choices where the spec is silent:
 - connectorId 0: Rejected unless ReserveConnectorZeroSupported, which the configuration sets
@@ -32,6 +41,7 @@ from ocpp.routing import on
 from ocpp.v16 import call_result
 from ocpp.v16.enums import Action
 
+from evsed.controller.ocpp16.expiry import ExpiryTimers
 from evsed.controller.ocpp16.profiles.base import Access, KeyType, declare, key
 from evsed.controller.store.reservations import Reservation as StoredReservation
 
@@ -67,6 +77,38 @@ def _reservable(ctx: OcppContext, connector_id: int) -> bool:
     return connector_id in charger.connector_ids
 
 
+def timers(ctx: OcppContext) -> ExpiryTimers:
+    """The context's reservation timers (made on first use; `OcppApp.stop` closes them)."""
+    if ctx.reservation_timers is None:
+        ctx.reservation_timers = ExpiryTimers(
+            ctx.clock, lambda reservation_id: _expired(ctx, reservation_id), name="reservation"
+        )
+    return ctx.reservation_timers
+
+
+def _expired(ctx: OcppContext, reservation_id: int) -> None:
+    """The timer of `reservation_id` fired: its expiryDate came (§5.13)."""
+    stored = ctx.store.reservation_get(reservation_id)
+    if stored is None:
+        return
+    if stored.expiry > ctx.clock.now():  # replaced by a later one meanwhile
+        timers(ctx).arm(reservation_id, stored.expiry)
+        return
+    if ctx.charger is not None:
+        # False when the connector already let it go on its tick: nothing left to end.
+        ctx.charger.cancel_reservation(stored.connector_id, reservation_id)
+    ctx.store.reservation_delete(reservation_id)
+    log.info("reservation %s on connector %s expired", reservation_id, stored.connector_id)
+    ctx.emit("reservation_expired", reservation_id=reservation_id, connector_id=stored.connector_id)
+
+
+def reservation_used(ctx: OcppContext, reservation_id: int) -> None:
+    """The reserved transaction started (§5.13): the reservation is used up, and a restart
+    must not bring it back."""
+    timers(ctx).cancel(reservation_id)
+    ctx.store.reservation_delete(reservation_id)
+
+
 def forget_freed(ctx: OcppContext) -> None:
     """Drop the stored reservations the connectors no longer hold (the reserved transaction
     started, or the connector let it expire)."""
@@ -80,6 +122,7 @@ def forget_freed(ctx: OcppContext) -> None:
             else None
         )
         if held is None or held.reservation_id != stored.reservation_id:
+            timers(ctx).cancel(stored.reservation_id)
             ctx.store.reservation_delete(stored.reservation_id)
 
 
@@ -103,6 +146,7 @@ def restore_reservations(ctx: OcppContext) -> None:
                 stored.expiry,
             )
         if status == "Accepted":
+            timers(ctx).arm(stored.reservation_id, stored.expiry)
             log.info(
                 "reservation %s restored on connector %s",
                 stored.reservation_id,
@@ -170,6 +214,7 @@ class ReservationHandlers:
             # Not durable, so not held: a restart would hand the connector to anyone.
             charger.cancel_reservation(connector_id, reservation_id)
             raise
+        timers(self.ctx).arm(reservation_id, expiry)
         return "Accepted"
 
     @on(Action.cancel_reservation)
@@ -180,6 +225,7 @@ class ReservationHandlers:
             forget_freed(self.ctx)
             stored = self.ctx.store.reservation_get(reservation_id)
             if stored is not None:
+                timers(self.ctx).cancel(reservation_id)
                 charger.cancel_reservation(stored.connector_id, reservation_id)
                 self.ctx.store.reservation_delete(reservation_id)
                 status = "Accepted"
