@@ -65,9 +65,12 @@ class InstallError(Exception):
 def run_commands(argv: Sequence[str]) -> None:
     """The real runner: a failed command raises InstallError with its own message."""
     try:
-        subprocess.run(list(argv), check=True, capture_output=True, text=True, timeout=120)
+        # pip installing the [pi] extra on a Pi Zero may build a wheel: minutes, not seconds.
+        subprocess.run(list(argv), check=True, capture_output=True, text=True, timeout=1800)
     except FileNotFoundError:
         raise InstallError(f"{argv[0]}: not found on this system") from None
+    except subprocess.TimeoutExpired:
+        raise InstallError(f"{shlex.join(argv)}: no result after 30 minutes") from None
     except subprocess.CalledProcessError as exc:
         detail = (exc.stderr or exc.stdout or "").strip().splitlines()
         reason = detail[-1] if detail else f"exit status {exc.returncode}"
@@ -205,6 +208,8 @@ def _venv_layout(
     running = layout.in_service()
     if running is not None:
         out(f"versions: /{PREFIX}/current -> venvs/{running.name} (kept)")
+        if package is not None:
+            out(f"  {package.name} not installed: new versions come as firmware updates")
     elif layout.current.exists() or layout.current.is_symlink():
         raise InstallError(
             f"/{PREFIX}/current is not a link into /{PREFIX}/venvs: move it away, then run "

@@ -89,11 +89,22 @@ _PACKAGE = re.compile(
 _SAFE_VERSION = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.+!-]{0,63}$")
 
 
-async def run_command(argv: Sequence[str]) -> tuple[int, str]:
+#: A venv and a pip install on a Pi take a minute or two; a pip stuck on the network must
+#: not leave the update Installing for ever.
+COMMAND_TIMEOUT_S = 1800.0
+EXIT_TIMED_OUT = 124
+
+
+async def run_command(argv: Sequence[str], timeout_s: float = COMMAND_TIMEOUT_S) -> tuple[int, str]:
     proc = await asyncio.create_subprocess_exec(
         *argv, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT
     )
-    out, _ = await proc.communicate()
+    try:
+        out, _ = await asyncio.wait_for(proc.communicate(), timeout_s)
+    except TimeoutError:
+        proc.kill()
+        await proc.wait()
+        return EXIT_TIMED_OUT, f"{argv[0]}: no result after {timeout_s:.0f} s, killed"
     return proc.returncode or 0, out.decode(errors="replace")
 
 
@@ -374,16 +385,15 @@ class VenvInstaller:
         """`evsed-rollback.service`: 0 once the marker is gone (reported: nothing to do),
         EXIT_ROLLED_BACK after a rollback. While the marker exists, confirmed or rolled
         back, it stays (exiting would make the path unit start it again at once)."""
-        if self.arm() is None:
-            return 0
         while True:
             if self.rollback_if_due():
                 return EXIT_ROLLED_BACK
-            pending = read_marker(self.state_dir)
-            if pending is None:
+            # Armed on every look: a later installation may write a new marker meanwhile.
+            pending = self.arm()
+            if pending is None and not (self.state_dir / MARKER).exists():
                 return 0
-            wait = poll_s
-            if not (pending.confirmed or pending.rolled_back):
+            wait = poll_s  # also for an unreadable marker: logged, and left to a person
+            if pending is not None and not (pending.confirmed or pending.rolled_back):
                 wait = min(poll_s, max(0.0, pending.deadline - self._time()))
             sleep(wait)
 

@@ -346,6 +346,53 @@ def test_a_rolled_back_version_never_confirms(tmp_path: Path) -> None:
     assert os.readlink(root / "current") == "venvs/1.0.0"
 
 
+def test_a_later_installation_is_armed_by_the_watcher_already_running(tmp_path: Path) -> None:
+    """The watcher of a confirmed update waits for its marker to go; a new UpdateFirmware
+    writes a new marker meanwhile: the same watcher acknowledges it, and keeps its deadline."""
+    root, state = _root(tmp_path), _state(tmp_path)
+    now = [1000.0]
+    first = _installer(root, state, FakeVenvs(), now, prefix=root / "venvs/9.9.9")
+    asyncio.run(first.install(tiny_wheel(tmp_path)))
+    assert first.outcome_after_restart() is True
+    looks: list[float] = []
+
+    def sleep(seconds: float) -> None:
+        looks.append(seconds)
+        now[0] += seconds
+        if len(looks) == 1:  # the next update's marker, while this watcher still runs
+            pending = {**json.loads((state / MARKER).read_text())}
+            pending.update(version="10.0.0", confirmed=False, armed=False, deadline=now[0] + 600)
+            (state / MARKER).write_text(json.dumps(pending))
+
+    assert first.watch(sleep=sleep, poll_s=5) == EXIT_ROLLED_BACK
+    marker = read_marker(state)
+    assert marker is not None and marker.version == "10.0.0" and marker.armed
+    assert now[0] == 1605.0  # the second marker's deadline, not the first's
+
+
+def test_an_unreadable_marker_keeps_the_watcher_waiting(tmp_path: Path) -> None:
+    """Exiting would have the path unit start it again at once, in a loop."""
+    root, state = _root(tmp_path), _state(tmp_path)
+    (state / MARKER).write_text("{not json")
+    looks: list[float] = []
+
+    def sleep(seconds: float) -> None:
+        looks.append(seconds)
+        if len(looks) == 3:
+            (state / MARKER).unlink()
+
+    assert VenvInstaller(root=root, state_dir=state).watch(sleep=sleep, poll_s=5) == 0
+    assert looks == [5, 5, 5]
+    assert os.readlink(root / "current") == "venvs/1.0.0"
+
+
+async def test_a_stuck_command_is_killed_at_its_timeout() -> None:
+    status, out = await run_command(
+        [sys.executable, "-c", "import time; time.sleep(60)"], timeout_s=0.5
+    )
+    assert status == 124 and "killed" in out
+
+
 def test_pip_failure_leaves_the_running_version_alone(tmp_path: Path) -> None:
     root, state = _root(tmp_path), _state(tmp_path)
     restarts = Restarts()
