@@ -21,7 +21,6 @@ from __future__ import annotations
 import asyncio
 import functools
 import logging
-import math
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, replace
@@ -120,8 +119,11 @@ class Settings:
     unlock_margin_s: float = 1.0
     # With a meter fitted a start waits this long for a first reading after start-up: a card
     # left on the reader across a restart must not start with meterStart 0 (issue 14 #11).
+    # No reading by then: the start is refused and the meter reported failed, never
+    # recorded with a number the meter did not give (see `_start_waiting_for_meter`).
+    # 10 s covers a slow first RTU poll (a timeout and a retry) without a user giving up.
     has_meter: bool = False
-    meter_wait_s: float = 2.0
+    meter_wait_s: float = 10.0
 
 
 # Events (the "event" half of (phase, event) in `_transition`).
@@ -471,6 +473,9 @@ class Connector:
             return
         self.faults[fault] = detail
         rule = RULES[fault]
+        if fault == Fault.METER and self._start_waits_since is not None:
+            # Judged failed before it ever answered: the start waiting for it is refused.
+            self._refuse_waiting_start(f"meter failed before a first reading ({detail})")
         self._cut(DUTY_F)
         self._f_until = self._clock.monotonic() + self.settings.fault_state_f_s
         log.warning("connector %s fault %s: %s", self.id, fault, detail)
@@ -524,6 +529,10 @@ class Connector:
         self.last_sample = sample
         if sample.energy_import_wh is not None:
             self.last_energy_wh = sample.energy_import_wh
+            if Fault.METER in self.faults:
+                # It answers: a meter fault (the poller's, or a start's wait) is over.
+                self._clear_fault(Fault.METER, Clear.RECOVERY)
+                self._apply()
             if self._start_waits_since is not None:
                 self._start_waiting_for_meter()
                 self._apply()
@@ -976,28 +985,55 @@ class Connector:
         self._emit("start", tx)
 
     def _start_waiting_for_meter(self) -> None:
-        """Record a start that waited for a first meter reading, once one came or the wait
-        ran out (then with the last reading known, and said so)."""
+        """Record a start that waited for a first meter reading once one came; refuse it if
+        none came within `meter_wait_s`.
+
+        Refused, not recorded with the last reading persisted before the restart: that one
+        may be older than the meter's register (the tail of the last session after its last
+        sample), so the new session would be billed for energy it did not take, and a
+        meter that does not answer cannot bill this session either. A billing charger does
+        not charge on a meter it cannot read: the connector shows Faulted/PowerMeterFailure
+        (the Central System hears why) until the meter answers; the driver starts again then.
+        """
         since = self._start_waits_since
         tx = self.transaction
         if since is None or tx is None:
             self._start_waits_since = None
             return
-        fresh = self.last_energy_wh is not None
-        if not fresh and self._clock.monotonic() - since < self.settings.meter_wait_s:
+        if self.last_energy_wh is None:
+            if self._clock.monotonic() - since < self.settings.meter_wait_s:
+                return
+            reason = f"no meter reading within {self.settings.meter_wait_s:.0f} s"
+            self._refuse_waiting_start(reason)
+            self.raise_fault(Fault.METER, reason)
             return
         self._start_waits_since = None
-        if not fresh:
-            log.warning(
-                "connector %s: no meter reading within %.1f s of the start; meterStart %d Wh "
-                "is the last one known",
-                self.id,
-                self.settings.meter_wait_s,
-                self._meter_wh(),
-            )
         tx = replace(tx, meter_start_wh=self._meter_wh())
         self.transaction = tx
         self._emit("start", tx)
+
+    def _refuse_waiting_start(self, reason: str) -> None:
+        """The waiting start ends unrecorded and the connector waits for a card again."""
+        self._drop_waiting_start(reason)
+        before = self.phase
+        self.phase = Phase.PLUGGED if self.pilot_state in PLUGGED_STATES else Phase.IDLE
+        if self.phase != before:
+            self._note("phase", previous=str(before), phase=str(self.phase), event=reason)
+            fields = {"previous": str(before), "phase": str(self.phase), "event": reason}
+            self._emit("change", "phase", {"connector": self.id, **fields})
+
+    def _drop_waiting_start(self, reason: str) -> None:
+        """A start that waited for the meter ends unrecorded: nothing was offered, the lock
+        never engaged, the Central System never heard of it (no StartTransaction, no stop)."""
+        tx = self.transaction
+        self._start_waits_since = None
+        self.transaction = None
+        self._tx_recorded = False
+        if tx is not None:
+            log.warning("connector %s: no transaction: %s", self.id, reason)
+            self._note("start_refused", id_tag=tx.id_tag, reason=reason)
+        if self._pending_operative is not None:
+            self.operative, self._pending_operative = self._pending_operative, None
 
     @command()
     def _start_recorded(self, tx: Transaction, recorded: Transaction) -> None:
@@ -1039,9 +1075,10 @@ class Connector:
 
     def _stop_transaction(self, reason: StopReason, id_tag: str | None = None) -> None:
         if self._start_waits_since is not None:
-            # Stopped while the start waited for the meter: the start is recorded first.
-            self._start_waits_since = -math.inf
-            self._start_waiting_for_meter()
+            # Stopped while the start still waited for its first meter reading: it never
+            # started (no energy, no record), so there is nothing to stop either.
+            self._drop_waiting_start(f"stopped ({reason}) before the meter was read")
+            return
         tx = self.transaction
         if tx is None:
             return
