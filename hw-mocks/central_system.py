@@ -436,7 +436,8 @@ class CentralSystem:
             session.ws.transport.abort()
         else:
             await session.ws.close(code)
-        await asyncio.wait_for(asyncio.shield(session.closed), self.response_timeout)
+        async with asyncio.timeout(self.response_timeout):
+            await asyncio.shield(session.closed)
 
     # ------------------------------------------------------------ talking to a CP
 
@@ -464,6 +465,11 @@ class CentralSystem:
                 done, _ = await asyncio.wait(
                     {task, session.closed}, timeout=limit, return_when=asyncio.FIRST_COMPLETED
                 )
+                if task not in done and self._answered(cp_id, unique_id):
+                    # The answer was read before the close (route_message queued it), but the
+                    # library's call() needs a few more loop turns to pick it up: a CP that
+                    # answers and then closes (a security-profile raise) has answered.
+                    done, _ = await asyncio.wait({task}, timeout=limit)
             finally:
                 session.peer.pending_id = None
                 if not task.done():
@@ -475,6 +481,15 @@ class CentralSystem:
             if session.closed.done():
                 raise ConnectionError(f"{cp_id} disconnected before answering {unique_id}")
             raise TimeoutError(f"{cp_id} did not answer {type(payload).__name__} within {limit}s")
+
+    def _answered(self, cp_id: str, unique_id: str) -> bool:
+        return any(
+            f.cp_id == cp_id
+            and f.direction is Direction.CP_TO_CS
+            and f.unique_id == unique_id
+            and (f.is_result or f.is_error)
+            for f in reversed(self.frames)
+        )
 
     async def send_raw(self, cp_id: str, text: str) -> None:
         """Send any text frame, well-formed or not; answers are only recorded."""
@@ -570,7 +585,8 @@ class CentralSystem:
         entry = (check, future)
         self._waiters.append(entry)
         try:
-            return await asyncio.wait_for(future, timeout)
+            async with asyncio.timeout(timeout):
+                return await future
         finally:
             self._waiters.remove(entry)
 
@@ -677,7 +693,8 @@ class CentralSystem:
         if previous is not None:  # a CP reconnecting replaces its stale link
             previous.ws.transport.abort()
             with suppress(TimeoutError):
-                await asyncio.wait_for(asyncio.shield(previous.closed), self.response_timeout)
+                async with asyncio.timeout(self.response_timeout):
+                    await asyncio.shield(previous.closed)
         self._sessions[cp_id] = session
         self.connect_counts[cp_id] += 1
         self._notify()
