@@ -109,7 +109,8 @@ class GpioRcd:
             return True
         try:
             while True:
-                got = await asyncio.wait_for(asyncio.shield(self._waiter), timeout_s)
+                async with asyncio.timeout(timeout_s):
+                    got = await asyncio.shield(self._waiter)
                 if got == want:
                     return True
                 self._waiter = loop.create_future()

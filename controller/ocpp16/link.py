@@ -435,7 +435,11 @@ def http_hint(status: int, profile: int) -> str:
 
 
 async def close_connection(ws: ClientConnection, close_timeout: float) -> None:
+    # asyncio.timeout, not wait_for: on Python 3.11 wait_for returns the result when the
+    # close completes in the same turn as a cancel of the caller, and the cancel is lost
+    # (a session stop() then waited forever on the reconnect sleep that followed).
     with suppress(Exception):
-        await asyncio.wait_for(ws.close(), close_timeout)
+        async with asyncio.timeout(close_timeout):
+            await ws.close()
     with suppress(Exception):
         ws.transport.abort()

@@ -203,10 +203,12 @@ class OcppSession:
     # ------------------------------------------------------------ waiting (tests, app)
 
     async def wait_online(self, timeout: float | None = None) -> None:
-        await asyncio.wait_for(self._online_event.wait(), timeout)
+        async with asyncio.timeout(timeout):
+            await self._online_event.wait()
 
     async def wait_offline(self, timeout: float | None = None) -> None:
-        await asyncio.wait_for(self._offline_event.wait(), timeout)
+        async with asyncio.timeout(timeout):
+            await self._offline_event.wait()
 
     # ------------------------------------------------------------ lifecycle
 
@@ -219,13 +221,17 @@ class OcppSession:
         main, self._main = self._main, None
         if main is not None:
             main.cancel()
-            with suppress(asyncio.CancelledError):
-                await main
+            # wait(), not `await main` under suppress(CancelledError): that would also
+            # swallow a cancel of stop()'s own caller.
+            await asyncio.wait({main})
+            if not main.cancelled() and main.exception() is not None:
+                log.error("session: ended with an error", exc_info=main.exception())
         self._set_offline()
 
     # ------------------------------------------------------------ the connection loop
 
     async def _run(self) -> None:
+        me = asyncio.current_task()
         while True:
             try:
                 await self._connect_once()
@@ -233,6 +239,10 @@ class OcppSession:
                 raise
             except Exception:
                 log.exception("session: connection attempt failed unexpectedly")
+            if me is not None and me.cancelling():
+                # A stop() whose CancelledError a library swallowed (wait_for on 3.11 does,
+                # in a race): honour it here rather than sleep until a reconnect forever.
+                raise asyncio.CancelledError
             delay = self.backoff.next()
             self.reconnect_delays.append(delay)
             self._ctx.emit("reconnect_wait", seconds=delay)
@@ -331,7 +341,8 @@ class OcppSession:
         # The ChangeConfiguration answer is sent after the listener returned: close once it
         # is out, so the CS hears Accepted before the link goes.
         with suppress(TimeoutError):
-            await asyncio.wait_for(link.tap.answered.wait(), 5.0)
+            async with asyncio.timeout(5.0):
+                await link.tap.answered.wait()
         log.info("session: security profile %d now: reconnecting", self.security_profile())
         self._set_offline()
         await close_connection(link.ws, self._close_timeout)
