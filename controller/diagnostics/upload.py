@@ -5,8 +5,8 @@
     Uploading --fail, none left--> UploadFailed
 
 http(s) uploads PUT the archive to the location (with the file name appended when the
-location ends in "/"), and fall back to a form POST when the server answers 405; ftp STORs
-it. The archive is deleted afterwards: it is a copy, and the SD card is small.
+location ends in "/"), and fall back to a form POST when the server answers 405; ftp and
+ftps STOR it. The archive is deleted afterwards: it is a copy, and the SD card is small.
 """
 
 from __future__ import annotations
@@ -20,7 +20,13 @@ from pathlib import Path
 
 from evsed.controller.clock import Clock
 from evsed.controller.diagnostics.collect import Sources, Window, build_archive
-from evsed.controller.firmware.transfer import DEFAULT_LIMITS, Limits, TransferFailed, upload
+from evsed.controller.firmware.transfer import (
+    DEFAULT_LIMITS,
+    FTP_SCHEMES,
+    Limits,
+    TransferFailed,
+    upload,
+)
 from evsed.controller.firmware.urls import UrlRejected, check_url, redact_url
 
 log = logging.getLogger(__name__)
@@ -115,7 +121,7 @@ class DiagnosticsUploader:
             await self._notify("Uploading")
             try:
                 scheme = check_url(location).scheme
-                if scheme == "ftp":
+                if scheme in FTP_SCHEMES:
                     await asyncio.to_thread(upload, archive, location, limits=self._limits)
                 else:
                     try:

@@ -1,8 +1,18 @@
 """Bounded file transfers for Firmware Management: download (UpdateFirmware) and upload
-(GetDiagnostics) over http, https and ftp.
+(GetDiagnostics) over http, https, ftp and ftps.
 
 The standard library is enough: `urllib.request` for http(s) (TLS with the system's
-trust store, streaming reads) and `ftplib` for ftp, both with socket timeouts. Each
+trust store, streaming reads) and `ftplib` for ftp and ftps, all with socket timeouts.
+
+ftps is explicit FTPS (RFC 4217): the control connection on port 21 (unless the URL names
+another) is switched to TLS with AUTH TLS before the user name and password are sent, and
+every data connection is protected too (PBSZ 0, PROT P). The server's certificate is checked
+against the system's trust store (``SSL_CERT_FILE`` / ``SSL_CERT_DIR`` point elsewhere) and
+its host name, like https. A server that refuses AUTH TLS or PROT P fails the transfer: never
+a silent fall back to plain ftp. Data connections resume the control connection's TLS
+session, which vsftpd requires by default (``require_ssl_reuse``). Implicit FTPS (TLS from
+the first byte, usually port 990) is not spoken: such a server does not answer the plain
+greeting and the transfer fails on its socket timeout. Each
 transfer is blocking and meant to run in a worker thread (`asyncio.to_thread`), so neither
 the event loop nor the safety core ever waits on a server. Bounds: a byte limit (the
 transfer stops as soon as it is passed) and a deadline for the whole transfer, besides the
@@ -19,6 +29,8 @@ import base64
 import ftplib
 import logging
 import os
+import socket
+import ssl
 import time
 import urllib.request
 import uuid
@@ -38,6 +50,7 @@ CHUNK = 64 * 1024
 DEFAULT_MAX_BYTES = 200 * 1024 * 1024
 DEFAULT_TIMEOUT_S = 600.0  # the whole transfer
 DEFAULT_SOCKET_TIMEOUT_S = 30.0  # one connect / read / write
+FTP_SCHEMES = frozenset({"ftp", "ftps"})
 
 
 class TransferFailed(Exception):
@@ -192,8 +205,32 @@ def _http_upload(url: TransferUrl, path: Path, method: str, budget: _Budget) -> 
 # ---------------------------------------------------------------- ftp
 
 
+class _FtpTls(ftplib.FTP_TLS):
+    """FTP_TLS whose data connections resume the control connection's TLS session."""
+
+    def ntransfercmd(self, cmd: str, rest: int | str | None = None) -> tuple[socket.socket, int]:
+        conn, size = ftplib.FTP.ntransfercmd(self, cmd, rest)
+        if self._prot_p:  # type: ignore[attr-defined]
+            session = self.sock.session if isinstance(self.sock, ssl.SSLSocket) else None
+            conn = self.context.wrap_socket(  # type: ignore[attr-defined]
+                conn, server_hostname=self.host, session=session
+            )
+        return conn, size
+
+
 def _ftp(url: TransferUrl, budget: _Budget) -> ftplib.FTP:
-    ftp = ftplib.FTP(timeout=budget.limits.socket_timeout_s)
+    timeout = budget.limits.socket_timeout_s
+    if url.scheme == "ftps":
+        ftps = _FtpTls(context=ssl.create_default_context(), timeout=timeout)
+        ftps.connect(url.host, url.port or 21)
+        # AUTH TLS first: login() would do it too, but only here is it certain that no
+        # credential crosses the wire before the control connection is encrypted.
+        ftps.auth()
+        ftps.login(url.username or "anonymous", url.password or "")
+        ftps.prot_p()
+        ftps.set_pasv(True)
+        return ftps
+    ftp = ftplib.FTP(timeout=timeout)
     ftp.connect(url.host, url.port or 21)
     ftp.login(url.username or "anonymous", url.password or "")
     ftp.set_pasv(True)
@@ -238,6 +275,12 @@ class _DataConnection:
         return self.conn
 
     def __exit__(self, *exc: object) -> None:
+        if isinstance(self.conn, ssl.SSLSocket):
+            # TLS close_notify: how an ftps server tells a complete upload from a cut one.
+            try:
+                self.conn.unwrap()
+            except (OSError, ValueError):
+                pass
         self.conn.close()
 
 
@@ -281,7 +324,7 @@ def download(
     part = dest.with_name(f".{dest.name}.part")
     try:
         with part.open("wb") as out:
-            if url.scheme == "ftp":
+            if url.scheme in FTP_SCHEMES:
                 _ftp_download(url, out, budget)
             else:
                 _http_download(url, out, budget)
@@ -303,7 +346,7 @@ def upload(
     limits: Limits = DEFAULT_LIMITS,
     monotonic: Callable[[], float] = time.monotonic,
 ) -> None:
-    """Send ``path`` to ``location``: ftp STOR (a location ending in "/" gets the file's
+    """Send ``path`` to ``location``: ftp(s) STOR (a location ending in "/" gets the file's
     name appended), http(s) PUT or POST (form field "file"). Raises UrlRejected or
     TransferFailed. Blocking: run it in a thread."""
     if location.endswith("/"):
@@ -315,7 +358,7 @@ def upload(
     if path.stat().st_size > limits.max_bytes:
         raise TransferFailed(f"{path.name} is larger than the limit of {limits.max_bytes} bytes")
     try:
-        if url.scheme == "ftp":
+        if url.scheme in FTP_SCHEMES:
             _ftp_upload(url, path, budget)
         else:
             _http_upload(url, path, method, budget)

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from urllib.parse import SplitResult, unquote, urlsplit
 
 #: Schemes evsed transfers over (SupportedFileTransferProtocols, lower case).
-ALLOWED_SCHEMES: frozenset[str] = frozenset({"http", "https", "ftp"})
+ALLOWED_SCHEMES: frozenset[str] = frozenset({"http", "https", "ftp", "ftps"})
 #: CiString / anyURI: OCPP does not bound a location; 2 KiB is far above any real one.
 MAX_URL_LENGTH = 2048
 

@@ -17,6 +17,7 @@ from evsed.controller.ocpp16.redaction import FILTER, redact
         "http://cs.example/fw.whl",
         "HTTPS://cs.example:8443/a/b.whl?x=1",
         "ftp://user:pw@10.0.0.1/fw/evsed.whl",
+        "ftps://user:pw@cs.example:2121/fw/evsed.whl",
     ],
 )
 def test_network_schemes_pass(url: str) -> None:
@@ -31,7 +32,7 @@ def test_network_schemes_pass(url: str) -> None:
         "../evsed.db",
         "data:text/plain,hi",
         "gopher://cs.example/x",
-        "ftps://cs.example/x",  # not supported: refused, not silently downgraded
+        "sftp://cs.example/x",  # not spoken: refused
         "http:///no-host",
         "http://cs.example/a b",
         "http://cs.example:99999/x",

@@ -226,7 +226,7 @@ PROFILE = declare(
             "SupportedFileTransferProtocols",
             KeyType.CSL,
             Access.R,
-            "FTP,HTTP,HTTPS",
+            "FTP,FTPS,HTTP,HTTPS",
             allowed=frozenset({"FTP", "FTPS", "HTTP", "HTTPS"}),
         ),
     ),
