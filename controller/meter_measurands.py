@@ -29,19 +29,31 @@ _PER_PHASE = {
 }
 
 
+# Measurands with a total (no phase) and per-phase values: the register-map quantity of the
+# total, and the per-phase pattern. The total is reported when the meter has it, or, except
+# for a power factor (which does not add up), when every phase of the connector is mapped.
+_TOTAL_AND_LINE = {
+    "Power.Active.Import": ("power_total", "power_l{}", True),
+    "Power.Reactive.Import": ("reactive_power_total", "reactive_power_l{}", True),
+    "Power.Factor": ("power_factor_total", "power_factor_l{}", False),
+}
+_TOTALS = {
+    "energy_import": "Energy.Active.Import.Register",
+    "energy_export": "Energy.Active.Export.Register",
+    "frequency": "Frequency",
+}
+
+
 def _meter_measurands(quantities: frozenset[str], phases: int) -> set[str]:
     lines = range(1, phases + 1)
-    out: set[str] = set()
-    if "energy_import" in quantities:
-        out.add("Energy.Active.Import.Register")
-    if "frequency" in quantities:
-        out.add("Frequency")
+    out = {measurand for quantity, measurand in _TOTALS.items() if quantity in quantities}
     for measurand, pattern in _PER_PHASE.items():
         if any(pattern.format(k) in quantities for k in lines):
             out.add(measurand)
-    per_phase_power = all(f"power_l{k}" in quantities for k in lines)
-    if "power_total" in quantities or per_phase_power:
-        out.add("Power.Active.Import")
+    for measurand, (total, pattern, sums) in _TOTAL_AND_LINE.items():
+        per_phase = all(pattern.format(k) in quantities for k in lines)
+        if total in quantities or (sums and per_phase):
+            out.add(measurand)
     return out
 
 
@@ -78,6 +90,6 @@ def selectable_items(measurands: Iterable[str], phases: int) -> list[str]:
     for name in names:
         if name == "Voltage":
             items += [f"Voltage.L{k}-N" for k in range(1, phases + 1)]
-        elif name in ("Current.Import", "Power.Active.Import") and phases > 1:
+        elif (name == "Current.Import" or name in _TOTAL_AND_LINE) and phases > 1:
             items += [f"{name}.L{k}" for k in range(1, phases + 1)]
     return items

@@ -50,7 +50,9 @@ Phases3 = tuple[float | None, float | None, float | None]
 
 @dataclass(frozen=True, slots=True)
 class MeterSample:
-    """One poll of an energy meter, in SI units. Energy is always Wh, never kWh."""
+    """One poll of an energy meter, in SI units. Energy is always Wh, never kWh; reactive
+    power is var, never kvar; the power factor is a plain ratio (-1..1, signed as the meter
+    gives it). None: the meter does not provide the value (or could not read it)."""
 
     voltage_v: Phases3 = (None, None, None)
     current_a: Phases3 = (None, None, None)
@@ -58,6 +60,11 @@ class MeterSample:
     power_total_w: float | None = None
     energy_import_wh: float | None = None
     frequency_hz: float | None = None
+    energy_export_wh: float | None = None
+    reactive_power_var: Phases3 = (None, None, None)
+    reactive_power_total_var: float | None = None
+    power_factor: Phases3 = (None, None, None)
+    power_factor_total: float | None = None
 
 
 @dataclass(frozen=True, slots=True)

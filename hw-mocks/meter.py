@@ -21,6 +21,7 @@ import asyncio
 import contextlib
 import errno
 import logging
+import math
 import random
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -61,6 +62,14 @@ class Load:
         v, i, pf = self.voltage_v, self.current_a, self.power_factor
         return (v[0] * i[0] * pf, v[1] * i[1] * pf, v[2] * i[2] * pf)
 
+    @property
+    def reactive_power_var(self) -> Triple:
+        """Q = V x I x sin(phi): an inductive (lagging) load imports reactive power too; a
+        negative current (export) exports it."""
+        v, i = self.voltage_v, self.current_a
+        sin_phi = math.sqrt(max(0.0, 1.0 - min(1.0, self.power_factor) ** 2))
+        return (v[0] * i[0] * sin_phi, v[1] * i[1] * sin_phi, v[2] * i[2] * sin_phi)
+
 
 class SimMeter:
     """A simulated meter of `model` (built-in map name, path, or RegisterMap).
@@ -98,6 +107,7 @@ class SimMeter:
         self.clock: Clock = clock or SystemClock()
         self.source = source
         self.energy_wh = energy_wh
+        self.energy_export_wh = 0.0  # what a negative power (PV through a grid meter) sends out
         self.load = Load()
         self.fault: MeterFault | None = None
         self.update_interval_s = update_interval_s
@@ -131,13 +141,32 @@ class SimMeter:
     def values(self) -> dict[str, float]:
         """The SI values the registers hold after the next update, by quantity name."""
         ld = self.load
-        out: dict[str, float] = {"power_total": self.power_total_w, "energy_import": self.energy_wh}
-        out["frequency"] = ld.frequency_hz
-        for n in range(3):
-            out[f"voltage_l{n + 1}"] = ld.voltage_v[n]
-            out[f"current_l{n + 1}"] = ld.current_a[n]
-            out[f"power_l{n + 1}"] = ld.power_w[n]
+        n = self.phases
+        # The signed power factor a meter shows: negative while the total is exported.
+        pf = -ld.power_factor if self.power_total_w < 0 else ld.power_factor
+        out: dict[str, float] = {
+            "power_total": self.power_total_w,
+            "energy_import": self.energy_wh,
+            "energy_export": self.energy_export_wh,
+            "frequency": ld.frequency_hz,
+            "reactive_power_total": sum(ld.reactive_power_var[:n]),
+            "power_factor_total": pf,
+        }
+        for k in range(3):
+            out[f"voltage_l{k + 1}"] = ld.voltage_v[k]
+            out[f"current_l{k + 1}"] = ld.current_a[k]
+            out[f"power_l{k + 1}"] = ld.power_w[k]
+            out[f"reactive_power_l{k + 1}"] = ld.reactive_power_var[k]
+            exported = ld.current_a[k] < 0
+            out[f"power_factor_l{k + 1}"] = -ld.power_factor if exported else ld.power_factor
         return out
+
+    def _integrate(self, t: float) -> None:
+        if self._last_t is not None and t > self._last_t:
+            hours = (t - self._last_t) / 3600.0
+            # Import only counts import, export only export: neither register counts down.
+            self.energy_wh += max(self.power_total_w, 0.0) * hours
+            self.energy_export_wh += max(-self.power_total_w, 0.0) * hours
 
     def accrue(self, now: float | None = None) -> None:
         """Integrate energy up to `now` at the load in effect, before the load changes (the
@@ -145,7 +174,7 @@ class SimMeter:
         the old power (the register kept creeping up after an unplug)."""
         t = self.clock.monotonic() if now is None else now
         if self._last_t is not None and t > self._last_t:
-            self.energy_wh += max(self.power_total_w, 0.0) * (t - self._last_t) / 3600.0
+            self._integrate(t)
             self._last_t = t
 
     def resample(self) -> None:
@@ -156,9 +185,7 @@ class SimMeter:
     async def update(self, now: float | None = None) -> None:
         """Integrate energy up to monotonic time `now`, sample the source, write the registers."""
         t = self.clock.monotonic() if now is None else now
-        if self._last_t is not None and t > self._last_t:
-            # Import only: exported power does not count down the import register.
-            self.energy_wh += max(self.power_total_w, 0.0) * (t - self._last_t) / 3600.0
+        self._integrate(t)
         self._last_t = t
         if self.source is not None:
             self.load = self.source()

@@ -85,9 +85,16 @@ TABLE: dict[str, MeasurandRow] = {
         MeasurandRow("Current.Offered", "A", 1, _P.NONE, "Outlet", True, _C),
         MeasurandRow("Energy.Active.Import.Register", "Wh", 0, _P.NONE, "Outlet", True, _M),
         MeasurandRow("Energy.Active.Import.Interval", "Wh", 0, _P.NONE, "Outlet", True, _M),
+        # Energy sent back from the EV side (V2G, or PV behind the meter): its own register.
+        MeasurandRow("Energy.Active.Export.Register", "Wh", 0, _P.NONE, "Outlet", True, _M),
         MeasurandRow("Frequency", None, 2, _P.NONE, "Outlet", False, _M),
         MeasurandRow("Power.Active.Import", "W", 0, _P.TOTAL_AND_LINE, "Outlet", True, _M),
         MeasurandRow("Power.Offered", "W", 0, _P.NONE, "Outlet", True, _C),
+        # A ratio: OCPP 1.6 has no UnitOfMeasure for it (§7.43), so no unit, like Frequency.
+        # Signed as the meter gives it (export or a leading load shows negative).
+        MeasurandRow("Power.Factor", None, 2, _P.TOTAL_AND_LINE, "Outlet", False, _M),
+        # var, never kvar (the register map turns kvar into var).
+        MeasurandRow("Power.Reactive.Import", "var", 0, _P.TOTAL_AND_LINE, "Outlet", True, _M),
         # The charge point's own temperature (§7.31 "inside Charge Point"): location Body.
         MeasurandRow("Temperature", "Celsius", 1, _P.NONE, "Body", False, _C),
         MeasurandRow("Voltage", "V", 1, _P.LINE_NEUTRAL, "Outlet", True, _M),

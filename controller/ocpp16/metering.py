@@ -15,12 +15,17 @@ Choices, and where the spec says so:
 - Temperature is the charge point's own (§7.31 "inside Charge Point"): location Body
   (§7.30, "e.g. Temperature"), unit Celsius. SoC comes from the EV: location EV, Percent.
 - Phases, from the meter's point of view (§4.7): Voltage per phase as L1-N/L2-N/L3-N,
-  Current.Import per phase as L1/L2/L3, Power.Active.Import as a total without phase plus
-  one value per phase on a multi-phase connector. A configured item may name one phase
-  ("Voltage.L1", §9.1.17): only that phase is reported.
+  Current.Import per phase as L1/L2/L3; Power.Active.Import, Power.Reactive.Import and
+  Power.Factor as a total without phase plus one value per phase on a multi-phase
+  connector (a power factor's total is the meter's own, never a sum).
+- Units: energy Wh (import and export registers), power W, reactive power var, current A,
+  voltage V; Power.Factor, a ratio, has no UnitOfMeasure in 1.6 and goes without unit.
+- A configured item may name one phase ("Voltage.L1", §9.1.17): only that phase is
+  reported.
 - Import measurands never go below zero (a signed meter reports export as negative power).
-- Numbers: energy and power as integers, current/voltage/temperature to 0.1, frequency to
-  0.01, SoC as an integer. NaN or infinite readings are left out.
+- Numbers: energy and power (active and reactive) as integers, current/voltage/temperature
+  to 0.1, frequency and power factor to 0.01, SoC as an integer. NaN or infinite readings
+  are left out.
 - Energy.Active.Import.Interval needs the register at the start of the interval: the caller
   passes ``interval_start_wh``.
 """
@@ -158,7 +163,14 @@ class MeterValueBuilder:
                 None if energy is None or interval_start_wh is None else energy - interval_start_wh,
                 (),
             ),
+            "Energy.Active.Export.Register": (sample.energy_export_wh, ()),
             "Power.Active.Import": (self._total_power(sample), sample.power_w[:n]),
+            "Power.Reactive.Import": (
+                self._total(sample.reactive_power_total_var, sample.reactive_power_var),
+                sample.reactive_power_var[:n],
+            ),
+            # A power factor does not add up over the phases: the meter's total or none.
+            "Power.Factor": (sample.power_factor_total, sample.power_factor[:n]),
             "Current.Import": (None, sample.current_a[:n]),
             "Voltage": (None, sample.voltage_v[:n]),
             "Current.Offered": (offered_a, ()),
@@ -223,9 +235,13 @@ class MeterValueBuilder:
         return sv
 
     def _total_power(self, sample: MeterSample) -> float | None:
-        if sample.power_total_w is not None:
-            return sample.power_total_w
-        phases = sample.power_w[: self.phases]
+        return self._total(sample.power_total_w, sample.power_w)
+
+    def _total(self, total: float | None, per_phase: tuple[float | None, ...]) -> float | None:
+        """The meter's total, else the sum of the connector's phases (None if one is missing)."""
+        if total is not None:
+            return total
+        phases = per_phase[: self.phases]
         if any(p is None for p in phases):
             return None
         return sum(p for p in phases if p is not None)

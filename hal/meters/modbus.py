@@ -45,10 +45,17 @@ ModbusTransport = TcpTransport | RtuTransport
 _PLAUSIBLE: dict[str, tuple[float, float]] = {
     "voltage": (0.0, 1000.0),
     "current": (-2000.0, 2000.0),
+    "power_factor": (-1.01, 1.01),  # before "power": the first matching prefix counts
     "power": (-2.0e6, 2.0e6),
+    "reactive_power": (-2.0e6, 2.0e6),
     "energy_import": (0.0, 1.0e12),
+    "energy_export": (0.0, 1.0e12),
     "frequency": (0.0, 100.0),
 }
+# Reported, never acted on: one of these out of range is dropped, not the whole sample, so
+# a meter whose power factor reads oddly still measures the energy and current that the
+# transaction and the limiter need.
+_INFORMATIVE = ("power_factor",)
 
 
 def _bounds(name: str) -> tuple[float, float]:
@@ -167,19 +174,33 @@ class ModbusMeter:
         return registers
 
     def _sample(self, v: dict[str, float | None]) -> MeterSample:
+        v = dict(v)
         for name, value in v.items():
             lo, hi = _bounds(name)
             if value is not None and not lo <= value <= hi:
+                if name.startswith(_INFORMATIVE):
+                    log.debug("meter: implausible %s = %r dropped", name, value)
+                    v[name] = None
+                    continue
                 raise MeterError(f"implausible {name} = {value!r}: rejecting sample")
         if all(value is None for value in v.values()):
             raise MeterError("meter answered, but no value was readable")
+
+        def phases(prefix: str) -> tuple[float | None, float | None, float | None]:
+            return (v.get(f"{prefix}_l1"), v.get(f"{prefix}_l2"), v.get(f"{prefix}_l3"))
+
         return MeterSample(
-            voltage_v=(v.get("voltage_l1"), v.get("voltage_l2"), v.get("voltage_l3")),
-            current_a=(v.get("current_l1"), v.get("current_l2"), v.get("current_l3")),
-            power_w=(v.get("power_l1"), v.get("power_l2"), v.get("power_l3")),
+            voltage_v=phases("voltage"),
+            current_a=phases("current"),
+            power_w=phases("power"),
             power_total_w=v.get("power_total"),
             energy_import_wh=v.get("energy_import"),
             frequency_hz=v.get("frequency"),
+            energy_export_wh=v.get("energy_export"),
+            reactive_power_var=phases("reactive_power"),
+            reactive_power_total_var=v.get("reactive_power_total"),
+            power_factor=phases("power_factor"),
+            power_factor_total=v.get("power_factor_total"),
         )
 
 

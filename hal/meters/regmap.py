@@ -2,9 +2,9 @@
 
 A map names the Modbus function code, and for each quantity of `evsed.hal.types.MeterSample` its
 address, data type, word order, scale and unit. Decoding multiplies the raw number by `scale`
-and by the unit's factor to SI (kW -> W, kWh -> Wh), so everything leaves here in V, A, W,
-Wh and Hz. The simulated meter uses `encode`, the exact inverse, so the bench answers from the
-same data the driver reads with.
+and by the unit's factor to SI (kW -> W, kWh -> Wh, kvar -> var), so everything leaves here
+in V, A, W, Wh, Hz, var and plain ratios (power factor, unit "1"). The simulated meter uses
+`encode`, the exact inverse, so the bench answers from the same data the driver reads with.
 """
 
 from __future__ import annotations
@@ -48,6 +48,15 @@ QUANTITIES: dict[str, str] = {
     "power_total": "W",
     "energy_import": "Wh",
     "frequency": "Hz",
+    "energy_export": "Wh",
+    "reactive_power_l1": "var",
+    "reactive_power_l2": "var",
+    "reactive_power_l3": "var",
+    "reactive_power_total": "var",
+    "power_factor_l1": "1",
+    "power_factor_l2": "1",
+    "power_factor_l3": "1",
+    "power_factor_total": "1",
 }
 
 # Accepted units per SI unit and their factor to SI.
@@ -57,6 +66,8 @@ _UNITS: dict[str, dict[str, float]] = {
     "W": {"W": 1.0, "kW": 1000.0},
     "Wh": {"Wh": 1.0, "kWh": 1000.0},
     "Hz": {"Hz": 1.0},
+    "var": {"var": 1.0, "kvar": 1000.0},
+    "1": {"1": 1.0},  # a ratio (power factor): no unit
 }
 
 

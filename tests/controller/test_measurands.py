@@ -25,9 +25,12 @@ PINNED = {
     "Current.Offered": ("A", 1, "none", "Outlet", True, "connector"),
     "Energy.Active.Import.Register": ("Wh", 0, "none", "Outlet", True, "meter"),
     "Energy.Active.Import.Interval": ("Wh", 0, "none", "Outlet", True, "meter"),
+    "Energy.Active.Export.Register": ("Wh", 0, "none", "Outlet", True, "meter"),
     "Frequency": (None, 2, "none", "Outlet", False, "meter"),
     "Power.Active.Import": ("W", 0, "total+line", "Outlet", True, "meter"),
     "Power.Offered": ("W", 0, "none", "Outlet", True, "connector"),
+    "Power.Factor": (None, 2, "total+line", "Outlet", False, "meter"),
+    "Power.Reactive.Import": ("var", 0, "total+line", "Outlet", True, "meter"),
     "Temperature": ("Celsius", 1, "none", "Body", False, "connector"),
     "Voltage": ("V", 1, "line-neutral", "Outlet", True, "meter"),
     "SoC": ("Percent", 0, "none", "EV", True, "none"),
@@ -66,6 +69,9 @@ def test_keys_and_builder_read_the_same_table(tmp_path: Path) -> None:
         power_w=(2300.0, 2310.0, 2290.0),
         energy_import_wh=1000.0,
         frequency_hz=50.0,
+        energy_export_wh=10.0,
+        reactive_power_total_var=300.0,
+        power_factor_total=0.99,
     )
     mv = metering.MeterValueBuilder(sorted(REPORTED), 3).build(
         sample,

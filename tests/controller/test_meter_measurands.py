@@ -52,7 +52,7 @@ def test_a_three_phase_sdm630_offers_everything_it_measures(tmp_path: Path) -> N
                 assert keys.change(key, item).value == "Accepted", (key, item)
             assert keys.change(key, ",".join(items)).value == "Accepted", key  # all at once
             assert keys.csl(key) == items
-        for bad in ("SoC", "RPM", "Power.Factor", "Energy.Active.Import.Interval", "Foo"):
+        for bad in ("SoC", "RPM", "Power.Reactive.Export", "Energy.Active.Import.Interval", "Foo"):
             assert keys.change("MeterValuesSampledData", bad).value == "Rejected", bad
         assert keys.change("MeterValuesSampledData", HOME_ASSISTANT_ALL).value == "Rejected"
         assert keys.csl("MeterValuesSampledData") == items  # a Rejected list changes nothing
@@ -107,6 +107,11 @@ def test_every_selectable_item_is_reported_with_its_unit(phases: int) -> None:
         power_w=(2300.0, 2310.0, 2290.0),
         energy_import_wh=12345.0,
         frequency_hz=50.0,
+        energy_export_wh=678.0,
+        reactive_power_var=(300.0, 310.0, 290.0),
+        reactive_power_total_var=900.0,
+        power_factor=(0.99, 0.98, 0.97),
+        power_factor_total=0.98,
     )
     mv = MeterValueBuilder(items, phases).build(
         sample,
@@ -124,12 +129,15 @@ def test_every_selectable_item_is_reported_with_its_unit(phases: int) -> None:
         "Current.Offered": "A",
         "Voltage": "V",
         "Temperature": "Celsius",
+        "Energy.Active.Export.Register": "Wh",
+        "Power.Reactive.Import": "var",
+        "Power.Factor": None,
     }
     seen = {sv["measurand"] for sv in mv["sampledValue"]}
     assert seen == set(measurands)
     for sv in mv["sampledValue"]:
         assert sv.get("unit") == units.get(sv["measurand"], TABLE[sv["measurand"]].unit)
-    energy = next(sv for sv in mv["sampledValue"] if sv["measurand"].startswith("Energy"))
+    energy = next(sv for sv in mv["sampledValue"] if sv["measurand"].startswith("Energy.Active.I"))
     assert energy["value"] == "12345"  # Wh, never kWh
     offered_w = next(sv for sv in mv["sampledValue"] if sv["measurand"] == "Power.Offered")
     assert float(offered_w["value"]) == pytest.approx(16.0 * sum((230.0, 231.0, 229.0)[:phases]))

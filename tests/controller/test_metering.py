@@ -37,6 +37,11 @@ THREE = MeterSample(
     power_total_w=11056.5,
     energy_import_wh=123456.6,
     frequency_hz=49.987,
+    energy_export_wh=2345.4,
+    reactive_power_var=(690.2, 701.0, 695.5),
+    reactive_power_total_var=2086.7,
+    power_factor=(0.983, 0.982, 0.984),
+    power_factor_total=0.983,
 )
 ONE = MeterSample(
     voltage_v=(230.0, None, None),

@@ -42,13 +42,13 @@ def test_builtin_maps_ship_as_package_data() -> None:
 @pytest.mark.parametrize(
     ("name", "expected"),
     [
-        ("sdm630", [(0x00, 74)]),  # 0x00-0x49: one request within the 80-register limit
-        ("sdm72d_m2", [(0x00, 18), (0x34, 22)]),
-        ("sdm72d", [(0x34, 22)]),
-        ("sdm120", [(0x00, 14), (0x46, 4)]),
-        ("abb_b23", [(0x5000, 4), (0x5B00, 45)]),
-        ("em340", [(0x00, 54)]),
-        ("orno_we517", [(0x0E, 22), (0x108, 2)]),
+        ("sdm630", [(0x00, 76)]),  # 0x00-0x4B: one request within the 80-register limit
+        ("sdm72d_m2", [(0x00, 18), (0x18, 12), (0x34, 24)]),
+        ("sdm72d", [(0x34, 24)]),
+        ("sdm120", [(0x00, 14), (0x18, 8), (0x46, 6)]),
+        ("abb_b23", [(0x5000, 8), (0x5B00, 45)]),
+        ("em340", [(0x00, 54), (0x4E, 2)]),
+        ("orno_we517", [(0x0E, 22), (0x34, 8), (0x108, 10)]),
     ],
 )
 def test_read_plan_uses_as_few_requests_as_the_map_allows(
@@ -63,7 +63,7 @@ def test_read_plan_uses_as_few_requests_as_the_map_allows(
 
 def test_sdm72d_v1_has_no_phase_values_and_no_frequency() -> None:
     m = load_map("sdm72d")
-    assert {f.name for f in m.fields} == {"power_total", "energy_import"}
+    assert {f.name for f in m.fields} == {"power_total", "energy_import", "energy_export"}
 
 
 def test_plan_splits_when_the_limit_demands_it() -> None:
@@ -73,7 +73,13 @@ def test_plan_splits_when_the_limit_demands_it() -> None:
     assert sorted(f.name for b in m.plan for f in b.fields) == sorted(f.name for f in m.fields)
     # No holes allowed: every request holds only back-to-back values.
     strict = load_map("sdm630").with_limits(max_gap=0)
-    assert [(b.address, b.count) for b in strict.plan] == [(0x00, 18), (0x34, 2), (0x46, 4)]
+    assert [(b.address, b.count) for b in strict.plan] == [
+        (0x00, 18),
+        (0x18, 12),
+        (0x34, 2),
+        (0x3C, 4),
+        (0x46, 6),
+    ]
 
 
 @settings(max_examples=200, deadline=None)
@@ -148,9 +154,15 @@ def test_non_finite_floats_become_none() -> None:
 def test_encode_is_the_inverse_of_decode(name: str) -> None:
     m = load_map(name)
     for f in m.fields:
-        value = {"V": 231.7, "A": 12.345, "W": 3456.7, "Wh": 98765.4, "Hz": 49.95}[
-            QUANTITIES[f.name]
-        ]
+        value = {
+            "V": 231.7,
+            "A": 12.345,
+            "W": 3456.7,
+            "Wh": 98765.4,
+            "Hz": 49.95,
+            "var": 456.7,
+            "1": 0.937,
+        }[QUANTITIES[f.name]]
         got = decode(f, encode(f, value, nan_markers=m.nan_markers), nan_markers=m.nan_markers)
         tolerance = f.scale * f.si_factor if f.type != "float32" else abs(value) * 1e-6
         assert got == pytest.approx(value, abs=tolerance), f.name

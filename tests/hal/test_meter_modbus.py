@@ -34,12 +34,17 @@ def as_dict(s: MeterSample) -> dict[str, float | None]:
     d: dict[str, float | None] = {
         "power_total": s.power_total_w,
         "energy_import": s.energy_import_wh,
+        "energy_export": s.energy_export_wh,
         "frequency": s.frequency_hz,
+        "reactive_power_total": s.reactive_power_total_var,
+        "power_factor_total": s.power_factor_total,
     }
     for n in range(3):
         d[f"voltage_l{n + 1}"] = s.voltage_v[n]
         d[f"current_l{n + 1}"] = s.current_a[n]
         d[f"power_l{n + 1}"] = s.power_w[n]
+        d[f"reactive_power_l{n + 1}"] = s.reactive_power_var[n]
+        d[f"power_factor_l{n + 1}"] = s.power_factor[n]
     return d
 
 
@@ -239,4 +244,6 @@ async def test_inter_request_gap_comes_from_the_map(sim_factory) -> None:
     await meter.poll()
     await meter.close()
     assert meter.request_gap_s == 0.1
-    assert clock.slept == [0.1]  # two requests, one gap between them, none before the first
+    # Three requests (V..P, reactive power and power factor, frequency and energy): a gap
+    # between each two, none before the first.
+    assert clock.slept == [0.1, 0.1]
