@@ -13,7 +13,6 @@ import shlex
 import subprocess
 import sys
 import time
-import zipfile
 from collections.abc import AsyncIterator, Sequence
 from datetime import datetime
 from pathlib import Path
@@ -33,45 +32,18 @@ from evsed.controller.firmware.update import InstallFailed
 from evsed.hwmocks.central_system import CentralSystem
 from tests.support.clock import FakeClock
 from tests.support.file_servers import http_server
+from tests.support.firmware_layout import (
+    SYSTEMD,
+    WHEEL_NAME,
+    spawn_watcher,
+    tiny_wheel,
+)
+from tests.support.firmware_layout import venv_root as _root
 from tests.support.ocpp_stack import CARD, CP_ID, ocpp_rig
 from tests.support.status_frames import statuses, wait_status
 
-WHEEL_NAME = "evsedtiny-9.9.9-py3-none-any.whl"
 KEYS = {"AuthorizeRemoteTxRequests": "false"}
 FW = "FirmwareStatusNotification"
-SYSTEMD = Path(__file__).resolve().parents[2] / "systemd"
-
-
-def tiny_wheel(where: Path) -> Path:
-    """A pure wheel without dependencies: pip installs it offline."""
-    path = where / WHEEL_NAME
-    info = "evsedtiny-9.9.9.dist-info"
-    files = {
-        "evsedtiny/__init__.py": "VERSION = '9.9.9'\n",
-        f"{info}/METADATA": "Metadata-Version: 2.1\nName: evsedtiny\nVersion: 9.9.9\n",
-        f"{info}/WHEEL": "Wheel-Version: 1.0\nGenerator: test\nRoot-Is-Purelib: true\n"
-        "Tag: py3-none-any\n",
-    }
-    record = "".join(f"{name},,\n" for name in files) + f"{info}/RECORD,,\n"
-    with zipfile.ZipFile(path, "w") as z:
-        for name, text in files.items():
-            z.writestr(name, text)
-        z.writestr(f"{info}/RECORD", record)
-    return path
-
-
-def _root(tmp_path: Path) -> Path:
-    """/opt/evsed with version 1.0.0 in service; its python is this test's (evsed inside),
-    so the watcher can run from it as the unit runs it from `previous`."""
-    root = tmp_path / "opt-evsed"
-    (root / "venvs" / "1.0.0" / "bin").mkdir(parents=True)
-    python = root / "venvs" / "1.0.0" / "bin" / "python"
-    # A script, not a link: a venv's python is recognised by the path it is started by.
-    python.write_text(f'#!/bin/sh\nexec "{sys.executable}" "$@"\n')
-    python.chmod(0o755)
-    (root / "current").symlink_to("venvs/1.0.0")
-    (root / "previous").symlink_to("venvs/1.0.0")
-    return root
 
 
 def _state(tmp_path: Path) -> Path:
@@ -113,29 +85,10 @@ class PathUnit:
             return
         if self.spawn:
             if self.watcher is None:
-                self.watcher = _spawn_watcher(self.root, self.state)
+                self.watcher = spawn_watcher(self.root, self.state)
             await asyncio.sleep(seconds)  # real: another process answers
         else:
             VenvInstaller(root=self.root, state_dir=self.state).arm()
-
-
-def _unit_command(name: str, directive: str, root: Path, state: Path) -> list[str]:
-    """A command line of a shipped unit, with /opt/evsed and /var/lib/evsed under tmp."""
-    text = (SYSTEMD / name).read_text()
-    line = re.search(rf"^{directive}=(.*)$", text, re.M)
-    assert line, f"{directive}= missing in {name}"
-    command = line[1].replace("/opt/evsed", str(root)).replace("/var/lib/evsed", str(state))
-    return shlex.split(command)
-
-
-def _spawn_watcher(root: Path, state: Path, poll_s: float = 0.05) -> subprocess.Popen[str]:
-    argv = _unit_command("evsed-rollback.service", "ExecStart", root, state)
-    return subprocess.Popen(
-        [*argv, "--poll-s", str(poll_s)],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-    )
 
 
 class Restarts:
@@ -280,7 +233,7 @@ def test_the_units_watcher_rolls_back_a_version_that_crashes_at_import(tmp_path:
     (state / MARKER).write_text(json.dumps(pending))
     crashed = subprocess.run([str(root / "current" / "bin" / "evsed")], capture_output=True)
     assert crashed.returncode == 1  # what systemd would restart every 2 s
-    watcher = _spawn_watcher(root, state)
+    watcher = spawn_watcher(root, state)
     out, _ = watcher.communicate(timeout=60)
     assert watcher.returncode == EXIT_ROLLED_BACK, out
     assert os.readlink(root / "current") == "venvs/1.0.0"
