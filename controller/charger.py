@@ -39,6 +39,7 @@ from evsed.controller.limiter import (
     LimitInputs,
     SmartChargingLimit,
     limit,
+    minimum_current,
 )
 from evsed.controller.loadbalance import ConnectorDemand, LoadBalanceConfig, LoadBalancer, Mode
 from evsed.controller.masking import mask_tag
@@ -501,10 +502,12 @@ class Charger:
         # asks, C/D): its first allowance is then what the re-share at its start gives.
         asking = slot.connector.pilot_state in (PilotState.C, PilotState.D)
         idle = slot.connector.transaction is None
+        own = self._inputs(slot, with_budget=False)
         return ConnectorDemand(
             connector_id=cid,
             started_at=slot.started_at,
-            max_a=limit(self._inputs(slot, with_budget=False)).amps,
+            max_a=limit(own).amps,
+            min_a=minimum_current(own, slot.limiter.config.electrical),
             meter=slot.connector.last_sample,
             grid_phases=(0, 1, 2)[: slot.config.phases],
             demand_a=0.0

@@ -79,10 +79,16 @@ class Allowance:
 
 @dataclass(frozen=True, slots=True)
 class SmartChargingLimit:
-    """The composite-schedule limit in force now, in the CS's unit (OCPP chargingRateUnit)."""
+    """The composite-schedule limit in force now, in the CS's unit (OCPP chargingRateUnit).
+
+    `min_rate` is the prevailing profile's minChargingRate in the same unit: the least the EV
+    charges at efficiently (§7.13). A limit below it (and above 0) is not offered: the
+    connector pauses instead of charging inefficiently (see `limit`).
+    """
 
     value: float
     unit: Literal["A", "W"] = "A"
+    min_rate: float | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -127,10 +133,15 @@ class LimitInputs:
 
 @dataclass(frozen=True, slots=True)
 class Limit:
-    """The raw minimum (not yet rounded to what the pilot can express) and who set it."""
+    """The raw minimum (not yet rounded to what the pilot can express) and who set it.
+
+    `min_a`: the least current worth offering, 6 A (IEC 61851) or the profile's
+    minChargingRate when that is higher; below it the connector suspends.
+    """
 
     amps: float
     reason: Reason
+    min_a: float = MIN_CURRENT_A
 
 
 @dataclass(frozen=True, slots=True)
@@ -202,6 +213,18 @@ def _sane(amps: float | None) -> float:
     return float(amps)
 
 
+def minimum_current(inputs: LimitInputs, electrical: Electrical | None = None) -> float:
+    """The least current worth offering: 6 A, or the profile's minChargingRate if higher (in
+    amps per phase, converted like the limit). A broken minChargingRate counts as none."""
+    sc = inputs.smart_charging
+    if sc is None or sc.min_rate is None or not math.isfinite(sc.min_rate):
+        return MIN_CURRENT_A
+    rate = _sane(sc.min_rate)
+    amps = rate if sc.unit == "A" else watts_to_amps(rate, inputs.meter, electrical)
+    # Above what any duty can offer it would pause for ever: the pilot's 80 A is the most.
+    return min(max(MIN_CURRENT_A, amps), MAX_CURRENT_A)
+
+
 def limit(inputs: LimitInputs, electrical: Electrical | None = None) -> Limit:
     """min() of every constraint; on a tie the earlier one in `Reason` order is reported."""
     candidates: list[tuple[float, Reason]] = [
@@ -222,7 +245,7 @@ def limit(inputs: LimitInputs, electrical: Electrical | None = None) -> Limit:
     if inputs.phase_switching:
         candidates.append((0.0, Reason.PHASE_SWITCH))
     amps, reason = min(candidates, key=lambda c: c[0])  # min() keeps the first of equals
-    return Limit(amps, reason)
+    return Limit(amps, reason, minimum_current(inputs, electrical))
 
 
 class CurrentLimiter:
@@ -246,26 +269,30 @@ class CurrentLimiter:
         self._budget_dipped = False
         self._ok_since = None
 
-    def _note_budget(self, inputs: LimitInputs, now: float) -> None:
+    def _note_budget(self, inputs: LimitInputs, now: float, min_a: float) -> None:
         """While suspended (or suspending): follow the budget for the resume hold."""
         if inputs.budget is None:
             return
+        resume_a = max(self.config.resume_a, min_a)
         budget = representable_current(_sane(inputs.budget.amps))
         own = representable_current(
             limit(replace(inputs, budget=None), self.config.electrical).amps
         )
-        if budget < self.config.resume_a and budget < own:
+        if budget < resume_a and budget < own:
             self._budget_dipped = True
             self._ok_since = None
-        elif self._budget_dipped and self._ok_since is None and budget >= self.config.resume_a:
+        elif self._budget_dipped and self._ok_since is None and budget >= resume_a:
             self._ok_since = now
 
     def update(self, inputs: LimitInputs, now: float) -> Allowance:
         lim = limit(inputs, self.config.electrical)
         amps = representable_current(lim.amps)
-        if amps < MIN_CURRENT_A or self._suspended:
-            self._note_budget(inputs, now)
-        if amps < MIN_CURRENT_A:
+        # Below 6 A the pilot cannot offer it; below the EV's minChargingRate it would only
+        # charge inefficiently (OCPP 1.6 §7.13): either way the connector suspends.
+        low = amps < lim.min_a
+        if low or self._suspended:
+            self._note_budget(inputs, now, lim.min_a)
+        if low:
             self._suspended = True
             return Allowance(0.0, True, lim.reason)
         if self._suspended:

@@ -30,8 +30,9 @@ counts as import (safe for the fuse; in solar mode it just means no surplus).
 Fair sharing is max-min fair ("water filling"): all connectors rise together until a phase
 budget is used up or a connector reaches its own cap (its `max_a`, or its `demand_a` when the
 EV takes less); what one cannot use goes to the others. A connector that would get less than
-6 A is not starved with the rest: the most recently started connector sharing a phase with it
-is suspended (budget 0) and the share recomputed, until everyone left has at least 6 A.
+6 A (or its `min_a`, a profile's minChargingRate) is not starved with the rest: the most
+recently started connector sharing a phase with it is suspended (budget 0) and the share
+recomputed, until everyone left has at least its minimum.
 
 Solar modes take only the exported surplus, pooled over the phases (a balancing meter bills
 the sum): pool = sum over phases of (ours[p] - grid[p]). Each connector needs 6 A x its phases
@@ -99,11 +100,16 @@ class ConnectorDemand:
     meter: MeterSample | None = None
     grid_phases: tuple[int, ...] = (0, 1, 2)
     demand_a: float | None = None
+    # The least worth giving it: 6 A, or its profile's minChargingRate when higher
+    # (`limiter.minimum_current`). A share below it suspends the newest starter instead.
+    min_a: float = MIN_CURRENT_A
 
     def __post_init__(self) -> None:
         p = self.grid_phases
         if not 1 <= len(p) <= 3 or len(set(p)) != len(p) or not set(p) <= {0, 1, 2}:
             raise ValueError(f"grid_phases must be 1-3 distinct indices 0..2, got {p!r}")
+        if not MIN_CURRENT_A <= self.min_a <= MAX_CURRENT_A:
+            raise ValueError(f"min_a must be within {MIN_CURRENT_A}..{MAX_CURRENT_A} A")
 
 
 def estimate_demand(offered_a: float, drawn_a: float, headroom_a: float = 2.0) -> float | None:
@@ -199,7 +205,7 @@ class LoadBalancer:
         # A connector that cannot run now (not started, or its own limit below 6 A: no
         # cable, a paused profile, a phase switch) takes no share; its budget is the one
         # it would get on joining, so the moment its own limit rises the budget is right.
-        waiting = [c for c in connectors if not c.max_a >= MIN_CURRENT_A] + list(prospective)
+        waiting = [c for c in connectors if not c.max_a >= c.min_a] + list(prospective)
         for c in waiting:
             out[c.connector_id] = self._ahead(now, connectors, c, sample)
         return out
@@ -216,7 +222,7 @@ class LoadBalancer:
         # Its own limit may be about to rise (a cable plugged, a profile raised): look ahead
         # without it; the limiter's min() applies it. A lower cap only lowers its own share,
         # so min(own limit, this budget) never exceeds its share once it runs.
-        cap = joining.max_a if joining.max_a >= MIN_CURRENT_A else MAX_CURRENT_A
+        cap = joining.max_a if joining.max_a >= joining.min_a else MAX_CURRENT_A
         newcomer = replace(joining, started_at=math.inf, max_a=cap)
         others = [c for c in connectors if c.connector_id != joining.connector_id]
         budget, pool = self._phase_budgets([*others, newcomer], sample)
@@ -264,9 +270,9 @@ class LoadBalancer:
         caps: dict[int, float] = {}
         for c in connectors:
             # Below 6 A it cannot charge anyway; above 80 A no duty can offer more.
-            cap = min(c.max_a, MAX_CURRENT_A) if c.max_a >= MIN_CURRENT_A else 0.0
+            cap = min(c.max_a, MAX_CURRENT_A) if c.max_a >= c.min_a else 0.0
             if c.demand_a is not None and c.demand_a >= 0:
-                cap = min(cap, max(c.demand_a, MIN_CURRENT_A))
+                cap = min(cap, max(c.demand_a, c.min_a))
             caps[c.connector_id] = cap
 
         solar: dict[int, float] = {}
@@ -301,6 +307,7 @@ class LoadBalancer:
     ) -> dict[int, float]:
         # Latest starter yields first; the connector id breaks ties deterministically.
         order = {c.connector_id: (c.started_at, c.connector_id) for c in connectors}
+        minimum = {c.connector_id: c.min_a for c in connectors}
         present = {i for i, cap in caps.items() if cap > 0}
         capacity = dict(enumerate(budget))
         while True:
@@ -308,7 +315,7 @@ class LoadBalancer:
             raw = _fill({i: caps[i] for i in present}, uses, capacity)
             # Floor to 0.01 A so float error can never round a phase over its budget.
             alloc = {i: representable_current(math.floor(a * 100) / 100) for i, a in raw.items()}
-            starved = {i for i, a in alloc.items() if a < MIN_CURRENT_A}
+            starved = {i for i, a in alloc.items() if a < minimum[i]}
             if not starved:
                 return alloc
             crowded = {p for i in starved for p in phases[i]}
@@ -334,7 +341,7 @@ class LoadBalancer:
         for c in sorted(connectors, key=lambda c: (c.started_at, c.connector_id)):
             i, n = c.connector_id, len(phases[c.connector_id])
             gate = gates.setdefault(i, _Gate())
-            need = MIN_CURRENT_A * n
+            need = c.min_a * n
             if caps[i] <= 0:
                 gate.on, gate.since = False, None
                 continue
@@ -357,13 +364,15 @@ class LoadBalancer:
                 running.append(i)
                 left -= need
 
-        # Everyone running gets 6 A; what is left of the pool is shared fairly on top.
+        # Everyone running gets its minimum (6 A); what is left of the pool is shared fairly
+        # on top.
+        minimum = {c.connector_id: c.min_a for c in connectors}
         extra = _fill(
-            {i: max(0.0, caps[i] - MIN_CURRENT_A) for i in running},
+            {i: max(0.0, caps[i] - minimum[i]) for i in running},
             {i: {0: float(len(phases[i]))} for i in running},
-            {0: max(0.0, pool - sum(MIN_CURRENT_A * len(phases[i]) for i in running))},
+            {0: max(0.0, pool - sum(minimum[i] * len(phases[i]) for i in running))},
         )
         out = dict.fromkeys(caps, 0.0)
         for i in running:
-            out[i] = MIN_CURRENT_A + extra[i]
+            out[i] = minimum[i] + extra[i]
         return out

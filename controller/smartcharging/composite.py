@@ -19,6 +19,13 @@ Per connector, at every instant:
 Limits are compared in the unit asked for: W = A x V x phases, where phases is the period's
 numberPhases (3 when absent, §7.12) but never more than the connector uses (errata §3.34).
 Instants are whole seconds (the wire's startPeriod is an integer).
+
+minChargingRate (§7.13: "minimum charging rate supported by the electric vehicle ... to be
+used by a local smart charging algorithm ... in the case a charging process is inefficient at
+lower charging rates") describes the EV, so it comes from the Tx/TxDefaultProfile in force,
+never from a ChargePointMaxProfile: `limit_at` gives the prevailing one's, the composite the
+highest of those prevailing anywhere in its window (what the EV needs at least whenever it
+charges), both in the unit asked for; connector 0 (no one EV) has none.
 """
 
 from __future__ import annotations
@@ -85,6 +92,7 @@ class CompositeSchedule:
     duration_s: int
     unit: RateUnit
     periods: tuple[Period, ...]
+    min_rate: float | None = None  # minChargingRate, in `unit` (see the module docstring)
 
     def to_ocpp(self) -> dict[str, Any]:
         """The chargingSchedule object of GetCompositeSchedule.conf.
@@ -103,12 +111,16 @@ class CompositeSchedule:
             if p.number_phases is not None:
                 entry["numberPhases"] = p.number_phases
             periods.append(entry)
-        return {
+        out: dict[str, Any] = {
             "duration": self.duration_s,
             "startSchedule": format_datetime(self.start),
             "chargingRateUnit": self.unit.value,
             "chargingSchedulePeriod": periods,
         }
+        if self.min_rate is not None:
+            # At most one decimal (§7.13); rounded up: the EV needs at least this much.
+            out["minChargingRate"] = math.ceil(self.min_rate * 10 - 1e-6) / 10
+        return out
 
 
 @dataclass(frozen=True, slots=True)
@@ -125,6 +137,7 @@ class LimitAt:
     next_change: datetime | None
     profile_id: int | None = None
     purpose: Purpose | None = None
+    min_rate: float | None = None  # the prevailing Tx/TxDefaultProfile's, in `unit`
 
 
 def convert(
@@ -186,7 +199,10 @@ def composite(
         periods.append(Period(a - w0, limit, phases))
     if not periods:
         periods.append(Period(0, cap, None))
-    return CompositeSchedule(_dt(w0), duration_s, unit, tuple(periods))
+    min_rate = None
+    if connector_id != 0:
+        min_rate = _min_rate_in(installed, connector_id, transaction, w0, w1, unit, electrical)
+    return CompositeSchedule(_dt(w0), duration_s, unit, tuple(periods), min_rate)
 
 
 def limit_at(
@@ -235,6 +251,10 @@ def limit_at(
     elif cp_max is not None and chosen is not None:
         chosen = (chosen[0], _min_phases(chosen[1], cp_max[1]), *chosen[2:])
     nxt = min(horizon)
+    min_rate = None
+    if connector_id != 0 and tx_value is not None and tx_value[2] is not None:
+        prevailing = next(p for p in installed if p.id == tx_value[2])
+        min_rate = _min_rate_of(prevailing, tx_value[1], unit, electrical)
     return LimitAt(
         limit=None if chosen is None else chosen[0],
         unit=unit,
@@ -242,7 +262,47 @@ def limit_at(
         next_change=None if math.isinf(nxt) else _dt(int(nxt)),
         profile_id=None if chosen is None else chosen[2],
         purpose=None if chosen is None else chosen[3],
+        min_rate=min_rate,
     )
+
+
+# ------------------------------------------------------------------------------ minChargingRate
+
+
+def _min_rate_of(
+    p: ChargingProfile, number_phases: int | None, unit: RateUnit, electrical: ElectricalContext
+) -> float | None:
+    rate = p.schedule.min_rate
+    if rate is None or not rate > 0:
+        return None
+    return convert(rate, p.schedule.unit, unit, number_phases, electrical)
+
+
+def _min_rate_in(
+    installed: Sequence[ChargingProfile],
+    cid: int,
+    tx: TxContext | None,
+    w0: int,
+    w1: int,
+    unit: RateUnit,
+    electrical: ElectricalContext,
+) -> float | None:
+    """The highest minChargingRate of the Tx/TxDefaultProfiles prevailing somewhere in
+    [w0, w1): the stack is laid out again with each profile's rank instead of its limit."""
+    ordered = _tx_profiles(installed, cid, tx) + _tx_defaults(installed, cid)
+    if not any(p.schedule.min_rate for p in ordered):
+        return None  # the usual case costs nothing
+    anchor = _ts(tx.started) if tx is not None else w0
+    ranked: list[_Piece] = []
+    for rank, p in enumerate(ordered):
+        pieces = _pieces(p, w0, w1, anchor, unit, electrical)
+        ranked = _overlay(ranked, [(a, b, float(rank), ph) for a, b, _limit, ph in pieces])
+    rates = [
+        _min_rate_of(ordered[int(rank)], phases, unit, electrical)
+        for _a, _b, rank, phases in ranked
+    ]
+    known = [r for r in rates if r is not None]
+    return max(known) if known else None
 
 
 # ------------------------------------------------------------------------------ selection

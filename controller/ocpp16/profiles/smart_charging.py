@@ -165,7 +165,9 @@ class SmartChargingService:
             connector_ids=self.connector_ids,
             transactions=self.transactions(),
         )
-        value = None if got.limit is None else SmartChargingLimit(got.limit, "A")
+        # The EV's minChargingRate goes with the limit: the limiter pauses rather than offer
+        # less than it (the composite is asked in A, so both are amps).
+        value = None if got.limit is None else SmartChargingLimit(got.limit, "A", got.min_rate)
         return Evaluation(value, got.next_change, got.number_phases)
 
     # ------------------------------------------------------------ changes
