@@ -171,10 +171,9 @@ def test_pi_example_on_this_machine_names_each_missing_part(capsys) -> None:
         cli.main(["config", "check", str(path)])
     assert exc.value.code == 2
     err = capsys.readouterr().err
-    if not Path("/etc/evsed/cs-ca.pem").exists():
-        assert (
-            f"{path}: central_system.ca_file: no such file (given: '/etc/evsed/cs-ca.pem')" in err
-        )
+    # `evsed install` copies this file to /etc/evsed: nothing of the Central System may stop
+    # its first check on a fresh Pi (no CA file was ever put there), only its wiring.
+    assert "central_system.ca_file" not in err
     assert f"{path}: warning: central_system.authorization_key" in err
 
 
