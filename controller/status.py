@@ -214,7 +214,7 @@ def query(path: Path, timeout_s: float = 5.0) -> dict[str, Any]:
         s.settimeout(timeout_s)
         try:
             s.connect(str(path))
-        except FileNotFoundError:
+        except (FileNotFoundError, NotADirectoryError):
             raise StatusError(f"evsed is not running (no {path})") from None
         except ConnectionRefusedError:
             raise StatusError(f"evsed is not running ({path} is left over)") from None
@@ -223,6 +223,8 @@ def query(path: Path, timeout_s: float = 5.0) -> dict[str, Any]:
                 f"no permission to read {path}: run as root or as a member of the "
                 "service's group (sudo usermod -aG evsed $USER, then log in again)"
             ) from None
+        except OSError as exc:  # not a socket, a path too long for AF_UNIX, ...
+            raise StatusError(f"cannot ask {path}: {exc.strerror or exc}") from None
         chunks = []
         while chunk := s.recv(65536):
             chunks.append(chunk)
