@@ -175,13 +175,14 @@ def load_or_exit(path: Path | None) -> config.Config:
         raise SystemExit(EXIT_CONFIG) from None
 
 
-def checked_or_exit(path: Path | None) -> config.Config:
+def checked_or_exit(path: Path | None, *, hardware_only: bool = False) -> config.Config:
     """The configuration `run` uses: the file validated, then the machine checked
-    (`preflight`). Problems: one line each and exit status 2; warnings: printed."""
+    (`preflight`; `hardware_only`: what the parts need, for `selftest`). Problems: one line
+    each and exit status 2; warnings: printed."""
     cfg = load_or_exit(path)
     from evsed.controller import preflight
 
-    report = preflight.check(cfg)
+    report = preflight.check(cfg, hardware_only=hardware_only)
     source = "(defaults)" if path is None else str(path)
     for problem in report.problems:
         print(f"{source}: {problem}", file=sys.stderr)
@@ -239,7 +240,7 @@ def _selftest(args: argparse.Namespace) -> int:
 
     from evsed.controller import selftest, status
 
-    cfg = checked_or_exit(args.config)
+    cfg = checked_or_exit(args.config, hardware_only=True)
     for path in {status.server_socket_path(cfg), status.client_socket_path(cfg)}:
         with contextlib.suppress(status.StatusError):
             status.query(path, timeout_s=1.0)

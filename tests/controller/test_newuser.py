@@ -9,6 +9,35 @@ import pytest
 from evsed.controller import cli
 
 
+def test_selftest_checks_the_wiring_before_the_central_system_is_set_up(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # Commissioning comes before the Central System's details: a CA file not copied over
+    # yet and a state directory that cannot be created must not stop the self-test (it
+    # talks to no Central System and stores nothing), though `config check` names both.
+    blocker = tmp_path / "a-file"
+    blocker.write_text("")
+    cfg = tmp_path / "evsed.toml"
+    cfg.write_text(
+        f'state_dir = "{blocker / "state"}"\n'
+        "[central_system]\n"
+        f'ca_file = "{tmp_path / "cs-ca.pem"}"\n'
+        'authorization_key = "change-me-0123456789abcdef"\n'
+        "[bench]\ncontrol_port = 0\n"
+        "[[connectors]]\n[connectors.meter]\nport = 0\n"
+    )
+    with pytest.raises(SystemExit) as exc:
+        cli.main(["config", "check", str(cfg)])
+    assert exc.value.code == 2
+    err = capsys.readouterr().err
+    assert "central_system.ca_file" in err and "state_dir" in err
+
+    assert cli.main(["selftest", "--config", str(cfg)]) == 0
+    captured = capsys.readouterr()
+    assert "all checks passed" in captured.out
+    assert "central_system" not in captured.err and "state_dir" not in captured.err
+
+
 @pytest.mark.parametrize("kind", ["below a file", "a plain file"])
 def test_status_where_no_socket_can_be_is_one_line_not_a_traceback(
     tmp_path: Path, capsys: pytest.CaptureFixture[str], kind: str
