@@ -25,6 +25,7 @@ from typing import Any
 
 from evsed.controller.config import Config, mask_url
 from evsed.controller.masking import mask_tag
+from evsed.controller.ocpp16.link import central_system_url
 
 log = logging.getLogger(__name__)
 
@@ -64,7 +65,9 @@ class LinkTracker:
 
     def __init__(self, config: Config, clock: Any) -> None:
         self._clock = clock
-        self.url = mask_url(config.central_system.url) if config.central_system.url else ""
+        # The URL the link dials (the id appended or put in the template), not the template:
+        # the one to compare with the server's log when it answers 404.
+        self.url = _dialled_url(config) if config.central_system.url else ""
         self.online = False
         self.since: datetime | None = None  # of the current online/offline spell
         self.last_error: str = ""
@@ -78,12 +81,19 @@ class LinkTracker:
             self.online = False
             self.since = self._clock.now()
         elif event == "connect_failed":
+            self.url = str(fields.get("url") or self.url)
             if "http_status" in fields:
                 self.last_error = f"HTTP {fields['http_status']}"
             else:
                 self.last_error = str(fields.get("reason") or fields.get("error") or "failed")
             if self.since is None:
                 self.since = self._clock.now()
+
+
+def _dialled_url(config: Config) -> str:
+    cs = config.central_system
+    scheme = "wss" if cs.security_profile >= 2 or cs.tls_without_auth else None
+    return mask_url(central_system_url(cs.url, cs.charge_point_id, scheme))
 
 
 def _drawn_a(sample: Any) -> float | None:

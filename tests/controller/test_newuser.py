@@ -51,3 +51,34 @@ def test_status_where_no_socket_can_be_is_one_line_not_a_traceback(
     assert cli.main(["status", "--socket", str(socket)]) == 1
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and err[0].startswith("evsed status: ")
+
+
+@pytest.mark.parametrize(
+    ("cs", "shown"),
+    [
+        (
+            {"url": "ws://cs.example:9000/ocpp", "charge_point_id": "PI-1"},
+            "ws://cs.example:9000/ocpp/PI-1",
+        ),
+        (
+            {"url": "ws://cs.example/ocpp/{charge_point_id}/?v=1", "charge_point_id": "PI-1"},
+            "ws://cs.example/ocpp/PI-1/?v=1",
+        ),
+        (
+            {"url": "wss://cs.example", "charge_point_id": "PI-1", "tls_without_auth": True},
+            "wss://cs.example/PI-1",
+        ),
+    ],
+)
+def test_status_shows_the_url_the_link_dials(cs: dict[str, object], shown: str) -> None:
+    # The trial: `evsed status` printed "url: ws://127.0.0.1:9000/ocpp" while the journal
+    # said "cannot connect to ws://127.0.0.1:9000/ocpp/CP-SIM-1": the template, not the
+    # address a 404 is about.
+    from evsed.controller.clock import SystemClock
+    from evsed.controller.config import Config
+    from evsed.controller.status import LinkTracker
+
+    link = LinkTracker(Config.model_validate({"central_system": cs}), SystemClock())
+    assert link.url == shown
+    link.observe("connect_failed", {"url": "wss://other.example/PI-1", "http_status": 404})
+    assert link.url == "wss://other.example/PI-1"
