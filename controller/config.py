@@ -37,7 +37,7 @@ from pydantic import (
 )
 
 from evsed.controller import __version__
-from evsed.controller.paths import default_state_dir
+from evsed.controller.paths import anchor_paths, default_state_dir
 
 Gpio = Annotated[int, Field(ge=0, le=27, description="BCM GPIO number")]
 Amps = Annotated[float, Field(ge=6, le=80)]
@@ -532,7 +532,8 @@ def load(path: Path | None) -> Config:
     except tomllib.TOMLDecodeError as exc:
         problem = Problem("(file)", "invalid TOML", f"valid TOML: {exc}")
         raise ConfigError(source, [problem]) from None
-    return parse(data, source)
+    # A relative path in the file is relative to the file, not to the working directory.
+    return parse(anchor_paths(data, path.parent), source)
 
 
 def parse(data: dict[str, Any], source: str = "<config>") -> Config:

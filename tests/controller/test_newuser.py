@@ -82,3 +82,81 @@ def test_status_shows_the_url_the_link_dials(cs: dict[str, object], shown: str) 
     assert link.url == shown
     link.observe("connect_failed", {"url": "wss://other.example/PI-1", "http_status": 404})
     assert link.url == "wss://other.example/PI-1"
+
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def test_the_bench_examples_keep_no_state_in_the_working_directory(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # config/sim.toml said state_dir = "state": `evsed run --config config/sim.toml` made
+    # ./state wherever it was typed (issue 13). It now takes the per-user default.
+    from evsed.controller import config
+
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("STATE_DIRECTORY", raising=False)
+    monkeypatch.setenv("XDG_STATE_HOME", str(tmp_path / "xdg"))
+    for name in ("sim.toml", "sim-two-connectors.toml"):
+        assert config.load(REPO / "config" / name).state_dir == tmp_path / "xdg" / "evsed"
+
+
+def test_relative_paths_in_a_file_are_relative_to_the_file(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from evsed.controller import config
+
+    home = tmp_path / "home"
+    monkeypatch.setenv("HOME", str(home))
+    conf = tmp_path / "conf"
+    conf.mkdir()
+    path = conf / "evsed.toml"
+    path.write_text(
+        'state_dir = "state"\n'
+        '[central_system]\nca_file = "../pki/ca.pem"\nclient_cert = "~/cp.pem"\n'
+        'client_key = "/etc/evsed/cp-key.pem"\n'
+        '[[connectors]]\n[connectors.meter]\nmodel = "maps/my-meter.toml"\n'
+        '[grid]\n[grid.meter]\nmodel = "sdm120"\n'
+        '[firmware]\ninstall_root = "opt"\n'
+    )
+    monkeypatch.chdir(tmp_path / "..")
+    cfg = config.load(path.relative_to(tmp_path.parent))
+    assert cfg.state_dir == conf / "state"
+    cs = cfg.central_system
+    assert cs.ca_file == conf / ".." / "pki" / "ca.pem"
+    assert cs.client_cert == home / "cp.pem"
+    assert cs.client_key == Path("/etc/evsed/cp-key.pem")
+    assert cfg.connectors[0].meter.model == str(conf / "maps" / "my-meter.toml")
+    assert cfg.grid.meter.model == "sdm120"  # a built-in map's name, not a path
+    assert cfg.firmware.install_root == conf / "opt"
+    # A wrong type is still validation's to name, unchanged.
+    path.write_text("state_dir = 5\n")
+    with pytest.raises(config.ConfigError, match="state_dir"):
+        config.load(path)
+
+
+async def test_run_from_another_directory_stores_next_to_its_file(tmp_path: Path) -> None:
+    # The real thing: `evsed run` (started in the repository, as the subprocess tests do)
+    # with state_dir = "state" opens its store beside the file, not in its working
+    # directory.
+    import signal
+
+    from tests.support.evsed_process import Evsed
+
+    conf = tmp_path / "conf"
+    conf.mkdir()
+    path = conf / "evsed.toml"
+    path.write_text(
+        'state_dir = "state"\n[central_system]\nenabled = false\n'
+        "[bench]\ncontrol_port = 0\n[[connectors]]\n[connectors.meter]\nport = 0\n"
+    )
+    in_cwd = REPO / "state"
+    existed = in_cwd.exists()
+    evsed = Evsed(path, tmp_path / "evsed.log")
+    try:
+        await evsed.start()
+        assert await evsed.signal(signal.SIGTERM) == 0, (tmp_path / "evsed.log").read_text()
+    finally:
+        await evsed.close()
+    assert any((conf / "state").iterdir())
+    assert existed or not in_cwd.exists()
