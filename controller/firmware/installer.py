@@ -119,6 +119,19 @@ def restart_by_exit() -> None:
     os.kill(os.getpid(), signal.SIGTERM)
 
 
+def readable_by_all(tree: Path) -> None:
+    """The service's UMask=0077 made the new venv its own only; like the first one (made by
+    root), everyone may read and run it: `evsed status` and `evsed selftest` are run from
+    /opt/evsed/current by people in the evsed group. Nobody else may write it."""
+    for path in (tree, *tree.rglob("*")):
+        if path.is_symlink():
+            continue
+        mode = path.stat().st_mode
+        wanted = (mode | 0o444 | (0o111 if mode & 0o100 or path.is_dir() else 0)) & ~0o022
+        if wanted != mode & 0o7777:
+            path.chmod(wanted & 0o7777)
+
+
 def package_version(package: Path) -> str:
     m = _PACKAGE.match(package.name)
     if m is None or not _SAFE_VERSION.match(m.group("version")):
@@ -301,6 +314,7 @@ class VenvInstaller:
                 [py, "-m", "pip", "install", "--quiet", "--no-input", str(package)],
                 "pip install",
             )
+            await asyncio.to_thread(readable_by_all, target)
         except BaseException:
             shutil.rmtree(target, ignore_errors=True)
             raise

@@ -346,6 +346,42 @@ async def test_a_stuck_command_is_killed_at_its_timeout() -> None:
     assert status == 124 and "killed" in out
 
 
+def test_a_new_venv_is_readable_by_all_despite_the_services_umask(tmp_path: Path) -> None:
+    """UMask=0077 in the unit: without this, `evsed status` from /opt/evsed/current stops
+    working for the evsed group after the first update."""
+    root, state = _root(tmp_path), _state(tmp_path)
+
+    class PrivateFiles(FakeVenvs):
+        async def __call__(self, argv: Sequence[str]) -> tuple[int, str]:
+            status, out = await super().__call__(argv)
+            if list(argv[1:3]) == ["-m", "pip"]:
+                script = Path(argv[0]).parent / "evsed"
+                script.write_text("#!/bin/sh\n")
+                script.chmod(0o700)
+                (Path(argv[0]).parent.parent / "lib").mkdir(mode=0o700)
+                (Path(argv[0]).parent.parent / "lib" / "mod.py").write_text("")
+                (Path(argv[0]).parent.parent / "lib" / "mod.py").chmod(0o600)
+            return status, out
+
+    old_umask = os.umask(0o077)
+    try:
+        installer = _installer(root, state, PrivateFiles(), [0.0], prefix=root)
+        asyncio.run(installer.install(tiny_wheel(tmp_path)))
+    finally:
+        os.umask(old_umask)
+    new = root / "venvs" / "9.9.9"
+    modes = {
+        p.relative_to(new).as_posix(): p.stat().st_mode & 0o777 for p in (new, *new.rglob("*"))
+    }
+    assert modes == {
+        ".": 0o755,
+        "bin": 0o755,
+        "bin/evsed": 0o755,
+        "lib": 0o755,
+        "lib/mod.py": 0o644,
+    }
+
+
 def test_pip_failure_leaves_the_running_version_alone(tmp_path: Path) -> None:
     root, state = _root(tmp_path), _state(tmp_path)
     restarts = Restarts()
