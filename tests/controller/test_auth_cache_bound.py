@@ -20,7 +20,9 @@ from evsed.controller.ocpp16.auth import DEFAULT_CACHE_MAX_ENTRIES, Authorizer, 
 from evsed.controller.ocpp16.keys import ConfigurationKeys
 from evsed.controller.store import SCHEMA_VERSION, Store
 from evsed.controller.store.schema import MIGRATIONS
+from evsed.hwmocks.central_system import CentralSystem
 from tests.support.clock import FakeClock
+from tests.support.ocpp_rig import ocpp_rig
 
 T0 = datetime(2026, 3, 1, 12, 0, tzinfo=UTC)
 ACCEPTED = {"status": "Accepted"}
@@ -217,3 +219,19 @@ async def test_clear_cache_still_empties_a_full_cache(rig: Rig) -> None:
     assert rig.store.cache_len() == 0
     await rig.auth.authorize("AFTER")
     assert rig.store.cache_tags() == ["AFTER"]
+
+
+# -- wired from the configuration, against the embedded Central System -----------------------
+
+
+async def test_the_configured_bound_holds_for_the_running_charge_point(tmp_path: Path) -> None:
+    cards = ["CARD-A", "CARD-B", "CARD-C"]
+    async with (
+        CentralSystem(tags=dict.fromkeys(cards, "Accepted")) as cs,
+        ocpp_rig(cs, tmp_path, authorization={"cache_max_entries": 2}) as rig,
+    ):
+        authorizer = rig.ocpp.ctx.authorizer
+        assert authorizer is not None
+        for card in cards:
+            assert (await authorizer.authorize(card)).accepted  # Authorize.req to the CS
+        assert rig.ocpp.store.cache_tags() == ["CARD-B", "CARD-C"]
