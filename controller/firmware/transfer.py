@@ -10,7 +10,9 @@ every data connection is protected too (PBSZ 0, PROT P). The server's certificat
 against the system's trust store (``SSL_CERT_FILE`` / ``SSL_CERT_DIR`` point elsewhere) and
 its host name, like https. A server that refuses AUTH TLS or PROT P fails the transfer: never
 a silent fall back to plain ftp. Data connections resume the control connection's TLS
-session, which vsftpd requires by default (``require_ssl_reuse``). Implicit FTPS (TLS from
+session, which vsftpd requires by default (``require_ssl_reuse``): the standard library's
+FTP_TLS alone gets "522 session reuse required" there (tests/controller/test_ftps.py runs
+vsftpd where it is installed, over TLS 1.3). Implicit FTPS (TLS from
 the first byte, usually port 990) is not spoken: such a server does not answer the plain
 greeting and the transfer fails on its socket timeout. Each
 transfer is blocking and meant to run in a worker thread (`asyncio.to_thread`), so neither

@@ -6,7 +6,15 @@ certificate checked, and never a fall back to plain ftp."""
 from __future__ import annotations
 
 import asyncio
+import ftplib
+import os
+import shutil
+import socket
+import ssl
+import subprocess
 import tarfile
+import tempfile
+import threading
 from collections.abc import AsyncIterator, Iterator
 from io import BytesIO
 from pathlib import Path
@@ -198,3 +206,104 @@ async def test_get_diagnostics_uploads_to_an_ftps_server(
     stored = root / "in" / result.file_name
     with tarfile.open(fileobj=BytesIO(stored.read_bytes()), mode="r:gz") as archive:
         assert "configuration-keys.txt" in archive.getnames()
+
+
+# -- vsftpd, the most common FTPS server, where the machine has it -----------------------------
+
+VSFTPD = Path("/usr/sbin/vsftpd")
+
+
+@pytest.fixture
+def vsftpd(trusted: Certificates) -> Iterator[tuple[int, Path]]:
+    """vsftpd in inetd mode (one process per control connection, the accepted socket as its
+    stdin: nothing to wait for), anonymous over TLS only, with its default
+    require_ssl_reuse=YES. Its anonymous user must reach the files: a 0755 directory."""
+    if not VSFTPD.exists() or os.geteuid() != 0:
+        pytest.skip("vsftpd is not installed (or not root to run it)")
+    base = Path(tempfile.mkdtemp(prefix="evsed-vsftpd-"))
+    base.chmod(0o755)
+    anon, empty = base / "anon", base / "empty"
+    (anon / "pub").mkdir(parents=True)
+    empty.mkdir()
+    (anon / "pub" / "fw.bin").write_bytes(BODY)
+    anon.chmod(0o555)  # vsftpd refuses a writable anonymous root
+    (anon / "pub").chmod(0o777)
+    conf = base / "vsftpd.conf"
+    conf.write_text(
+        "\n".join(
+            [
+                "listen=NO",
+                "anonymous_enable=YES",
+                f"anon_root={anon}",
+                "no_anon_password=YES",
+                "write_enable=YES",
+                "anon_upload_enable=YES",
+                "local_enable=NO",
+                "ssl_enable=YES",
+                "allow_anon_ssl=YES",
+                "force_anon_logins_ssl=YES",
+                "force_anon_data_ssl=YES",
+                "require_ssl_reuse=YES",
+                f"rsa_cert_file={trusted.cert}",
+                f"rsa_private_key_file={trusted.key}",
+                f"secure_chroot_dir={empty}",
+                "seccomp_sandbox=NO",
+                "",
+            ]
+        )
+    )
+    listener = socket.create_server(("127.0.0.1", 0))
+    servers: list[subprocess.Popen[bytes]] = []
+
+    def accept() -> None:
+        while True:
+            try:
+                conn, _ = listener.accept()
+            except OSError:
+                return  # closed: the test is over
+            with conn:
+                servers.append(
+                    subprocess.Popen(
+                        [str(VSFTPD), str(conf)],
+                        stdin=conn.fileno(),
+                        stdout=conn.fileno(),
+                        stderr=subprocess.DEVNULL,
+                    )
+                )
+
+    thread = threading.Thread(target=accept, daemon=True)
+    thread.start()
+    try:
+        yield listener.getsockname()[1], anon / "pub"
+    finally:
+        listener.shutdown(socket.SHUT_RDWR)  # wakes the accept (a close alone does not)
+        listener.close()
+        thread.join(5)
+        for server in servers:
+            if server.poll() is None:
+                server.kill()
+            server.wait(5)
+        shutil.rmtree(base, ignore_errors=True)
+
+
+def test_vsftpd_which_requires_tls_session_reuse(vsftpd: tuple[int, Path], tmp_path: Path) -> None:
+    port, pub = vsftpd
+    assert download(f"ftps://anonymous@127.0.0.1:{port}/pub/fw.bin", tmp_path / "fw.bin") == len(
+        BODY
+    )
+    assert (tmp_path / "fw.bin").read_bytes() == BODY
+    src = tmp_path / "diag.tar.gz"
+    src.write_bytes(BODY[::-1])
+    upload(src, f"ftps://anonymous@127.0.0.1:{port}/pub/")
+    assert (pub / "diag.tar.gz").read_bytes() == BODY[::-1]
+    # Why the data connections resume the session: the standard library's FTP_TLS alone
+    # is refused there.
+    plain = ftplib.FTP_TLS(context=ssl.create_default_context(), timeout=10)
+    plain.connect("127.0.0.1", port)
+    try:
+        plain.login("anonymous", "")
+        plain.prot_p()
+        with pytest.raises(ftplib.error_perm, match="522"):
+            plain.retrbinary("RETR pub/fw.bin", lambda _: None)
+    finally:
+        plain.close()
