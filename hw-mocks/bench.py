@@ -398,6 +398,8 @@ class Bench:
             "pilot_negative_lost": sim.pins.lose_negative_supply,
             "pp_short": lambda on: sim.pins.set_pp_ohms(0.0 if on else None),
             "lock_jammed": sim.pins.lock_jam,
+            # The one ADC chip every connector reads: all of them see it die.
+            "adc_dead": sim.pins.adc.set_dead,
         }
 
     def _reader_fault(self, name: str, on: bool) -> None:

@@ -78,6 +78,7 @@ FAULT_NAMES = (
     "pilot_negative_lost",
     "pp_short",
     "lock_jammed",
+    "adc_dead",
     "reader_silent",
     "reader_garbage",
 )

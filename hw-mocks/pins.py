@@ -183,6 +183,11 @@ class SimMcp3xxx(MockSPIDevice):
         self.channels: list[Volts] = [0.0] * 8
         self.reads = 0
         self.state = "idle"
+        #: A dead chip (unpowered, or its MISO held low): every conversion reads code 0.
+        self.dead = False
+
+    def set_dead(self, dead: bool) -> None:
+        self.dead = dead
 
     def set_channel(self, channel: int, volts: Volts) -> None:
         self.channels[channel] = volts
@@ -192,6 +197,8 @@ class SimMcp3xxx(MockSPIDevice):
         return float(v() if callable(v) else v)
 
     def code(self, channel: int) -> int:
+        if self.dead:
+            return 0
         v = min(max(self.volts(channel), 0.0), self.vref)
         top = (1 << self.bits) - 1
         return min(int(v / self.vref * (1 << self.bits)), top)
