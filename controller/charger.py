@@ -223,6 +223,7 @@ class Charger:
                     mode=Mode.SOLAR if config.grid.solar else Mode.FUSE,
                 )
             )
+        self._cp_reported: ConnectorStatus | None = None
         for index, (cfg, hw) in enumerate(zip(config.connectors, parts.connectors, strict=True)):
             cid = index + 1
             connector = Connector(
@@ -273,6 +274,7 @@ class Charger:
             if hw.rcd is not None:
                 connector.add_probe(Fault.RCD, lambda r=hw.rcd: r.tripped)
             connector.on_change(lambda what, fields, s=slot: self._on_change(s, what, fields))
+            connector.add_listener(self._on_connector_note)
             connector.charger_wide = self._zero
             if hw.phase_switch is not None:
                 connector.add_listener(
@@ -281,6 +283,8 @@ class Charger:
             self.core.add(connector, sampler)
             self._slots[cid] = slot
             self.recompute(cid)
+        # Connector 0's status as last reported through the hooks.
+        self._cp_reported = self.charge_point_status()
 
     # ------------------------------------------------------------------ access
 
@@ -590,13 +594,23 @@ class Charger:
                 _isolated(listener, event.id_tag)
             self.present_tag(event.id_tag)
         elif isinstance(event, DeviceFault):
-            changed = event.active != self.reader_faulted
             self.reader_faulted = event.active
             for fault_listener in self.events.reader_fault:
                 _isolated(fault_listener, event.active, event.detail)
-            if changed:
-                # The reader belongs to the charge point, not to a connector: connector 0.
-                _isolated(self._hooks.status_changed, 0, self.charge_point_status())
+            # The reader belongs to the charge point, not to a connector: connector 0.
+            self._report_charge_point()
+
+    def _on_connector_note(self, kind: str, fields: dict[str, object]) -> None:
+        if kind == "status":
+            # The last connector made Unavailable (ChangeAvailability on it, not on 0) makes
+            # the charge point Unavailable: the CS hears it on connector 0 as well.
+            self._report_charge_point()
+
+    def _report_charge_point(self) -> None:
+        status = self.charge_point_status()
+        if status != self._cp_reported:
+            self._cp_reported = status
+            _isolated(self._hooks.status_changed, 0, status)
 
     def present_tag(self, id_tag: str) -> None:
         """Route a card: to the session it stops, else to a connector waiting, else a free one."""

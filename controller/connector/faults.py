@@ -20,6 +20,7 @@ class Fault(StrEnum):
     FAILED_TO_CLOSE = "contactor_failed_to_close"
     OVER_CURRENT = "over_current"
     PILOT_SHORT = "pilot_short"  # state E
+    PILOT_SENSE = "pilot_sense"  # state F while evsed drives +12 V or PWM: ADC/generator
     DIODE_MISSING = "diode_missing"
     OVER_TEMPERATURE = "over_temperature"
     METER = "meter"
@@ -57,6 +58,10 @@ RULES: dict[Fault, FaultRule] = {
     Fault.PILOT_SHORT: FaultRule(
         ErrorCode.EV_COMMUNICATION_ERROR, False, frozenset({_V, _U, _R}), faulted=False
     ),
+    # Only the EVSE drives -12 V: reading it while evsed drives +12 V or the PWM means its
+    # own pilot generator or ADC failed. Nothing may be supervised meanwhile (the session
+    # ends); it clears when the pilot reads a real state again (or a reset).
+    Fault.PILOT_SENSE: FaultRule(ErrorCode.INTERNAL_ERROR, True, frozenset({_V, _R})),
     Fault.DIODE_MISSING: FaultRule(
         ErrorCode.EV_COMMUNICATION_ERROR, False, frozenset({_U, _R}), faulted=False
     ),
@@ -77,6 +82,7 @@ SEVERITY: tuple[Fault, ...] = (
     Fault.RCD,
     Fault.RCD_SELF_TEST,
     Fault.INTERNAL,
+    Fault.PILOT_SENSE,  # before the temperature: a dead ADC also reads a hot NTC
     Fault.FAILED_TO_CLOSE,
     Fault.OVER_CURRENT,
     Fault.OVER_TEMPERATURE,

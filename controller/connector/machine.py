@@ -111,6 +111,9 @@ class Settings:
     # After a fault stops charging, state F for >= 300 ms (IEC 61851-1 Table A.5).
     fault_state_f_s: float = 0.3
     pwm_resolution: float = 0.001
+    # State F (-12 V) read this long while evsed does not drive it: its pilot generator or
+    # ADC failed (Fault.PILOT_SENSE). Two readings at least, so one glitch is no fault.
+    pilot_f_fault_s: float = 0.1
     # A motor lock's pulse is ~0.5 s; no confirmation within this is a ConnectorLockFailure
     # (locking), or UnlockFailed (an unlock whose position switch still reads locked).
     lock_timeout_s: float = 2.0
@@ -231,6 +234,7 @@ class Connector:
         self._unlock_deadline: float | None = None  # UnlockConnector's bound on that wait
         self._unlocking_since: float | None = None  # unlock driven, position not yet read
         self._start_waits_since: float | None = None  # a start waits for a meter reading
+        self._f_read_since: float | None = None  # the pilot reads F that evsed does not drive
         #: Callbacks (listeners, hooks) that raised, and internal errors the core survived.
         self.callback_errors = 0
         self.internal_errors = 0
@@ -447,6 +451,7 @@ class Connector:
         if state is None or state == self.pilot_state:
             return
         previous, self.pilot_state = self.pilot_state, state
+        self._f_read_since = self._clock.monotonic() if state == PilotState.F else None
         # C -> B/A/E/F: open at once, before anything else (IEC 61851-1: <= 100 ms); with
         # no EV the PWM goes too. Notes, logs and the transaction's disk write come after.
         opened = self._cut(DUTY_OFF if state in NO_EV_STATES else None)
@@ -460,6 +465,8 @@ class Connector:
             return
         if Fault.PILOT_SHORT in self.faults and state != PilotState.F:
             self._clear_fault(Fault.PILOT_SHORT, Clear.RECOVERY)
+        if Fault.PILOT_SENSE in self.faults and state != PilotState.F:
+            self._clear_fault(Fault.PILOT_SENSE, Clear.RECOVERY)
         if state in PLUGGED_STATES and previous not in PLUGGED_STATES:
             self._dispatch(EvPlugged())
         elif state == PilotState.A:
@@ -848,6 +855,8 @@ class Connector:
             deadlines.append(self._soft_off_since + self.settings.power_off_under_load_s)
         if self._start_waits_since is not None:
             deadlines.append(self._start_waits_since + self.settings.meter_wait_s)
+        if self._f_read_since is not None and Fault.PILOT_SENSE not in self.faults:
+            deadlines.append(self._f_read_since + self.settings.pilot_f_fault_s)
         return min((d for d in deadlines if d is not None), default=None)
 
     @command()
@@ -861,6 +870,14 @@ class Connector:
             self._start_waiting_for_meter()
         if self._status_held:
             self._publish_status()
+        since = self._f_read_since
+        if (
+            since is not None
+            and self.pilot_state == PilotState.F
+            and self._pilot.duty != DUTY_F
+            and now - since >= self.settings.pilot_f_fault_s
+        ):
+            self.raise_fault(Fault.PILOT_SENSE, "pilot reads -12 V: generator or ADC failed")
         if self._lock_since is not None and self.transaction is not None:
             if self._lock is not None and self._lock.locked() is not False:
                 self._lock_since = None

@@ -45,6 +45,11 @@ PWM_PERIOD_S = 0.001
 #: pilot we cannot see: read as state F, so the contactor opens (DESIGN rule 7), whatever
 #: the driver does about its own failures.
 SENSOR_FAILURES_TO_F = 3
+#: A burst spans 1.2 PWM periods, so at any duty evsed offers (>= 10 %) it sees the high
+#: plateau; inconclusive bursts (all low) for this long are a pilot the core cannot see
+#: (a dead ADC reads 0 V, i.e. -12 V): read as state F, so the contactor opens. Long
+#: enough that unlucky sampling of a short plateau never trips it.
+INCONCLUSIVE_TO_F_S = 0.3
 
 
 @dataclass(frozen=True, slots=True)
@@ -86,6 +91,7 @@ class Sampler:
         self._next_pp = 0.0
         self._next_temp = 0.0
         self._sensor_failures = 0
+        self._inconclusive_since: float | None = None
         self._temperature_reader: concurrent.futures.ThreadPoolExecutor | None = None
         self._temperature_read: concurrent.futures.Future[float | Exception] | None = None
 
@@ -124,6 +130,7 @@ class Sampler:
             if self._sensor_failures:
                 log.info("pilot sensing works again after %d failures", self._sensor_failures)
                 self._sensor_failures = 0
+        reading = self._bounded_inconclusive(reading, now)
         if self.rcd is not None and self.rcd.tripped:
             # The driver also reports the trip through the loop; the core does not wait
             # for it (a no-op while the fault is active).
@@ -153,6 +160,22 @@ class Sampler:
             # A deadline (the end of state F, a timeout) falls before the next tick.
             interval = min(interval, max(0.0, wake_at - self.clock.monotonic()))
         return interval
+
+    def _bounded_inconclusive(
+        self, reading: PilotReading | None, now: float
+    ) -> PilotReading | None:
+        """An inconclusive reading keeps the previous state, but not for ever: before, a
+        dead ADC under PWM was inconclusive on every burst, and the core charged blind."""
+        if reading is None or reading.state is not None:
+            self._inconclusive_since = None
+            return reading
+        since = self._inconclusive_since
+        if since is None:
+            self._inconclusive_since = since = now
+        if now - since < INCONCLUSIVE_TO_F_S:
+            return reading
+        log.debug("pilot unreadable under PWM for %.2f s: read as state F", now - since)
+        return PilotReading(state=PilotState.F, high_v=reading.high_v, low_v=reading.low_v)
 
     def _read_proximity(self, now: float) -> None:
         if self.proximity is None:
