@@ -160,3 +160,48 @@ async def test_run_from_another_directory_stores_next_to_its_file(tmp_path: Path
         await evsed.close()
     assert any((conf / "state").iterdir())
     assert existed or not in_cwd.exists()
+
+
+def _has_gpio() -> bool:
+    import warnings
+
+    from gpiozero import BadPinFactory, Device
+
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            Device._default_pin_factory().close()
+    except BadPinFactory:
+        return False
+    return True
+
+
+@pytest.mark.parametrize("command", [["run", "--config"], ["selftest", "--config"]])
+def test_the_pi_example_off_a_pi_is_lines_not_a_traceback(command: list[str]) -> None:
+    # Issue 13 as reported: with the Pi configuration `evsed run` printed four gpiozero
+    # fallback warnings and a raw BadPinFactory traceback. Now: one line per problem
+    # naming the key, the package to install, exit status 2. (On a Pi this is not the
+    # situation: skipped.)
+    import os
+    import subprocess
+    import sys
+
+    if _has_gpio():
+        pytest.skip("this machine has GPIO")
+    env = {k: v for k, v in os.environ.items() if k != "GPIOZERO_PIN_FACTORY"}
+    path = REPO / "config" / "raspberry-pi.toml"
+    ran = subprocess.run(
+        [sys.executable, "-m", "evsed.controller.cli", *command, str(path)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        stdin=subprocess.DEVNULL,
+        env=env,
+        cwd=REPO,
+    )
+    assert ran.returncode == 2, ran.stderr
+    assert "Traceback" not in ran.stderr and "Falling back" not in ran.stderr
+    lines = ran.stderr.strip().splitlines()
+    assert all(line.startswith(f"{path}: ") for line in lines), lines
+    (gpio,) = [line for line in lines if "GPIO pins" in line]
+    assert "pip install 'evsed[pi]'" in gpio
