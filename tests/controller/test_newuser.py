@@ -205,3 +205,5 @@ def test_the_pi_example_off_a_pi_is_lines_not_a_traceback(command: list[str]) ->
     assert all(line.startswith(f"{path}: ") for line in lines), lines
     (gpio,) = [line for line in lines if "GPIO pins" in line]
     assert "pip install 'evsed[pi]'" in gpio
+    # The example has `[bench] enabled = false`: the line said "(no [bench] section)".
+    assert gpio.endswith("(given: false)"), gpio
