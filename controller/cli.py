@@ -210,14 +210,26 @@ def _run(args: argparse.Namespace) -> int:
 
     if args.trace is not None:
         try:
-            with args.trace.open("a"):
-                pass
+            _trace_file_ready(args.trace)
         except OSError as exc:
             print(f"evsed run: --trace {args.trace}: {exc.strerror}", file=sys.stderr)
             return EXIT_CONFIG
     # The same checks as `config check`, before anything starts; they also load the TLS
     # key material, once, before the event loop runs.
     return run_controller(checked_or_exit(args.config), log_level=args.log_level, trace=args.trace)
+
+
+def _trace_file_ready(path: Path) -> None:
+    """Can the trace file be written? Created as the trace writes it, mode 0600 (it holds
+    every frame: card ids, the Central System's data); `open("a")` made it 0644 first, and
+    the mode of an existing file is never changed by opening it. One left wider by that is
+    narrowed, when it is ours."""
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
+    try:
+        if os.fstat(fd).st_uid == os.geteuid():
+            os.fchmod(fd, 0o600)
+    finally:
+        os.close(fd)
 
 
 def _status(args: argparse.Namespace) -> int:

@@ -207,3 +207,21 @@ def test_the_pi_example_off_a_pi_is_lines_not_a_traceback(command: list[str]) ->
     assert "pip install 'evsed[pi]'" in gpio
     # The example has `[bench] enabled = false`: the line said "(no [bench] section)".
     assert gpio.endswith("(given: false)"), gpio
+
+
+@pytest.mark.parametrize("existing", [False, True])
+def test_run_trace_file_is_0600_as_the_help_says(tmp_path: Path, existing: bool) -> None:
+    # The trial: `evsed run --trace frames.log` left frames.log -rw-r--r--: the CLI's
+    # writability check created it with open("a") before the trace opened it 0600.
+    import stat
+
+    trace = tmp_path / "frames.log"
+    if existing:
+        trace.write_text("")
+        trace.chmod(0o644)
+    cfg = tmp_path / "bad.toml"
+    cfg.write_text('[[connectors]]\n[connectors.meter]\nmodel = "sdm999"\n[bench]\n')
+    with pytest.raises(SystemExit) as exc:  # stops at the check, after the trace file
+        cli.main(["run", "--config", str(cfg), "--trace", str(trace)])
+    assert exc.value.code == 2
+    assert stat.S_IMODE(trace.stat().st_mode) == 0o600
