@@ -56,7 +56,7 @@ def _parser() -> argparse.ArgumentParser:
         "its control channel on loopback, without the controller: for a controller or a "
         "Central System under test elsewhere. Prints the ports it listens on.",
     )
-    bench.add_argument("--config", type=Path, help="TOML file (default: bench defaults)")
+    bench.add_argument("-c", "--config", type=Path, help="TOML file (default: bench defaults)")
     bench.set_defaults(func=_bench)
 
     run = sub.add_parser(
@@ -66,7 +66,7 @@ def _parser() -> argparse.ArgumentParser:
         "drive the charger and talk to the Central System until SIGTERM or Ctrl-C. Exit "
         "status 2: a configuration problem; 1: it could not start (one line says why).",
     )
-    run.add_argument("--config", type=Path, help="TOML file (default: bench defaults)")
+    run.add_argument("-c", "--config", type=Path, help="TOML file (default: bench defaults)")
     run.add_argument(
         "--log-level",
         choices=("DEBUG", "INFO", "WARNING", "ERROR"),
@@ -89,7 +89,7 @@ def _parser() -> argparse.ArgumentParser:
         "to the Central System and the number of queued messages. Exit status 1 when no "
         "evsed answers.",
     )
-    st.add_argument("--config", type=Path, help="TOML file (finds the state directory)")
+    st.add_argument("-c", "--config", type=Path, help="TOML file (finds the state directory)")
     st.add_argument("--socket", type=Path, help="the status socket (default: see above)")
     st.add_argument("--json", action="store_true", help="the snapshot as JSON")
     st.set_defaults(func=_status)
@@ -104,7 +104,7 @@ def _parser() -> argparse.ArgumentParser:
         "is closed only on a good pilot (no vehicle) and an untripped RCD, and is left open "
         "whatever happens. Exit status 1 when a check fails.",
     )
-    stest.add_argument("--config", type=Path, help="TOML file (default: bench defaults)")
+    stest.add_argument("-c", "--config", type=Path, help="TOML file (default: bench defaults)")
     stest.set_defaults(func=_selftest)
 
     off = sub.add_parser(
@@ -114,7 +114,7 @@ def _parser() -> argparse.ArgumentParser:
         "leave them so. Exit status 1 (one line per output) when an output could not be "
         "driven: the charger may not be safe.",
     )
-    off.add_argument("--config", type=Path, help="TOML file (default: bench defaults)")
+    off.add_argument("-c", "--config", type=Path, help="TOML file (default: bench defaults)")
     off.set_defaults(func=_safe_off)
 
     inst = sub.add_parser(

@@ -225,3 +225,12 @@ def test_run_trace_file_is_0600_as_the_help_says(tmp_path: Path, existing: bool)
         cli.main(["run", "--config", str(cfg), "--trace", str(trace)])
     assert exc.value.code == 2
     assert stat.S_IMODE(trace.stat().st_mode) == 0o600
+
+
+@pytest.mark.parametrize("command", ["bench", "run", "status", "selftest", "safe-off"])
+def test_dash_c_is_config_wherever_there_is_a_config(command: str) -> None:
+    # `evsed run -c config/sim.toml` (as most daemons spell it) was "unrecognized
+    # arguments: -c".
+    parser = cli._parser()
+    args = parser.parse_args([command, "-c", "config/sim.toml"])
+    assert args.config == Path("config/sim.toml")
