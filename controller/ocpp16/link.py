@@ -27,6 +27,7 @@ import base64
 import logging
 import random
 import ssl
+import uuid
 from collections.abc import Awaitable
 from contextlib import suppress
 from dataclasses import dataclass, field
@@ -213,8 +214,12 @@ class Link:
         response timeout. ``validated``: the caller validates request and answer itself."""
         if self.reader.done():
             raise LinkLost()
+        unique_id = str(uuid.uuid4())
+        self.cp.expect_answer(unique_id)
         pending = asyncio.ensure_future(
-            self.cp.call(payload, suppress=False, skip_schema_validation=validated)
+            self.cp.call(
+                payload, suppress=False, unique_id=unique_id, skip_schema_validation=validated
+            )
         )
         try:
             done, _ = await asyncio.wait(
@@ -225,6 +230,9 @@ class Link:
                 pending.cancel()
                 # gather, not suppress(CancelledError): a cancel aimed at us must go through.
                 await asyncio.gather(pending, return_exceptions=True)
+            # Here in the caller's task: what the caller does with the answer up to its next
+            # await comes before the receive loop routes the frame behind the answer.
+            self.cp.answer_taken()
         if pending in done:
             try:
                 return pending.result()

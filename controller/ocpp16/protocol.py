@@ -52,6 +52,7 @@ exception class (FormatViolationError is sent as FormationViolation).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import functools
 import inspect
 import json
@@ -104,6 +105,9 @@ SUBPROTOCOL = "ocpp1.6"
 DEFAULT_MAX_FRAME_BYTES = 2 * 1024 * 1024  # a 10,000-entry SendLocalList is ~1.4 MiB
 #: Frames longer than this (characters) are parsed and schema-checked in a worker thread.
 OFFLOAD_FRAME_BYTES = 16 * 1024
+#: How long the receive loop waits for an answer to be applied by its caller before it reads
+#: the next frame (it is applied in the next loop turns; the bound only guards a lost caller).
+ANSWER_APPLY_S = 2.0
 MAX_UNIQUE_ID_CHARS = 36
 #: Every action name OCPP 1.6 (with the security extension) defines, in either direction.
 KNOWN_ACTIONS: frozenset[str] = frozenset(a.value for a in Action)
@@ -389,6 +393,8 @@ class StrictChargePoint(ocpp.v16.ChargePoint):
         # @after hooks and other fire-and-forget work; kept so they are not garbage
         # collected mid-flight and can be cancelled when the session ends.
         self._background: set[asyncio.Task[Any]] = set()
+        self._expected_answer: str | None = None
+        self._answer_taken = asyncio.Event()
 
     def add_handlers(self, handler: object) -> None:
         """Route the `@on`/`@after` methods of `handler` (a profile's handler object) too.
@@ -404,6 +410,18 @@ class StrictChargePoint(ocpp.v16.ChargePoint):
         if "_on_action" not in self.route_map.get(action, {}):
             return False
         return self.supported_actions is None or action in self.supported_actions
+
+    def expect_answer(self, unique_id: str) -> None:
+        """A CALL `unique_id` goes out: its answer holds the receive loop until `answer_taken`."""
+        self._expected_answer = unique_id
+        self._answer_taken.clear()
+
+    def answer_taken(self) -> None:
+        """The caller has the answer (or gave up): the receive loop reads on. Called in the
+        caller's own task, so what it does with the answer before its next await (a
+        StartTransaction's transactionId stored) happens before the next frame is routed."""
+        self._expected_answer = None
+        self._answer_taken.set()
 
     def cancel_background_tasks(self) -> None:
         for task in list(self._background):
@@ -436,7 +454,12 @@ class StrictChargePoint(ocpp.v16.ChargePoint):
         if frame is None:
             return
         if frame[0] != MessageType.Call:
-            self._deliver_response(frame)
+            if self._deliver_response(frame) and frame[1] == self._expected_answer:
+                # A CS may answer StartTransaction and send RemoteStopTransaction for it in
+                # one breath: the stop must find the transactionId already stored.
+                with contextlib.suppress(TimeoutError):
+                    async with asyncio.timeout(ANSWER_APPLY_S):
+                        await self._answer_taken.wait()
             return
         if self._in_background(frame):
             self._spawn(self._answer_and_send(frame, heavy))
@@ -594,18 +617,19 @@ class StrictChargePoint(ocpp.v16.ChargePoint):
         except Exception:
             self.logger.exception("%s: @after hook for %s failed", self.id, unique_id)
 
-    def _deliver_response(self, frame: list[Any]) -> None:
+    def _deliver_response(self, frame: list[Any]) -> bool:
+        """Hand an answer to the waiting call(); False when it was dropped."""
         if not self._call_lock.locked():
             # No CALL of ours is outstanding: a late or stray answer. Dropping it here
             # keeps it out of the library's queue, where the next call() would trip on it.
             self.logger.warning("%s: unexpected response %s dropped", self.id, frame[1])
-            return
+            return False
         if frame[0] == MessageType.CallResult:
             if len(frame) != 3 or not isinstance(frame[2], dict):
                 self.logger.warning("%s: malformed CALLRESULT %s dropped", self.id, frame[1])
-                return
+                return False
             self._response_queue.put_nowait(CallResult(frame[1], frame[2]))
-            return
+            return True
         code = frame[2] if len(frame) > 2 and isinstance(frame[2], str) else "GenericError"
         description = frame[3] if len(frame) > 3 and isinstance(frame[3], str) else ""
         details = frame[4] if len(frame) > 4 and isinstance(frame[4], dict) else {}
@@ -614,6 +638,7 @@ class StrictChargePoint(ocpp.v16.ChargePoint):
             details = {**details, "errorCode": code}
             code = ErrorCode.GENERIC_ERROR
         self._response_queue.put_nowait(CallError(frame[1], code, description, details))
+        return True
 
     def _spawn(self, coro: Coroutine[Any, Any, Any]) -> None:
         task = asyncio.ensure_future(coro)
