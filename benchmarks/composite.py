@@ -11,6 +11,8 @@ Measurements (one function each; the last line of the output is one JSON object 
 - `median_ms`: connector 1 in A (target <= 2 ms, issue 11); `p99_ms`, `max_ms` beside it;
 - `connector0_median_ms`: connector 0 (both connectors summed, then capped), in W;
 - `limit_at_median_ms`: the runner's question "the limit now, and when it next changes";
+- `min_rate_median_ms`: `median_ms` again with a minChargingRate on every Tx/TxDefault
+  profile (the composite then also finds the highest one prevailing in the window);
 - `boundary_to_pwm_ms`: a period boundary to the PWM duty on the real-time bench
   (benchmarks/boundary_to_pwm.py; target <= 100 ms). `--no-pwm` leaves it out.
 
@@ -65,8 +67,10 @@ def _profile(
     recurrency: Recurrency | None = None,
     start: datetime | None = None,
     unit: RateUnit = RateUnit.A,
+    min_rate: bool = False,
 ) -> ChargingProfile:
     scale = 690.0 if unit is RateUnit.W else 1.0
+    rate = (6.0 + id % 3) * scale if min_rate and purpose is not Purpose.CHARGE_POINT_MAX else None
     periods = tuple(
         Period(i * 1800, (6 + (i * 7 + id) % 26) * scale, 3 if i % 5 else 1) for i in range(PERIODS)
     )
@@ -80,11 +84,11 @@ def _profile(
         valid_from=NOW - timedelta(days=3),
         valid_to=NOW + timedelta(days=30),
         transaction_id=1 if purpose is Purpose.TX else None,
-        schedule=Schedule(unit, periods, 20 * 3600, start, None),
+        schedule=Schedule(unit, periods, 20 * 3600, start, rate),
     )
 
 
-def installed() -> ProfileSet:
+def installed(min_rate: bool = False) -> ProfileSet:
     day = Recurrency.DAILY
     week = Recurrency.WEEKLY
     anchor = datetime(2026, 11, 30, 6, 0, tzinfo=UTC)
@@ -101,6 +105,18 @@ def installed() -> ProfileSet:
         _profile(9, Purpose.TX, 0, 1, Kind.RELATIVE),
         _profile(10, Purpose.TX, 1, 1, Kind.RELATIVE, unit=RateUnit.W),
     ):
+        if min_rate:
+            p = _profile(
+                p.id,
+                p.purpose,
+                p.stack_level,
+                p.connector_id,
+                p.kind,
+                recurrency=p.recurrency,
+                start=p.schedule.start,
+                unit=p.schedule.unit,
+                min_rate=True,
+            )
         ps.install(p)
     return ps
 
@@ -142,6 +158,26 @@ def composite_ms(runs: int) -> dict[str, Any]:
         "profiles": len(ps),
         "composite_periods": periods,
     }
+
+
+def min_rate_ms(runs: int) -> dict[str, Any]:
+    ps = installed(min_rate=True)
+
+    def call() -> object:
+        return composite(
+            ps,
+            1,
+            NOW,
+            86_400,
+            RateUnit.A,
+            transaction=TRANSACTION,
+            electrical=ELECTRICAL,
+            connector_ids=CONNECTORS,
+        )
+
+    rate = call().min_rate  # type: ignore[attr-defined]
+    assert rate is not None
+    return {"min_rate_median_ms": round(statistics.median(_timed(call, runs)), 3)}
 
 
 def connector0_ms(runs: int) -> dict[str, Any]:
@@ -198,6 +234,7 @@ def main(argv: list[str] | None = None) -> int:
     result.update(composite_ms(args.runs))
     result.update(connector0_ms(args.runs))
     result.update(limit_at_ms(args.runs))
+    result.update(min_rate_ms(args.runs))
     if not args.no_pwm:
         result.update(boundary_to_pwm(args.pwm_n))
     print(json.dumps(result))
