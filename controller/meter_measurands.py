@@ -7,7 +7,8 @@ them one at a time (evcc) gets what it will see in MeterValues, and one that wri
 at once (Home Assistant) is told no and falls back to what GetConfiguration reports.
 
 Kept out of `evsed.controller.ocpp16` because it reads the hardware layer's register maps;
-it answers in the wire's measurand names. The keys are charger-wide, so a measurand one
+it answers in the wire's measurand names, and takes their phases from the one measurand
+table (`evsed.controller.ocpp16.measurands.TABLE`). The keys are charger-wide, so a measurand one
 connector's meter delivers counts (the others leave it out of their MeterValues).
 """
 
@@ -17,6 +18,7 @@ from collections.abc import Iterable
 
 from evsed.controller.config import Config
 from evsed.controller.config import Connector as ConnectorConfig
+from evsed.controller.ocpp16.measurands import TABLE, PhaseStyle
 from evsed.hal.meters.regmap import load_map
 
 #: From the connector itself, whatever its meter: what the pilot offers, in A and in W.
@@ -82,14 +84,15 @@ def max_phases(config: Config) -> int:
 
 def selectable_items(measurands: Iterable[str], phases: int) -> list[str]:
     """Every item a Meter*Data key can hold: each measurand, and each per-phase variant the
-    MeterValue builder reports (Voltage as L1-N.., currents and powers as L1..)."""
-    items: list[str] = []
+    MeterValue builder reports, as the one measurand table says (Voltage as L1-N..,
+    currents, powers and the power factor as L1.. on a multi-phase connector)."""
     names = sorted(measurands)
+    items: list[str] = list(names)
+    lines = range(1, phases + 1)
     for name in names:
-        items.append(name)
-    for name in names:
-        if name == "Voltage":
-            items += [f"Voltage.L{k}-N" for k in range(1, phases + 1)]
-        elif (name == "Current.Import" or name in _TOTAL_AND_LINE) and phases > 1:
-            items += [f"{name}.L{k}" for k in range(1, phases + 1)]
+        style = TABLE[name].phases
+        if style is PhaseStyle.LINE_NEUTRAL:
+            items += [f"{name}.L{k}-N" for k in lines]
+        elif style is PhaseStyle.LINE or (style is PhaseStyle.TOTAL_AND_LINE and phases > 1):
+            items += [f"{name}.L{k}" for k in lines]
     return items
