@@ -14,7 +14,10 @@ Per connector, at every instant:
   `duration`, a Recurring one at the latest at its next occurrence (errata §3.43/§3.44);
   where a profile does not run, the next lower stack level does (errata §3.43);
 - the result is capped by the prevailing ChargePointMaxProfile (§3.13.3). Connector 0 is the
-  whole charge point: the sum of the connectors' limits, capped the same way.
+  whole charge point: the sum of the connectors' limits (each capped by the
+  ChargePointMaxProfile as it runs for that connector: a Relative one from the connector's
+  own transaction start), capped once more as it runs for the whole (from the window's
+  start), so the whole never exceeds what its connectors apply.
 
 Limits are compared in the unit asked for: W = A x V x phases, where phases is the period's
 numberPhases (3 when absent, §7.12) but never more than the connector uses (errata §3.34).
@@ -181,11 +184,17 @@ def composite(
     cap = _cap(electrical, unit)
     if connector_id == 0:
         running = dict(transactions or {})
+        cp_profiles = _of(installed, Purpose.CHARGE_POINT_MAX, 0)
         layers = []
         for cid in connector_ids:
             tx = running.get(cid)
             layer = _tx_layer(installed, cid, tx, w0, w1, unit, electrical, cap)
-            layers.append(_fill(layer, w0, w1, INF))
+            # What the connector applies is also capped by the ChargePointMaxProfile as it
+            # runs for that connector (a Relative one from its own transaction's start), so
+            # the whole never exceeds the sum of what the connectors apply.
+            own = _ts(tx.started) if tx is not None else w0
+            capped = _merge([layer, _stack(cp_profiles, w0, w1, own, unit, electrical)], _min)
+            layers.append(_fill(capped, w0, w1, INF))
         tx_level = _merge(layers, _sum) if layers else []
     else:
         tx_level = _tx_layer(installed, connector_id, transaction, w0, w1, unit, electrical, cap)
@@ -227,10 +236,18 @@ def limit_at(
     horizon: list[float] = [INF]
     if connector_id == 0:
         running = dict(transactions or {})
+        cp_profiles = _of(installed, Purpose.CHARGE_POINT_MAX, 0)
         total = 0.0
         total_phases: int | None = None
         for cid in connector_ids:
-            v = _tx_at(installed, cid, running.get(cid), t, unit, electrical, horizon)
+            tx = running.get(cid)
+            v = _tx_at(installed, cid, tx, t, unit, electrical, horizon)
+            # Capped by the ChargePointMaxProfile as it runs for this connector, as in
+            # `composite`.
+            own = _ts(tx.started) if tx is not None else t
+            c = _first_at(cp_profiles, t, own, tx is None, unit, electrical, horizon)
+            if c is not None and (v is None or c[0] < v[0]):
+                v = (c[0], _min_phases(c[1], v[1] if v else None), *c[2:])
             if v is None:
                 total = INF
             else:
