@@ -204,7 +204,11 @@ async def serve(
             app.ctx.observers.append(frames.observe)
 
     server: status.StatusServer | None = None
-    async with Stack(config, clock=clock, ocpp=True, ocpp_setup=observe_link) as stack:
+    # The lock before the store, the drivers or the session open anything (InstanceLock).
+    async with (
+        status.InstanceLock(config.state_dir),
+        Stack(config, clock=clock, ocpp=True, ocpp_setup=observe_link) as stack,
+    ):
         server = status.StatusServer(stack, link, status.server_socket_path(config))
         await server.start()
         # Everything built so far lives as long as the process: keep it out of the

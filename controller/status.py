@@ -57,6 +57,56 @@ def client_socket_path(config: Config, environ: Mapping[str, str] = os.environ) 
     return server_socket_path(config, environ)
 
 
+LOCK_NAME = "evsed.lock"
+
+
+class InstanceLock:
+    """One `evsed run` per state directory, claimed before anything is opened.
+
+    The status socket finds a running evsed only once the second one has started: by then
+    it had opened the same store, stopped the first one's open transaction as PowerLoss
+    (its start-up recovery) and booted at the Central System under the same identity. An
+    exclusive flock on ``evsed.lock`` is taken first instead; the kernel lets go of it
+    whatever way the holder ends (kill -9, a crash), so nothing is ever left to clean up.
+    """
+
+    def __init__(self, state_dir: Path) -> None:
+        self.path = Path(state_dir) / LOCK_NAME
+        self._fd: int | None = None
+
+    def acquire(self) -> None:
+        import fcntl
+
+        # The state holds card ids: a directory made here is the service user's alone.
+        self.path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+        fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o600)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(fd)
+            raise AlreadyRunning(f"another evsed uses {self.path.parent}") from None
+        self._fd = fd
+
+    def release(self) -> None:
+        if self._fd is not None:
+            os.close(self._fd)  # closing drops the flock
+            self._fd = None
+
+    def __enter__(self) -> InstanceLock:
+        self.acquire()
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        self.release()
+
+    # Also async, so that `evsed run` takes it in the same `async with` as its Stack.
+    async def __aenter__(self) -> InstanceLock:
+        return self.__enter__()
+
+    async def __aexit__(self, *_: object) -> None:
+        self.release()
+
+
 # ---------------------------------------------------------------- what the service knows
 
 

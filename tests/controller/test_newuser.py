@@ -234,3 +234,40 @@ def test_dash_c_is_config_wherever_there_is_a_config(command: str) -> None:
     parser = cli._parser()
     args = parser.parse_args([command, "-c", "config/sim.toml"])
     assert args.config == Path("config/sim.toml")
+
+
+async def test_a_second_run_on_the_same_state_leaves_the_first_ones_session_alone(
+    tmp_path: Path,
+) -> None:
+    # The trial: while one `evsed run` charged, a second one with the same state directory
+    # (other ports) opened the store, stopped the first one's transaction as PowerLoss at
+    # the Central System and booted under the same identity; only then did it find the
+    # status socket taken and exit. It must stop before it opens anything.
+    from evsed.hwmocks.central_system import CentralSystem
+    from tests.support.evsed_process import FREE_TAG, Evsed, _config, _cp_calls, until_charging
+
+    async with CentralSystem(tags={FREE_TAG: "Accepted"}) as cs:
+        first = Evsed(_config(tmp_path, cs.url), tmp_path / "first.log")
+        second_dir = tmp_path / "second"
+        second_dir.mkdir()
+        # The same file: the same state_dir (absolute), bench ports 0 already.
+        second = Evsed(_config(tmp_path, cs.url), second_dir / "second.log")
+        try:
+            await first.start()
+            await first.bench("plug", connector=1)
+            start = await cs.wait_for_call("StartTransaction", timeout=20)
+            await until_charging(cs, start.seq)
+            boots = len(_cp_calls(cs, "BootNotification"))
+            with pytest.raises(AssertionError, match="exited before its control port"):
+                await second.start()
+            assert second.proc is not None
+            assert await second.proc.wait() == 1
+            assert _cp_calls(cs, "StopTransaction") == []
+            assert len(_cp_calls(cs, "BootNotification")) == boots
+            log = (second_dir / "second.log").read_text()
+            assert "another evsed uses" in log and "Traceback" not in log
+            status = await first.bench("status", connector=1)
+            assert status["relay"]["energized"] is True
+        finally:
+            await second.close()
+            await first.close()
