@@ -270,7 +270,8 @@ def first_run_message(exc: OSError) -> str:
     if exc.errno == errno.EADDRINUSE:
         return (
             f"{what or 'address in use'}: a port is in use; is another evsed running? "
-            "(`evsed status`; or give [bench] control_port and the meter port = 0)"
+            "(`evsed status`; a second bench here: control_port = 0 in [bench], port = 0 in "
+            "each [connectors.meter], another state_dir)"
         )
     if exc.errno in (errno.EACCES, errno.EPERM):
         return (

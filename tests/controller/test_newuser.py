@@ -271,3 +271,14 @@ async def test_a_second_run_on_the_same_state_leaves_the_first_ones_session_alon
         finally:
             await second.close()
             await first.close()
+
+
+def test_port_in_use_names_the_keys_to_change() -> None:
+    # "give [bench] control_port and the meter port = 0" named no key a user could find.
+    import errno
+
+    from evsed.controller.run import first_run_message
+
+    line = first_run_message(OSError(errno.EADDRINUSE, "Address already in use"))
+    assert "control_port = 0 in [bench]" in line
+    assert "port = 0 in each [connectors.meter]" in line and "state_dir" in line
