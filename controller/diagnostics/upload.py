@@ -7,6 +7,10 @@
 http(s) uploads PUT the archive to the location (with the file name appended when the
 location ends in "/"), and fall back to a form POST when the server answers 405; ftp and
 ftps STOR it. The archive is deleted afterwards: it is a copy, and the SD card is small.
+
+The location's own secrets (its password, a token, a signature in its query) are scrubbed
+from the archive and held in `evsed.controller.masking.SECRETS` for the whole run: the
+GetDiagnostics frame that brought them was logged before the archive was built.
 """
 
 from __future__ import annotations
@@ -28,6 +32,7 @@ from evsed.controller.firmware.transfer import (
     upload,
 )
 from evsed.controller.firmware.urls import UrlRejected, check_url, redact_url
+from evsed.controller.masking import SECRETS
 
 log = logging.getLogger(__name__)
 
@@ -106,10 +111,16 @@ class DiagnosticsUploader:
     ) -> None:
         archive = self._dir / file_name
         try:
-            await asyncio.to_thread(
-                build_archive, archive, self._sources(), Window(start, stop), self._secrets()
-            )
-            await self._upload(location, archive, retries, retry_interval_s)
+            own = check_url(location).secrets
+        except UrlRejected:
+            own = ()  # refused in _upload, and said so
+        try:
+            with SECRETS.holding(own):
+                secrets = [*self._secrets(), *own]
+                await asyncio.to_thread(
+                    build_archive, archive, self._sources(), Window(start, stop), secrets
+                )
+                await self._upload(location, archive, retries, retry_interval_s)
         except Exception:
             log.exception("diagnostics failed")
             await self._notify("UploadFailed")

@@ -23,6 +23,10 @@ fsync) only when complete: a half file never carries the final name.
 
 The opener is built by hand, not with `build_opener`, so that it has no file:, data: or
 ftp: handler and no proxy from the environment; a redirect is checked like the first URL.
+
+While a transfer runs, the secrets of its URL are held in `evsed.controller.masking.SECRETS`,
+so the process-wide log redaction masks them wherever they appear, not only where the URL
+rule recognises a URL.
 """
 
 from __future__ import annotations
@@ -45,6 +49,7 @@ from urllib.error import HTTPError, URLError
 from urllib.parse import unquote
 
 from evsed.controller.firmware.urls import TransferUrl, UrlRejected, check_url, redact_url
+from evsed.controller.masking import SECRETS
 
 log = logging.getLogger(__name__)
 
@@ -325,7 +330,7 @@ def download(
     dest.parent.mkdir(parents=True, exist_ok=True)
     part = dest.with_name(f".{dest.name}.part")
     try:
-        with part.open("wb") as out:
+        with SECRETS.holding(url.secrets), part.open("wb") as out:
             if url.scheme in FTP_SCHEMES:
                 _ftp_download(url, out, budget)
             else:
@@ -360,10 +365,11 @@ def upload(
     if path.stat().st_size > limits.max_bytes:
         raise TransferFailed(f"{path.name} is larger than the limit of {limits.max_bytes} bytes")
     try:
-        if url.scheme in FTP_SCHEMES:
-            _ftp_upload(url, path, budget)
-        else:
-            _http_upload(url, path, method, budget)
+        with SECRETS.holding(url.secrets):
+            if url.scheme in FTP_SCHEMES:
+                _ftp_upload(url, path, budget)
+            else:
+                _http_upload(url, path, method, budget)
     except Exception as e:
         raise _failure(url, e) from None
     log.info("uploaded %s to %s", path.name, url.redacted)

@@ -2,8 +2,25 @@
 GetDiagnostics.location), and the one way to print them.
 
 The CS is trusted to name a server, not to read our disk: only network schemes pass, never
-``file:`` or a bare path. A URL may carry ``user:password@``; `redact_url` / `redact_urls`
-blank the password for every log line and status text.
+``file:`` or a bare path. A URL may carry secrets in three places, and `redact_url` /
+`redact_urls` blank all three for every log line, status text and archived line:
+
+- the userinfo: everything before the LAST ``@`` of the authority, as `urlsplit` (and so
+  the transfer itself) reads it. ``ftp://cs:top@SECRET@host`` is user ``cs`` with password
+  ``top@SECRET`` (an unencoded ``@`` that servers and clients accept): it prints as
+  ``ftp://cs:***@host``. A user name alone is a token (``https://TOKEN@host``, as Git hosts
+  and webhook URLs use it) and prints as ``https://***@host``.
+- the query and the fragment: every value is blanked, the names are kept
+  (``?X-Amz-Signature=***&X-Amz-Expires=***``). Presigned upload URLs (S3, GCS, Azure SAS)
+  carry their signature, credential and session token there, under names that differ from
+  one service to the next (``sig``, ``X-Goog-Signature``, ``token``, ``k``...): a list of
+  sensitive names misses one sooner or later and a miss is a leak, while the values lost
+  (an expiry, a version) are rarely what a reader of a log needs. The names still show
+  what kind of URL it was.
+
+`TransferUrl.secrets` names the same secrets as strings, for the process-wide redaction
+(`evsed.controller.masking.SECRETS`) while a transfer runs: a form the text rule cannot
+recognise (a JSON-escaped URL, an error message quoting the password alone) is masked too.
 """
 
 from __future__ import annotations
@@ -16,9 +33,25 @@ from urllib.parse import SplitResult, unquote, urlsplit
 ALLOWED_SCHEMES: frozenset[str] = frozenset({"http", "https", "ftp", "ftps"})
 #: CiString / anyURI: OCPP does not bound a location; 2 KiB is far above any real one.
 MAX_URL_LENGTH = 2048
+MASK = "***"
 
-# scheme://user:password@host  ->  scheme://user:***@host (in any text, not just a URL).
-_USERINFO = re.compile(r"(?P<scheme>[A-Za-z][A-Za-z0-9+.\-]*://)(?P<user>[^\s:@/]*):[^\s@/]*@")
+# A URL inside any text (a log line, a JSON frame). Where it ends is a guess there: at white
+# space, at a bare '"' (the end of a JSON string; an escaped \" inside one is kept), and the
+# authority also at / ? # (a JSON-escaped "\/" too), as urlsplit ends it. The scheme may not
+# start inside a longer run of scheme characters (the look-behind), and the quantifiers are
+# possessive: every character is looked at a bounded number of times, so a megabyte frame
+# costs one pass, not one pass per position.
+_URL_IN_TEXT = re.compile(
+    r"(?<![A-Za-z0-9+.\-])"
+    r"(?P<prefix>[A-Za-z][A-Za-z0-9+.\-]*+:(?:\\?/){2})"
+    r"(?P<authority>(?:[^\s\"/\\?#]|\\[^\s/])*+)"
+    r"(?P<rest>(?:[^\s\"\\]|\\\S)*+)"
+)
+# A whole text that is one URL: read exactly as urlsplit reads it.
+_WHOLE_URL = re.compile(r"[A-Za-z][A-Za-z0-9+.\-]*+://")
+# Query names whose values `TransferUrl.secrets` hands to the process-wide redaction (the
+# text rule blanks every value anyway; these are the ones worth hunting in other texts).
+_SENSITIVE_NAME = re.compile(r"sig|token|key|pass|pwd|secret|credential|auth|session", re.I)
 
 
 class UrlRejected(ValueError):
@@ -48,12 +81,65 @@ class TransferUrl:
 
     @property
     def secrets(self) -> tuple[str, ...]:
-        return tuple(s for s in (self.password,) if s)
+        """The password, a user name that stands alone (a token), and the values of query
+        parameters with sensitive names: decoded and as written in the URL."""
+        parts = urlsplit(self.raw)
+        found: list[str] = []
+        userinfo, at, _ = parts.netloc.rpartition("@")
+        if at:
+            user, colon, password = userinfo.partition(":")
+            found += [password] if colon else [user]
+        for item in parts.query.split("&"):
+            name, _, value = item.partition("=")
+            if _SENSITIVE_NAME.search(unquote(name)):
+                found.append(value)
+        decoded = [unquote(s) for s in found]
+        return tuple(dict.fromkeys(s for s in (*found, *decoded) if s))
+
+
+def _mask_userinfo(authority: str) -> str:
+    """Everything before the last "@" blanked; the user name kept when a password follows."""
+    userinfo, at, hostport = authority.rpartition("@")
+    if not at:
+        return authority
+    user, colon, _ = userinfo.partition(":")
+    return f"{user}:{MASK}@{hostport}" if colon else f"{MASK}@{hostport}"
+
+
+def _mask_values(part: str) -> str:
+    """``a=1&b=2`` -> ``a=***&b=***``; an item without "=" is all value."""
+    out: list[str] = []
+    for item in re.split(r"([&;])", part):
+        if item in ("", "&", ";"):
+            out.append(item)
+            continue
+        name, eq, value = item.partition("=")
+        out.append(f"{name}={MASK}" if eq and value else item if eq else MASK)
+    return "".join(out)
+
+
+def _mask_rest(rest: str) -> str:
+    """path?query#fragment with the query's and the fragment's values blanked."""
+    rest, hash_, fragment = rest.partition("#")
+    path, mark, query = rest.partition("?")
+    masked = path + (mark + _mask_values(query) if mark else "")
+    return masked + (hash_ + _mask_values(fragment) if hash_ else "")
+
+
+def _mask_match(m: re.Match[str]) -> str:
+    return m["prefix"] + _mask_userinfo(m["authority"]) + _mask_rest(m["rest"])
 
 
 def redact_url(text: str) -> str:
-    """``text`` with every ``scheme://user:password@`` password replaced by ``***``."""
-    return _USERINFO.sub(r"\g<scheme>\g<user>:***@", text)
+    """``text`` with the userinfo, query values and fragment of every URL in it blanked."""
+    whole = _WHOLE_URL.match(text)
+    if whole is not None and re.search(r"\s", text) is None:
+        # One URL (a location, a redirect target): its authority ends at the first / ? #,
+        # exactly where urlsplit ends it, whatever characters the password holds.
+        after = text[whole.end() :]
+        end = min((i for i in (after.find(c) for c in "/?#") if i >= 0), default=len(after))
+        return whole[0] + _mask_userinfo(after[:end]) + _mask_rest(after[end:])
+    return _URL_IN_TEXT.sub(_mask_match, text)
 
 
 redact_urls = redact_url  # the same rule works on any text: log lines, status info
@@ -70,8 +156,10 @@ def check_url(raw: str, *, allowed: frozenset[str] = ALLOWED_SCHEMES) -> Transfe
     try:
         parts: SplitResult = urlsplit(raw)
         port = parts.port
-    except ValueError as e:
-        raise UrlRejected(f"location {redact_url(raw)!r} does not parse: {e}") from None
+    except ValueError:
+        # Neither the location nor the parser's message: a port that "could not be cast to
+        # integer" is, in ftp://cs:ab/cd@host, the first half of a password.
+        raise UrlRejected("location does not parse (its port or [IPv6] host)") from None
     scheme = parts.scheme.lower()
     if not scheme:
         raise UrlRejected(f"location {redact_url(raw)!r} has no scheme (local paths are refused)")

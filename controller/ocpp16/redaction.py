@@ -1,13 +1,20 @@
 """Secrets stay out of logs and "frame" events: AuthorizationKey values, Authorization
-headers, the Basic-auth password of the connection in use and passwords inside URLs
-(``ftp://user:password@host``, as UpdateFirmware and GetDiagnostics locations carry them)."""
+headers, the Basic-auth password of the connection in use, the userinfo and query values of
+URLs (``ftp://user:password@host``, ``?X-Amz-Signature=``, as UpdateFirmware and
+GetDiagnostics locations carry them) and the secrets of the transfers in progress
+(`evsed.controller.masking.SECRETS`)."""
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import re
+from typing import Any
+
+from websockets.frames import Frame
 
 from evsed.controller.firmware.urls import redact_url
+from evsed.controller.masking import SECRETS
 
 _SECRET_PATTERNS = (
     # ChangeConfiguration of the AuthorizationKey, in either property order.
@@ -40,7 +47,7 @@ def redact(text: str, secrets: tuple[str, ...] = ()) -> str:
         text = _SECRET_PATTERNS[0].sub(r"\1***", text)
         text = _SECRET_PATTERNS[1].sub(r"\1***\2", text)
         text = _SECRET_PATTERNS[2].sub(r"\1***", text)
-    if "@" in text:
+    if ":/" in text or ":\\/" in text:  # a URL (maybe JSON-escaped): a plain search first
         text = redact_url(text)
     for secret in secrets:
         if secret:
@@ -49,13 +56,27 @@ def redact(text: str, secrets: tuple[str, ...] = ()) -> str:
 
 
 class RedactingFilter(logging.Filter):
-    """Rewrites a record whose text carries a secret; attached to the loggers the session feeds."""
+    """Rewrites a record whose text carries a secret; attached to the loggers the session feeds.
+
+    ``secrets`` is what the link set (the password of the connection) followed by the
+    secrets of the transfers running now (`SECRETS`, held by `firmware.transfer`)."""
 
     def __init__(self) -> None:
         super().__init__()
-        self.secrets: tuple[str, ...] = ()
+        self._own: tuple[str, ...] = ()
+
+    @property
+    def secrets(self) -> tuple[str, ...]:
+        held = SECRETS.current()
+        return self._own + held if held else self._own
+
+    @secrets.setter
+    def secrets(self, value: tuple[str, ...]) -> None:
+        self._own = tuple(value)
 
     def filter(self, record: logging.LogRecord) -> bool:
+        if isinstance(record.args, tuple) and any(isinstance(a, Frame) for a in record.args):
+            record.args = tuple(_clean_frame(a, self.secrets) for a in record.args)
         try:
             text = record.getMessage()
         except Exception:  # a broken format string is the logging module's business
@@ -64,6 +85,17 @@ class RedactingFilter(logging.Filter):
         if clean != text:
             record.msg, record.args = clean, None
         return True
+
+
+def _clean_frame(arg: Any, secrets: tuple[str, ...]) -> Any:
+    """A websockets frame (its DEBUG line "< TEXT ...") with its payload redacted. Its text
+    form elides the middle of a long payload: "...GetD...ignature=SIG99..." has lost the
+    scheme that tells the URL rule a URL is there, so the payload is redacted whole first."""
+    if not isinstance(arg, Frame) or not arg.data:
+        return arg
+    text = bytes(arg.data).decode("utf-8", "replace")
+    clean = redact(text, secrets)
+    return arg if clean == text else dataclasses.replace(arg, data=clean.encode())
 
 
 #: The one filter of the process; the link sets ``secrets`` to the password in use.
