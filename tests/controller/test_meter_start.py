@@ -11,9 +11,13 @@ from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 
 import pytest
+from ocpp.v16 import call
 
+from evsed.controller.run import Stack
 from evsed.hwmocks.central_system import CentralSystem, Direction, Frame
-from tests.support.ocpp_rig import CARD, OcppRig, ocpp_rig
+from tests.support.bench_rig import bench_config
+from tests.support.clock import FakeClock
+from tests.support.ocpp_rig import CARD, CP_ID, OcppRig, ocpp_rig
 
 
 @pytest.fixture
@@ -95,3 +99,54 @@ async def test_a_stop_while_the_start_waits_for_the_meter_records_nothing(
         assert not len(rig.ocpp.txqueue)
         assert rig.calls("StartTransaction", since=mark) == []
         assert rig.calls("StopTransaction", since=mark) == []
+
+
+# ---------------------------------------------------------------- a real soft Reset (#11)
+
+
+async def test_a_card_right_after_a_soft_reset_starts_with_the_meters_energy(
+    cs: CentralSystem, tmp_path: Path
+) -> None:
+    """The prober's case end to end: a session stopped, Reset(Soft) restarts the controller
+    (a new charger, nothing read yet), the card is presented before the meter has answered:
+    meterStart is the meter's register, never 0."""
+    clock = FakeClock()
+    config = bench_config(central_system={"url": cs.url, "charge_point_id": CP_ID})
+    stack = Stack(config, clock=clock, control=False, ocpp=True, state_dir=tmp_path)
+    await stack.start()
+    try:
+        await stack.ocpp.session.wait_online(5)
+        rig = OcppRig(stack, clock, cs=cs)
+        await stack.bench.plug(1)
+        await rig.until(lambda: rig.status == "Preparing", within_s=3)
+        stack.charger.present_tag(CARD)
+        first = await rig.central.wait_for_call("StartTransaction", CP_ID, timeout=5)
+        await rig.until(lambda: rig.status == "Charging", within_s=5)
+        await rig.run(60)  # a minute at the EV's current: energy on the register
+        mark = cs.mark()
+        stack.charger.present_tag(CARD)  # Local stop; the EV stays plugged
+        stop = await sent(rig, lambda f: f.is_call and f.action == "StopTransaction", mark)
+        meter_stop = stop.payload["meterStop"]
+        assert meter_stop > first.payload["meterStart"]
+        # The meter does not answer at once after the restart (a slow first poll).
+        await stack.bench.inject_fault("meter_silent", 1, True)
+        mark = cs.mark()
+        reply = await cs.call(CP_ID, call.Reset(type="Soft"), timeout=5)
+        assert reply.status == "Accepted"
+        for _ in range(500):
+            if stack.restarts == 1 and stack.ocpp is not None and stack.charger is not None:
+                break
+            await asyncio.sleep(0.01)
+        assert stack.restarts == 1
+        assert stack.charger.connector(1).last_energy_wh is None  # nothing read yet
+        stack.charger.present_tag(CARD)  # the card still on the reader
+        await rig.run(1)
+        await stack.bench.inject_fault("meter_silent", 1, False)
+        start = await sent(rig, lambda f: f.is_call and f.action == "StartTransaction", mark)
+        # The register as the meter holds it: the last meterStop, plus what flowed during
+        # that stop's soft stop (the EV's reaction), never 0.
+        held = round(stack.bench.sim(1).meter.energy_wh)
+        assert start.payload["meterStart"] == held
+        assert meter_stop <= held < meter_stop + 20
+    finally:
+        await stack.stop()
