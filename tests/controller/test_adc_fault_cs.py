@@ -93,6 +93,24 @@ async def test_a_dead_adc_while_charging_ends_the_session_and_is_faulted(
         assert ("Charging", "NoError") not in statuses(rig, 1, since=failed.seq)
 
 
+async def test_an_unreadable_temperature_sensor_reaches_the_cs(
+    cs: CentralSystem, tmp_path: Path
+) -> None:
+    """The NTC's wire open (its ADC channel at the rail): fail safe as too hot, and the
+    status says why (info), so a CS can tell a broken sensor from a hot socket."""
+    async with ocpp_rig(cs, tmp_path) as rig:
+        await rig.run(1)
+        mark = cs.mark()
+        rig.sim.pins.adc.set_channel(2, 3.3)  # the bench's NTC channel, open circuit
+        failed = await sent(rig, status_of(1, "HighTemperature"), since=mark)
+        assert failed.payload["status"] == "Faulted"
+        assert "sensor unreadable" in failed.payload.get("info", ""), failed.payload
+        mark = cs.mark()
+        rig.sim.pins.set_temperature(25.0)
+        cleared = await sent(rig, status_of(1, "NoError"), since=mark)
+        assert cleared.payload["status"] == "Available"
+
+
 # ---------------------------------------------------------------- connector 0 (§4.9)
 
 
