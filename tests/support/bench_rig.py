@@ -29,6 +29,26 @@ def bench_config(**sections: Any) -> Config:
     return parse(data)
 
 
+async def first_meter_readings(stack: Stack, timeout: float = 5.0) -> None:
+    """Wait (real time, bounded) until every connector with a meter has its first reading.
+
+    A start before it waits for one (and is refused without one), while the meter answers
+    over a real socket: a test that starts a session at once would race its simulated
+    clock against that socket. A rig starts from a charger that has read its meters."""
+    assert stack.charger is not None
+    for connector in stack.charger.connectors.values():
+        if not connector.settings.has_meter or connector.last_energy_wh is not None:
+            continue
+        fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+
+        def listener(kind: str, fields: dict[str, object], fut: asyncio.Future[None] = fut) -> None:
+            if kind == "meter" and fields.get("energy_wh") is not None and not fut.done():
+                fut.set_result(None)
+
+        connector.add_listener(listener)
+        await asyncio.wait_for(fut, timeout)
+
+
 @dataclass
 class Rig:
     stack: Stack

@@ -19,7 +19,7 @@ from evsed.controller.ocpp16.context import OcppContext
 from evsed.controller.ocpp16.session import OcppSession
 from evsed.controller.run import Stack
 from evsed.hwmocks.central_system import CentralSystem, Direction, Frame
-from tests.support.bench_rig import Rig, bench_config
+from tests.support.bench_rig import Rig, bench_config, first_meter_readings
 from tests.support.clock import FakeClock
 
 CP_ID = "CP-SIM-1"
@@ -147,6 +147,7 @@ async def ocpp_rig(
         assert rig.stack.charger is not None
         app.attach(rig.stack.charger)
         rig.connector.add_listener(lambda kind, fields: rig.notes.append((kind, fields)))
+        await first_meter_readings(rig.stack)
         await app.start()
         if online:
             assert isinstance(app.session, OcppSession)
