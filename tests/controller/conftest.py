@@ -8,7 +8,7 @@ from typing import Any
 import pytest
 
 from evsed.controller.run import Stack
-from tests.support.bench_rig import MakeRig, Rig, bench_config, first_meter_readings
+from tests.support.bench_rig import MakeRig, Rig, bench_config
 from tests.support.clock import FakeClock
 
 
@@ -21,7 +21,6 @@ async def make_rig() -> AsyncIterator[MakeRig]:
         stack = Stack(bench_config(**sections), clock=clock, control=False)
         await stack.start()
         stacks.append(stack)
-        await first_meter_readings(stack)
         rig = Rig(stack, clock)
         rig.connector.add_listener(lambda kind, fields: rig.notes.append((kind, fields)))
         return rig
