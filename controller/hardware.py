@@ -155,7 +155,8 @@ def safe_off(config: Config, *, pin_factory: Any = None) -> tuple[list[str], lis
         from evsed.controller import gpiobackend
 
         try:
-            pin_factory = gpiobackend.default_factory()
+            # No bench advice: the unit of a real charger runs this after every exit.
+            pin_factory = gpiobackend.default_factory(bench_hint=False)
         except gpiobackend.NoGpioBackend as exc:
             no_gpio = str(exc)
     for n, cfg in enumerate(config.connectors, 1):
