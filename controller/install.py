@@ -50,7 +50,12 @@ PREFIX = PurePosixPath("opt/evsed")
 RULE = PurePosixPath("etc/udev/rules.d/99-evsed-pwm.rules")
 CONFIG = PurePosixPath("etc/evsed/evsed.toml")
 STATE = PurePosixPath("var/lib/evsed")
+#: The unit's StateDirectoryMode: the store holds card ids and the Central System's replies.
+STATE_MODE = 0o700
 EVSED_BIN = "/opt/evsed/current/bin/evsed"
+#: `evsed status` as the README says it, after the set-up venv is gone: a link into
+#: /opt/evsed/current, so that it follows every firmware update and rollback.
+LINK = PurePosixPath("usr/local/bin/evsed")
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
 
@@ -242,6 +247,59 @@ def _venv_layout(
     return layout
 
 
+def _state_dir(root: Path, user: str, run: Runner, out: Out) -> None:
+    """/var/lib/evsed before the first start. systemd creates it (StateDirectory=) only when
+    the unit first starts, but `config check` and `selftest` run as the service user before
+    that (README steps 5 and 6) and found nowhere to write; the rollback watcher's path unit
+    watches a file in it. Made as systemd makes it: owned by the user, mode 0700."""
+    state = root / STATE
+    existed = state.is_dir()
+    if state.exists() and not existed:
+        raise InstallError(
+            f"/{STATE} is not a directory: move it away, then run evsed install again"
+        )
+    state.mkdir(parents=True, exist_ok=True)
+    state.chmod(STATE_MODE)
+    run(["chown", f"{user}:{user}", str(state)])
+    out(f"state: /{STATE} ({'exists, ' if existed else ''}mode 0700, owned by {user})")
+
+
+def _command_link(root: Path, out: Out) -> bool:
+    """/usr/local/bin/evsed -> /opt/evsed/current/bin/evsed; False when a file that is not
+    this link is in the way (kept: it may be another installation's)."""
+    link = root / LINK
+    if link.is_symlink() and os.readlink(link) == EVSED_BIN:
+        out(f"command: /{LINK} -> {EVSED_BIN} (exists)")
+        return True
+    if link.exists() or link.is_symlink():
+        out(
+            f"warning: /{LINK} exists and is not a link to {EVSED_BIN}: left as it is, so "
+            f"`evsed` may run something else; type {EVSED_BIN} (or remove /{LINK} and run "
+            "evsed install again)"
+        )
+        return False
+    link.parent.mkdir(parents=True, exist_ok=True)
+    link.symlink_to(EVSED_BIN)
+    out(f"command: /{LINK} -> {EVSED_BIN} (`evsed status` on the PATH)")
+    return True
+
+
+def next_steps(root: Path, user: str, linked: bool) -> list[str]:
+    """In the README's order: configure, check, commission, start, look."""
+    evsed = "evsed" if linked else EVSED_BIN
+    return [
+        *_boot_config_hints(root),
+        f"edit /{CONFIG}: [central_system] url, charge_point_id and key; the wiring",
+        f"sudo -u {user} {EVSED_BIN} config check /{CONFIG}",
+        f"with nothing plugged in and the service stopped: sudo -u {user} {EVSED_BIN} "
+        f"selftest --config /{CONFIG}   (every row PASS, or skip for a part not fitted)",
+        "sudo systemctl enable --now evsed   (or, already running: sudo systemctl restart evsed)",
+        f"{evsed} status   (as root, or as a member of the {user} group: "
+        f"sudo usermod -aG {user} $USER, then log in again)",
+        "journalctl -u evsed -f",
+    ]
+
+
 def install(
     root: Path = Path("/"),
     *,
@@ -290,6 +348,8 @@ def install(
     # venvs made here stay root's, so the service cannot change the version it runs now.
     layout.venvs.mkdir(parents=True, exist_ok=True)
     run(["chown", f"{user}:{user}", str(layout.root), str(layout.venvs)])
+    _state_dir(root, user, run, out)
+    linked = _command_link(root, out)
 
     unit = render_unit(shipped("evsed.service"), user=user, groups=groups)
     _write(root / UNIT, unit, 0o644)
@@ -315,13 +375,7 @@ def install(
     run(["udevadm", "control", "--reload-rules"])
     run(["udevadm", "trigger", "--subsystem-match=pwm"])
 
-    steps = [
-        *_boot_config_hints(root),
-        f"edit /{CONFIG}: [central_system] url, charge_point_id and key; the wiring",
-        f"sudo -u {user} {EVSED_BIN} config check /{CONFIG}",
-        "sudo systemctl enable --now evsed   (or, already running: sudo systemctl restart evsed)",
-        "journalctl -u evsed -f",
-    ]
+    steps = next_steps(root, user, linked)
     out("next steps:")
     for n, step in enumerate(steps, 1):
         out(f"  {n}. {step}")
@@ -350,6 +404,10 @@ def uninstall(
         if (root / path).exists():
             (root / path).unlink()
             out(f"removed /{path}")
+    link = root / LINK
+    if link.is_symlink() and os.readlink(link) == EVSED_BIN:
+        link.unlink()  # only our link: a file of another installation stays
+        out(f"removed /{LINK}")
     run(["systemctl", "daemon-reload"])
     run(["udevadm", "control", "--reload-rules"])
     if not purge:

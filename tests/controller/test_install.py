@@ -158,8 +158,7 @@ def test_boot_config_hints_name_what_is_missing(tmp_path) -> None:
 def test_uninstall_keeps_configuration_and_state_unless_purged(tmp_path) -> None:
     root, rec = make_root(tmp_path), Recorder()
     do_install(root, rec)
-    (root / "var/lib/evsed").mkdir(parents=True)
-    (root / "var/lib/evsed/evsed.sqlite3").write_text("")
+    (root / "var/lib/evsed/evsed.sqlite3").write_text("")  # install made the directory
     rec = Recorder()
     assert install.uninstall(root, run=rec.run, out=rec.out) == 0
     assert rec.commands[0] == ["systemctl", "disable", "--now", "evsed"]
@@ -325,3 +324,102 @@ def test_another_service_user_runs_the_watcher_too(tmp_path) -> None:
     assert ["chown", "charger:charger", str(root / "opt/evsed"), str(root / "opt/evsed/venvs")] in (
         rec.commands
     )
+
+
+# -- what the README's walk-through needs before the service ever started --------------
+
+
+def test_the_state_directory_is_there_before_the_first_start(tmp_path) -> None:
+    # The trial: README step 5 (`sudo -u evsed ... config check`) said "state_dir: a
+    # directory evsed can create (/var/lib: Permission denied)"; systemd makes
+    # StateDirectory= only when the unit first starts.
+    root, rec = make_root(tmp_path), Recorder()
+    assert do_install(root, rec) == 0
+    state = root / "var/lib/evsed"
+    assert state.is_dir() and state.stat().st_mode & 0o777 == 0o700
+    chown = ["chown", "evsed:evsed", str(state)]
+    # After the user exists: chown needs it.
+    assert rec.commands[2][0] == "useradd" and rec.commands.index(chown) > 2
+    assert "state: /var/lib/evsed (mode 0700, owned by evsed)" in rec.text
+    # As the unit says it, and where the firmware rollback watcher looks.
+    unit = (root / "etc/systemd/system/evsed.service").read_text()
+    assert "StateDirectory=evsed\n" in unit and "StateDirectoryMode=0700\n" in unit
+    watcher = (root / "etc/systemd/system/evsed-rollback.service").read_text()
+    assert "--state-dir /var/lib/evsed" in watcher
+    assert install.STATE_MODE == int(re.search(r"StateDirectoryMode=(\d+)", unit)[1], 8)
+
+
+def test_the_state_directory_of_an_earlier_install_is_kept_and_made_private(tmp_path) -> None:
+    root, rec = make_root(tmp_path), Recorder()
+    state = root / "var/lib/evsed"
+    state.mkdir(parents=True)
+    state.chmod(0o755)
+    (state / "evsed.sqlite3").write_text("transactions")
+    assert do_install(root, rec) == 0
+    assert (state / "evsed.sqlite3").read_text() == "transactions"
+    assert state.stat().st_mode & 0o777 == 0o700
+    assert "state: /var/lib/evsed (exists, mode 0700, owned by evsed)" in rec.text
+
+
+def test_a_state_path_that_is_a_file_is_refused(tmp_path) -> None:
+    root, rec = make_root(tmp_path), Recorder()
+    (root / "var/lib").mkdir(parents=True)
+    (root / "var/lib/evsed").write_text("")
+    with pytest.raises(install.InstallError, match="/var/lib/evsed is not a directory"):
+        do_install(root, rec)
+
+
+def test_evsed_is_on_the_path_and_follows_current(tmp_path) -> None:
+    # The trial: README step 7's bare `evsed status` was not found once ~/evsed-setup went.
+    root, rec = make_root(tmp_path), Recorder()
+    assert do_install(root, rec) == 0
+    link = root / "usr/local/bin/evsed"
+    # Absolute, into `current`: right after a firmware update or a rollback too.
+    assert os.readlink(link) == "/opt/evsed/current/bin/evsed"
+    assert "command: /usr/local/bin/evsed -> /opt/evsed/current/bin/evsed" in rec.text
+    rec2 = Recorder()
+    assert do_install(root, rec2) == 0  # again: the link is ours, kept
+    assert "(exists)" in rec2.text and "warning" not in rec2.text
+    assert install.uninstall(root, run=rec.run, out=rec.out) == 0
+    assert not link.exists() and not link.is_symlink()
+    assert "removed /usr/local/bin/evsed" in rec.text
+
+
+@pytest.mark.parametrize("foreign", ["script", "link"])
+def test_a_foreign_evsed_on_the_path_is_never_overwritten(tmp_path, foreign) -> None:
+    root, rec = make_root(tmp_path), Recorder()
+    link = root / "usr/local/bin/evsed"
+    link.parent.mkdir(parents=True)
+    if foreign == "script":  # e.g. a `sudo pip install` of some other evsed
+        link.write_text("#!/usr/bin/python3\n")
+    else:
+        link.symlink_to("/home/pi/evsed-setup/bin/evsed")
+    assert do_install(root, rec) == 0
+    warning = next(ln for ln in rec.lines if "/usr/local/bin/evsed" in ln)
+    assert warning.startswith("warning: /usr/local/bin/evsed exists and is not a link to ")
+    assert "left as it is" in warning
+    # The next steps then name the full path, which works whatever is on the PATH.
+    assert "/opt/evsed/current/bin/evsed status" in rec.text
+    assert install.uninstall(root, run=rec.run, out=rec.out) == 0
+    if foreign == "script":
+        assert link.read_text() == "#!/usr/bin/python3\n"
+    else:
+        assert os.readlink(link) == "/home/pi/evsed-setup/bin/evsed"
+
+
+def test_next_steps_follow_the_readme(tmp_path) -> None:
+    root, rec = make_root(tmp_path), Recorder()
+    assert do_install(root, rec) == 0
+    steps = rec.lines[rec.lines.index("next steps:") + 1 :]
+    assert [s.split(". ", 1)[0].strip() for s in steps] == [str(n) for n in range(1, 7)]
+    order = ["edit /etc/evsed", "config check", "selftest", "enable --now", "evsed status"]
+    found = [next(i for i, s in enumerate(steps) if key in s) for key in order]
+    assert found == sorted(found) == list(range(5))
+    assert f"sudo -u evsed {BIN} selftest --config /etc/evsed/evsed.toml" in steps[2]
+    assert "service stopped" in steps[2]
+    assert steps[4].split(". ", 1)[1].startswith("evsed status")  # on the PATH now
+    # The README's walk-through says the same commands in the same order.
+    readme = (Path(__file__).resolve().parents[2] / "README.md").read_text()
+    walk = readme[readme.index("## From a blank SD card") : readme.index("## Pointing it at")]
+    at = [walk.index(cmd) for cmd in ("config check", "selftest", "enable --now", "evsed status")]
+    assert at == sorted(at)
