@@ -18,29 +18,38 @@ greeting and the transfer fails on its socket timeout. Each
 transfer is blocking and meant to run in a worker thread (`asyncio.to_thread`), so neither
 the event loop nor the safety core ever waits on a server. Bounds: a byte limit (the
 transfer stops as soon as it is passed) and a deadline for the whole transfer, besides the
-per-operation socket timeout. A download lands under a temporary name and is renamed (after
-fsync) only when complete: a half file never carries the final name.
+per-operation socket timeout. The deadline does not rely on a slow server: reads take what
+one receive brings (`read1`, `recv`) so that the clock is looked at after each, and at the
+deadline a watchdog shuts down every socket of the transfer, which wakes a blocked receive
+or send at once. Without it a server dripping one byte a little faster than the socket
+timeout held a transfer (and its worker thread) for days: `read(64 KiB)` waits for a full
+chunk, and a status line, a header or an FTP reply drips through readline the same way. A
+download lands under a temporary name and is renamed (after fsync) only when complete: a
+half file never carries the final name.
+
+While a transfer runs, the secrets of its URL (and of a redirect's) are held in
+`evsed.controller.masking.SECRETS`, so the process-wide log redaction masks them wherever
+they appear, not only where the URL rule recognises a URL.
 
 The opener is built by hand, not with `build_opener`, so that it has no file:, data: or
 ftp: handler and no proxy from the environment; a redirect is checked like the first URL.
-
-While a transfer runs, the secrets of its URL are held in `evsed.controller.masking.SECRETS`,
-so the process-wide log redaction masks them wherever they appear, not only where the URL
-rule recognises a URL.
 """
 
 from __future__ import annotations
 
 import base64
+import contextlib
 import ftplib
+import http.client
 import logging
 import os
 import socket
 import ssl
+import threading
 import time
 import urllib.request
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from email.message import Message
 from pathlib import Path
@@ -79,13 +88,49 @@ DEFAULT_LIMITS = Limits()
 
 
 class _Budget:
-    """Bytes and time left for one transfer."""
+    """Bytes and time left for one transfer, the watchdog that enforces its deadline on the
+    sockets, and the secrets held while it runs. Used as a context manager around it."""
 
     def __init__(self, limits: Limits, monotonic: Callable[[], float]) -> None:
         self.limits = limits
         self._monotonic = monotonic
         self._deadline = monotonic() + limits.timeout_s
         self.done = 0
+        self._lock = threading.Lock()
+        self._sockets: list[socket.socket] = []
+        self.expired = False
+        self._watchdog = threading.Timer(limits.timeout_s, self._expire)
+        self._watchdog.daemon = True
+        self._watchdog.name = "transfer-deadline"
+        self._held = contextlib.ExitStack()
+
+    def __enter__(self) -> _Budget:
+        self._watchdog.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._watchdog.cancel()
+        self._watchdog.join(5.0)  # ends at once once cancelled: no thread outlives its transfer
+        self._held.close()
+
+    def hold_secrets(self, secrets: Iterable[str]) -> None:
+        """Mask ``secrets`` in every log line until the transfer ends."""
+        self._held.enter_context(SECRETS.holding(secrets))
+
+    def watch(self, sock: socket.socket) -> socket.socket:
+        """``sock`` is shut down at the deadline (at once if that has passed)."""
+        with self._lock:
+            if self.expired:
+                _shut(sock)
+            else:
+                self._sockets.append(sock)
+        return sock
+
+    def _expire(self) -> None:
+        with self._lock:
+            self.expired = True
+            for sock in self._sockets:
+                _shut(sock)
 
     def count(self, n: int) -> None:
         self.done += n
@@ -94,8 +139,19 @@ class _Budget:
         self.check_time()
 
     def check_time(self) -> None:
-        if self._monotonic() > self._deadline:
+        # `expired` too: a socket the watchdog shut down reads as a clean end of file, and a
+        # download cut that way must not pass for a complete one.
+        if self.expired or self._monotonic() > self._deadline:
             raise TransferFailed(f"took longer than {self.limits.timeout_s:g} s")
+
+
+def _shut(sock: socket.socket) -> None:
+    """Wake whatever blocks on ``sock`` in another thread. The plain socket's shutdown, not
+    SSLSocket's: that one also drops the TLS state the blocked thread is using."""
+    try:
+        socket.socket.shutdown(sock, socket.SHUT_RDWR)
+    except OSError:
+        pass  # closed already, or never connected
 
 
 # ---------------------------------------------------------------- http(s)
@@ -103,6 +159,10 @@ class _Budget:
 
 class _CheckedRedirects(urllib.request.HTTPRedirectHandler):
     max_redirections = 5
+
+    def __init__(self, budget: _Budget) -> None:
+        super().__init__()
+        self._budget = budget
 
     def redirect_request(  # type: ignore[override]
         self,
@@ -117,20 +177,65 @@ class _CheckedRedirects(urllib.request.HTTPRedirectHandler):
             target = check_url(newurl, allowed=frozenset({"http", "https"}))
         except UrlRejected as e:
             raise TransferFailed(f"redirect refused: {e}") from None
+        self._budget.hold_secrets(target.secrets)
         new = super().redirect_request(req, fp, code, msg, headers, _without_userinfo(target))
         if new is not None and target.username is not None:
             new.add_unredirected_header("Authorization", _basic(target))
         return new
 
 
-def _opener() -> urllib.request.OpenerDirector:
+class _WatchedHTTP(http.client.HTTPConnection):
+    def __init__(self, budget: _Budget, host: str, **kwargs: Any) -> None:
+        super().__init__(host, **kwargs)
+        self._budget = budget
+
+    def connect(self) -> None:
+        super().connect()
+        self._budget.watch(self.sock)
+
+
+class _WatchedHTTPS(http.client.HTTPSConnection):
+    def __init__(self, budget: _Budget, host: str, **kwargs: Any) -> None:
+        super().__init__(host, **kwargs)
+        self._budget = budget
+
+    def connect(self) -> None:
+        # HTTPSConnection.connect without a proxy tunnel (the opener has no proxy), the
+        # handshake after the watch: a server can drip its certificate as slowly as a body.
+        http.client.HTTPConnection.connect(self)
+        self.sock = self._context.wrap_socket(  # type: ignore[attr-defined]
+            self.sock, server_hostname=self.host, do_handshake_on_connect=False
+        )
+        self._budget.watch(self.sock)
+        self.sock.do_handshake()
+
+
+class _HTTPHandler(urllib.request.HTTPHandler):
+    def __init__(self, budget: _Budget) -> None:
+        super().__init__()
+        self._budget = budget
+
+    def http_open(self, req: urllib.request.Request) -> http.client.HTTPResponse:
+        return self.do_open(lambda host, **kw: _WatchedHTTP(self._budget, host, **kw), req)  # type: ignore[arg-type]
+
+
+class _HTTPSHandler(urllib.request.HTTPSHandler):
+    def __init__(self, budget: _Budget) -> None:
+        super().__init__()
+        self._budget = budget
+
+    def https_open(self, req: urllib.request.Request) -> http.client.HTTPResponse:
+        return self.do_open(lambda host, **kw: _WatchedHTTPS(self._budget, host, **kw), req)  # type: ignore[arg-type]
+
+
+def _opener(budget: _Budget) -> urllib.request.OpenerDirector:
     opener = urllib.request.OpenerDirector()
     for handler in (
-        urllib.request.HTTPHandler(),
-        urllib.request.HTTPSHandler(),
+        _HTTPHandler(budget),
+        _HTTPSHandler(budget),
         urllib.request.HTTPDefaultErrorHandler(),
         urllib.request.HTTPErrorProcessor(),
-        _CheckedRedirects(),
+        _CheckedRedirects(budget),
     ):
         opener.add_handler(handler)
     return opener
@@ -162,15 +267,18 @@ def _http_request(
 
 def _http_download(url: TransferUrl, out: BinaryIO, budget: _Budget) -> None:
     req = _http_request(url, method="GET")
-    with _opener().open(req, timeout=budget.limits.socket_timeout_s) as resp:
+    with _opener(budget).open(req, timeout=budget.limits.socket_timeout_s) as resp:
         length = resp.headers.get("Content-Length")
         if length is not None and length.isdigit() and int(length) > budget.limits.max_bytes:
             raise TransferFailed(
                 f"announced {length} bytes, above the limit of {budget.limits.max_bytes}"
             )
-        while chunk := resp.read(CHUNK):
+        # read1: what one receive brings. read(CHUNK) waits for a full chunk, and the clock
+        # was looked at once per 64 KiB however slowly they came.
+        while chunk := resp.read1(CHUNK):
             budget.count(len(chunk))
             out.write(chunk)
+        budget.check_time()
 
 
 def _file_chunks(path: Path, budget: _Budget) -> Iterator[bytes]:
@@ -205,31 +313,68 @@ def _http_upload(url: TransferUrl, path: Path, method: str, budget: _Budget) -> 
             "Content-Length": str(len(head) + size + len(tail)),
         }
     req = _http_request(url, method=method, data=body, headers=headers)
-    with _opener().open(req, timeout=budget.limits.socket_timeout_s) as resp:
-        resp.read(CHUNK)
+    with _opener(budget).open(req, timeout=budget.limits.socket_timeout_s) as resp:
+        resp.read1(CHUNK)
+    budget.check_time()
 
 
 # ---------------------------------------------------------------- ftp
 
 
+def _ftp_connect(ftp: ftplib.FTP, budget: _Budget, host: str, port: int) -> None:
+    """FTP.connect with the control socket watched before the greeting is read."""
+    ftp.host, ftp.port = host, port
+    ftp.sock = budget.watch(socket.create_connection((host, port), ftp.timeout))
+    ftp.af = ftp.sock.family
+    ftp.file = ftp.sock.makefile("r", encoding=ftp.encoding)
+    ftp.welcome = ftp.getresp()
+
+
+class _Ftp(ftplib.FTP):
+    """FTP whose data connections the deadline's watchdog knows."""
+
+    budget: _Budget
+
+    def ntransfercmd(self, cmd: str, rest: int | str | None = None) -> tuple[socket.socket, int]:
+        conn, size = super().ntransfercmd(cmd, rest)
+        return self.budget.watch(conn), size
+
+
 class _FtpTls(ftplib.FTP_TLS):
-    """FTP_TLS whose data connections resume the control connection's TLS session."""
+    """FTP_TLS whose data connections resume the control connection's TLS session, and
+    whose sockets the deadline's watchdog knows (before each handshake)."""
+
+    budget: _Budget
+
+    def auth(self) -> str:
+        resp = self.voidcmd("AUTH TLS")
+        self.sock = self._handshake(self.sock)
+        self.file = self.sock.makefile(mode="r", encoding=self.encoding)
+        return resp
 
     def ntransfercmd(self, cmd: str, rest: int | str | None = None) -> tuple[socket.socket, int]:
         conn, size = ftplib.FTP.ntransfercmd(self, cmd, rest)
+        self.budget.watch(conn)
         if self._prot_p:  # type: ignore[attr-defined]
             session = self.sock.session if isinstance(self.sock, ssl.SSLSocket) else None
-            conn = self.context.wrap_socket(  # type: ignore[attr-defined]
-                conn, server_hostname=self.host, session=session
-            )
+            conn = self._handshake(conn, session)
         return conn, size
+
+    def _handshake(self, sock: socket.socket, session: ssl.SSLSession | None = None) -> Any:
+        tls = self.context.wrap_socket(  # type: ignore[attr-defined]
+            sock, server_hostname=self.host, session=session, do_handshake_on_connect=False
+        )
+        self.budget.watch(tls)
+        tls.do_handshake()
+        return tls
 
 
 def _ftp(url: TransferUrl, budget: _Budget) -> ftplib.FTP:
     timeout = budget.limits.socket_timeout_s
     if url.scheme == "ftps":
         ftps = _FtpTls(context=ssl.create_default_context(), timeout=timeout)
-        ftps.connect(url.host, url.port or 21)
+        ftps.budget = budget
+        _ftp_connect(ftps, budget, url.host, url.port or 21)
         # AUTH TLS first: login() would do it too, but only here is it certain that no
         # credential crosses the wire before the control connection is encrypted.
         ftps.auth()
@@ -237,8 +382,9 @@ def _ftp(url: TransferUrl, budget: _Budget) -> ftplib.FTP:
         ftps.prot_p()
         ftps.set_pasv(True)
         return ftps
-    ftp = ftplib.FTP(timeout=timeout)
-    ftp.connect(url.host, url.port or 21)
+    ftp = _Ftp(timeout=timeout)
+    ftp.budget = budget
+    _ftp_connect(ftp, budget, url.host, url.port or 21)
     ftp.login(url.username or "anonymous", url.password or "")
     ftp.set_pasv(True)
     return ftp
@@ -255,6 +401,7 @@ def _ftp_download(url: TransferUrl, out: BinaryIO, budget: _Budget) -> None:
             while chunk := conn.recv(CHUNK):
                 budget.count(len(chunk))
                 out.write(chunk)
+        budget.check_time()
         ftp.voidresp()
     finally:
         _ftp_close(ftp)
@@ -301,7 +448,11 @@ def _ftp_close(ftp: ftplib.FTP) -> None:
 # ---------------------------------------------------------------- the two operations
 
 
-def _failure(url: TransferUrl, e: BaseException) -> TransferFailed:
+def _failure(url: TransferUrl, e: BaseException, budget: _Budget) -> TransferFailed:
+    if budget.expired and not isinstance(e, TransferFailed):
+        # Whatever the watchdog's shutdown made of the transfer (a reset, an SSL error, a
+        # short body), the cause is the deadline.
+        e = TransferFailed(f"took longer than {budget.limits.timeout_s:g} s")
     if isinstance(e, TransferFailed):
         reason = str(e)
     elif isinstance(e, HTTPError):
@@ -326,21 +477,22 @@ def download(
     """Fetch ``location`` into ``dest`` (written as ``.<name>.part``, renamed when complete);
     returns the size. Raises UrlRejected or TransferFailed. Blocking: run it in a thread."""
     url = check_url(location)
-    budget = _Budget(limits, monotonic)
     dest.parent.mkdir(parents=True, exist_ok=True)
     part = dest.with_name(f".{dest.name}.part")
-    try:
-        with SECRETS.holding(url.secrets), part.open("wb") as out:
-            if url.scheme in FTP_SCHEMES:
-                _ftp_download(url, out, budget)
-            else:
-                _http_download(url, out, budget)
-            out.flush()
-            os.fsync(out.fileno())
-        os.replace(part, dest)
-    except Exception as e:
-        part.unlink(missing_ok=True)
-        raise _failure(url, e) from None
+    with _Budget(limits, monotonic) as budget:
+        budget.hold_secrets(url.secrets)
+        try:
+            with part.open("wb") as out:
+                if url.scheme in FTP_SCHEMES:
+                    _ftp_download(url, out, budget)
+                else:
+                    _http_download(url, out, budget)
+                out.flush()
+                os.fsync(out.fileno())
+            os.replace(part, dest)
+        except Exception as e:
+            part.unlink(missing_ok=True)
+            raise _failure(url, e, budget) from None
     log.info("downloaded %s (%d bytes) to %s", url.redacted, budget.done, dest)
     return budget.done
 
@@ -361,15 +513,15 @@ def upload(
     url = check_url(location)
     if method not in ("PUT", "POST"):
         raise ValueError(f"method {method!r}: PUT or POST")
-    budget = _Budget(limits, monotonic)
     if path.stat().st_size > limits.max_bytes:
         raise TransferFailed(f"{path.name} is larger than the limit of {limits.max_bytes} bytes")
-    try:
-        with SECRETS.holding(url.secrets):
+    with _Budget(limits, monotonic) as budget:
+        budget.hold_secrets(url.secrets)
+        try:
             if url.scheme in FTP_SCHEMES:
                 _ftp_upload(url, path, budget)
             else:
                 _http_upload(url, path, method, budget)
-    except Exception as e:
-        raise _failure(url, e) from None
+        except Exception as e:
+            raise _failure(url, e, budget) from None
     log.info("uploaded %s to %s", path.name, url.redacted)
