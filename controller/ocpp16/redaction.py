@@ -24,6 +24,19 @@ _SECRET_PATTERNS = (
 )
 
 
+# JSON may spell any character as \uXXXX. A received frame is logged as it came, so a CS
+# writing ftp:\u002f\u002fcs:pw\u0040host (or \u003f before a signature) would hide the URL
+# from the URL rule. These escapes of URL delimiters are written as the characters first:
+# the same JSON, the same strings, only spelt plainly (the quote keeps a backslash).
+_JSON_URL_ESCAPE = re.compile(r"(?<!\\)\\u00(2[2356fF]|3[aAbBdDfF]|40)")  # not after "\\"
+_UNESCAPED = {"22": '\\"', "23": "#", "25": "%", "26": "&", "2f": "/", "3a": ":", "3b": ";"}
+_UNESCAPED |= {"3d": "=", "3f": "?", "40": "@"}
+
+
+def _plain_delimiters(text: str) -> str:
+    return _JSON_URL_ESCAPE.sub(lambda m: _UNESCAPED[m[1].lower()], text)
+
+
 # Letters that IGNORECASE matches to an ASCII letter of the patterns but str.lower() does
 # not lower to it (Python re docs: capital I with dot, dotless i, long s, Kelvin sign).
 _ODD_CASE = ("\u0130", "\u0131", "\u017f", "\u212a")
@@ -47,6 +60,8 @@ def redact(text: str, secrets: tuple[str, ...] = ()) -> str:
         text = _SECRET_PATTERNS[0].sub(r"\1***", text)
         text = _SECRET_PATTERNS[1].sub(r"\1***\2", text)
         text = _SECRET_PATTERNS[2].sub(r"\1***", text)
+    if "\\u00" in text:
+        text = _plain_delimiters(text)
     if ":/" in text or ":\\/" in text:  # a URL (maybe JSON-escaped): a plain search first
         text = redact_url(text)
     for secret in secrets:

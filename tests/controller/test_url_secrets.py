@@ -208,3 +208,17 @@ async def test_an_at_sign_password_and_a_signed_upload_url_stay_out_of_logs_and_
         if any(s in line for s in secrets)
     ]
     assert hits == []
+
+
+def test_a_url_spelt_with_json_unicode_escapes_is_masked_too() -> None:
+    # The received frame is logged as the CS wrote it; json.loads reads these as / @ ? = &.
+    frame = (
+        r'[2,"1","UpdateFirmware",{"location":"ftp:\u002F\u002Fcs:top\u0040SECRETTAIL\u0040h'
+        r'\u002fx\u003fX-Amz-Signature\u003dSIG99\u0026a\u003d1","retrieveDate":"2026"}]'
+    )
+    assert redact(frame) == (
+        '[2,"1","UpdateFirmware",{"location":"ftp://cs:***@h/x?X-Amz-Signature=***&a=***",'
+        '"retrieveDate":"2026"}]'
+    )
+    # An escaped backslash before "u0040" is a backslash and the letters, not an "@".
+    assert redact(r'{"note":"C:\\u0040"}') == r'{"note":"C:\\u0040"}'
