@@ -696,6 +696,10 @@ class Charger:
     def change_availability(self, connector_id: int, operative: bool) -> str:
         return self._slots[connector_id].connector.change_availability(operative)
 
+    def set_maintenance(self, reason: str | None) -> None:
+        for slot in self._slots.values():
+            slot.connector.set_maintenance(reason)
+
     def start_remote(self, connector_id: int, id_tag: str, parent_id_tag: str | None) -> bool:
         return self._slots[connector_id].connector.authorize_remote(id_tag, parent_id_tag)
 

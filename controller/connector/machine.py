@@ -201,6 +201,9 @@ class Connector:
         self.transaction: Transaction | None = None
         self.operative = True
         self._pending_operative: bool | None = None  # Scheduled until the transaction ends
+        #: The charger's, not the CS's: why no transaction may start now (a firmware
+        #: installation), None when starts are allowed. Idle, the connector reads Unavailable.
+        self.maintenance: str | None = None
         self.allowed_a = settings.max_current_a or settings.rated_current_a
         self.cable_a: int | None = None  # from PP; None = unknown/fixed cable
         self.last_sample: MeterSample | None = None
@@ -665,11 +668,19 @@ class Connector:
         self._apply()
         return "Accepted"
 
+    @command(None)
+    def set_maintenance(self, reason: str | None) -> None:
+        """Block new starts (``reason``) or allow them again (None). A transaction running
+        goes on; an idle connector is Unavailable meanwhile, as after a scheduled
+        ChangeAvailability, without touching what the CS asked (`operative`)."""
+        self.maintenance = reason
+        self._apply()
+
     @command("Rejected")
     def reserve(self, reservation_id: int, id_tag: str, parent: str | None, expiry: float) -> str:
         if self._blocking_fault() is not None:
             return "Faulted"
-        if not self.operative:
+        if not self.operative or self.maintenance is not None:
             return "Unavailable"
         if self.transaction is not None or self.phase != Phase.IDLE:
             return "Occupied"
@@ -696,6 +707,8 @@ class Connector:
         since availability, faults and reservations may change in between."""
         if not self.operative or self._pending_operative is False:
             return "unavailable"
+        if self.maintenance is not None:
+            return f"unavailable ({self.maintenance})"
         fault = self._blocking_fault()
         if fault is not None:
             return f"faulted ({fault})"
@@ -1209,7 +1222,7 @@ class Connector:
                 status = ChargePointStatus.SUSPENDED_EV
             else:
                 status = ChargePointStatus.SUSPENDED_EVSE
-        elif not self.operative:
+        elif not self.operative or self.maintenance is not None:
             status = ChargePointStatus.UNAVAILABLE
         elif self.phase == Phase.FINISHING:
             status = ChargePointStatus.FINISHING

@@ -59,7 +59,7 @@ from collections.abc import Awaitable, Callable, Iterator, Sequence
 from dataclasses import asdict, dataclass, fields, replace
 from pathlib import Path
 
-from evsed.controller.firmware.update import InstallFailed
+from evsed.controller.firmware.update import InstallFailed, SwitchCheck, always_may_switch
 
 log = logging.getLogger(__name__)
 
@@ -287,7 +287,7 @@ class VenvInstaller:
             tail = out.strip().splitlines()[-3:]
             raise InstallFailed(f"{what} failed (exit {status}): {' | '.join(tail)}")
 
-    async def install(self, package: Path) -> bool:
+    async def install(self, package: Path, may_switch: SwitchCheck = always_may_switch) -> bool:
         layout = self.layout
         running = layout.in_service()
         if running is None:
@@ -333,6 +333,11 @@ class VenvInstaller:
                 f"not answer within {self.arm_timeout_s:.0f} s: nothing switched "
                 "(`evsed install` installs those units)"
             )
+        # The last look before the restart (the updater blocks new starts since Installing,
+        # but one that began before may still run): never restart under a transaction.
+        if not await may_switch():
+            self.forget()
+            raise InstallFailed("a transaction is still running: nothing switched")
         layout.switch("current", target)
         log.info("firmware %s installed in %s; restarting into it", version, target)
         try:
@@ -351,6 +356,15 @@ class VenvInstaller:
             await self._sleep(ARM_POLL_S)
         pending = read_marker(self.state_dir)
         return pending is not None and pending.armed
+
+    def awaiting_confirmation(self) -> bool:
+        """This process is the new version of a marker not yet confirmed nor rolled back."""
+        pending = read_marker(self.state_dir)
+        return (
+            pending is not None
+            and not (pending.confirmed or pending.rolled_back)
+            and self._prefix().resolve() == Path(pending.venv).resolve()
+        )
 
     def outcome_after_restart(self) -> bool:
         with _locked(self.state_dir):

@@ -9,7 +9,13 @@ Every status is stored before it is sent (`FirmwareRepository`), so a restart re
 download or a wait, and learns from the installer how an installation across the restart
 ended. The row goes away only once the final status reached the Central System.
 Installation waits until no transaction runs and no connector charges (`busy`), looked at
-every `busy_poll_s` on the injected clock. Downloads run in a worker thread.
+every `busy_poll_s` on the injected clock. From the moment it begins (Installing), no new
+transaction may start (`maintenance`: the connectors' start gate refuses, idle connectors
+read Unavailable): a pip install takes minutes, and the restart at its end must not cut a
+session started meanwhile. The installer asks again (`may_switch`) right before it
+switches and restarts. The block is lifted when the installation fails; across a restart
+the new version keeps it until it is confirmed (a rollback would otherwise restore the
+database under a transaction it ran). Downloads run in a worker thread.
 """
 
 from __future__ import annotations
@@ -55,13 +61,28 @@ class InstallFailed(Exception):
     """The package could not be installed; the running version goes on."""
 
 
+#: Asked by the installer right before it switches and restarts: True when no transaction
+#: runs (waited for, bounded), False when one still does (then it must not switch).
+SwitchCheck = Callable[[], Awaitable[bool]]
+
+
+async def always_may_switch() -> bool:
+    return True
+
+
 class Installer(Protocol):
     """The pluggable step after a download (`evsed.controller.firmware.installer`)."""
 
-    async def install(self, package: Path) -> bool:
+    async def install(self, package: Path, may_switch: SwitchCheck = always_may_switch) -> bool:
         """Install ``package``. True: installed and in use now (report Installed). False:
         the process will be restarted into the new version, which reports the outcome
-        (`outcome_after_restart`). Raises InstallFailed."""
+        (`outcome_after_restart`). Before any restart, ``may_switch()`` must say True.
+        Raises InstallFailed."""
+        ...
+
+    def awaiting_confirmation(self) -> bool:
+        """At start-up with an installation stored in progress: is this the new version,
+        not yet confirmed (no transaction may start until it is)?"""
         ...
 
     def outcome_after_restart(self) -> bool:
@@ -93,6 +114,8 @@ class FirmwareUpdater:
         limits: Limits = DEFAULT_LIMITS,
         busy_poll_s: float = 10.0,
         resend_s: float = 30.0,
+        maintenance: Callable[[str | None], None] = lambda reason: None,
+        switch_wait_s: float = 600.0,
     ) -> None:
         self._store = store
         self._clock = clock
@@ -106,6 +129,8 @@ class FirmwareUpdater:
         self._busy_poll_s = busy_poll_s
         self._resend_s = resend_s
         self._task: asyncio.Task[None] | None = None
+        self._maintenance = maintenance
+        self._switch_wait_s = switch_wait_s
 
     # ------------------------------------------------------------ what others ask
 
@@ -205,26 +230,63 @@ class FirmwareUpdater:
             if not ok:
                 await self._finish(state, FirmwareStatus.DOWNLOAD_FAILED)
                 return
-        while self._busy():
-            await self._clock.sleep(self._busy_poll_s)
-        state = self._set(state, FirmwareStatus.INSTALLING)
-        await self._notify(FirmwareStatus.INSTALLING)
+        await self._block_starts_when_idle()
         try:
-            done_now = await self.installer.install(package)
+            state = self._set(state, FirmwareStatus.INSTALLING)
+            await self._notify(FirmwareStatus.INSTALLING)
+            done_now = await self.installer.install(package, self._may_switch)
         except InstallFailed as e:
             log.error("firmware installation failed: %s", e)
+            self._maintenance(None)
             await self._finish(state, FirmwareStatus.INSTALLATION_FAILED)
             return
+        except BaseException:
+            self._maintenance(None)  # cancelled (a new UpdateFirmware) or a bug: charge on
+            raise
         if done_now:
+            self._maintenance(None)
             await self._finish(state, FirmwareStatus.INSTALLED)
         # else: the restart into the new version comes; `resume` there reports the outcome.
+
+    async def _block_starts_when_idle(self) -> None:
+        """Wait until idle, then block new starts. Blocked first and looked at again after:
+        a transaction that started between the look and the block is waited for too."""
+        while True:
+            while self._busy():
+                await self._clock.sleep(self._busy_poll_s)
+            self._maintenance("firmware installation")
+            if not self._busy():
+                return
+            self._maintenance(None)
+
+    async def _may_switch(self) -> bool:
+        """The installer's last look before it restarts: starts are blocked, so only a
+        transaction that outlived the first look can be there; waited for, bounded."""
+        deadline = self._clock.monotonic() + self._switch_wait_s
+        while self._busy():
+            if self._clock.monotonic() >= deadline:
+                log.error("a transaction still runs: the firmware is not switched")
+                return False
+            await self._clock.sleep(self._busy_poll_s)
+        return True
 
     async def _after_restart(self, state: FirmwareState) -> None:
         # Success means "started and the BootNotification was Accepted": asked only then,
         # so that the installer's confirmation is that of a version that reached the CS.
-        while not self._online():
-            await self._clock.sleep(1.0)
-        ok = self.installer.outcome_after_restart()
+        # Until then the new version starts no transaction: if it is rolled back, the old
+        # version gets the database as it was at the switch (see the installer), and a
+        # transaction run here would be lost with it. The old version, back after a
+        # rollback, is not blocked: it charges (offline too) while it waits to report.
+        unconfirmed = self.installer.awaiting_confirmation()
+        if unconfirmed:
+            self._maintenance("firmware not yet confirmed")
+        try:
+            while not self._online():
+                await self._clock.sleep(1.0)
+            ok = self.installer.outcome_after_restart()
+        finally:
+            if unconfirmed:
+                self._maintenance(None)
         final = FirmwareStatus.INSTALLED if ok else FirmwareStatus.INSTALLATION_FAILED
         log.info("firmware installation across the restart: %s", final.value)
         await self._finish(state, final)

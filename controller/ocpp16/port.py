@@ -67,6 +67,12 @@ class ChargePointPort(Protocol):
         """ChangeAvailability: "Accepted", or "Scheduled" while a transaction runs."""
         ...
 
+    def set_maintenance(self, reason: str | None) -> None:
+        """The charger's own block on new starts (``reason``, e.g. a firmware installation),
+        lifted with None: every connector's start gate refuses meanwhile, idle connectors
+        read Unavailable; a running transaction goes on."""
+        ...
+
     def start_remote(self, connector_id: int, id_tag: str, parent_id_tag: str | None) -> bool:
         """RemoteStartTransaction (already authorised if it had to be): True if the connector
         took it (it then starts when the EV is there)."""

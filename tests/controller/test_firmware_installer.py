@@ -35,9 +35,13 @@ from tests.support.file_servers import http_server
 from tests.support.firmware_layout import (
     SYSTEMD,
     WHEEL_NAME,
+    FakeVenvs,
+    PathUnit,
+    Restarts,
     spawn_watcher,
     tiny_wheel,
 )
+from tests.support.firmware_layout import layout_installer as _installer
 from tests.support.firmware_layout import venv_root as _root
 from tests.support.ocpp_stack import CARD, CP_ID, ocpp_rig
 from tests.support.status_frames import statuses, wait_status
@@ -50,77 +54,6 @@ def _state(tmp_path: Path) -> Path:
     state = tmp_path / "state"
     state.mkdir(exist_ok=True)
     return state
-
-
-class FakeVenvs:
-    """Stands in for `python -m venv` and pip (6 s per venv here: measured)."""
-
-    def __init__(self, pip_fails: bool = False) -> None:
-        self.pip_fails = pip_fails
-        self.commands: list[list[str]] = []
-
-    async def __call__(self, argv: Sequence[str]) -> tuple[int, str]:
-        self.commands.append(list(argv))
-        if list(argv[1:3]) == ["-m", "venv"]:
-            (Path(argv[3]) / "bin").mkdir(parents=True)
-            return 0, ""
-        if list(argv[1:4]) == ["-m", "pip", "install"]:
-            return (1, "ERROR: no matching distribution") if self.pip_fails else (0, "")
-        raise AssertionError(f"unexpected command {argv}")
-
-
-class PathUnit:
-    """Plays evsed-rollback.path for the installer's wait: once the marker exists, the
-    watcher starts and acknowledges it; in-process (``arm``) or, with ``spawn``, the real
-    watcher command in its own process, from the previous venv."""
-
-    def __init__(self, root: Path, state: Path, *, spawn: bool = False, works: bool = True):
-        self.root, self.state, self.spawn, self.works = root, state, spawn, works
-        self.watcher: subprocess.Popen[str] | None = None
-        self.waits = 0
-
-    async def sleep(self, seconds: float) -> None:
-        self.waits += 1
-        if not self.works or not (self.state / MARKER).exists():
-            return
-        if self.spawn:
-            if self.watcher is None:
-                self.watcher = spawn_watcher(self.root, self.state)
-            await asyncio.sleep(seconds)  # real: another process answers
-        else:
-            VenvInstaller(root=self.root, state_dir=self.state).arm()
-
-
-class Restarts:
-    def __init__(self) -> None:
-        self.count = 0
-
-    def __call__(self) -> None:
-        self.count += 1
-
-
-def _installer(
-    root: Path,
-    state: Path,
-    run: object,
-    now: list[float],
-    prefix: Path,
-    *,
-    path_unit: PathUnit | None = None,
-    restart: Restarts | None = None,
-) -> VenvInstaller:
-    path_unit = path_unit or PathUnit(root, state)
-    return VenvInstaller(
-        root=root,
-        state_dir=state,
-        run=run,  # type: ignore[arg-type]
-        confirm_timeout_s=600,
-        running_prefix=lambda: prefix,
-        wall_time=lambda: now[0],
-        restart=restart or Restarts(),
-        arm_timeout_s=30,
-        sleep=path_unit.sleep,
-    )
 
 
 def _clock_sleep(now: list[float], slept: list[float]):

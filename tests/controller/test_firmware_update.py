@@ -34,11 +34,14 @@ class RecordingInstaller:
         self.installed: list[bytes] = []
         self.forgotten = 0
 
-    async def install(self, package: Path) -> bool:
+    async def install(self, package: Path, may_switch: Any = None) -> bool:
         if self.fail:
             raise InstallFailed("pip install failed (exit 1)")
         self.installed.append(await asyncio.to_thread(package.read_bytes))
         return True
+
+    def awaiting_confirmation(self) -> bool:
+        return False
 
     def outcome_after_restart(self) -> bool:
         return False

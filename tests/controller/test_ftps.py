@@ -154,9 +154,12 @@ class Installer:
     def __init__(self) -> None:
         self.installed: list[bytes] = []
 
-    async def install(self, package: Path) -> bool:
+    async def install(self, package: Path, may_switch: Any = None) -> bool:
         self.installed.append(await asyncio.to_thread(package.read_bytes))
         return True
+
+    def awaiting_confirmation(self) -> bool:
+        return False
 
     def outcome_after_restart(self) -> bool:
         return False

@@ -64,6 +64,11 @@ def _busy(ctx: OcppContext) -> bool:
     )
 
 
+def _maintenance(ctx: OcppContext, reason: str | None) -> None:
+    if ctx.charger is not None:
+        ctx.charger.set_maintenance(reason)
+
+
 def _online(ctx: OcppContext) -> bool:
     return ctx.session is not None and ctx.session.online
 
@@ -124,6 +129,7 @@ def build_services(
         download_dir=state_dir / "firmware",
         send=lambda status: _send_firmware_status(ctx, status),
         busy=lambda: _busy(ctx),
+        maintenance=lambda reason: _maintenance(ctx, reason),
         online=lambda: _online(ctx) or not ctx.config.central_system.enabled,
         emit=ctx.emit,
         installer=installer
