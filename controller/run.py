@@ -23,6 +23,7 @@ from evsed.controller.connector.sampler import Rates
 from evsed.controller.connector.status import StopReason
 from evsed.controller.limiter import LimiterConfig
 from evsed.controller.status import AlreadyRunning
+from evsed.controller.store import StoreError
 from evsed.controller.watchdog import Watchdog, ping_interval_s, sd_notify
 
 log = logging.getLogger(__name__)
@@ -255,11 +256,18 @@ def _main(coro_factory: Callable[[asyncio.Event], Any]) -> int:
     except AlreadyRunning as exc:
         print(f"evsed: {exc}: stop it first (sudo systemctl stop evsed)", file=sys.stderr)
         return EXIT_START
+    except StoreError as exc:
+        # A database this version cannot use (written by a newer evsed): restarting changes
+        # nothing, so the status the unit does not restart on (RestartPreventExitStatus=2).
+        print(f"evsed: {exc}", file=sys.stderr)
+        return EXIT_UNRUNNABLE
     return 0
 
 
 #: Could not start (a port in use, a device it may not open): one line, not a traceback.
 EXIT_START = 1
+#: Cannot run as things are (as a bad configuration: cli.EXIT_CONFIG): systemd gives up.
+EXIT_UNRUNNABLE = 2
 
 
 def first_run_message(exc: OSError) -> str:

@@ -28,6 +28,19 @@ the exit status is 3) restarts the service into the old version, even out of a f
 state. A reboot or a crash inside the window changes nothing: the marker and its
 deadline are on disk, and the path unit starts a watcher again at boot.
 
+The data go back too. The new version migrates evsed.db when it starts, before it is
+confirmed, and the old version refuses a schema newer than its own. So right before the
+switch the installer takes a snapshot (`<state>/firmware-rollback.db`, SQLite's online
+backup: consistent with the WAL while the running evsed keeps writing), and the old
+version, started again after a rollback, renames it over evsed.db before it opens the
+database (`restore_after_rollback`, once). Nothing of a driver's is lost with what the new
+version wrote: until it is confirmed it starts no transaction (the updater blocks starts),
+and the queue it inherited is in the snapshot. (Why not the alternatives: migrations after
+the confirmation leave the new code on a schema it does not know; a "minimum reader
+version" works for additive migrations only, and the old version would then run on a
+database whose rows it no longer understands fully.) The snapshot is dropped with the
+marker once the outcome reached the Central System.
+
 The new version confirms (`outcome_after_restart`, asked by the updater once the
 BootNotification was Accepted) by recording that it runs from the pending venv. The
 previous version, back in service, finds the installation stored as Installing, asks
@@ -52,6 +65,7 @@ import os
 import re
 import shutil
 import signal
+import sqlite3
 import subprocess
 import sys
 import time
@@ -65,6 +79,9 @@ log = logging.getLogger(__name__)
 
 MARKER = "firmware-pending.json"
 LOCK = ".firmware-pending.lock"
+#: The database as the old version left it at the switch (see `restore_after_rollback`).
+DB_SNAPSHOT = "firmware-rollback.db"
+DB_NAME = "evsed.db"  # controller.store.schema.DB_FILENAME (the store is a layer above)
 DEFAULT_ROOT = Path("/opt/evsed")
 DEFAULT_STATE_DIR = Path("/var/lib/evsed")
 DEFAULT_CONFIRM_TIMEOUT_S = 600.0
@@ -338,6 +355,14 @@ class VenvInstaller:
         if not await may_switch():
             self.forget()
             raise InstallFailed("a transaction is still running: nothing switched")
+        # The way back for the data: the new version may migrate the database before it is
+        # confirmed, and the old one refuses a newer schema. Taken last, so that it holds
+        # everything the old version wrote; starts are blocked from here on.
+        try:
+            await asyncio.to_thread(snapshot_database, self.state_dir)
+        except (OSError, sqlite3.Error) as e:
+            self.forget()
+            raise InstallFailed(f"database snapshot failed: {e}") from e
         layout.switch("current", target)
         log.info("firmware %s installed in %s; restarting into it", version, target)
         try:
@@ -426,9 +451,82 @@ class VenvInstaller:
             sleep(wait)
 
     def forget(self) -> None:
-        """The outcome was reported: the marker is history."""
+        """The outcome was reported: the marker (and the database snapshot) are history."""
         with _locked(self.state_dir):
             (self.state_dir / MARKER).unlink(missing_ok=True)
+            (self.state_dir / DB_SNAPSHOT).unlink(missing_ok=True)
+
+
+# ------------------------------------------------------------------------------ the database
+
+
+def _restricted(path: Path) -> None:
+    """Created 0600 before SQLite writes into it: the database holds secrets at rest."""
+    path.unlink(missing_ok=True)
+    os.close(os.open(path, os.O_CREAT | os.O_WRONLY | os.O_EXCL, 0o600))
+
+
+def _copy_database(source: Path, dest: Path) -> None:
+    """SQLite's online backup: a consistent copy of the database *and* its WAL, while the
+    running evsed keeps its connection open (a file copy could catch half a commit)."""
+    _restricted(dest)
+    src = sqlite3.connect(source)
+    try:
+        out = sqlite3.connect(dest)
+        try:
+            src.backup(out)
+        finally:
+            out.close()
+    finally:
+        src.close()
+    fd = os.open(dest, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def snapshot_database(state_dir: Path) -> Path | None:
+    """At the switch, in the old version: `<state>/firmware-rollback.db`, synced."""
+    db = state_dir / DB_NAME
+    if not db.exists():
+        return None
+    dest = state_dir / DB_SNAPSHOT
+    tmp = state_dir / f".{DB_SNAPSHOT}.tmp"
+    _copy_database(db, tmp)
+    os.replace(tmp, dest)
+    _fsync_dir(state_dir)
+    return dest
+
+
+def restore_after_rollback(
+    state_dir: Path, running_prefix: Callable[[], Path] = lambda: Path(sys.prefix)
+) -> bool:
+    """At start-up, before the database is opened: if the installation was rolled back and
+    this is not the version that was rolled back, put back the database as it was at the
+    switch (the new version may have migrated it to a schema this one cannot read). The
+    new version started no transaction before it was confirmed (the updater blocks starts),
+    so nothing of a driver's is lost. Once: the snapshot becomes the database (renamed), so
+    a later restart keeps what this version writes. True if it restored."""
+    snapshot = state_dir / DB_SNAPSHOT
+    with _locked(state_dir):
+        pending = read_marker(state_dir)
+        if pending is None or not pending.rolled_back or not snapshot.exists():
+            return False
+        if running_prefix().resolve() == Path(pending.venv).resolve():
+            return False  # the rolled-back version itself (a person started it): leave it
+        db = state_dir / DB_NAME
+        # The newer version's WAL belongs to the file replaced: it must not be replayed
+        # into the restored one. A power cut in between leaves the snapshot: done again.
+        for side in ("-wal", "-shm"):
+            db.with_name(db.name + side).unlink(missing_ok=True)
+        os.replace(snapshot, db)  # atomic; the snapshot is gone with it, so done once
+        _fsync_dir(state_dir)
+    log.warning(
+        "firmware %s was rolled back: database restored as it was before the switch",
+        pending.version,
+    )
+    return True
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -27,6 +27,7 @@ from ocpp.v16 import call
 
 from evsed.controller.clock import Clock
 from evsed.controller.config import Config
+from evsed.controller.firmware.installer import restore_after_rollback
 from evsed.controller.firmware.update import Installer
 from evsed.controller.meter_measurands import charger_measurands, max_phases, selectable_items
 from evsed.controller.ocpp16.auth import Authorizer
@@ -87,6 +88,10 @@ class OcppApp:
         self.config = config
         self.clock = clock
         secure_state_dir(state_dir)  # 0700: the database holds secrets (AuthorizationKey)
+        if store is None:
+            # Back after a firmware rollback: the database as this version left it at the
+            # switch, before the new version migrated it (firmware.installer).
+            restore_after_rollback(state_dir)
         # No automatic checkpoints: they would flush inside a commit on the event loop.
         # `_checkpoints` does them from a thread instead.
         self.store = store or Store(

@@ -151,7 +151,8 @@ class Database:
         if version > SCHEMA_VERSION:
             raise StoreError(
                 f"{self.path}: schema version {version} is newer than this evsed "
-                f"understands ({SCHEMA_VERSION}); refusing to touch it"
+                f"understands ({SCHEMA_VERSION}); refusing to touch it (a newer evsed ran "
+                "here: run that version again, or put back a copy from before it)"
             )
         for target in range(version + 1, SCHEMA_VERSION + 1):
             # executescript does not take parameters; target is our own int.
