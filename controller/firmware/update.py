@@ -57,6 +57,11 @@ FINAL = frozenset(
 SCHEDULED = "Scheduled"
 
 
+#: Why starts are blocked (the start gate's refusal names it).
+INSTALLING_REASON = "firmware installation"
+UNCONFIRMED = "firmware not yet confirmed"
+
+
 class InstallFailed(Exception):
     """The package could not be installed; the running version goes on."""
 
@@ -170,6 +175,15 @@ class FirmwareUpdater:
         )
         self._start(self._run(state))
 
+    def hold_starts_if_unconfirmed(self) -> None:
+        """At start-up, as soon as the charger exists and before it runs: the new version
+        of an installation not yet confirmed blocks starts from the first moment (an EV
+        plugged in during the restart must not start a session before `resume` runs)."""
+        state = self._store.firmware_state()
+        if state is not None and state.status == FirmwareStatus.INSTALLING:
+            if self.installer.awaiting_confirmation():
+                self._maintenance(UNCONFIRMED)
+
     def resume(self) -> None:
         """At start-up: carry on with an update stored in progress."""
         state = self._store.firmware_state()
@@ -254,7 +268,7 @@ class FirmwareUpdater:
         while True:
             while self._busy():
                 await self._clock.sleep(self._busy_poll_s)
-            self._maintenance("firmware installation")
+            self._maintenance(INSTALLING_REASON)
             if not self._busy():
                 return
             self._maintenance(None)
@@ -279,7 +293,7 @@ class FirmwareUpdater:
         # rollback, is not blocked: it charges (offline too) while it waits to report.
         unconfirmed = self.installer.awaiting_confirmation()
         if unconfirmed:
-            self._maintenance("firmware not yet confirmed")
+            self._maintenance(UNCONFIRMED)
         try:
             while not self._online():
                 await self._clock.sleep(1.0)

@@ -157,6 +157,9 @@ class OcppApp:
         self.ctx.charger = charger
         restore_availability(self.ctx)
         restore_reservations(self.ctx)  # after availability: an Inoperative one takes none
+        # Before the charger runs: a new firmware not yet confirmed starts nothing.
+        assert self.ctx.firmware is not None
+        self.ctx.firmware.hold_starts_if_unconfirmed()
         self._apply_keys()
         # The profiles the CS installed before the restart limit the connectors from now.
         service = SmartChargingService(self.ctx)

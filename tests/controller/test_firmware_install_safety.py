@@ -244,11 +244,14 @@ async def test_the_new_version_starts_nothing_until_confirmed(
     assert state is not None
     u.store.set_firmware_state(replace(state, status=FirmwareStatus.INSTALLING))
     u.online = False
+    u.updater.hold_starts_if_unconfirmed()  # the charger built, not yet running
+    assert u.blocks == (["firmware not yet confirmed"] if new_version else [])
     u.updater.resume()
     await u.clock.advance(30)
-    assert u.blocks == (["firmware not yet confirmed"] if new_version else [])
+    assert u.blocks == (["firmware not yet confirmed"] * 2 if new_version else [])
     assert u.sent == []
     u.online = True
     await u.clock.advance(1)
-    assert u.blocks == (["firmware not yet confirmed", None] if new_version else [])
+    held = ["firmware not yet confirmed"] * 2 + [None]
+    assert u.blocks == (held if new_version else [])
     assert u.sent == ["Installed" if new_version else "InstallationFailed"]

@@ -20,10 +20,13 @@ WHEEL_NAME = "evsedtiny-9.9.9-py3-none-any.whl"
 SYSTEMD = Path(__file__).resolve().parents[2] / "systemd"
 
 
-def tiny_wheel(where: Path, *, with_evsed: bool = False) -> Path:
+def tiny_wheel(
+    where: Path, *, with_evsed: bool = False, extra: dict[str, str] | None = None
+) -> Path:
     """A pure wheel without dependencies: pip installs it offline. ``with_evsed``: its venv
     also sees this test's evsed (a .pth adding our site-packages), so the new version can
-    run `evsed run` with its own sys.prefix, as a real new version would."""
+    run `evsed run` with its own sys.prefix, as a real new version would. ``extra``: more
+    files (name -> text), e.g. a .pth that gives that evsed a migration of its own."""
     path = where / WHEEL_NAME
     info = "evsedtiny-9.9.9.dist-info"
     files = {
@@ -35,6 +38,7 @@ def tiny_wheel(where: Path, *, with_evsed: bool = False) -> Path:
     if with_evsed:
         ours = sysconfig.get_paths()["purelib"]
         files["evsedtiny_evsed.pth"] = f"import site; site.addsitedir({ours!r})\n"
+    files.update(extra or {})
     record = "".join(f"{name},,\n" for name in files) + f"{info}/RECORD,,\n"
     with zipfile.ZipFile(path, "w") as z:
         for name, text in files.items():
