@@ -135,6 +135,7 @@ class FirmwareUpdater:
         self._resend_s = resend_s
         self._task: asyncio.Task[None] | None = None
         self._maintenance = maintenance
+        self._confirmed: bool | None = None  # asked at the moment the session went online
         self._switch_wait_s = switch_wait_s
 
     # ------------------------------------------------------------ what others ask
@@ -183,6 +184,17 @@ class FirmwareUpdater:
         if state is not None and state.status == FirmwareStatus.INSTALLING:
             if self.installer.awaiting_confirmation():
                 self._maintenance(UNCONFIRMED)
+
+    def on_online(self) -> None:
+        """The session just went online (BootNotification Accepted), before its queue
+        delivers anything: the new version confirms now. Confirmed later, a rollback in
+        between would bring back the database of the switch with messages the new version
+        had already delivered, and the old one would send them again."""
+        state = self._store.firmware_state()
+        if self._confirmed is not None or state is None:
+            return
+        if state.status == FirmwareStatus.INSTALLING and self.installer.awaiting_confirmation():
+            self._confirmed = self.installer.outcome_after_restart()
 
     def resume(self) -> None:
         """At start-up: carry on with an update stored in progress."""
@@ -297,7 +309,9 @@ class FirmwareUpdater:
         try:
             while not self._online():
                 await self._clock.sleep(1.0)
-            ok = self.installer.outcome_after_restart()
+            ok = self._confirmed
+            if ok is None:
+                ok = self.installer.outcome_after_restart()
         finally:
             if unconfirmed:
                 self._maintenance(None)

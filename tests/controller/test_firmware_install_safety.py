@@ -255,3 +255,43 @@ async def test_the_new_version_starts_nothing_until_confirmed(
     held = ["firmware not yet confirmed"] * 2 + [None]
     assert u.blocks == (held if new_version else [])
     assert u.sent == ["Installed" if new_version else "InstallationFailed"]
+
+
+async def test_the_new_version_confirms_before_its_queue_delivers(
+    cs: CentralSystem, tmp_path: Path
+) -> None:
+    """A message queued before the switch is in the database snapshot: delivered by a new
+    version that is rolled back after all, the old one would send it again. So the new
+    version confirms as the session goes online, before the queue's first message."""
+    from evsed.controller.ocpp16.app import OcppApp
+    from tests.support.bench_rig import bench_config
+
+    before = OcppApp(bench_config(), FakeClock(), tmp_path)
+    stamp = "2026-01-01T00:00:00Z"
+    sample = {"timestamp": stamp, "sampledValue": [{"value": "1"}]}
+    before.txqueue.enqueue("MeterValues", {"connectorId": 1, "meterValue": [sample]}, None)
+    t = datetime(2026, 1, 1, tzinfo=UTC)
+    before.store.set_firmware_state(
+        FirmwareState("http://cs/evsed-9.9.9.whl", t, FirmwareStatus.INSTALLING, 0, 0, t)
+    )
+    before.close()
+
+    class NewVersion(Unconfirmed):
+        delivered_before: int | None = None
+
+        def outcome_after_restart(self) -> bool:
+            if self.delivered_before is None:
+                self.delivered_before = len(
+                    [f for f in cs.frames_of(CP_ID) if f.is_call and f.action == "MeterValues"]
+                )
+            return True
+
+    installer = NewVersion(new_version=True)
+    mark = cs.mark()
+    async with ocpp_rig(
+        cs, tmp_path, keys=KEYS, app_options={"firmware_installer": installer}
+    ) as rig:
+        await rig.call_of("MeterValues", since=mark)
+        await rig.run(2)
+        await wait_status(cs, FW, "Installed", mark)
+    assert installer.delivered_before == 0

@@ -142,6 +142,10 @@ def build_services(
         limits=limits_down,
     )
 
+    # Called as the session goes online, before the delivery loop's first step: the new
+    # version confirms before any queued message leaves (FirmwareUpdater.on_online).
+    ctx.observers.append(lambda event, _fields: updater.on_online() if event == "online" else None)
+
     def sources() -> Sources:
         return Sources(
             journal=journal_reader(fw.service),
