@@ -306,6 +306,7 @@ class FirmwareUpdater:
         unconfirmed = self.installer.awaiting_confirmation()
         if unconfirmed:
             self._maintenance(UNCONFIRMED)
+        ok: bool | None = None
         try:
             while not self._online():
                 await self._clock.sleep(1.0)
@@ -313,8 +314,17 @@ class FirmwareUpdater:
             if ok is None:
                 ok = self.installer.outcome_after_restart()
         finally:
-            if unconfirmed:
+            if unconfirmed and ok is not False:
                 self._maintenance(None)
+        if unconfirmed and not ok:
+            # Rolled back while this (new) version started: the previous one is being put
+            # back and restarted, and it reports InstallationFailed. Reporting (forgetting
+            # the marker and the database snapshot) here would leave it a database it
+            # cannot read; starting a transaction would have it cut and lost.
+            log.error(
+                "firmware rolled back before it was confirmed: the previous version takes over"
+            )
+            return
         final = FirmwareStatus.INSTALLED if ok else FirmwareStatus.INSTALLATION_FAILED
         log.info("firmware installation across the restart: %s", final.value)
         await self._finish(state, final)

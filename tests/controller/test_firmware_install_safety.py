@@ -221,15 +221,16 @@ async def test_the_switch_is_refused_while_a_transaction_still_runs(tmp_path: Pa
 
 
 class Unconfirmed(SlowInstaller):
-    def __init__(self, new_version: bool) -> None:
+    def __init__(self, new_version: bool, rolled_back: bool = False) -> None:
         super().__init__()
         self.new_version = new_version
+        self.rolled_back = rolled_back
 
     def awaiting_confirmation(self) -> bool:
         return self.new_version
 
     def outcome_after_restart(self) -> bool:
-        return self.new_version
+        return self.new_version and not self.rolled_back
 
 
 @pytest.mark.parametrize("new_version", [True, False])
@@ -295,3 +296,22 @@ async def test_the_new_version_confirms_before_its_queue_delivers(
         await rig.run(2)
         await wait_status(cs, FW, "Installed", mark)
     assert installer.delivered_before == 0
+
+
+async def test_a_new_version_rolled_back_while_it_starts_leaves_the_report_to_the_old(
+    tmp_path: Path,
+) -> None:
+    """The deadline passed as it came online: the watcher put the previous version back and
+    restarts it. This one neither reports (forget would drop the database snapshot the
+    old version needs) nor lets a transaction start (the restart would cut it)."""
+    installer = Unconfirmed(new_version=True, rolled_back=True)
+    u = Updater(tmp_path, [], installer)
+    state = u.store.firmware_state()
+    assert state is not None
+    u.store.set_firmware_state(replace(state, status=FirmwareStatus.INSTALLING))
+    u.updater.hold_starts_if_unconfirmed()
+    u.updater.resume()
+    await u.clock.advance(5)
+    assert u.sent == [] and installer.forgotten == 0
+    assert u.blocks[-1] == "firmware not yet confirmed"  # still blocked
+    assert u.store.firmware_state() is not None  # the old version reports from it
