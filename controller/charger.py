@@ -85,16 +85,24 @@ class Parts:
         """Release every device in its safe state; contactors first, and a socket lock only
         once its contactor reads open: a stop (Reset, systemctl stop, an update) must not
         let a plug be pulled while the contacts still carry current. A contactor that stays
-        closed (welded) keeps its lock as it is. (A hold-solenoid lock still drops when the
+        closed (welded) keeps its lock as it is, and its phase relay too (released, it would
+        switch L2/L3 under load). (A hold-solenoid lock still drops when the
         process ends and its GPIO is released: only a motor lock stays locked without us.)"""
         for c in self.connectors:
             _quietly(c.contactor.deenergize)
         opened = _wait_open([c.contactor for c in self.connectors])
         for c in self.connectors:
             _quietly(c.contactor.shutdown)
-        for c in self.connectors:
-            if c.phase_switch is not None:
+        for i, c in enumerate(self.connectors):
+            if c.phase_switch is None:
+                continue
+            # Released, the relay drops to three phases: not while the contacts carry current.
+            if opened[i]:
                 _quietly(c.phase_switch.shutdown)
+            else:
+                log.critical(
+                    "a contactor still reads closed at shutdown: its phase relay is left as it is"
+                )
         for i, c in enumerate(self.connectors):
             for dev in (c.pilot, c.sensor, c.rcd, c.proximity, c.temperature):
                 if dev is not None:
@@ -456,6 +464,22 @@ class Charger:
                 await self.clock.sleep(settle)
                 if slot.connector.energized:
                     continue  # closed again meanwhile: never switch under load
+                # The command is not the contact: a welded contactor reads closed although
+                # commanded open. Never move the relay then (nor on any fault): stay on the
+                # phases the relay has, and the limits count those.
+                refusal = slot.connector.phase_relay_refusal()
+                if refusal is not None:
+                    log.warning(
+                        "connector %s: phase switch to %d given up (%s); staying on %d",
+                        cid,
+                        target,
+                        refusal,
+                        relay.phases,
+                    )
+                    slot.phases_wanted = None
+                    if relay.phases != slot.connector.settings.phases:
+                        self._use_phases(slot, relay.phases)
+                    break
                 relay.set_phases(target)
                 self._use_phases(slot, target)
                 log.info("connector %s switched to %d phase(s)", cid, target)

@@ -254,6 +254,21 @@ class Connector:
     def energized(self) -> bool:
         return self._contactor.energized
 
+    def phase_relay_refusal(self) -> str | None:
+        """Why the phase relay must not move now, or None: only with the contactor commanded
+        open, its auxiliary contact reading open and no fault (a welded or unjudged contact
+        carries current; the relay would break or make the load on L2/L3). A read only."""
+        if self._contactor.energized:
+            return "contactor commanded closed"
+        if self._contactor.feedback() is True:
+            return "contactor reads closed"
+        if self._contactor.fault() is not None:
+            return f"contactor fault ({self._contactor.fault()})"
+        fault = self._blocking_fault()
+        if fault is not None:
+            return f"faulted ({fault})"
+        return None
+
     @property
     def status(self) -> ConnectorStatus:
         if self._status is not None:
