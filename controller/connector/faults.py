@@ -23,6 +23,7 @@ class Fault(StrEnum):
     PILOT_SENSE = "pilot_sense"  # state F while evsed drives +12 V or PWM: ADC/generator
     DIODE_MISSING = "diode_missing"
     OVER_TEMPERATURE = "over_temperature"
+    TEMPERATURE_SENSOR = "temperature_sensor"  # unreadable (open or shorted NTC, dead bus)
     METER = "meter"
     LOCK = "lock"
     CABLE = "cable"  # PP short
@@ -43,6 +44,8 @@ class FaultRule:
     clears_on: frozenset[Clear]
     # EVCommunicationError is shown as SuspendedEVSE, not Faulted (OCPP 1.6 §7.6 note).
     faulted: bool = True
+    # StatusNotification.vendorErrorCode: what an OtherError really is.
+    vendor_error_code: str = ""
 
 
 _U, _R, _V = Clear.UNPLUG, Clear.RESET, Clear.RECOVERY
@@ -66,6 +69,12 @@ RULES: dict[Fault, FaultRule] = {
         ErrorCode.EV_COMMUNICATION_ERROR, False, frozenset({_U, _R}), faulted=False
     ),
     Fault.OVER_TEMPERATURE: FaultRule(ErrorCode.HIGH_TEMPERATURE, False, frozenset({_V})),
+    # OCPP 1.6 has no code for a failed sensor: HighTemperature would send someone to cool
+    # a socket that is fine. OtherError, the sensor named in vendorErrorCode and info; as
+    # fail-safe as a hot socket (nothing flows) until the sensor reads again.
+    Fault.TEMPERATURE_SENSOR: FaultRule(
+        ErrorCode.OTHER_ERROR, False, frozenset({_V}), vendor_error_code="TemperatureSensor"
+    ),
     Fault.METER: FaultRule(ErrorCode.POWER_METER_FAILURE, False, frozenset({_V})),
     Fault.LOCK: FaultRule(ErrorCode.CONNECTOR_LOCK_FAILURE, True, frozenset({_U, _R})),
     Fault.CABLE: FaultRule(ErrorCode.OTHER_ERROR, True, frozenset({_U, _V, _R})),
@@ -86,6 +95,7 @@ SEVERITY: tuple[Fault, ...] = (
     Fault.FAILED_TO_CLOSE,
     Fault.OVER_CURRENT,
     Fault.OVER_TEMPERATURE,
+    Fault.TEMPERATURE_SENSOR,
     Fault.LOCK,
     Fault.CABLE,
     Fault.METER,

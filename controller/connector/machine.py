@@ -1221,7 +1221,8 @@ class Connector:
         error = RULES[fault].error_code if fault else ErrorCode.NO_ERROR
         info = self.faults.get(fault, "") if fault else ""
         if fault is not None and RULES[fault].faulted:
-            return ConnectorStatus(ChargePointStatus.FAULTED, error, info[:50])
+            vendor = RULES[fault].vendor_error_code
+            return ConnectorStatus(ChargePointStatus.FAULTED, error, info[:50], vendor)
         if self.transaction is not None and not self._tx_recorded:
             status = ChargePointStatus.PREPARING  # not started until its start is recorded
         elif self.transaction is not None:

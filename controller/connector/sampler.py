@@ -206,11 +206,15 @@ class Sampler:
         )
 
     def _judge_temperature(self, reading: float | Exception) -> None:
-        if isinstance(reading, Exception):  # an unreadable sensor counts as too hot: fail safe
+        if isinstance(reading, Exception):  # unreadable: as fail-safe as too hot, told apart
             self.connector.temperature_c = None
-            self.connector.raise_fault(Fault.OVER_TEMPERATURE, f"sensor unreadable: {reading}")
+            self.connector.raise_fault(
+                Fault.TEMPERATURE_SENSOR, f"temperature sensor unreadable: {reading}"
+            )
             return
         self.connector.temperature_c = reading
+        if Fault.TEMPERATURE_SENSOR in self.connector.faults:
+            self.connector.recover(Fault.TEMPERATURE_SENSOR)
         if reading >= self.max_temperature_c:
             self.connector.raise_fault(Fault.OVER_TEMPERATURE, f"{reading:.0f} C")
         elif reading <= self.max_temperature_c - self.rates.temperature_hysteresis_c:

@@ -96,15 +96,22 @@ async def test_a_dead_adc_while_charging_ends_the_session_and_is_faulted(
 async def test_an_unreadable_temperature_sensor_reaches_the_cs(
     cs: CentralSystem, tmp_path: Path
 ) -> None:
-    """The NTC's wire open (its ADC channel at the rail): fail safe as too hot, and the
-    status says why (info), so a CS can tell a broken sensor from a hot socket."""
+    """The NTC's wire open (its ADC channel at the rail): fail safe as too hot (Faulted,
+    nothing offered), but not reported as HighTemperature: OCPP 1.6 has no code for a failed
+    sensor, so OtherError with the sensor named (vendorErrorCode, info), and a CS can tell
+    a broken sensor from a hot socket. A real over-temperature stays HighTemperature
+    (test_hardware_faults_cs)."""
     async with ocpp_rig(cs, tmp_path) as rig:
         await rig.run(1)
         mark = cs.mark()
         rig.sim.pins.adc.set_channel(2, 3.3)  # the bench's NTC channel, open circuit
-        failed = await sent(rig, status_of(1, "HighTemperature"), since=mark)
+        failed = await sent(rig, status_of(1, "OtherError"), since=mark)
         assert failed.payload["status"] == "Faulted"
-        assert "sensor unreadable" in failed.payload.get("info", ""), failed.payload
+        assert failed.payload["vendorErrorCode"] == "TemperatureSensor"
+        info = failed.payload.get("info", "")
+        assert "temperature sensor unreadable" in info and "NTC open" in info, failed.payload
+        assert ("Faulted", "HighTemperature") not in statuses(rig, 1, since=mark)
+        assert rig.connector.offered_a == 0
         mark = cs.mark()
         rig.sim.pins.set_temperature(25.0)
         cleared = await sent(rig, status_of(1, "NoError"), since=mark)
