@@ -675,6 +675,10 @@ class Connector:
     @command("Rejected")
     def change_availability(self, operative: bool) -> str:
         """ChangeAvailability: Accepted, or Scheduled while a transaction runs."""
+        if self._start_waits_since is not None and not operative:
+            # The start still waits for its meter: the CS knows of no transaction, so
+            # there is none to wait for. It ends unrecorded and Inoperative holds now.
+            self._refuse_waiting_start("unavailable")
         if self.transaction is not None and not operative:
             self._pending_operative = operative
             return "Scheduled"
@@ -1051,6 +1055,12 @@ class Connector:
             reason = f"no meter reading within {self.settings.meter_wait_s:.0f} s"
             self._refuse_waiting_start(reason)
             self.raise_fault(Fault.METER, reason)
+            return
+        # The gate again: availability, maintenance or a fault may have changed while the
+        # start waited (the reservation it used is already its own).
+        refusal = self._start_refusal(tx.id_tag, tx.parent_id_tag)
+        if refusal is not None:
+            self._refuse_waiting_start(refusal)
             return
         self._start_waits_since = None
         tx = replace(tx, meter_start_wh=self._meter_wh())
