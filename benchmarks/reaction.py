@@ -178,12 +178,18 @@ def local_list_frame(unique_id: str, version: int) -> str:
 async def big_frames(cs: Any, counter: list[int]) -> None:
     """Full SendLocalList frames of 10,000 entries from the CS, each sent once the last was
     answered (Accepted: the list is really applied and stored each time). Encoded once; each
-    frame only gets its own uniqueId, so the benchmark's own work stays small."""
+    frame only gets its own uniqueId, so the benchmark's own work stays small.
+
+    Sent on the CS's websocket past its recorder: the embedded CS parses every frame it
+    records (json.loads of 1.4 MiB, holding this process's GIL for as long as the charger's
+    own parse) and keeps it, so that every full collection of the collector got slower as
+    the run went on; both were counted against the safety core. A real Central System is
+    another machine. The charger's answers are recorded as before."""
     template = await asyncio.to_thread(local_list_frame, "list-000000", 1)
     while True:
         unique_id = f"list-{counter[0]:06d}"
         mark = cs.mark()
-        await cs.send_raw(CP_ID, template.replace("list-000000", unique_id, 1))
+        await cs._session(CP_ID).ws.send(template.replace("list-000000", unique_id, 1))
         reply = await cs.wait_for_reply(unique_id, timeout=30.0, since=mark)
         if reply.payload != {"status": "Accepted"}:
             raise RuntimeError(f"SendLocalList answered {reply.raw[:200]}")
