@@ -30,6 +30,7 @@ from evsed.controller.config import Config
 from evsed.controller.firmware.installer import restore_after_rollback
 from evsed.controller.firmware.update import Installer
 from evsed.controller.meter_measurands import charger_measurands, max_phases, selectable_items
+from evsed.controller.ocpp16 import protocol
 from evsed.controller.ocpp16.auth import Authorizer
 from evsed.controller.ocpp16.bridge import OcppHooks
 from evsed.controller.ocpp16.chargepoint import EvsedChargePoint
@@ -212,6 +213,8 @@ class OcppApp:
             with contextlib.suppress(asyncio.CancelledError):
                 await self._checkpointing
             self._checkpointing = None
+        # The big-frame worker process (started by a first big frame) ends with the app.
+        await protocol.FRAME_WORKERS.aclose()
 
     async def _checkpoints(self) -> None:
         # Every 10 min: the WAL stays small (tens of KiB at a 10 s sample interval) and the

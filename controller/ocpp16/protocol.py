@@ -53,12 +53,15 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import functools
 import inspect
 import json
 import logging
+import math
 import re
-from collections.abc import Callable, Coroutine
+from collections.abc import Callable, Coroutine, Iterator
+from dataclasses import dataclass
 from datetime import datetime
 from decimal import Decimal
 from enum import StrEnum
@@ -66,7 +69,8 @@ from pathlib import Path
 from typing import Any
 
 import ocpp.v16
-from jsonschema import Draft4Validator, FormatChecker
+from jsonschema import Draft4Validator, FormatChecker, validators
+from jsonschema._keywords import multipleOf as _schema_multiple_of
 from jsonschema.exceptions import ValidationError as SchemaError
 from ocpp.charge_point import (
     camel_to_snake_case,
@@ -78,6 +82,8 @@ from ocpp.exceptions import OCPPError
 from ocpp.messages import CallError, CallResult, MessageType
 from ocpp.routing import create_route_map
 from ocpp.v16.enums import Action
+
+from evsed.controller.ocpp16 import offload
 
 try:  # the optional accelerator, evsed[fast]
     import jsonschema_rs as _jsonschema_rs
@@ -103,7 +109,7 @@ FRAME_LOGGER = FrameLogger(LOGGER, {})
 
 SUBPROTOCOL = "ocpp1.6"
 DEFAULT_MAX_FRAME_BYTES = 2 * 1024 * 1024  # a 10,000-entry SendLocalList is ~1.4 MiB
-#: Frames longer than this (characters) are parsed and schema-checked in a worker thread.
+#: Frames longer than this (characters) are parsed and schema-checked in a worker process.
 OFFLOAD_FRAME_BYTES = 16 * 1024
 #: How long the receive loop waits for an answer to be applied by its caller before it reads
 #: the next frame (it is applied in the next loop turns; the bound only guards a lost caller).
@@ -157,6 +163,10 @@ class CallErrorReply(Exception):
         self.description = description
         self.details = details or {}
 
+    def __reduce__(self) -> tuple[Any, ...]:
+        # Pickled by the frame worker process: rebuilt from its fields, not from str(self).
+        return (type(self), (self.code, self.description, self.details))
+
 
 def call_error_frame(
     unique_id: Any, code: str, description: str | None = "", details: Any = None
@@ -201,7 +211,7 @@ _DECIMAL_SCHEMAS = {"SetChargingProfile", "RemoteStartTransaction", "GetComposit
 _DATE_TIME = re.compile(
     r"^(\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2})(\.\d+)?(Z|[+-]\d{2}:\d{2})?$", re.IGNORECASE
 )
-_validators: dict[str, Draft4Validator] = {}
+_validators: dict[str, Any] = {}
 _fast_validators: dict[str, Any] = {}
 
 # Most structural first: the code reported when a payload breaks several rules.
@@ -246,14 +256,32 @@ _FORMATS = FormatChecker(formats=())
 _FORMATS.checks("date-time")(_is_date_time)
 
 
-def _validator(schema_name: str) -> Draft4Validator:
+def _decimal_multiple_of(
+    validator: Any, d_b: Any, instance: Any, schema: dict[str, Any]
+) -> Iterator[SchemaError]:
+    """multipleOf as the library checks it (ocpp/messages.py): on the number as written in
+    JSON, read as a Decimal, so that 21.4 is a multiple of 0.1 (as a float it is not). The
+    float's repr is what JSON would carry; this is what the former json.dumps/json.loads
+    round trip of the whole payload produced, for this one keyword only."""
+    if isinstance(instance, float) and math.isfinite(instance):
+        instance = Decimal(repr(instance))
+    elif isinstance(instance, Decimal) and instance.is_finite():
+        instance = Decimal(repr(float(instance)))  # a handler's Decimal went out as a float
+    yield from _schema_multiple_of(validator, d_b, instance, schema)
+
+
+_DecimalValidator = validators.extend(Draft4Validator, {"multipleOf": _decimal_multiple_of})
+
+
+def _validator(schema_name: str) -> Any:
     validator = _validators.get(schema_name)
     if validator is None:
-        parse_float = Decimal if schema_name in _DECIMAL_SCHEMAS else float
         text = (_SCHEMA_DIR / f"{schema_name}.json").read_text(encoding="utf-8-sig")
-        validator = Draft4Validator(
-            json.loads(text, parse_float=parse_float), format_checker=_FORMATS
-        )
+        if schema_name in _DECIMAL_SCHEMAS:
+            schema = json.loads(text, parse_float=Decimal)
+            validator = _DecimalValidator(schema, format_checker=_FORMATS)
+        else:
+            validator = Draft4Validator(json.loads(text), format_checker=_FORMATS)
         _validators[schema_name] = validator
     return validator
 
@@ -286,8 +314,6 @@ def validate_payload(action: str, payload: dict[str, Any], *, response: bool = F
     if _fast_valid(schema_name, payload):
         return
     validator = _validator(schema_name)
-    if schema_name in _DECIMAL_SCHEMAS:
-        payload = json.loads(json.dumps(payload, default=_json_default), parse_float=Decimal)
     worst: tuple[int, SchemaError] | None = None
     for count, error in enumerate(validator.iter_errors(payload)):
         code = _KEYWORD_CODES.get(str(error.validator), ErrorCode.FORMATION_VIOLATION)
@@ -336,6 +362,77 @@ def _reject_constant(name: str) -> Any:
     raise ValueError(f"{name} is not JSON")
 
 
+def decode_frame(raw_msg: str | bytes) -> tuple[list[Any] | None, str | None]:
+    """Parse a frame: (frame, None), or (None, why it is ignored) when nothing can be answered."""
+    if not isinstance(raw_msg, str):
+        return None, "binary frame ignored (OCPP-J uses text frames)"
+    try:
+        frame = json.loads(raw_msg, parse_constant=_reject_constant)
+    except (ValueError, RecursionError) as e:
+        return None, f"frame is not JSON, ignored: {e}"
+    if not isinstance(frame, list) or not frame:
+        return None, "frame is not a non-empty array, ignored"
+    type_id = frame[0]
+    if type(type_id) is not int or type_id not in (2, 3, 4):
+        # OCPP-J 1.6 §4.1.3: an unknown Message Type Number is ignored.
+        return None, f"unknown MessageTypeId {type_id!r}, ignored"
+    if len(frame) < 2 or not isinstance(frame[1], str):
+        return None, "frame without a readable uniqueId, ignored"
+    return frame, None
+
+
+@dataclass(frozen=True, slots=True)
+class PreparedFrame:
+    """A big frame as the worker process leaves it (`prepare_frame`).
+
+    `frame` is None when it is ignored (`warning` says why). A CALL comes as
+    [2, uniqueId, Action, payload in snake_case], or as its first three elements with
+    `error` when it is not a well-formed CALL. `check` is the verdict of the request
+    schema on the payload: None when valid, else what `validate_payload` raised; the charge
+    point uses it only where it would have validated (a supported action that validates),
+    so the answers are those of a small frame, in the same order of checks."""
+
+    frame: list[Any] | None
+    warning: str | None = None
+    error: CallErrorReply | None = None
+    check: BaseException | None = None
+
+
+def prepare_frame(raw_msg: str | bytes) -> PreparedFrame:
+    """Everything a big frame needs before its handler that does not need the charge
+    point: parse, CALL structure, request schema, snake_case. Runs in the frame worker
+    process (offload.Workers); the frame is `offload.pack`ed for the way back."""
+    frame, warning = decode_frame(raw_msg)
+    if frame is None or frame[0] != MessageType.Call:
+        return PreparedFrame(offload.pack(frame), warning)
+    try:
+        payload = StrictChargePoint._check_call_frame(frame)
+    except CallErrorReply as e:
+        return PreparedFrame(frame[:3], error=e)
+    action: str = frame[2]
+    check: BaseException | None = None
+    if action in KNOWN_ACTIONS:  # never a file name made of what the CS sent
+        try:
+            validate_payload(action, payload)
+        except CallErrorReply as e:
+            check = e
+        except Exception as e:  # a handler-less surprise: InternalError, as in the loop
+            check = RuntimeError(f"schema check failed: {e!r}")
+    else:
+        check = LookupError(f"no OCPP 1.6 schema for {action!r}")
+    head, snake = frame[:3], to_snake_case(payload)
+    del frame, payload  # one copy less at the worker's peak (RSS on a Pi)
+    return PreparedFrame(offload.pack([*head, snake]), check=check)
+
+
+def _unpacked(prepared: PreparedFrame) -> PreparedFrame:
+    return dataclasses.replace(prepared, frame=offload.unpack(prepared.frame))
+
+
+#: The worker process for big frames, shared by every charge point of the process.
+FRAME_WORKERS = offload.Workers()
+
+
 #: The @on handlers marked by `answered_in_background` (module and qualified name).
 _IN_BACKGROUND: set[str] = set()
 
@@ -370,7 +467,7 @@ class StrictChargePoint(ocpp.v16.ChargePoint):
 
     #: The bound used by `route_message`; pass the same value to `websocket_options()`.
     max_frame_bytes: int = DEFAULT_MAX_FRAME_BYTES
-    #: Frames longer than this are parsed and validated off the loop (a worker thread).
+    #: Frames longer than this are parsed and validated in the frame worker process.
     offload_frame_bytes: int = OFFLOAD_FRAME_BYTES
     #: None: every action with an @on handler is supported.
     supported_actions: frozenset[str] | None = None
@@ -446,11 +543,18 @@ class StrictChargePoint(ocpp.v16.ChargePoint):
             if reply is not None:
                 await self._send(reply)
             return
-        # A big frame is parsed (and below, schema-checked) in a worker thread: a 1.4 MiB
-        # SendLocalList costs hundreds of milliseconds that the loop must not stall for.
-        # Same functions, same answers, only the thread differs.
-        heavy = len(raw_msg) > self.offload_frame_bytes
-        frame = await asyncio.to_thread(self._decode, raw_msg) if heavy else self._decode(raw_msg)
+        # A big frame is parsed, structure- and schema-checked and converted in the frame
+        # worker process: json.loads of a 1.4 MiB SendLocalList holds the GIL for tens of
+        # milliseconds, in a worker thread too, and the safety core's thread would wait
+        # that long. Same functions, same answers, only the process differs.
+        prepared: PreparedFrame | None = None
+        if len(raw_msg) > self.offload_frame_bytes:
+            prepared = await self._prepare_elsewhere(raw_msg)
+            if prepared.warning is not None:
+                self.logger.warning("%s: %s", self.id, prepared.warning)
+            frame = prepared.frame
+        else:
+            frame = self._decode(raw_msg)
         if frame is None:
             return
         if frame[0] != MessageType.Call:
@@ -462,9 +566,14 @@ class StrictChargePoint(ocpp.v16.ChargePoint):
                         await self._answer_taken.wait()
             return
         if self._in_background(frame):
-            self._spawn(self._answer_and_send(frame, heavy))
+            self._spawn(self._answer_and_send(frame, prepared))
             return
-        await self._answer_and_send(frame, heavy)
+        await self._answer_and_send(frame, prepared)
+
+    async def _prepare_elsewhere(self, raw_msg: str | bytes) -> PreparedFrame:
+        packed = await FRAME_WORKERS.run(prepare_frame, raw_msg)
+        # Rebuilt piece by piece in a thread: the loop and the core go on between pieces.
+        return await asyncio.to_thread(_unpacked, packed)
 
     def _in_background(self, frame: list[Any]) -> bool:
         action = frame[2] if len(frame) > 2 else None
@@ -472,8 +581,8 @@ class StrictChargePoint(ocpp.v16.ChargePoint):
             return False
         return _name(self.route_map[action]["_on_action"]) in _IN_BACKGROUND
 
-    async def _answer_and_send(self, frame: list[Any], heavy: bool) -> None:
-        reply, after = await self._answer_call(frame, heavy=heavy)
+    async def _answer_and_send(self, frame: list[Any], prepared: PreparedFrame | None) -> None:
+        reply, after = await self._answer_call(frame, prepared=prepared)
         await self._send(reply)
         if after is not None:
             # Runs once the CALLRESULT is sent, as a task, so that it may await self.call().
@@ -506,35 +615,24 @@ class StrictChargePoint(ocpp.v16.ChargePoint):
 
     def _decode(self, raw_msg: str | bytes) -> list[Any] | None:
         """Parse a frame; None (after logging) when there is nothing to answer."""
-        if not isinstance(raw_msg, str):
-            self.logger.warning("%s: binary frame ignored (OCPP-J uses text frames)", self.id)
-            return None
-        try:
-            frame = json.loads(raw_msg, parse_constant=_reject_constant)
-        except (ValueError, RecursionError) as e:
-            self.logger.warning("%s: frame is not JSON, ignored: %s", self.id, e)
-            return None
-        if not isinstance(frame, list) or not frame:
-            self.logger.warning("%s: frame is not a non-empty array, ignored", self.id)
-            return None
-        type_id = frame[0]
-        if type(type_id) is not int or type_id not in (2, 3, 4):
-            # OCPP-J 1.6 §4.1.3: an unknown Message Type Number is ignored.
-            self.logger.warning("%s: unknown MessageTypeId %r, ignored", self.id, type_id)
-            return None
-        if len(frame) < 2 or not isinstance(frame[1], str):
-            self.logger.warning("%s: frame without a readable uniqueId, ignored", self.id)
-            return None
+        frame, warning = decode_frame(raw_msg)
+        if warning is not None:
+            self.logger.warning("%s: %s", self.id, warning)
         return frame
 
     async def _answer_call(
-        self, frame: list[Any], *, heavy: bool = False
+        self, frame: list[Any], *, prepared: PreparedFrame | None = None
     ) -> tuple[str, Coroutine[Any, Any, None] | None]:
         unique_id: str = frame[1]
         action = frame[2] if len(frame) > 2 else None
         try:
-            payload = self._check_call_frame(frame)
-            return await self._dispatch(unique_id, frame[2], payload, heavy=heavy)
+            if prepared is None:
+                payload = self._check_call_frame(frame)
+            elif prepared.error is not None:
+                raise prepared.error
+            else:
+                payload = frame[3]  # in snake_case already
+            return await self._dispatch(unique_id, frame[2], payload, prepared=prepared)
         except CallErrorReply as e:
             self.logger.warning(
                 "%s: CALL %s %r answered %s: %s", self.id, unique_id, action, e.code, e.description
@@ -569,7 +667,12 @@ class StrictChargePoint(ocpp.v16.ChargePoint):
         return frame[3]
 
     async def _dispatch(
-        self, unique_id: str, action: str, payload: dict[str, Any], *, heavy: bool = False
+        self,
+        unique_id: str,
+        action: str,
+        payload: dict[str, Any],
+        *,
+        prepared: PreparedFrame | None = None,
     ) -> tuple[str, Coroutine[Any, Any, None] | None]:
         if action not in self.known_actions:
             raise CallErrorReply(ErrorCode.NOT_IMPLEMENTED, f"unknown Action {action!r}")
@@ -577,10 +680,13 @@ class StrictChargePoint(ocpp.v16.ChargePoint):
             raise CallErrorReply(ErrorCode.NOT_SUPPORTED, f"{action} is not supported")
         handlers = self.route_map[action]
         validate = not handlers.get("_skip_schema_validation", False)
-        if heavy:
-            snake_payload = await asyncio.to_thread(_checked_snake, action, payload, validate)
+        if prepared is not None:
+            # Checked and converted in the frame worker process.
+            if validate and prepared.check is not None:
+                raise prepared.check
+            snake_payload = payload
         else:
-            # In the loop for a small frame: a thread hop costs more than checking it.
+            # In the loop for a small frame: a hop elsewhere costs more than checking it.
             snake_payload = _checked_snake(action, payload, validate)
         response = await self._invoke(handlers["_on_action"], snake_payload, unique_id)
         result = snake_to_camel_case(remove_nones(serialize_as_dict(response)))
