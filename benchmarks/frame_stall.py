@@ -12,10 +12,17 @@ Modes, each with the same frames:
   whole frame in the INFO log line;
 - ``inline``: today's functions (key names converted once, jsonschema-rs when installed,
   redaction skipped when nothing can match, a short log line) but still on the loop;
-- ``offload``: today's code: frames above OFFLOAD_FRAME_BYTES parsed, checked and redacted
-  in a worker thread;
+- ``offload-thread``: issue 10's code: frames above OFFLOAD_FRAME_BYTES parsed, checked and
+  redacted in a worker thread (json.loads still holds this process's GIL throughout);
+- ``offload``: today's code: parsed, checked and converted in the frame worker process
+  (issue 12), redacted in a thread;
 - ``offload-jsonschema``: the same without jsonschema-rs (an installation without
   ``evsed[fast]``).
+
+A second ticker, a thread sleeping 1 ms at a time as the safety core does between ticks,
+records how late it wakes (``max_thread_stall_ms``): what the GIL costs the core. The
+first frame of ``offload`` also starts the worker process (``first_frame_ms``); its peak
+RSS is ``worker_peak_rss_kb``.
 
 Run from the repository root: ``python -m benchmarks.frame_stall``. Last line: JSON.
 """
@@ -28,6 +35,7 @@ import logging
 import os
 import statistics
 import sys
+import threading
 import time
 from typing import Any
 
@@ -46,7 +54,7 @@ from evsed.controller.ocpp16.redaction import _SECRET_PATTERNS
 
 ENTRIES = 10_000
 FRAMES = 10
-MODES = ("legacy", "inline", "offload", "offload-jsonschema")
+MODES = ("legacy", "inline", "offload-thread", "offload", "offload-jsonschema")
 MAX_FRAME = 4 * 1024 * 1024
 
 
@@ -96,6 +104,7 @@ _TODAY = (protocol.to_snake_case, protocol._jsonschema_rs, link_module.redact)
 
 
 def _set_mode(mode: str) -> None:
+    protocol.FRAME_WORKERS.processes = mode not in ("legacy", "inline", "offload-thread")
     inline = mode in ("legacy", "inline")
     ListCP.offload_frame_bytes = 1 << 40 if inline else protocol.OFFLOAD_FRAME_BYTES
     link_module.OFFLOAD_FRAME_BYTES = ListCP.offload_frame_bytes
@@ -118,7 +127,15 @@ async def measure(mode: str, frame: str) -> dict[str, Any]:
             answers.put_nowait(time.perf_counter())
 
     lags: list[float] = []
+    thread_lags: list[float] = []
     stop = asyncio.Event()
+    stop_thread = threading.Event()
+
+    def thread_ticker() -> None:
+        while not stop_thread.is_set():
+            t = time.perf_counter()
+            time.sleep(0.001)
+            thread_lags.append(time.perf_counter() - t - 0.001)
 
     async def ticker() -> None:
         while not stop.is_set():
@@ -133,6 +150,8 @@ async def measure(mode: str, frame: str) -> dict[str, Any]:
             reader = asyncio.ensure_future(cp.start())
             peer = next(iter(server.connections))
             tick = asyncio.ensure_future(ticker())
+            core = threading.Thread(target=thread_ticker, name="core-like")
+            core.start()
             await asyncio.sleep(0.05)
             handling: list[float] = []
             for _ in range(FRAMES):
@@ -141,15 +160,40 @@ async def measure(mode: str, frame: str) -> dict[str, Any]:
                 handling.append(await answers.get() - sent)
             await asyncio.sleep(0.05)
             stop.set()
+            stop_thread.set()
             await tick
+            core.join()
             reader.cancel()
+    rss = _worker_peak_rss_kb()
+    await protocol.FRAME_WORKERS.aclose()
     lags.sort()
+    thread_lags.sort()
     return {
         "mode": mode,
         "max_stall_ms": round(lags[-1] * 1000, 1),
         "p99_stall_ms": round(lags[int(len(lags) * 0.99)] * 1000, 1),
+        "max_thread_stall_ms": round(thread_lags[-1] * 1000, 1),
+        "p99_thread_stall_ms": round(thread_lags[int(len(thread_lags) * 0.99)] * 1000, 1),
+        "first_frame_ms": round(handling[0] * 1000, 1),
         "frame_handling_ms_median": round(statistics.median(handling) * 1000, 1),
+        "worker_peak_rss_kb": rss,
     }
+
+
+def _worker_peak_rss_kb() -> int | None:
+    """VmHWM of the frame worker process (Linux), None when none runs."""
+    pool = protocol.FRAME_WORKERS._pool
+    if pool is None:
+        return None
+    for pid in list(getattr(pool, "_processes", None) or {}):
+        try:
+            with open(f"/proc/{pid}/status") as status:
+                for line in status:
+                    if line.startswith("VmHWM:"):
+                        return int(line.split()[1])
+        except OSError:
+            pass
+    return None
 
 
 async def main() -> dict[str, Any]:
