@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import math
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field, replace
@@ -41,7 +42,13 @@ from evsed.controller.limiter import (
     limit,
     minimum_current,
 )
-from evsed.controller.loadbalance import ConnectorDemand, LoadBalanceConfig, LoadBalancer, Mode
+from evsed.controller.loadbalance import (
+    ConnectorDemand,
+    LoadBalanceConfig,
+    LoadBalancer,
+    Mode,
+    SharedCap,
+)
 from evsed.controller.masking import mask_tag
 from evsed.controller.snapshot import Metering, Reservation
 from evsed.hal.interfaces import (
@@ -223,6 +230,9 @@ class Charger:
         self._grid_poller: MeterPoller | None = None
         self._zero = ChargerReservation(lambda: self.connectors, clock)
         self._balancer: LoadBalancer | None = None
+        # The Central System's cap for the whole charge point (ChargePointMaxProfile),
+        # shared among the connectors by the balancer, grid meter or not.
+        self._cap: SharedCap | None = None
         if config.grid.enabled:
             self._balancer = LoadBalancer(
                 LoadBalanceConfig(
@@ -401,6 +411,10 @@ class Charger:
         # meter nothing else would ask it.
         while True:
             await self.clock.sleep(1.0)
+            if self._cap is not None and self._grid_poller is None:
+                # Without grid polls nothing else re-shares a cap: a connector whose own
+                # limit rose (a cable read, a pause lifted) had only what the others left.
+                self._rebalance()
             for cid, slot in self._slots.items():
                 if slot.limiter.suspended:
                     self.recompute(cid)
@@ -408,6 +422,10 @@ class Charger:
     # ------------------------------------------------------------------ limits
 
     def set_smart_charging_limit(self, connector_id: int, value: SmartChargingLimit | None) -> None:
+        """Connector 0: the cap for the whole charge point (shared among the connectors)."""
+        if connector_id == 0:
+            self._set_shared_cap(value)
+            return
         slot = self._slots[connector_id]
         if value != slot.smart:
             slot.smart = value
@@ -419,6 +437,22 @@ class Charger:
                 self._rebalance()
             else:
                 self.recompute(connector_id)
+
+    def _set_shared_cap(self, value: SmartChargingLimit | None) -> None:
+        cap = None if value is None else SharedCap(value.value, value.unit)
+        if cap == self._cap:
+            return
+        self._cap = cap
+        if not self.config.grid.enabled:
+            if cap is None:
+                self._balancer = None
+                for cid, slot in self._slots.items():
+                    slot.budget = None
+                    self.recompute(cid)
+                return
+            if self._balancer is None:
+                self._balancer = LoadBalancer(LoadBalanceConfig(metered=False))
+        self._rebalance()
 
     # ------------------------------------------------------------------ 1/3-phase switching
 
@@ -538,6 +572,7 @@ class Charger:
             min_a=minimum_current(own, slot.limiter.config.electrical),
             meter=slot.connector.last_sample,
             grid_phases=(0, 1, 2)[: slot.config.phases],
+            voltage_v=slot.config.nominal_voltage_v,
             demand_a=0.0
             if (not asking if idle else slot.connector.pilot_state == PilotState.B)
             else None,
@@ -557,8 +592,16 @@ class Charger:
             prospective=[
                 self._demand(cid, slot) for cid, slot in self._slots.items() if cid not in charging
             ],
+            cap=self._cap,
         )
-        for cid, slot in self._slots.items():
+
+        # Decreases first: a shared cap is never exceeded between two of these calls.
+        def change(item: tuple[int, _Slot]) -> float:
+            cid, slot = item
+            old = math.inf if slot.budget is None else slot.budget.amps
+            return budgets[cid].amps - old
+
+        for cid, slot in sorted(self._slots.items(), key=change):
             slot.budget = budgets[cid]
             self.recompute(cid)
 
@@ -574,7 +617,10 @@ class Charger:
 
     def _on_change(self, slot: _Slot, kind: str, fields: dict[str, object]) -> None:
         if kind == "cable":
-            self.recompute(slot.connector.id)
+            if self._cap is not None:
+                self._rebalance()  # a shared cap: its share, not what the others left
+            else:
+                self.recompute(slot.connector.id)
         elif kind == "phase":
             if (
                 fields.get("phase") == Phase.TRANSACTION

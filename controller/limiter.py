@@ -26,7 +26,9 @@ held it down:
   `resume_after_s`; 30 s is well above the EV's ~5 s reaction to a new duty and several
   meter intervals, and short enough that a user does not wonder why nothing happens.
 - Everything else is a decision, not a measurement: a Central System's profile (limit 0 =
-  pause, evcc's way of switching off), the cable, the configuration, the invalid-id rule.
+  pause, evcc's way of switching off; its ChargePointMaxProfile too, which reaches a
+  connector as a budget of reason SMART_CHARGING when the balancer shares it), the cable,
+  the configuration, the invalid-id rule.
   When such a limit rises back to 6 A or more, the connector resumes on that very update:
   a Central System that raises or clears a profile must see the EV charge again within a
   second, and a hold would only make it think the charger ignored it.
@@ -89,6 +91,10 @@ class SmartChargingLimit:
     value: float
     unit: Literal["A", "W"] = "A"
     min_rate: float | None = None
+    # The ChargePointMaxProfile's limit as it runs for this connector, in its own unit: a
+    # second limit, converted like the first (a W limit with the phases the EV draws), so
+    # which of the two binds is decided in amps, never by a conversion guessed beforehand.
+    cap: SmartChargingLimit | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -233,11 +239,12 @@ def limit(inputs: LimitInputs, electrical: Electrical | None = None) -> Limit:
         (_sane(inputs.config_a), Reason.CONFIG),
     ]
     sc = inputs.smart_charging
-    if sc is not None:
+    while sc is not None:
         amps = (
             sc.value if sc.unit == "A" else watts_to_amps(_sane(sc.value), inputs.meter, electrical)
         )
         candidates.append((_sane(amps), Reason.SMART_CHARGING))
+        sc = sc.cap
     if inputs.budget is not None:
         candidates.append((_sane(inputs.budget.amps), inputs.budget.reason))
     if inputs.invalid_id_suspended:
@@ -271,7 +278,9 @@ class CurrentLimiter:
 
     def _note_budget(self, inputs: LimitInputs, now: float, min_a: float) -> None:
         """While suspended (or suspending): follow the budget for the resume hold."""
-        if inputs.budget is None:
+        if inputs.budget is None or inputs.budget.reason is Reason.SMART_CHARGING:
+            # A budget held down by the Central System's cap for the whole charge point
+            # (the balancer shares a ChargePointMaxProfile) is a decision: no hold.
             return
         resume_a = max(self.config.resume_a, min_a)
         budget = representable_current(_sane(inputs.budget.amps))

@@ -41,14 +41,24 @@ it has stayed >= `solar_start_a` x phases for `solar_start_delay_s`; one that is
 the pool left has stayed below 6 A x phases for `solar_stop_delay_s` (and gets 6 A meanwhile:
 the hysteresis band). Running connectors share the pool fairly, at least 6 A each. MIN_SOLAR
 never stops: at least 6 A, more when the sun allows. The fuse limit applies in every mode.
+
+A `SharedCap` (the Central System's ChargePointMaxProfile: a limit for the whole charge point,
+OCPP 1.6 §3.13.3) is one more resource shared the same max-min fair way, with or without a
+grid meter (`LoadBalanceConfig.metered=False`: no fuse, only the cap): in A it caps each grid
+phase, the sum over the connectors drawing on it; in W the total, each connector using its
+voltage x drawn phases per amp. Unlike the fuse (whose margin covers an EV's reaction time)
+it is a hard limit: a connector not charging yet looks ahead at most at what the charging
+ones leave of it, so the offers never add up above the cap, not even while a newcomer joins
+(the re-share when it starts lowers the others first; the charger applies decreases first).
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Hashable, Sequence
 from dataclasses import dataclass, replace
 from enum import StrEnum
+from typing import Literal
 
 from evsed.controller.limiter import Budget, Reason, active_phases, representable_current
 from evsed.hal.pilot.duty import MAX_CURRENT_A, MIN_CURRENT_A
@@ -74,6 +84,9 @@ class LoadBalanceConfig:
     solar_start_delay_s: float = 60.0
     solar_stop_delay_s: float = 300.0
     active_threshold_a: float = 1.0  # a phase above this counts as drawn
+    # False: no grid meter; nothing but a `SharedCap` is shared (the fuse is not watched)
+    # and `ConnectorDemand.demand_a` is not followed.
+    metered: bool = True
 
     def __post_init__(self) -> None:
         if not self.solar_start_a >= MIN_CURRENT_A:
@@ -81,6 +94,14 @@ class LoadBalanceConfig:
         for name in ("fuse_a", "margin_a", "grid_timeout_s", "fallback_budget_a"):
             if not getattr(self, name) >= 0:
                 raise ValueError(f"{name} must be >= 0")
+
+
+@dataclass(frozen=True, slots=True)
+class SharedCap:
+    """A limit for all our connectors together: per grid phase in A, or in total in W."""
+
+    value: float
+    unit: Literal["A", "W"] = "A"
 
 
 @dataclass(frozen=True, slots=True)
@@ -103,6 +124,7 @@ class ConnectorDemand:
     # The least worth giving it: 6 A, or its profile's minChargingRate when higher
     # (`limiter.minimum_current`). A share below it suspends the newest starter instead.
     min_a: float = MIN_CURRENT_A
+    voltage_v: float = 230.0  # nominal, for a SharedCap in W
 
     def __post_init__(self) -> None:
         p = self.grid_phases
@@ -134,7 +156,9 @@ def _signed_current(sample: MeterSample, i: int) -> float | None:
 
 
 def _fill(
-    caps: dict[int, float], uses: dict[int, dict[int, float]], capacity: dict[int, float]
+    caps: dict[int, float],
+    uses: dict[int, dict[Hashable, float]],
+    capacity: dict[Hashable, float],
 ) -> dict[int, float]:
     """Max-min fair progressive filling.
 
@@ -183,6 +207,7 @@ class LoadBalancer:
         grid: MeterSample | None = None,
         *,
         prospective: Sequence[ConnectorDemand] = (),
+        cap: SharedCap | None = None,
     ) -> dict[int, Budget]:
         """Recompute every connector's budget; `grid` is a fresh grid sample, if any.
 
@@ -198,7 +223,7 @@ class LoadBalancer:
         budget, pool = self._phase_budgets(connectors, sample)
         self.phase_budget_a = (budget[0], budget[1], budget[2])
         self.surplus_a = pool
-        out = self._budgets(now, connectors, budget, pool, self._gates)
+        out = self._budgets(now, connectors, budget, pool, self._gates, cap)
         charging = {c.connector_id for c in connectors}
         if any(p.connector_id in charging for p in prospective):
             raise ValueError("a connector is both charging and prospective")
@@ -206,8 +231,9 @@ class LoadBalancer:
         # cable, a paused profile, a phase switch) takes no share; its budget is the one
         # it would get on joining, so the moment its own limit rises the budget is right.
         waiting = [c for c in connectors if not c.max_a >= c.min_a] + list(prospective)
+        running = {i: b.amps for i, b in out.items()}
         for c in waiting:
-            out[c.connector_id] = self._ahead(now, connectors, c, sample)
+            out[c.connector_id] = self._ahead(now, connectors, c, sample, cap, running)
         return out
 
     def _ahead(
@@ -216,19 +242,32 @@ class LoadBalancer:
         connectors: Sequence[ConnectorDemand],
         joining: ConnectorDemand,
         sample: MeterSample | None,
+        cap: SharedCap | None = None,
+        running: dict[int, float] | None = None,
     ) -> Budget:
         """The budget `joining` would get if it joined now as the newest starter (the one
         that yields first on a crowded phase), the others' shares left as they are."""
         # Its own limit may be about to rise (a cable plugged, a profile raised): look ahead
         # without it; the limiter's min() applies it. A lower cap only lowers its own share,
         # so min(own limit, this budget) never exceeds its share once it runs.
-        cap = joining.max_a if joining.max_a >= joining.min_a else MAX_CURRENT_A
-        newcomer = replace(joining, started_at=math.inf, max_a=cap)
+        own = joining.max_a if joining.max_a >= joining.min_a else MAX_CURRENT_A
+        newcomer = replace(joining, started_at=math.inf, max_a=own)
         others = [c for c in connectors if c.connector_id != joining.connector_id]
         budget, pool = self._phase_budgets([*others, newcomer], sample)
         # A copy of the solar gates: looking ahead must not start or stop anyone's timers.
         gates = {i: replace(g) for i, g in self._gates.items()}
-        return self._budgets(now, [*others, newcomer], budget, pool, gates)[joining.connector_id]
+        ahead = self._budgets(now, [*others, newcomer], budget, pool, gates, cap)
+        got = ahead[joining.connector_id]
+        if cap is None:
+            return got
+        # A hard cap: no more than the charging connectors leave of it now (they are lowered
+        # to make room only when the newcomer starts, and first).
+        left = _cap_left(cap, others, running or {}, self._drawn_grid_phases)
+        room = _per_amp_room(cap, newcomer, left, self._drawn_grid_phases)
+        if room < got.amps - _EPS:
+            amps = representable_current(math.floor(room * 100) / 100)
+            return Budget(amps, Reason.SMART_CHARGING)
+        return got
 
     def _phase_budgets(
         self, connectors: Sequence[ConnectorDemand], sample: MeterSample | None
@@ -244,6 +283,8 @@ class LoadBalancer:
                 if cur is not None and math.isfinite(cur):
                     ours[p] += abs(cur)
 
+        if not cfg.metered:
+            return [math.inf] * 3, 0.0  # no fuse watched: only a SharedCap is shared
         budget = [cfg.fallback_budget_a] * 3
         pool = 0.0
         known = 0
@@ -264,25 +305,38 @@ class LoadBalancer:
         budget: list[float],
         pool: float,
         gates: dict[int, _Gate],
+        cap: SharedCap | None = None,
     ) -> dict[int, Budget]:
         cfg = self.config
         phases = {c.connector_id: self._drawn_grid_phases(c) for c in connectors}
         caps: dict[int, float] = {}
         for c in connectors:
             # Below 6 A it cannot charge anyway; above 80 A no duty can offer more.
-            cap = min(c.max_a, MAX_CURRENT_A) if c.max_a >= c.min_a else 0.0
-            if c.demand_a is not None and c.demand_a >= 0:
-                cap = min(cap, max(c.demand_a, c.min_a))
-            caps[c.connector_id] = cap
+            own = min(c.max_a, MAX_CURRENT_A) if c.max_a >= c.min_a else 0.0
+            # Without a grid meter nothing re-shares every second, so an EV's demand (an EV
+            # in B asks for nothing yet) is not followed: it would hold an EV that just
+            # asked (B -> C) at 6 A until the next re-share. Each gets its full share.
+            if cfg.metered and c.demand_a is not None and c.demand_a >= 0:
+                own = min(own, max(c.demand_a, c.min_a))
+            caps[c.connector_id] = own
 
         solar: dict[int, float] = {}
         if cfg.mode is not Mode.FUSE:
             solar = self._solar_caps(now, connectors, phases, caps, pool, gates)
         else:
             gates.clear()
-        final_caps = {i: min(cap, solar.get(i, math.inf)) for i, cap in caps.items()}
+        final_caps = {i: min(own, solar.get(i, math.inf)) for i, own in caps.items()}
 
-        alloc = self._share(connectors, phases, final_caps, budget)
+        capacity: dict[Hashable, float] = dict(enumerate(budget))
+        uses = {c.connector_id: _uses(c, phases[c.connector_id], cap) for c in connectors}
+        if cap is not None:
+            capacity.update(_cap_capacity(cap))
+        alloc = self._share(connectors, phases, final_caps, capacity, uses)
+        # A cap resource used up: the connectors on it are held by the Central System's cap.
+        used = {
+            r: sum(uses[i].get(r, 0.0) * a for i, a in alloc.items()) for r in _cap_capacity(cap)
+        }
+        full = {r for r, u in used.items() if u >= capacity[r] - 0.01 * max(1.0, capacity[r])}
         out: dict[int, Budget] = {}
         for c in connectors:
             i = c.connector_id
@@ -290,6 +344,8 @@ class LoadBalancer:
             solar_bound = i in solar and solar[i] < caps[i] - _EPS and a >= solar[i] - 1e-6
             gated_off = i in solar and solar[i] == 0.0 and caps[i] > 0
             reason = Reason.SOLAR if solar_bound or gated_off else Reason.LOAD_BALANCING
+            if reason is Reason.LOAD_BALANCING and a < caps[i] - _EPS and full & set(uses[i]):
+                reason = Reason.SMART_CHARGING
             out[i] = Budget(a, reason)
         return out
 
@@ -303,23 +359,22 @@ class LoadBalancer:
         connectors: Sequence[ConnectorDemand],
         phases: dict[int, tuple[int, ...]],
         caps: dict[int, float],
-        budget: list[float],
+        capacity: dict[Hashable, float],
+        uses: dict[int, dict[Hashable, float]],
     ) -> dict[int, float]:
         # Latest starter yields first; the connector id breaks ties deterministically.
         order = {c.connector_id: (c.started_at, c.connector_id) for c in connectors}
         minimum = {c.connector_id: c.min_a for c in connectors}
         present = {i for i, cap in caps.items() if cap > 0}
-        capacity = dict(enumerate(budget))
         while True:
-            uses = {i: dict.fromkeys(phases[i], 1.0) for i in present}
-            raw = _fill({i: caps[i] for i in present}, uses, capacity)
+            raw = _fill({i: caps[i] for i in present}, {i: uses[i] for i in present}, capacity)
             # Floor to 0.01 A so float error can never round a phase over its budget.
             alloc = {i: representable_current(math.floor(a * 100) / 100) for i, a in raw.items()}
             starved = {i for i, a in alloc.items() if a < minimum[i]}
             if not starved:
                 return alloc
-            crowded = {p for i in starved for p in phases[i]}
-            candidates = [i for i in present if crowded.intersection(phases[i])]
+            crowded = {r for i in starved for r in uses[i]}
+            candidates = [i for i in present if crowded.intersection(uses[i])]
             present.discard(max(candidates, key=order.__getitem__))
 
     def _solar_caps(
@@ -376,3 +431,61 @@ class LoadBalancer:
         for i in running:
             out[i] = minimum[i] + extra[i]
         return out
+
+
+# ------------------------------------------------------------------------------ a shared cap
+
+_CAP_W = ("cap", "W")
+
+
+def _cap_key(phase: int) -> tuple[str, int]:
+    return ("cap", phase)
+
+
+def _cap_capacity(cap: SharedCap | None) -> dict[Hashable, float]:
+    if cap is None:
+        return {}
+    value = cap.value if cap.value >= 0 else 0.0  # NaN or negative: nothing (fail safe)
+    if cap.unit == "W":
+        return {_CAP_W: value}
+    return {_cap_key(p): value for p in range(3)}
+
+
+def _uses(
+    c: ConnectorDemand, drawn: tuple[int, ...], cap: SharedCap | None
+) -> dict[Hashable, float]:
+    """What one amp of `c` takes of each resource: a grid phase per drawn phase, and of the
+    cap the same phases (A) or its watts (W)."""
+    out: dict[Hashable, float] = dict.fromkeys(drawn, 1.0)
+    if cap is not None and cap.unit == "W":
+        out[_CAP_W] = c.voltage_v * len(drawn)
+    elif cap is not None:
+        out.update(dict.fromkeys((_cap_key(p) for p in drawn), 1.0))
+    return out
+
+
+def _cap_left(
+    cap: SharedCap,
+    others: Sequence[ConnectorDemand],
+    running: dict[int, float],
+    drawn: Callable[[ConnectorDemand], tuple[int, ...]],
+) -> dict[Hashable, float]:
+    left = _cap_capacity(cap)
+    for c in others:
+        for r, per_amp in _uses(c, drawn(c), cap).items():
+            if r in left:
+                left[r] -= per_amp * running.get(c.connector_id, 0.0)
+    return left
+
+
+def _per_amp_room(
+    cap: SharedCap,
+    c: ConnectorDemand,
+    left: dict[Hashable, float],
+    drawn: Callable[[ConnectorDemand], tuple[int, ...]],
+) -> float:
+    room = math.inf
+    for r, per_amp in _uses(c, drawn(c), cap).items():
+        if r in left and per_amp > 0:
+            room = min(room, left[r] / per_amp)
+    return max(0.0, room)

@@ -283,6 +283,73 @@ def limit_at(
     )
 
 
+@dataclass(frozen=True, slots=True)
+class Rate:
+    """One prevailing period's limit, in its own profile's unit (nothing converted)."""
+
+    limit: float
+    unit: RateUnit
+    profile_id: int
+    min_rate: float | None = None  # the profile's minChargingRate (> 0), same unit
+
+
+@dataclass(frozen=True, slots=True)
+class Enforced:
+    """What the charger must enforce at one instant, each limit in its own unit.
+
+    `tx`: the prevailing Tx/TxDefaultProfile's period; `cap`: the prevailing
+    ChargePointMaxProfile's period as it runs for this connector (for connector 0: as it runs
+    for the whole charge point, which the connectors share). Neither is converted: A<->W
+    needs the phases the EV really draws, which only the limiter knows (from the meter).
+    """
+
+    tx: Rate | None
+    cap: Rate | None
+    number_phases: int | None
+    next_change: datetime | None
+
+
+def enforced_at(
+    profiles: ProfileSet,
+    connector_id: int,
+    now: datetime,
+    *,
+    transaction: TxContext | None,
+) -> Enforced:
+    """The limits in force on `connector_id` at `now` (0: the ChargePointMaxProfile for the
+    whole charge point only), and when they may next change (as `limit_at`)."""
+    t = _ts(now)
+    installed = profiles.profiles()
+    horizon: list[float] = [INF]
+    tx_found = None
+    if connector_id == 0:
+        anchor, moving = t, True
+    else:
+        anchor = _ts(transaction.started) if transaction is not None else t
+        moving = transaction is None
+        ordered = _tx_profiles(installed, connector_id, transaction) + _tx_defaults(
+            installed, connector_id
+        )
+        tx_found = _prevailing(ordered, t, anchor, moving, horizon)
+    cp_found = _prevailing(_of(installed, Purpose.CHARGE_POINT_MAX, 0), t, anchor, moving, horizon)
+    nxt = min(horizon)
+    return Enforced(
+        tx=None if tx_found is None else _rate(*tx_found, with_min_rate=True),
+        cap=None if cp_found is None else _rate(*cp_found, with_min_rate=False),
+        number_phases=_min_phases(
+            None if tx_found is None else tx_found[1].number_phases,
+            None if cp_found is None else cp_found[1].number_phases,
+        ),
+        next_change=None if math.isinf(nxt) else _dt(int(nxt)),
+    )
+
+
+def _rate(p: ChargingProfile, period: Period, *, with_min_rate: bool) -> Rate:
+    rate = p.schedule.min_rate
+    keep = with_min_rate and rate is not None and rate > 0
+    return Rate(period.limit, p.schedule.unit, p.id, rate if keep else None)
+
+
 # ------------------------------------------------------------------------------ minChargingRate
 
 
@@ -535,17 +602,32 @@ def _first_at(
     electrical: ElectricalContext,
     horizon: list[float],
 ) -> _Value | None:
-    """The first of `ordered` that applies at `t`; every change instant seen goes to `horizon`.
+    """The first of `ordered` that applies at `t`, converted to `unit`; every change instant
+    seen goes to `horizon`."""
+    found = _prevailing(ordered, t, anchor, moving, horizon)
+    if found is None:
+        return None
+    p, period = found
+    limit = convert(period.limit, p.schedule.unit, unit, period.number_phases, electrical)
+    return (limit, period.number_phases, p.id, p.purpose)
 
-    Lower profiles are looked at too (a higher one can end before a lower one changes).
-    """
-    found: _Value | None = None
+
+def _prevailing(
+    ordered: Sequence[ChargingProfile],
+    t: int,
+    anchor: int,
+    moving: bool,
+    horizon: list[float],
+) -> tuple[ChargingProfile, Period] | None:
+    """The first of `ordered` that applies at `t` and its period; every change instant seen
+    goes to `horizon`. Lower profiles are looked at too (a higher one can end before a lower
+    one changes)."""
+    found: tuple[ChargingProfile, Period] | None = None
     for p in ordered:
         period, nxt = _period_at(p, t, anchor, moving)
         horizon.append(nxt)
         if found is None and period is not None:
-            limit = convert(period.limit, p.schedule.unit, unit, period.number_phases, electrical)
-            found = (limit, period.number_phases, p.id, p.purpose)
+            found = (p, period)
     return found
 
 

@@ -129,7 +129,7 @@ class SmartChargingRunner:
         if cid not in self._applied or self._applied[cid] != result.limit:
             self._applied[cid] = result.limit
             self._charger.set_smart_charging_limit(cid, result.limit)
-        if self._set_phases is not None and result.number_phases in (1, 3):
+        if cid != 0 and self._set_phases is not None and result.number_phases in (1, 3):
             if self._phases.get(cid) != result.number_phases:
                 self._phases[cid] = result.number_phases
                 self._set_phases(cid, result.number_phases)

@@ -275,7 +275,9 @@ def test_connector_zero_is_the_whole_charge_point() -> None:
     # TxDefault on connector 0 (every connector) 16 A; connector 2 has its own 10 A at the
     # same stack level, which replaces connector 0's there only. ChargePointMax 24 A.
     # Connector 1: min(16, 24) = 16. Connector 2: min(10, 24) = 10.
-    # Connector 0: min(16 + 10, 24) = 24.
+    # Connector 0: min(16 + 10, 24) = 24. (Each connector's composite is the most it may
+    # take alone; what the charger enforces shares the 24 A between them when both charge:
+    # tests/controller/test_charge_point_max_shared.py.)
     ps = ProfileSet()
     ps.install(profile(1, Purpose.TX_DEFAULT, 0, [(0, 16)], start=T))
     ps.install(profile(2, Purpose.TX_DEFAULT, 0, [(0, 10)], start=T, connector_id=2))

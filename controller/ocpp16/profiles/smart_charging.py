@@ -41,6 +41,7 @@ from evsed.controller.smartcharging.composite import (
     TxContext,
     UnknownConnector,
     composite,
+    enforced_at,
     limit_at,
 )
 from evsed.controller.smartcharging.model import (
@@ -101,7 +102,9 @@ class SmartChargingService:
             charger,
             self.ctx.clock,
             self.evaluate,
-            connector_ids=charger.connector_ids,
+            # Connector 0: the ChargePointMaxProfile for the whole charge point, which the
+            # charger shares among its connectors (each alone could take all of it).
+            connector_ids=(0, *charger.connector_ids),
             set_phases=charger.set_phases,
         )
         self.runner.start()
@@ -156,6 +159,11 @@ class SmartChargingService:
         return TxContext(-1 if cs_id is None else cs_id, tx.started_at)
 
     def evaluate(self, connector_id: int, now: datetime) -> Evaluation:
+        if connector_id == 0:
+            whole = enforced_at(self.profiles, 0, now, transaction=None)
+            rate = whole.cap
+            cap = None if rate is None else SmartChargingLimit(rate.limit, rate.unit.value)
+            return Evaluation(cap, whole.next_change)
         got = limit_at(
             self.profiles,
             connector_id,
