@@ -195,6 +195,8 @@ class ChargerEvents:
     reader_fault: list[Callable[[bool, str], None]] = field(default_factory=list)
     tag: list[Callable[[str], None]] = field(default_factory=list)
     grid: list[Callable[[MeterSample], None]] = field(default_factory=list)
+    #: Every connector meter reading, as listener(connector_id, sample), on the loop.
+    meter: list[Callable[[int, MeterSample], None]] = field(default_factory=list)
 
 
 class Charger:
@@ -640,6 +642,8 @@ class Charger:
         if isinstance(event, MeterSample):
             slot.connector.on_meter_sample(event)
             self.recompute(slot.connector.id)
+            for listener in list(self.events.meter):
+                _isolated(listener, slot.connector.id, event)
         elif event.active:
             slot.connector.raise_fault(Fault.METER, event.detail)
         else:

@@ -35,6 +35,7 @@ from evsed.controller.ocpp16.auth import Authorizer
 from evsed.controller.ocpp16.bridge import OcppHooks
 from evsed.controller.ocpp16.chargepoint import EvsedChargePoint
 from evsed.controller.ocpp16.context import OcppContext, SessionControl
+from evsed.controller.ocpp16.first_readings import first_readings
 from evsed.controller.ocpp16.keys import MEASURAND_KEYS, ConfigurationKeys
 from evsed.controller.ocpp16.port import ChargePointPort
 from evsed.controller.ocpp16.profiles.core import restore_availability
@@ -47,6 +48,8 @@ from evsed.controller.store import DB_FILENAME, Store, secure_state_dir
 log = logging.getLogger(__name__)
 
 CHECKPOINT_INTERVAL_S = 600.0
+#: How long recovery waits for the meters of its open transactions (a start waits as long).
+RECOVERY_METER_WAIT_S = 10.0
 
 ChargePointFactory = Callable[[str, Any], EvsedChargePoint]
 ResetCallback = Callable[[str], Awaitable[None] | None]
@@ -179,7 +182,15 @@ class OcppApp:
     # ------------------------------------------------------------ life cycle
 
     async def start(self) -> None:
-        self._hooks.recover_open_transactions()
+        # The charger has only started its meter pollers: the open transactions' meters
+        # still hold the energy that flowed after the last stored reading, read it first.
+        open_on = {tx.connector_id for tx in self.store.open_transactions()}
+        live: dict[int, float] = {}
+        if open_on and self.ctx.charger is not None:
+            live = await first_readings(
+                self.ctx.charger, open_on, self.clock, RECOVERY_METER_WAIT_S
+            )
+        self._hooks.recover_open_transactions(live)
         # Stopped and delivered transactions are history: keep the last hundred, not all.
         self.store.prune_transactions()
         self._hooks.start()

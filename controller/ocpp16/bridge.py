@@ -29,7 +29,7 @@ import functools
 import logging
 import sqlite3
 from collections import Counter
-from collections.abc import Coroutine
+from collections.abc import Coroutine, Mapping
 from dataclasses import dataclass, field, replace
 from datetime import datetime
 from typing import Any
@@ -215,31 +215,36 @@ class OcppHooks:
 
     # ------------------------------------------------------------ power loss recovery
 
-    def recover_open_transactions(self) -> int:
+    def recover_open_transactions(self, live: Mapping[int, float] | None = None) -> int:
         """At start-up, before the connectors run: stop every transaction the last run left
         open, with the planned reason (Reboot, HardReset, SoftReset) or PowerLoss, and the
-        last meter reading stored. Returns how many were stopped."""
+        newest reading known: ``live`` (connector id -> the meter's register read at this
+        start, see `first_readings`) or the last one stored. Returns how many were stopped."""
         reason = self.ctx.store.take_pending_stop_reason() or StopReason.POWER_LOSS.value
         stopped = 0
         for tx in self.ctx.txqueue.open_transactions():
-            if self._stop_stale(tx, reason):
+            if self._stop_stale(tx, reason, (live or {}).get(tx.connector_id)):
                 stopped += 1
         if stopped:
             self._wake()
         return stopped
 
-    def _stop_stale(self, tx: Any, reason: str) -> bool:
-        # The newest energy known and its time: the reading stored with the last MeterValues
-        # (at most one sample interval old), or the live meter if it already reads more
-        # (it kept counting until the power went); the start's only if there is neither.
+    def _stop_stale(self, tx: Any, reason: str, live: float | None = None) -> bool:
+        # The newest energy known and its time: the live meter read at this start when it
+        # reads at least the stored reading (it kept counting until the power went, and it
+        # is a reading of now, after the start); else the reading stored with the last
+        # MeterValues or meter record (at most one interval old); the start's only if none.
         reading = self.ctx.store.last_meter(tx.connector_id)
         meter_stop = tx.meter_start_wh
         at: datetime = tx.start_time
         if reading is not None and reading.at >= tx.start_time:
             meter_stop = max(tx.meter_start_wh, round(reading.energy_wh))
             at = reading.at
-        live = self._energy(tx.connector_id)
-        if live is not None and round(live) > meter_stop:
+        if live is None:
+            live = self._energy(tx.connector_id)
+        if live is not None and round(live) >= meter_stop:
+            # Equal too: the meter still reads it now (nothing flowed after the last record),
+            # so the stop is stamped with this reading's time, not an older one's.
             meter_stop, at = round(live), self.ctx.clock.now()
         msg = self.ctx.txqueue.stop_transaction(tx.local_id, meter_stop, at, reason)
         log.warning(
