@@ -3,8 +3,10 @@
 The last meter reading is what a transaction cut short by a power loss (or a kill) is
 stopped with at the next start. It is written in the same commit as each sampled or
 clock-aligned MeterValues of a running transaction (`TxQueue.meter_values`), so it is never
-older than one sample interval and costs no commit of its own; `record_meter` alone is
-throttled (``meter_write_interval_s``) for when no meter values are sampled.
+older than one sample interval and costs no commit of its own. When no MeterValues stored it
+for a while (sampling off or slower) the bridge's recorder writes it at its own tick
+(``force``, one light commit); a non-forced `record_meter` is throttled
+(``meter_write_interval_s``).
 """
 
 from __future__ import annotations
