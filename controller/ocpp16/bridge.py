@@ -29,7 +29,7 @@ import functools
 import logging
 import sqlite3
 from collections import Counter
-from collections.abc import Coroutine, Mapping
+from collections.abc import Callable, Coroutine, Mapping
 from dataclasses import dataclass, field, replace
 from datetime import datetime
 from typing import Any
@@ -150,26 +150,45 @@ class OcppHooks:
             if stale is not None:
                 self._stop_stale(stale, StopReason.POWER_LOSS.value)
             local_id = q.start_transaction(*args)
+        # Recorded (committed and synced): from here on the StartTransaction will be sent, so
+        # the connector must be told it is recorded whatever a later step does. Raising past
+        # this point made it disown a session the CS was then told of, with no stop ever.
         tx = replace(tx, local_id=local_id)
-        if tx.reservation_id is not None:
-            # The start used the reservation up (§5.13): a restart must not bring it back.
-            reservation_used(self.ctx, tx.reservation_id)
         running = _Running(tx)
         self._running[tx.connector_id] = running
-        running.data.add(self._reading(tx.connector_id, "StopTxnSampledData", "Transaction.Begin"))
         self._wake()
-        self._start_sampler(running)
+        cid = tx.connector_id
+        if tx.reservation_id is not None:
+            # The start used the reservation up (§5.13): a restart must not bring it back.
+            self._after_start(local_id, reservation_used, self.ctx, tx.reservation_id)
+        self._after_start(local_id, self._begin_reading, running)
+        self._after_start(local_id, self._start_sampler, running)
         if self.ctx.smart_charging is not None:
             # TxProfiles and Relative schedules start with the transaction.
-            self.ctx.smart_charging.reevaluate(tx.connector_id)
-        self.ctx.emit(
-            "transaction_started",
-            connector_id=tx.connector_id,
-            local_id=local_id,
-            id_tag=tx.id_tag,
-            meter_start_wh=tx.meter_start_wh,
+            self._after_start(local_id, self.ctx.smart_charging.reevaluate, cid)
+        self._after_start(
+            local_id,
+            functools.partial(
+                self.ctx.emit,
+                "transaction_started",
+                connector_id=cid,
+                local_id=local_id,
+                id_tag=tx.id_tag,
+                meter_start_wh=tx.meter_start_wh,
+            ),
         )
         return tx
+
+    def _after_start(self, local_id: int, step: Callable[..., object], *args: Any) -> None:
+        try:
+            step(*args)
+        except Exception:
+            self.task_failures["after-start"] += 1
+            log.exception("transaction %s: %r raised after its start was recorded", local_id, step)
+
+    def _begin_reading(self, running: _Running) -> None:
+        cid = running.tx.connector_id
+        running.data.add(self._reading(cid, "StopTxnSampledData", "Transaction.Begin"))
 
     def transaction_stopped(self, stop: TransactionStop) -> None:
         tx = stop.transaction
@@ -185,16 +204,20 @@ class OcppHooks:
             data = running.data.to_list()
             if running.suspended and self.ctx.charger is not None:
                 self.ctx.charger.set_invalid_id_suspension(tx.connector_id, False)
-        self.ctx.txqueue.stop_transaction(
-            tx.local_id,
-            stop.meter_stop_wh,
-            stop.stopped_at,
-            stop.reason.value,
-            data,
-            stop.id_tag,
-        )
-        self._clear_tx_profile(tx.connector_id)
-        self._wake()
+        try:
+            self.ctx.txqueue.stop_transaction(
+                tx.local_id,
+                stop.meter_stop_wh,
+                stop.stopped_at,
+                stop.reason.value,
+                data,
+                stop.id_tag,
+            )
+        finally:
+            # Also when the sync after its commit failed: the stop is queued (a kill -9
+            # keeps it) and must be delivered now, not after the next message's wake.
+            self._wake()
+            self._clear_tx_profile(tx.connector_id)
         self.ctx.emit(
             "transaction_stopped",
             connector_id=tx.connector_id,

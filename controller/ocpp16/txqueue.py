@@ -51,6 +51,7 @@ restart); after a restart every message is due at once. Attempt counts are persi
 from __future__ import annotations
 
 import logging
+import sqlite3
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -161,13 +162,41 @@ class TxQueue:
         if reservation_id is not None:
             payload["reservationId"] = reservation_id
         # Durable before it returns: the connector closes the relay only after this hook.
-        with self._store.durable():
-            local_id = self._store.insert_transaction(
-                connector_id, id_tag, int(meter_start_wh), timestamp, reservation_id
-            )
-            self._store.queue_insert(START, payload, local_id)
-            self._store.record_meter(connector_id, meter_start_wh, timestamp, force=True)
+        local_id: int | None = None
+        msg_id: int | None = None
+        try:
+            with self._store.durable():
+                local_id = self._store.insert_transaction(
+                    connector_id, id_tag, int(meter_start_wh), timestamp, reservation_id
+                )
+                msg_id = self._store.queue_insert(START, payload, local_id)
+                self._store.record_meter(connector_id, meter_start_wh, timestamp, force=True)
+        except OSError:
+            # Only the sync after the COMMIT raises an OSError (SQLite's own failures are
+            # sqlite3.Error, rolled back): the start is committed but not known to be on
+            # disk. The connector reports "not recorded" and never closes the relay, so the
+            # record must not stay behind it (its StartTransaction sent, then a PowerLoss
+            # stop for a session that never ran). Not retried: after an EIO Linux may have
+            # marked the lost pages clean, so a second fdatasync that succeeds proves nothing.
+            if local_id is not None and msg_id is not None:
+                self._undo_start(local_id, msg_id)
+            raise
+        assert local_id is not None
         return local_id
+
+    def _undo_start(self, local_id: int, msg_id: int) -> None:
+        """Take back a start whose sync failed: its StartTransaction unqueued, the
+        transaction closed as never accepted (nothing for recovery to stop)."""
+        try:
+            with self._store.durable():
+                self._store.queue_delete(msg_id)
+                self._store.mark_start_dropped(local_id)
+                self._store.mark_stopped(local_id)
+        except (OSError, sqlite3.Error):
+            # Committed all the same when only the sync failed (a kill -9 keeps it).
+            log.exception("transaction %d: the undone start could not be synced", local_id)
+        else:
+            log.error("transaction %d: its start could not be synced; undone", local_id)
 
     def stop_transaction(
         self,
