@@ -184,13 +184,16 @@ class OcppApp:
     async def start(self) -> None:
         # The charger has only started its meter pollers: the open transactions' meters
         # still hold the energy that flowed after the last stored reading, read it first.
-        open_on = {tx.connector_id for tx in self.store.open_transactions()}
+        # Only the transactions left open now: the connectors already run during the wait,
+        # and a session a card starts meanwhile is not the last run's.
+        stale = self.store.open_transactions()
         live: dict[int, float] = {}
-        if open_on and self.ctx.charger is not None:
+        if stale and self.ctx.charger is not None:
+            open_on = {tx.connector_id for tx in stale}
             live = await first_readings(
                 self.ctx.charger, open_on, self.clock, RECOVERY_METER_WAIT_S
             )
-        self._hooks.recover_open_transactions(live)
+        self._hooks.recover_open_transactions(live, only={tx.local_id for tx in stale})
         # Stopped and delivered transactions are history: keep the last hundred, not all.
         self.store.prune_transactions()
         self._hooks.start()

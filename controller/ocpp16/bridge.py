@@ -29,7 +29,7 @@ import functools
 import logging
 import sqlite3
 from collections import Counter
-from collections.abc import Callable, Coroutine, Mapping
+from collections.abc import Callable, Collection, Coroutine, Mapping
 from dataclasses import dataclass, field, replace
 from datetime import datetime
 from typing import Any
@@ -54,7 +54,7 @@ log = logging.getLogger(__name__)
 
 #: How often the last meter register of a running transaction is stored when no MeterValues
 #: stored it since (sampling off or slower): what a stop after a kill -9 is billed with, so
-#: at most this old. One light commit a connector per tick, about 0.5 MB/h of WAL.
+#: at most this old. One light commit a connector per tick (about 0.3 MB/h written).
 METER_RECORD_INTERVAL_S = 30.0
 
 
@@ -242,14 +242,19 @@ class OcppHooks:
 
     # ------------------------------------------------------------ power loss recovery
 
-    def recover_open_transactions(self, live: Mapping[int, float] | None = None) -> int:
-        """At start-up, before the connectors run: stop every transaction the last run left
-        open, with the planned reason (Reboot, HardReset, SoftReset) or PowerLoss, and the
-        newest reading known: ``live`` (connector id -> the meter's register read at this
-        start, see `first_readings`) or the last one stored. Returns how many were stopped."""
+    def recover_open_transactions(
+        self, live: Mapping[int, float] | None = None, only: Collection[int] | None = None
+    ) -> int:
+        """At start-up: stop every transaction the last run left open (``only`` these local
+        ids when given: the ones open before the connectors ran), with the planned reason
+        (Reboot, HardReset, SoftReset) or PowerLoss, and the newest reading known: ``live``
+        (connector id -> the meter's register read at this start, see `first_readings`) or
+        the last one stored. Returns how many were stopped."""
         reason = self.ctx.store.take_pending_stop_reason() or StopReason.POWER_LOSS.value
         stopped = 0
         for tx in self.ctx.txqueue.open_transactions():
+            if only is not None and tx.local_id not in only:
+                continue  # started by this run (during the wait for the meters)
             if self._stop_stale(tx, reason, (live or {}).get(tx.connector_id)):
                 stopped += 1
         if stopped:

@@ -9,6 +9,7 @@ stamped with its time, the start's own when killed before the first MeterValues.
 from __future__ import annotations
 
 import asyncio
+import tomllib
 from collections.abc import AsyncIterator
 from datetime import timedelta
 from pathlib import Path
@@ -125,6 +126,67 @@ async def test_a_silent_meter_delays_recovery_by_the_bound_only(
         stop = await cs.wait_for_call("StopTransaction", CP_ID, timeout=10)
         assert stop.payload["meterStop"] == 1200
         assert stop.payload["timestamp"] == "2025-12-31T23:55:00Z"
+    finally:
+        if not starting.done():
+            starting.cancel()
+        await stack.stop()
+
+
+def _two_connectors() -> list[dict[str, Any]]:
+    example = Path(__file__).parents[2] / "config" / "sim-two-connectors.toml"
+    connectors: list[dict[str, Any]] = tomllib.loads(example.read_text(encoding="utf-8"))[
+        "connectors"
+    ]
+    for connector in connectors:
+        connector["meter"]["port"] = 0
+    return connectors
+
+
+async def test_a_session_started_during_the_wait_is_not_recovered(
+    cs: CentralSystem, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The connectors run while recovery waits for a silent meter (connector 2's, with the
+    transaction left open): a card starts a session on connector 1 meanwhile. Recovery
+    stops only the last run's transaction, not the one just started."""
+    clock = FakeClock()
+    start_at = clock.now() - timedelta(minutes=10)
+    with Store(secure_state_dir(tmp_path) / DB_FILENAME) as store:
+        TxQueue(store).start_transaction(2, CARD, 1000, start_at)
+    real = simbench.build_bench
+
+    def build(*args: Any, **kwargs: Any) -> Any:
+        bench = real(*args, **kwargs)
+        bench.sim(2).meter.fault = MeterFault.SILENT
+        return bench
+
+    monkeypatch.setattr(simbench, "build_bench", build)
+    config = bench_config(
+        central_system={"url": cs.url, "charge_point_id": CP_ID}, connectors=_two_connectors()
+    )
+    stack = Stack(config, clock=clock, control=False, ocpp=True, state_dir=tmp_path)
+    starting = asyncio.ensure_future(stack.start())
+    try:
+        while stack.charger is None or stack.charger.connectors[1].last_energy_wh is None:
+            await asyncio.wait_for(asyncio.shield(asyncio.sleep(0.01)), 5)
+        assert stack.bench is not None
+        await stack.bench.plug(1)
+        await stack.bench.present_card(CARD)
+        connector = stack.charger.connectors[1]
+        for _ in range(80):  # 4 s of the 10 s wait: the EV answers, the card starts it
+            await clock.advance(0.05)
+            await asyncio.sleep(0.005)
+            if connector.transaction is not None:
+                break
+        assert not starting.done()
+        new = connector.transaction
+        assert new is not None and new.local_id == 2
+        await clock.advance(RECOVERY_METER_WAIT_S)
+        await asyncio.wait_for(starting, 10)
+        stop = await cs.wait_for_call("StopTransaction", CP_ID, timeout=10)
+        assert stop.payload["reason"] == "PowerLoss"
+        assert stack.ocpp is not None
+        assert [t.local_id for t in stack.ocpp.store.open_transactions()] == [2]
+        assert connector.transaction is not None
     finally:
         if not starting.done():
             starting.cancel()
