@@ -760,6 +760,17 @@ class Charger:
             c.last_sample, c.last_energy_wh, c.offered_a, c.temperature_c, c.settings.phases
         )
 
+    def has_meter(self, connector_id: int) -> bool:
+        return self._slots[connector_id].poller is not None
+
+    def watch_meters(self, listener: Callable[[int, float], None]) -> Callable[[], None]:
+        def on_meter(connector_id: int, sample: MeterSample) -> None:
+            if sample.energy_import_wh is not None:
+                listener(connector_id, sample.energy_import_wh)
+
+        self.events.meter.append(on_meter)
+        return lambda: self.events.meter.remove(on_meter)
+
     def allowance(self, connector_id: int) -> Allowance:
         slot = self._slots[connector_id]
         if slot.allowance is None:  # recompute() runs in __init__, so only before that

@@ -13,46 +13,45 @@ import asyncio
 import contextlib
 import logging
 from collections.abc import Iterable
-from typing import Any
 
 from evsed.controller.clock import Clock
+from evsed.controller.ocpp16.port import ChargePointPort
 
 log = logging.getLogger(__name__)
 
 
 async def first_readings(
-    charger: Any, connector_ids: Iterable[int], clock: Clock, timeout_s: float
+    charger: ChargePointPort, connector_ids: Iterable[int], clock: Clock, timeout_s: float
 ) -> dict[int, float]:
     """The energy register (Wh) of each of ``connector_ids`` whose meter answers within
     ``timeout_s`` of ``clock``: already known, or the first reading that comes. A connector
     without a meter, or one that stays silent, is missing from the result."""
-    wanted = set(connector_ids) & set(getattr(charger, "connector_ids", ()))
+    wanted = set(connector_ids) & set(charger.connector_ids)
     readings: dict[int, float] = {}
     for cid in wanted:
         energy = charger.metering(cid).energy_wh
         if energy is not None:
             readings[cid] = float(energy)
-    pending = {cid for cid in wanted - readings.keys() if _has_meter(charger, cid)}
-    events = getattr(charger, "events", None)
-    if not pending or events is None:
+    # A connector without a meter never reads: waiting for it would only delay recovery.
+    pending = {cid for cid in wanted - readings.keys() if charger.has_meter(cid)}
+    if not pending:
         return readings
     done = asyncio.Event()
 
-    def on_meter(cid: int, sample: Any) -> None:
-        energy = getattr(sample, "energy_import_wh", None)
-        if cid in pending and energy is not None:
-            readings[cid] = float(energy)
+    def on_meter(cid: int, energy_wh: float) -> None:
+        if cid in pending:
+            readings[cid] = float(energy_wh)
             pending.discard(cid)
             if not pending:
                 done.set()
 
-    events.meter.append(on_meter)
+    unwatch = charger.watch_meters(on_meter)
     waiter = asyncio.ensure_future(done.wait())
     timer = asyncio.ensure_future(clock.sleep(timeout_s))
     try:
         await asyncio.wait({waiter, timer}, return_when=asyncio.FIRST_COMPLETED)
     finally:
-        events.meter.remove(on_meter)
+        unwatch()
         for task in (waiter, timer):
             task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
@@ -65,11 +64,3 @@ async def first_readings(
             ", ".join(map(str, sorted(pending))),
         )
     return readings
-
-
-def _has_meter(charger: Any, cid: int) -> bool:
-    # A connector without a meter never reads: waiting for it would only delay recovery.
-    connectors = getattr(charger, "connectors", None)
-    if not isinstance(connectors, dict) or cid not in connectors:
-        return True
-    return bool(connectors[cid].settings.has_meter)

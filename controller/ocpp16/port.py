@@ -10,6 +10,7 @@ member (tests/controller/test_port.py).
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from datetime import datetime
 from typing import Protocol, runtime_checkable
 
@@ -56,6 +57,16 @@ class ChargePointPort(Protocol):
         ...
 
     def metering(self, connector_id: int) -> Metering: ...
+
+    def has_meter(self, connector_id: int) -> bool:
+        """Whether the connector has an energy meter (one without never reads)."""
+        ...
+
+    def watch_meters(self, listener: Callable[[int, float], None]) -> Callable[[], None]:
+        """Call listener(connector_id, energy_wh) on the loop for every meter reading that
+        carries the energy register, until the returned function is called (start-up
+        recovery waits for the meters' first readings this way)."""
+        ...
 
     def allowance(self, connector_id: int) -> Allowance:
         """The current the connector may offer now and the limit that binds (`reason`)."""

@@ -46,7 +46,7 @@ async def rig() -> AsyncIterator[Rig]:
 
 def test_the_charger_class_has_every_member_with_the_same_signature() -> None:
     members = _members()
-    assert len(members) == 21, members  # a new member must be added to the Charger too
+    assert len(members) == 23, members  # a new member must be added to the Charger too
     for name in members:
         declared = getattr(ChargePointPort, name)
         implemented = getattr(Charger, name, None)
@@ -86,6 +86,12 @@ async def test_the_bench_charger_is_a_port_and_every_member_works(rig: Rig) -> N
     assert port.reservation(1) is None
     metering = port.metering(1)
     assert isinstance(metering, Metering) and metering.phases == 3
+    assert port.has_meter(1) is True
+    seen: list[tuple[int, float]] = []
+    unwatch = port.watch_meters(lambda cid, energy_wh: seen.append((cid, energy_wh)))
+    await rig.until(lambda: bool(seen))
+    unwatch()
+    assert seen[0][0] == 1 and isinstance(seen[0][1], float)
     # No cable plugged (the bench reads PP): nothing may be offered, and it says why.
     assert (port.allowance(1).suspended, port.allowance(1).reason) == (True, Reason.CABLE)
 
