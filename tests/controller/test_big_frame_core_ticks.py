@@ -7,17 +7,18 @@ Here the whole stack runs in real time (`SystemClock`, the core on its thread, t
 few milliseconds even with no EV), the session receives full lists from the embedded Central
 System, each list is applied and stored, and every tick is stamped.
 
-What is asserted is the core's *stall*: the time between two ticks that the core's thread
-spent neither sleeping its tick interval, nor running, nor waiting for a CPU (Linux
-schedstat), i.e. waiting for the GIL (or another lock). Wall-clock gaps alone are mostly
-the machine's load (up to 88 ms at load 6-9 on 2 cores, frame parsed in another process).
-The stall still holds the time a GIL holder of this process waited for a CPU (up to 46 ms
-measured at load 9), so the bound is IEC 61851-1's 100 ms, not the 60 ms target: it catches
-a gross regression (a parse, a full collection of a big heap, a commit holding the GIL),
-and it does NOT tell the frame worker process from the former worker thread on this
-machine (stalls there: thread 2-8 ms, process 1-46 ms). The evidence for the worker process
-is benchmarks/reaction.py big_frames and benchmarks/frame_stall.py; that the frame is
-parsed in the worker process, and that the app stops it, is asserted here.
+The core's *stall* is reported for each list: the time between two ticks that the core's
+thread spent neither sleeping its tick interval, nor running, nor waiting for a CPU (Linux
+schedstat), i.e. waiting for the GIL or a lock. No bound on it separates the worker process
+from the former worker thread reliably on the 2-core development machine (load 5-9), so it
+is printed, not asserted: run alone, the thread gave 2-8 ms and the process 1-46 ms; after
+the 69 tests that precede this one in the suite (a bigger heap), the thread gave 55-81 ms
+on every list and the process 4-81 ms (median per run 8-38 ms). The evidence for the worker
+process stays with benchmarks/reaction.py big_frames and benchmarks/frame_stall.py.
+
+Asserted: the core never goes the watchdog's MAX_TICK_AGE_S without a tick while lists
+arrive (systemd would restart the service), each list is Accepted, the frames are parsed in
+the worker process, and the app stops that process with itself.
 """
 
 from __future__ import annotations
@@ -36,13 +37,13 @@ from evsed.controller.config import parse
 from evsed.controller.connector.sampler import Rates
 from evsed.controller.ocpp16 import protocol
 from evsed.controller.run import Stack
+from evsed.controller.watchdog import MAX_TICK_AGE_S
 from evsed.hwmocks.central_system import CentralSystem
 
 CP_ID = "CP-TICKS"
 ENTRIES = 10_000
 FRAMES = 4  # the first one also starts the worker process
 TICK_S = 0.004  # the core's idle interval here (0.2 s in production; 10 ms while charging)
-MAX_STALL_S = 0.100  # IEC 61851-1: contactor open within 100 ms (see the module docstring)
 SCHEDSTAT = "/proc/thread-self/schedstat"
 
 
@@ -165,5 +166,7 @@ async def test_the_core_keeps_ticking_while_10000_entry_lists_arrive(
         "largest tick gap / stall per list (ms):",
         [(round(g * 1000, 1), round(s * 1000, 1)) for g, s in worst],
     )
-    stall = max(s for _, s in worst)
-    assert stall < MAX_STALL_S, f"the core stood still {stall * 1000:.1f} ms while a list arrived"
+    gap = max(g for g, _ in worst)
+    assert gap < MAX_TICK_AGE_S, (
+        f"the core did not tick for {gap * 1000:.1f} ms while a list arrived"
+    )
