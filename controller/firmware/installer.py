@@ -74,6 +74,7 @@ from dataclasses import asdict, dataclass, fields, replace
 from pathlib import Path
 
 from evsed.controller.firmware.update import InstallFailed, SwitchCheck, always_may_switch
+from evsed.controller.store.schema import DB_FILENAME
 
 log = logging.getLogger(__name__)
 
@@ -81,7 +82,7 @@ MARKER = "firmware-pending.json"
 LOCK = ".firmware-pending.lock"
 #: The database as the old version left it at the switch (see `restore_after_rollback`).
 DB_SNAPSHOT = "firmware-rollback.db"
-DB_NAME = "evsed.db"  # controller.store.schema.DB_FILENAME (the store is a layer above)
+DB_NAME = DB_FILENAME
 DEFAULT_ROOT = Path("/opt/evsed")
 DEFAULT_STATE_DIR = Path("/var/lib/evsed")
 DEFAULT_CONFIRM_TIMEOUT_S = 600.0
@@ -509,6 +510,8 @@ def restore_after_rollback(
     so nothing of a driver's is lost. Once: the snapshot becomes the database (renamed), so
     a later restart keeps what this version writes. True if it restored."""
     snapshot = state_dir / DB_SNAPSHOT
+    if not snapshot.exists():
+        return False  # the common case: no lock file made in every state directory
     with _locked(state_dir):
         pending = read_marker(state_dir)
         if pending is None or not pending.rolled_back or not snapshot.exists():

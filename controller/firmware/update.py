@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import inspect
 import logging
 from collections.abc import Awaitable, Callable
 from dataclasses import replace
@@ -87,7 +88,9 @@ class Installer(Protocol):
 
     def awaiting_confirmation(self) -> bool:
         """At start-up with an installation stored in progress: is this the new version,
-        not yet confirmed (no transaction may start until it is)?"""
+        not yet confirmed (no transaction may start until it is)? Optional, like the
+        ``may_switch`` parameter: an installer of the first form (install(package),
+        outcome_after_restart, forget) still works (False)."""
         ...
 
     def outcome_after_restart(self) -> bool:
@@ -182,7 +185,7 @@ class FirmwareUpdater:
         plugged in during the restart must not start a session before `resume` runs)."""
         state = self._store.firmware_state()
         if state is not None and state.status == FirmwareStatus.INSTALLING:
-            if self.installer.awaiting_confirmation():
+            if self._awaiting_confirmation():
                 self._maintenance(UNCONFIRMED)
 
     def on_online(self) -> None:
@@ -193,7 +196,7 @@ class FirmwareUpdater:
         state = self._store.firmware_state()
         if self._confirmed is not None or state is None:
             return
-        if state.status == FirmwareStatus.INSTALLING and self.installer.awaiting_confirmation():
+        if state.status == FirmwareStatus.INSTALLING and self._awaiting_confirmation():
             self._confirmed = self.installer.outcome_after_restart()
 
     def resume(self) -> None:
@@ -260,7 +263,7 @@ class FirmwareUpdater:
         try:
             state = self._set(state, FirmwareStatus.INSTALLING)
             await self._notify(FirmwareStatus.INSTALLING)
-            done_now = await self.installer.install(package, self._may_switch)
+            done_now = await self._install(package)
         except InstallFailed as e:
             log.error("firmware installation failed: %s", e)
             self._maintenance(None)
@@ -273,6 +276,17 @@ class FirmwareUpdater:
             self._maintenance(None)
             await self._finish(state, FirmwareStatus.INSTALLED)
         # else: the restart into the new version comes; `resume` there reports the outcome.
+
+    async def _install(self, package: Path) -> bool:
+        # An installer written for the first form of the protocol, install(package), goes
+        # on working: starts are blocked all the same, only the last look is skipped.
+        if "may_switch" in inspect.signature(self.installer.install).parameters:
+            return await self.installer.install(package, may_switch=self._may_switch)
+        return await self.installer.install(package)  # type: ignore[call-arg]
+
+    def _awaiting_confirmation(self) -> bool:
+        ask = getattr(self.installer, "awaiting_confirmation", None)
+        return bool(ask()) if ask is not None else False
 
     async def _block_starts_when_idle(self) -> None:
         """Wait until idle, then block new starts. Blocked first and looked at again after:
@@ -303,7 +317,7 @@ class FirmwareUpdater:
         # version gets the database as it was at the switch (see the installer), and a
         # transaction run here would be lost with it. The old version, back after a
         # rollback, is not blocked: it charges (offline too) while it waits to report.
-        unconfirmed = self.installer.awaiting_confirmation()
+        unconfirmed = self._awaiting_confirmation()
         if unconfirmed:
             self._maintenance(UNCONFIRMED)
         ok: bool | None = None

@@ -315,3 +315,31 @@ async def test_a_new_version_rolled_back_while_it_starts_leaves_the_report_to_th
     assert u.sent == [] and installer.forgotten == 0
     assert u.blocks[-1] == "firmware not yet confirmed"  # still blocked
     assert u.store.firmware_state() is not None  # the old version reports from it
+
+
+class FirstFormInstaller:
+    """A pluggable installer written before the switch check: install(package) only."""
+
+    def __init__(self) -> None:
+        self.installed = 0
+
+    async def install(self, package: Path) -> bool:
+        self.installed += 1
+        return True
+
+    def outcome_after_restart(self) -> bool:
+        return False
+
+    def forget(self) -> None:
+        pass
+
+
+async def test_an_installer_of_the_first_form_still_works(tmp_path: Path) -> None:
+    installer = FirstFormInstaller()
+    u = Updater(tmp_path, [], installer)
+    u.updater.hold_starts_if_unconfirmed()  # no awaiting_confirmation: nothing held
+    u.updater.resume()
+    await u.clock.advance(1)
+    assert installer.installed == 1
+    assert u.sent == ["Installing", "Installed"]
+    assert u.blocks == ["firmware installation", None]
