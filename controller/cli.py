@@ -136,7 +136,9 @@ def _parser() -> argparse.ArgumentParser:
         "(not needed when this evsed runs from there)",
     )
     inst.add_argument(
-        "--dry-run", action="store_true", help="print the commands instead of running them"
+        "--dry-run",
+        action="store_true",
+        help="print every command and file change instead of making it (needs no root)",
     )
     inst.set_defaults(func=_install)
 
@@ -151,7 +153,9 @@ def _parser() -> argparse.ArgumentParser:
     uninst.add_argument("--user", default="evsed", help="service user (default evsed)")
     uninst.add_argument("--purge", action="store_true", help="also configuration, state, user")
     uninst.add_argument(
-        "--dry-run", action="store_true", help="print the commands instead of running them"
+        "--dry-run",
+        action="store_true",
+        help="print every command and file change instead of making it (needs no root)",
     )
     uninst.set_defaults(func=_uninstall)
 
@@ -281,9 +285,8 @@ def _safe_off(args: argparse.Namespace) -> int:
 def _install(args: argparse.Namespace) -> int:
     from evsed.controller import install
 
-    runner = install.dry_run(print) if args.dry_run else None
     try:
-        return install.install(args.root, package=args.package, user=args.user, run=runner)
+        return install.install(args.root, package=args.package, user=args.user, dry=args.dry_run)
     except install.InstallError as exc:
         print(f"evsed install: {exc}", file=sys.stderr)
         return EXIT_CONFIG
@@ -292,9 +295,8 @@ def _install(args: argparse.Namespace) -> int:
 def _uninstall(args: argparse.Namespace) -> int:
     from evsed.controller import install
 
-    runner = install.dry_run(print) if args.dry_run else None
     try:
-        return install.uninstall(args.root, user=args.user, purge=args.purge, run=runner)
+        return install.uninstall(args.root, user=args.user, purge=args.purge, dry=args.dry_run)
     except install.InstallError as exc:
         print(f"evsed uninstall: {exc}", file=sys.stderr)
         return EXIT_CONFIG

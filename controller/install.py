@@ -10,10 +10,13 @@ install with the single /opt/evsed/venv of earlier releases is migrated: the ven
 renamed to venvs/<its evsed version> and `venv` left as a link to it (its scripts name
 /opt/evsed/venv/bin/python in their first line).
 
-Files are written directly under the root. What needs the system's own tools (creating the
-user, chown, reloading systemd and udev) goes through a `Runner`: the real one runs the
-commands, the dry run only prints them (the default for any root other than `/`, where
-those tools would act on the host instead), and tests record them.
+Files are written directly under the root through `Files`; what needs the system's own
+tools (creating the user, chown, reloading systemd and udev) goes through a `Runner`: the
+real one runs the commands, the dry run only prints them (the default for any root other
+than `/`, where those tools would act on the host instead), and tests record them.
+`--dry-run` makes both print only: every file it would write, link or remove is a "would
+…" line and the root is left exactly as it was (a dry `uninstall --purge` on a charger
+must not delete its transaction store).
 """
 
 from __future__ import annotations
@@ -89,6 +92,76 @@ def dry_run(out: Out) -> Runner:
     return runner
 
 
+@dataclass
+class Files:
+    """Every change install/uninstall makes under the root. ``dry``: print it, do nothing."""
+
+    out: Out = print
+    dry: bool = False
+
+    def _would(self, what: str) -> bool:
+        if self.dry:
+            self.out(f"  would {what}")
+        return self.dry
+
+    def mkdir(self, path: Path, mode: int | None = None) -> None:
+        exists = path.is_dir()
+        if exists and (mode is None or path.stat().st_mode & 0o777 == mode):
+            return
+        mode_text = f" (mode {mode:o})" if mode is not None else ""
+        if self._would(
+            f"set the mode of {path}/{mode_text}" if exists else f"create {path}/{mode_text}"
+        ):
+            return
+        path.mkdir(parents=True, exist_ok=True)
+        if mode is not None:
+            path.chmod(mode)
+
+    def write(self, path: Path, text: str, mode: int) -> None:
+        if self._would(f"write {path} (mode {mode:o})"):
+            return
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(path.name + ".evsed-new")
+        tmp.write_text(text, encoding="utf-8")
+        tmp.chmod(mode)
+        tmp.replace(path)  # never a half-written unit
+
+    def symlink(self, link: Path, target: str | Path) -> None:
+        if self._would(f"link {link} -> {target}"):
+            return
+        link.parent.mkdir(parents=True, exist_ok=True)
+        link.symlink_to(target)
+
+    def switch(self, layout: Layout, name: str, venv: Path) -> None:
+        if self._would(f"link {layout.root / name} -> {venv}"):
+            return
+        layout.switch(name, venv)
+
+    def rename(self, src: Path, dst: Path) -> None:
+        if self._would(f"rename {src} to {dst}"):
+            return
+        dst.parent.mkdir(parents=True, exist_ok=True)
+        os.rename(src, dst)
+
+    def unlink(self, path: Path) -> None:
+        if self._would(f"remove {path}"):
+            return
+        path.unlink()
+
+    def rmtree(self, path: Path) -> None:
+        if self._would(f"remove {path} and everything in it"):
+            return
+        if path.is_symlink():
+            path.unlink()
+        else:
+            shutil.rmtree(path)
+
+    def done(self, what: str) -> None:
+        """A report line for a change made; nothing in a dry run (its "would" line says it)."""
+        if not self.dry:
+            self.out(what)
+
+
 def shipped(name: str) -> str:
     """A file of systemd/ as shipped (package data of evsed.systemd)."""
     return resources.files("evsed.systemd").joinpath(name).read_text(encoding="utf-8")
@@ -136,14 +209,6 @@ def render_rule(text: str, group: str) -> str:
     )
 
 
-def _write(path: Path, text: str, mode: int) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".evsed-new")
-    tmp.write_text(text, encoding="utf-8")
-    tmp.chmod(mode)
-    tmp.replace(path)  # never a half-written unit
-
-
 def _boot_config_hints(root: Path) -> list[str]:
     """The Pi firmware settings evsed's wiring needs that /boot/firmware/config.txt lacks."""
     for candidate in ("boot/firmware/config.txt", "boot/config.txt"):
@@ -176,7 +241,12 @@ def _dist_version(venv: Path) -> str | None:
 
 
 def _fresh_venv(
-    layout: Layout, package: Path | None, python: str, running_prefix: Path, run: Runner
+    layout: Layout,
+    package: Path | None,
+    python: str,
+    running_prefix: Path,
+    run: Runner,
+    fs: Files,
 ) -> Path:
     """The first version: the package installed into venvs/<version>, or the venv this
     evsed runs from when it is one of venvs/ already."""
@@ -188,13 +258,14 @@ def _fresh_venv(
         target = layout.venv(version)
         if target.exists():
             raise InstallError(f"{target} exists but `current` does not point at it: remove it")
-        layout.venvs.mkdir(parents=True, exist_ok=True)
+        fs.mkdir(layout.venvs)
         try:
             run([python, "-m", "venv", str(target)])
             # The [pi] extra: the GPIO and SPI backends gpiozero needs on a Pi.
             run([str(target / "bin/python"), "-m", "pip", "install", f"{package.resolve()}[pi]"])
         except BaseException:
-            shutil.rmtree(target, ignore_errors=True)
+            if not fs.dry:
+                shutil.rmtree(target, ignore_errors=True)
             raise
         return target
     if running_prefix.resolve().parent == layout.venvs.resolve():
@@ -206,7 +277,13 @@ def _fresh_venv(
 
 
 def _venv_layout(
-    root: Path, package: Path | None, python: str, running_prefix: Path, run: Runner, out: Out
+    root: Path,
+    package: Path | None,
+    python: str,
+    running_prefix: Path,
+    run: Runner,
+    out: Out,
+    fs: Files,
 ) -> Layout:
     """/opt/evsed as the firmware installer wants it: venvs/<version>, current, previous."""
     layout = Layout(root / PREFIX)
@@ -230,24 +307,23 @@ def _venv_layout(
         running = layout.venv(version)
         if running.exists():
             raise InstallError(f"cannot migrate /{PREFIX}/venv: {running} exists already")
-        layout.venvs.mkdir(parents=True, exist_ok=True)
-        os.rename(layout.old_venv, running)
+        fs.rename(layout.old_venv, running)
         # Its scripts start with #!/opt/evsed/venv/bin/python: the old name stays, as a link.
-        layout.old_venv.symlink_to(running.relative_to(layout.root))
+        fs.symlink(layout.old_venv, running.relative_to(layout.root))
         out(
             f"versions: /{PREFIX}/venv migrated to /{PREFIX}/venvs/{version} (/{PREFIX}/venv "
             "stays as a link to it: its scripts name it)"
         )
     else:
-        running = _fresh_venv(layout, package, python, running_prefix, run)
+        running = _fresh_venv(layout, package, python, running_prefix, run, fs)
         out(f"versions: /{PREFIX}/venvs/{running.name}")
-    layout.switch("current", running)
+    fs.switch(layout, "current", running)
     if not layout.previous.is_symlink():
-        layout.switch("previous", running)  # the rollback watcher's python until an update
+        fs.switch(layout, "previous", running)  # the rollback watcher's python until an update
     return layout
 
 
-def _state_dir(root: Path, user: str, run: Runner, out: Out) -> None:
+def _state_dir(root: Path, user: str, run: Runner, out: Out, fs: Files) -> None:
     """/var/lib/evsed before the first start. systemd creates it (StateDirectory=) only when
     the unit first starts, but `config check` and `selftest` run as the service user before
     that (README steps 5 and 6) and found nowhere to write; the rollback watcher's path unit
@@ -258,13 +334,12 @@ def _state_dir(root: Path, user: str, run: Runner, out: Out) -> None:
         raise InstallError(
             f"/{STATE} is not a directory: move it away, then run evsed install again"
         )
-    state.mkdir(parents=True, exist_ok=True)
-    state.chmod(STATE_MODE)
+    fs.mkdir(state, STATE_MODE)
     run(["chown", f"{user}:{user}", str(state)])
     out(f"state: /{STATE} ({'exists, ' if existed else ''}mode 0700, owned by {user})")
 
 
-def _command_link(root: Path, out: Out) -> bool:
+def _command_link(root: Path, out: Out, fs: Files) -> bool:
     """/usr/local/bin/evsed -> /opt/evsed/current/bin/evsed; False when a file that is not
     this link is in the way (kept: it may be another installation's)."""
     link = root / LINK
@@ -278,8 +353,7 @@ def _command_link(root: Path, out: Out) -> bool:
             "evsed install again)"
         )
         return False
-    link.parent.mkdir(parents=True, exist_ok=True)
-    link.symlink_to(EVSED_BIN)
+    fs.symlink(link, EVSED_BIN)
     out(f"command: /{LINK} -> {EVSED_BIN} (`evsed status` on the PATH)")
     return True
 
@@ -309,11 +383,14 @@ def install(
     out: Out = print,
     python: str = sys.executable,
     running_prefix: Path | None = None,
+    dry: bool = False,
 ) -> int:
+    """``dry``: print every command and every file change, make none (no root needed)."""
     root = Path(root)
     real = root == Path("/")
-    run = run or (run_commands if real else dry_run(out))
-    if real and os.geteuid() != 0:
+    run = run or (run_commands if real and not dry else dry_run(out))
+    fs = Files(out, dry)
+    if real and not dry and os.geteuid() != 0:
         raise InstallError("evsed install changes /etc and creates a user: run it with sudo")
     if package is not None and not package.exists():
         raise InstallError(f"{package}: no such file")
@@ -331,7 +408,8 @@ def install(
             )
         )
     try:
-        layout = _venv_layout(root, package, python, running_prefix or Path(sys.prefix), run, out)
+        prefix = running_prefix or Path(sys.prefix)
+        layout = _venv_layout(root, package, python, prefix, run, out, fs)
     except InstallFailed as exc:  # a version that cannot be a directory name
         raise InstallError(str(exc)) from None
     out(f"service user {user}: " + ("exists" if user in system.users else "creating"))
@@ -346,28 +424,27 @@ def install(
         run([*argv, user])
     # A firmware update (run as the service user) adds venvs and switches the links; the
     # venvs made here stay root's, so the service cannot change the version it runs now.
-    layout.venvs.mkdir(parents=True, exist_ok=True)
+    fs.mkdir(layout.venvs)
     run(["chown", f"{user}:{user}", str(layout.root), str(layout.venvs)])
-    _state_dir(root, user, run, out)
-    linked = _command_link(root, out)
+    _state_dir(root, user, run, out, fs)
+    linked = _command_link(root, out, fs)
 
     unit = render_unit(shipped("evsed.service"), user=user, groups=groups)
-    _write(root / UNIT, unit, 0o644)
+    fs.write(root / UNIT, unit, 0o644)
     out(f"unit: /{UNIT} (ExecStart={EVSED_BIN} run)")
     for path in ROLLBACK_UNITS:
-        _write(root / path, render_unit(shipped(path.name), user=user), 0o644)
+        fs.write(root / path, render_unit(shipped(path.name), user=user), 0o644)
     out(f"firmware rollback: /{ROLLBACK_UNITS[0]}, /{ROLLBACK_UNITS[1]}")
     pwm_group = "gpio" if "gpio" in groups else user
-    _write(root / RULE, render_rule(shipped("99-evsed-pwm.rules"), pwm_group), 0o644)
+    fs.write(root / RULE, render_rule(shipped("99-evsed-pwm.rules"), pwm_group), 0o644)
     out(f"udev rule: /{RULE} (kernel PWM writable by the group {pwm_group})")
 
     config = root / CONFIG
     if config.exists():
         out(f"configuration: /{CONFIG} exists, kept as it is")
     else:
-        config.parent.mkdir(parents=True, exist_ok=True)
-        config.parent.chmod(0o750)
-        _write(config, example_config(), 0o640)
+        fs.mkdir(config.parent, 0o750)
+        fs.write(config, example_config(), 0o640)
         out(f"configuration: /{CONFIG} (the Raspberry Pi example: edit it)")
     # Readable by the service (it holds the Central System's key), by no one else.
     run(["chown", f"root:{user}", str(config.parent), str(config)])
@@ -389,11 +466,14 @@ def uninstall(
     purge: bool = False,
     run: Runner | None = None,
     out: Out = print,
+    dry: bool = False,
 ) -> int:
+    """``dry``: print every command and every removal, make none (no root needed)."""
     root = Path(root)
     real = root == Path("/")
-    run = run or (run_commands if real else dry_run(out))
-    if real and os.geteuid() != 0:
+    run = run or (run_commands if real and not dry else dry_run(out))
+    fs = Files(out, dry)
+    if real and not dry and os.geteuid() != 0:
         raise InstallError("evsed uninstall changes /etc: run it with sudo")
     if (root / UNIT).exists():
         # Stopping runs ExecStopPost: the outputs end safe before the unit goes away.
@@ -402,12 +482,12 @@ def uninstall(
         run(["systemctl", "stop", "evsed-rollback.path", "evsed-rollback.service"])
     for path in (UNIT, *ROLLBACK_UNITS, RULE):
         if (root / path).exists():
-            (root / path).unlink()
-            out(f"removed /{path}")
+            fs.unlink(root / path)
+            fs.done(f"removed /{path}")
     link = root / LINK
     if link.is_symlink() and os.readlink(link) == EVSED_BIN:
-        link.unlink()  # only our link: a file of another installation stays
-        out(f"removed /{LINK}")
+        fs.unlink(link)  # only our link: a file of another installation stays
+        fs.done(f"removed /{LINK}")
     run(["systemctl", "daemon-reload"])
     run(["udevadm", "control", "--reload-rules"])
     if not purge:
@@ -418,14 +498,14 @@ def uninstall(
     else:
         for directory in (CONFIG.parent, STATE):
             if (root / directory).exists():
-                shutil.rmtree(root / directory)
-                out(f"removed /{directory}")
+                fs.rmtree(root / directory)
+                fs.done(f"removed /{directory}")
         if user in System.read(root).users:
             run(["userdel", user])
-            out(f"removed the user {user}")
+            fs.done(f"removed the user {user}")
     # Last: this evsed may run from there (Linux keeps what it has open; nothing is
     # imported after this).
     if (root / PREFIX).exists() or (root / PREFIX).is_symlink():
-        shutil.rmtree(root / PREFIX)
-        out(f"removed /{PREFIX} (every installed version)")
+        fs.rmtree(root / PREFIX)
+        fs.done(f"removed /{PREFIX} (every installed version)")
     return EXIT_OK
