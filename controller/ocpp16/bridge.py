@@ -274,10 +274,15 @@ class OcppHooks:
             at = reading.at
         if live is None:
             live = self._energy(tx.connector_id)
-        if live is not None and round(live) >= meter_stop:
-            # Equal too: the meter still reads it now (nothing flowed after the last record),
-            # so the stop is stamped with this reading's time, not an older one's.
+        if live is not None and round(live) > meter_stop:
+            # Energy flowed after the last record: the live reading carries it, at its time.
             meter_stop, at = round(live), self.ctx.clock.now()
+        elif live is not None and round(live) == meter_stop and at <= tx.start_time:
+            # Nothing flowed, and the only reading stored is the start's (killed before the
+            # first record): the live one is the first reading after the start. Otherwise the
+            # stored one keeps its time: the session may have ended any time after it, and
+            # a restart hours later must not stretch it.
+            at = self.ctx.clock.now()
         msg = self.ctx.txqueue.stop_transaction(tx.local_id, meter_stop, at, reason)
         log.warning(
             "transaction %s on connector %s left open: stopped (%s, %d Wh)",

@@ -36,6 +36,9 @@ What "skip" means here:
 Durability (see `controller.store.database`): the StartTransaction with its transaction
 record, the StopTransaction with the stop record, the acknowledgement of either, and a
 parking are durable commits (synced before the call returns: they survive a power cut).
+A start whose sync fails is undone before the error reaches the connector (which then
+reports it not recorded and never closes the relay): its StartTransaction unqueued, the
+transaction closed as start_dropped, so no session that never ran is sent or recovered.
 MeterValues and their acknowledgements are light (they survive kill -9, a power cut may
 lose the last few), which keeps an SD card's writes while charging small. Each sampled
 MeterValues carries the connector's newest reading into the store in its own commit, so a

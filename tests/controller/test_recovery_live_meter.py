@@ -191,3 +191,23 @@ async def test_a_session_started_during_the_wait_is_not_recovered(
         if not starting.done():
             starting.cancel()
         await stack.stop()
+
+
+async def test_a_live_meter_that_reads_the_stored_reading_keeps_its_time(
+    cs: CentralSystem, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Nothing flowed after the last stored reading (the EV had finished): the stop keeps
+    that reading's time, not the restart's, which may come hours later."""
+    clock = FakeClock()
+    start_at = clock.now() - timedelta(hours=3)
+    _left_open(tmp_path, start_at, 1000, 1200.0)  # stored 5 minutes after the start
+    _meter_holds(monkeypatch, 1200.0)
+    config = bench_config(central_system={"url": cs.url, "charge_point_id": CP_ID})
+    stack = Stack(config, clock=clock, control=False, ocpp=True, state_dir=tmp_path)
+    await stack.start()
+    try:
+        stop = await cs.wait_for_call("StopTransaction", CP_ID, timeout=10)
+        assert stop.payload["meterStop"] == 1200
+        assert stop.payload["timestamp"] == "2025-12-31T21:05:00Z"
+    finally:
+        await stack.stop()
