@@ -158,6 +158,9 @@ class OcppHooks:
         self._running[tx.connector_id] = running
         self._wake()
         cid = tx.connector_id
+        # The recorder's next tick writes this session's reading (not skipped for a
+        # MeterValues of the last session).
+        self._stored_since_tick.discard(cid)
         if tx.reservation_id is not None:
             # The start used the reservation up (§5.13): a restart must not bring it back.
             self._after_start(local_id, reservation_used, self.ctx, tx.reservation_id)
