@@ -153,9 +153,19 @@ def _drawn_a(sample: Any) -> float | None:
     return max(currents) if currents else None
 
 
+def _cs_transaction_id(ocpp: Any, local_id: int) -> int | None:
+    """The transactionId the Central System gave this record (one indexed row read)."""
+    store = getattr(ocpp, "store", None)
+    if store is None or not local_id:
+        return None
+    stored = store.transaction(local_id)
+    return None if stored is None else stored.cs_transaction_id
+
+
 def snapshot(stack: Any, link: LinkTracker) -> dict[str, Any]:
     """The JSON object `evsed status` prints (stable keys: scripts read --json)."""
     charger = stack.charger
+    ocpp = stack.ocpp
     connectors: list[dict[str, Any]] = []
     if charger is not None:
         for cid in charger.connector_ids:
@@ -169,6 +179,10 @@ def snapshot(stack: Any, link: LinkTracker) -> dict[str, Any]:
             if tx is not None:
                 energy = metering.energy_wh
                 transaction = {
+                    # The Central System's transactionId (what its web page and its bills
+                    # show); None until StartTransaction.conf. local_id: evsed's record.
+                    "transaction_id": _cs_transaction_id(ocpp, tx.local_id),
+                    "local_id": tx.local_id,
                     "id_tag": mask_tag(tx.id_tag),
                     "started_at": tx.started_at.isoformat(),
                     "meter_start_wh": tx.meter_start_wh,
@@ -195,7 +209,6 @@ def snapshot(stack: Any, link: LinkTracker) -> dict[str, Any]:
                     },
                 }
             )
-    ocpp = stack.ocpp
     session = getattr(ocpp, "session", None) if ocpp is not None else None
     return {
         "time": stack.clock.now().isoformat(),
@@ -301,6 +314,15 @@ def _num(value: Any, unit: str, digits: int = 1) -> str:
     return f"{float(value):.{digits}f} {unit}"
 
 
+def _tx_id(tx: dict[str, Any], cs_configured: bool) -> str:
+    """The Central System's transactionId; "pending" until its StartTransaction.conf."""
+    if tx.get("transaction_id") is not None:
+        return f"#{tx['transaction_id']}"
+    if cs_configured:
+        return "pending"
+    return f"local {tx.get('local_id', '?')}"  # no Central System: evsed's own record
+
+
 def format_table(snap: dict[str, Any]) -> str:
     cs = snap["central_system"]
     lines = []
@@ -320,7 +342,9 @@ def format_table(snap: dict[str, Any]) -> str:
         tx = c["transaction"]
         tx_text = "-"
         if tx is not None:
-            tx_text = f"{tx['id_tag']} {_num(tx['energy_wh'], 'Wh', 0)}"
+            tx_text = (
+                f"{_tx_id(tx, cs['configured'])} {tx['id_tag']} {_num(tx['energy_wh'], 'Wh', 0)}"
+            )
         limit = c["limit"]
         limit_text = "suspended" if limit["suspended"] else _num(limit["amps"], "A")
         status = c["status"] if c["error_code"] == "NoError" else f"{c['status']}/{c['error_code']}"

@@ -1104,7 +1104,9 @@ class Connector:
             self._drive(self._lock.lock)
             self._lock_since = self._clock.monotonic()
         log.info(
-            "connector %s transaction %s started: idTag %s, meter %d Wh",
+            # evsed's record id: the Central System's transactionId comes with its
+            # StartTransaction.conf, and the OCPP layer logs it then.
+            "connector %s transaction (local %s) started: idTag %s, meter %d Wh",
             self.id,
             recorded.local_id,
             mask_tag(tx.id_tag),
@@ -1143,7 +1145,7 @@ class Connector:
         stop = TransactionStop(tx, reason, self._meter_wh(), self._clock.now(), id_tag)
         self._emit("stop", stop)
         log.info(
-            "connector %s transaction %s stopped: %s, %d Wh",
+            "connector %s transaction (local %s) stopped: %s, %d Wh",
             self.id,
             tx.local_id,
             reason,

@@ -187,7 +187,9 @@ class OcppHooks:
             step(*args)
         except Exception:
             self.task_failures["after-start"] += 1
-            log.exception("transaction %s: %r raised after its start was recorded", local_id, step)
+            log.exception(
+                "transaction (local %s): %r raised after its start was recorded", local_id, step
+            )
 
     def _begin_reading(self, running: _Running) -> None:
         cid = running.tx.connector_id
@@ -288,7 +290,7 @@ class OcppHooks:
             at = self.ctx.clock.now()
         msg = self.ctx.txqueue.stop_transaction(tx.local_id, meter_stop, at, reason)
         log.warning(
-            "transaction %s on connector %s left open: stopped (%s, %d Wh)",
+            "transaction (local %s) on connector %s left open: stopped (%s, %d Wh)",
             tx.local_id,
             tx.connector_id,
             reason,
@@ -317,10 +319,20 @@ class OcppHooks:
         info = id_tag_info  # the session hands over the wire's camelCase
         status = info.get("status")
         running = next((r for r in self._running.values() if r.tx.local_id == local_id), None)
+        stored = self.ctx.store.transaction(local_id) if isinstance(local_id, int) else None
         id_tag = running.tx.id_tag if running is not None else None
         if id_tag is None:
-            stored = self.ctx.store.transaction(local_id) if isinstance(local_id, int) else None
             id_tag = stored.id_tag if stored is not None else None
+        if stored is not None and stored.cs_transaction_id is not None:
+            # The id the Central System (its UI, its bills) knows the session by; the
+            # connector's own line said only evsed's local record id.
+            log.info(
+                "connector %s transaction %s (local %s): Central System answered %s",
+                stored.connector_id,
+                stored.cs_transaction_id,
+                local_id,
+                status,
+            )
         if id_tag is not None and self.ctx.authorizer is not None:
             # The session has already put this answer in the cache.
             action = self.ctx.authorizer.on_start_transaction_conf(
@@ -341,7 +353,11 @@ class OcppHooks:
         if action == "continue":
             return
         log.info(
-            "transaction %s: idTag %s answered %s: %s", local_id, mask_tag(id_tag), status, action
+            "transaction (local %s): idTag %s answered %s: %s",
+            local_id,
+            mask_tag(id_tag),
+            status,
+            action,
         )
         if action == "stop":
             charger.request_stop(cid, StopReason.DE_AUTHORIZED)

@@ -51,8 +51,9 @@ async def test_a_session_at_info(
     for line in (
         f"connected to {cs.url}/{CP_ID}",
         "boot accepted",
-        "transaction 1 started",
-        "transaction 1 stopped: EVDisconnected",
+        "transaction (local 1) started",
+        "transaction 1 (local 1): Central System answered Accepted",
+        "transaction (local 1) stopped: EVDisconnected",
     ):
         assert line in text, line
     assert any("stopped" in m and m.endswith(" Wh") for m in text.splitlines())
