@@ -501,7 +501,9 @@ class Problem:
     expected: str
 
     def __str__(self) -> str:
-        return f"{self.path}: {self.expected} (given: {self.given})"
+        # No "(given: …)" for a problem no single value of the file caused (no GPIO here).
+        given = f" (given: {self.given})" if self.given else ""
+        return f"{self.path}: {self.expected}{given}"
 
 
 class ConfigError(Exception):

@@ -172,11 +172,18 @@ def _gpio(config: Config, report: Report) -> None:
         # touches no pin.
         factory = gpiobackend.default_factory()
     except gpiobackend.NoGpioBackend as exc:
-        # The Pi example says `[bench] enabled = false`; other files leave the section out.
-        given = "false" if "bench" in config.model_fields_set else "false (no [bench] section)"
-        report.problems.append(Problem("bench.enabled", given, f"GPIO pins: {exc}"))
+        # Named "GPIO", given nothing: the machine lacks it, no key of the file is wrong
+        # (it read "bench.enabled: … (given: false)" for a file with no [bench] at all).
+        report.problems.append(Problem("GPIO", "", str(exc)))
         return
     factory.close()
+
+
+def file_warnings(config: Config) -> list[Problem]:
+    """The warnings the file alone gives (`config check --file-only` prints them too)."""
+    report = Report()
+    _warnings(config, report)
+    return report.warnings
 
 
 def _warnings(config: Config, report: Report, hardware_only: bool = False) -> None:
@@ -205,6 +212,6 @@ def _warnings(config: Config, report: Report, hardware_only: bool = False) -> No
             Problem(
                 "central_system.authorization_key",
                 "'***'",
-                "a key of this charger's own (this is the example's placeholder)",
+                "replace the example's placeholder with this charger's own key (16+ characters)",
             )
         )
