@@ -20,7 +20,10 @@ Per connector, at every instant:
   start), so the whole never exceeds what its connectors apply.
 
 Limits are compared in the unit asked for: W = A x V x phases, where phases is the period's
-numberPhases (3 when absent, §7.12) but never more than the connector uses (errata §3.34).
+numberPhases (3 when absent, §7.12) but never more than the connector uses (errata §3.34),
+and only where a phase relay makes the EV draw on that many: without one it draws on all
+the connector's phases whatever numberPhases says (`ElectricalContext.phase_switch`), so
+that is what is applied and reported.
 Instants are whole seconds (the wire's startPeriod is an integer).
 
 minChargingRate (§7.13: "minimum charging rate supported by the electric vehicle ... to be
@@ -73,6 +76,11 @@ class ElectricalContext:
     phases: int
     voltage_v: float
     max_current_a: float | None = None
+    # A phase relay ([connectors.phase_switch]): a period's numberPhases is how many phases
+    # the EV then draws. Without one the EV draws on every phase of the connector whatever
+    # a period says, so numberPhases changes nothing (a 4140 W, numberPhases 1 limit on a
+    # three-phase connector is 6 A, not 18 A drawn on three phases: 12420 W).
+    phase_switch: bool = False
 
     def __post_init__(self) -> None:
         if self.phases not in (1, 2, 3):
@@ -152,7 +160,9 @@ def convert(
 ) -> float:
     if from_unit is to_unit or math.isinf(limit):
         return limit
-    phases = electrical.phases if number_phases is None else min(number_phases, electrical.phases)
+    phases = electrical.phases
+    if number_phases is not None and electrical.phase_switch:
+        phases = min(number_phases, electrical.phases)
     factor = electrical.voltage_v * phases
     return limit * factor if from_unit is RateUnit.A else limit / factor
 

@@ -254,10 +254,20 @@ def test_watts_to_amps_and_amps_to_watts() -> None:
     assert run(ps, H, electrical=THREE_PHASE) == [(0, 16.0)]
     # The same asked in W: as installed.
     assert run(ps, H, unit=RateUnit.W, electrical=THREE_PHASE) == [(0, 11040)]
-    # 16 A with numberPhases 1, asked in W: 16 x 230 x 1 = 3680 W, the phases carried.
+    # 16 A with numberPhases 1, asked in W, where a phase relay switches to one phase:
+    # 16 x 230 x 1 = 3680 W, the phases carried.
     ps = ProfileSet()
     ps.install(profile(1, Purpose.TX_DEFAULT, 0, [(0, 16, 1)], start=T))
-    assert run(ps, H, unit=RateUnit.W, electrical=THREE_PHASE) == [(0, 3680.0, 1)]
+    switched = ElectricalContext(phases=3, voltage_v=230.0, phase_switch=True)
+    assert run(ps, H, unit=RateUnit.W, electrical=switched) == [(0, 3680.0, 1)]
+    # Without a phase relay the EV draws 16 A on all three phases whatever numberPhases
+    # says: 11040 W is what is applied, and what is reported.
+    assert run(ps, H, unit=RateUnit.W, electrical=THREE_PHASE) == [(0, 11040.0, 1)]
+    # A 4140 W, numberPhases 1 limit without a relay: 4140 / 690 = 6 A (not 18 A x 3 phases).
+    ps = ProfileSet()
+    ps.install(profile(1, Purpose.TX_DEFAULT, 0, [(0, 4140, 1)], start=T, unit=RateUnit.W))
+    assert run(ps, H, electrical=THREE_PHASE) == [(0, 6.0, 1)]
+    assert run(ps, H, electrical=switched) == [(0, 18.0, 1)]
     # 16 A (3 phases) capped by a 7360 W ChargePointMax: 7360 / 690 = 10.67 A binds.
     ps = ProfileSet()
     ps.install(profile(1, Purpose.TX_DEFAULT, 0, [(0, 16)], start=T))

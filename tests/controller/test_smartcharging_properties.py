@@ -91,7 +91,9 @@ def cases(draw: st.DrawFn) -> tuple[ProfileSet, TxContext, ElectricalContext, in
         except InvalidProfile:
             pass
     tx = TxContext(5, T - timedelta(seconds=draw(st.integers(0, 2 * DAY))))
-    electrical = ElectricalContext(phases=draw(st.sampled_from((1, 3))), voltage_v=230.0)
+    electrical = ElectricalContext(
+        phases=draw(st.sampled_from((1, 3))), voltage_v=230.0, phase_switch=draw(st.booleans())
+    )
     return ps, tx, electrical, draw(st.integers(1, 2 * DAY))
 
 
@@ -133,7 +135,8 @@ def _in(value: tuple[float, int | None], unit: RateUnit, asked: RateUnit, el) ->
     limit, phases = value
     if unit is asked:
         return limit
-    used = el.phases if phases is None else min(phases, el.phases)
+    # numberPhases counts only where a phase relay makes the EV draw on that many.
+    used = el.phases if phases is None or not el.phase_switch else min(phases, el.phases)
     return limit * 230.0 * used if unit is RateUnit.A else limit / (230.0 * used)
 
 

@@ -42,7 +42,6 @@ from evsed.controller.smartcharging.composite import (
     UnknownConnector,
     composite,
     enforced_at,
-    limit_at,
 )
 from evsed.controller.smartcharging.model import (
     ChargingProfile,
@@ -120,16 +119,15 @@ class SmartChargingService:
     def electrical(self, connector_id: int, *, with_rating: bool = False) -> ElectricalContext:
         connectors = self.ctx.config.connectors
         cfg = connectors[max(0, connector_id - 1)]
-        phases = cfg.phases
-        charger = self.ctx.charger
-        if connector_id and charger is not None and connector_id in charger.connector_ids:
-            phases = charger.metering(connector_id).phases
         own = [c.max_current_a or c.rated_current_a for c in connectors]
         rating = float(sum(own) if connector_id == 0 else own[connector_id - 1])
+        # The wired phases: with a phase relay a period's numberPhases says how many of
+        # them the EV draws then (whatever the relay is at now); without one, all of them.
         return ElectricalContext(
-            phases=phases,
+            phases=cfg.phases,
             voltage_v=cfg.nominal_voltage_v,
             max_current_a=rating if with_rating else None,
+            phase_switch=cfg.phase_switch.enabled,
         )
 
     @property
@@ -164,18 +162,21 @@ class SmartChargingService:
             rate = whole.cap
             cap = None if rate is None else SmartChargingLimit(rate.limit, rate.unit.value)
             return Evaluation(cap, whole.next_change)
-        got = limit_at(
-            self.profiles,
-            connector_id,
-            now,
-            transaction=self.tx_context(connector_id),
-            electrical=self.electrical(connector_id),
-            connector_ids=self.connector_ids,
-            transactions=self.transactions(),
+        got = enforced_at(
+            self.profiles, connector_id, now, transaction=self.tx_context(connector_id)
         )
-        # The EV's minChargingRate goes with the limit: the limiter pauses rather than offer
-        # less than it (the composite is asked in A, so both are amps).
-        value = None if got.limit is None else SmartChargingLimit(got.limit, "A", got.min_rate)
+        # Each limit goes to the limiter in its own unit: a W limit becomes amps there, with
+        # the phases the EV really draws (the meter's, else the connector's: a numberPhases 1
+        # period on a three-phase connector without a phase relay is still drawn on three),
+        # and the lower of the Tx/TxDefaultProfile's and the ChargePointMaxProfile's in amps
+        # binds. The minChargingRate goes with the limit (same unit): the limiter pauses
+        # rather than offer less than it.
+        cap = None if got.cap is None else SmartChargingLimit(got.cap.limit, got.cap.unit.value)
+        if got.tx is not None:
+            tx = got.tx
+            value = SmartChargingLimit(tx.limit, tx.unit.value, tx.min_rate, cap)
+        else:
+            value = cap
         return Evaluation(value, got.next_change, got.number_phases)
 
     # ------------------------------------------------------------ changes
