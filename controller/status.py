@@ -347,6 +347,10 @@ def format_table(snap: dict[str, Any]) -> str:
             )
         limit = c["limit"]
         limit_text = "suspended" if limit["suspended"] else _num(limit["amps"], "A")
+        limit_text = f"{limit_text} ({limit['reason']})"
+        if c["pilot"] == "A" and limit["suspended"] and limit["reason"] == "cable":
+            # Nothing plugged: no cable to read a rating from, which is no limit to report.
+            limit_text = "no EV"
         status = c["status"] if c["error_code"] == "NoError" else f"{c['status']}/{c['error_code']}"
         rows.append(
             (
@@ -357,7 +361,7 @@ def format_table(snap: dict[str, Any]) -> str:
                 _num(c["drawn_a"], "A"),
                 _num(c["power_w"], "W", 0),
                 _num(c["energy_wh"], "Wh", 0),
-                f"{limit_text} ({limit['reason']})",
+                limit_text,
                 tx_text,
             )
         )

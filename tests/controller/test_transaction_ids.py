@@ -1,6 +1,7 @@
 """The transaction number a user reads is the Central System's transactionId: the log names
 it once StartTransaction.conf arrives (evsed's own record id only as "local N"), and
-`evsed status` (table and --json) shows it, or "pending" before the answer.
+`evsed status` (table and --json) shows it, or "pending" before the answer; and the table
+says "no EV" where it said "suspended (cable)" with nothing plugged.
 
 The CS here numbers from 41, so its ids and evsed's local ids (from 1) cannot be confused."""
 
@@ -89,3 +90,14 @@ def test_before_the_answer_the_table_says_pending() -> None:
     assert " pending ******DDEE 12 Wh" in status.format_table(_snap(tx))
     # Without a Central System there is no transactionId to wait for: evsed's own record.
     assert " local 3 ******DDEE" in status.format_table(_snap(tx, configured=False))
+
+
+def test_nothing_plugged_reads_no_ev_not_suspended_cable() -> None:
+    snap = _snap(None)
+    c1 = snap["connectors"][0]
+    c1.update(pilot="A", status="Available")
+    c1["limit"] = {"amps": 0.0, "suspended": True, "reason": "cable"}
+    table = status.format_table(snap)
+    assert " no EV " in table + " " and "suspended (cable)" not in table
+    c1["pilot"] = "B"  # a cable without a readable rating: that one is a limit
+    assert "suspended (cable)" in status.format_table(snap)
