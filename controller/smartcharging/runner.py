@@ -19,8 +19,10 @@ and a period boundary within one timer wake-up of it (well inside the 1 s the is
 Time: `now` is the clock's wall time, because schedules are written in it; the wait is
 taken on the same clock (`clock.sleep`), so a FakeClock runs a day of periods in
 milliseconds. If the wall clock is set (the BootNotification's time), call `reevaluate()`:
-the timer is then recomputed from the new time. A timer that wakes early (the wall clock
-went back) simply finds the same answer and sets itself again.
+the timer is then made anew from the new time. Without that call a step forward delays a
+boundary by at most one nap (30 s: the timer sleeps in naps and looks at the wall clock after
+each). A timer that wakes early (the wall clock went back) finds the same answer and sets
+itself again.
 """
 
 from __future__ import annotations
@@ -41,6 +43,8 @@ log = logging.getLogger(__name__)
 # A timer's wake-up and the boundary it waits for may differ by float rounding of the
 # clock: a boundary this close counts as reached (no second wake-up a microsecond later).
 _ROUNDING = timedelta(milliseconds=1)
+#: The longest sleep before the wall clock is looked at again (as ocpp16/expiry.py does).
+_NAP_S = 30.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -114,7 +118,9 @@ class SmartChargingRunner:
         now = self._clock.now()
         for cid in ids:
             self._apply(cid, now)
-        self._arm()
+        # Always a new timer: the wall clock may have been set since the old one began its
+        # sleep, which was computed from the old time (a boundary would fire late by the step).
+        self._arm(renew=True)
 
     def _apply(self, cid: int, now: datetime) -> None:
         self.evaluations += 1
@@ -129,15 +135,19 @@ class SmartChargingRunner:
         if cid not in self._applied or self._applied[cid] != result.limit:
             self._applied[cid] = result.limit
             self._charger.set_smart_charging_limit(cid, result.limit)
-        if cid != 0 and self._set_phases is not None and result.number_phases in (1, 3):
-            if self._phases.get(cid) != result.number_phases:
-                self._phases[cid] = result.number_phases
-                self._set_phases(cid, result.number_phases)
+        if cid != 0 and self._set_phases is not None:
+            # No numberPhases (no profile, or one that says none) means three (OCPP 1.6
+            # §7.12): a connector switched to one phase goes back once that period ends.
+            wanted = 1 if result.number_phases == 1 else 3
+            if self._phases.get(cid) != wanted:
+                self._phases[cid] = wanted
+                self._set_phases(cid, wanted)
 
-    def _arm(self) -> None:
+    def _arm(self, *, renew: bool = False) -> None:
         pending = [t for t in self._next.values() if t is not None]
         at = min(pending) if pending else None
-        if at == self._timer_at and self._timer is not None and not self._timer.done():
+        running = self._timer is not None and not self._timer.done()
+        if not renew and at == self._timer_at and running:
             return
         if self._timer is not None and not self._timer.done():
             self._timer.cancel()
@@ -148,9 +158,10 @@ class SmartChargingRunner:
             )
 
     async def _fire_at(self, at: datetime) -> None:
-        delay = (at - self._clock.now()).total_seconds()
-        if delay > 0:
-            await self._clock.sleep(delay)
+        # Naps of at most _NAP_S, the wall clock looked at after each: a step of it that
+        # nobody reported (reevaluate) delays a boundary by at most one nap.
+        while (delay := (at - self._clock.now()).total_seconds()) > 0:
+            await self._clock.sleep(min(delay, _NAP_S))
         # Only the connectors whose answer was due change; the others keep theirs.
         now = self._clock.now()
         self._timer = None

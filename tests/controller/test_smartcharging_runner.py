@@ -201,3 +201,59 @@ async def test_a_periods_number_phases_reaches_the_phase_switch(clock: FakeClock
     runner.reevaluate()  # the same answer again: no second switch
     assert switched == [(1, 3), (1, 1)]
     await runner.stop()
+
+
+async def test_a_forward_clock_step_does_not_delay_the_next_boundary(clock: FakeClock) -> None:
+    """The BootNotification sets the wall clock 1 h forward, then reevaluate(): the boundary
+    1 h 30 min ahead by the old clock is 30 min ahead by the new one, and fires then (the old
+    timer, asleep for the old delay, would have fired 1 h late; safety review of issue 11)."""
+    sink = Sink(clock=clock)
+    t0 = clock.monotonic()
+    schedule = Steps(clock.now() + timedelta(hours=1), {1: [(-3600, A(16)), (1800, A(6))]})
+    runner = SmartChargingRunner(sink, clock, schedule, connector_ids=[1])
+    runner.start()
+    await clock.advance(1)
+    clock.offset_s = 3600.0
+    runner.reevaluate()
+    await clock.advance(1800)
+    assert [(round(t - t0), v) for t, _, v in sink.calls] == [(0, A(16)), (1800, A(6))]
+    await runner.stop()
+
+
+async def test_an_unreported_clock_step_delays_a_boundary_by_one_nap_at_most(
+    clock: FakeClock,
+) -> None:
+    sink = Sink(clock=clock)
+    t0 = clock.monotonic()
+    schedule = Steps(clock.now(), {1: [(0, A(16)), (7200, A(6))]})
+    runner = SmartChargingRunner(sink, clock, schedule, connector_ids=[1])
+    runner.start()
+    await clock.advance(1)
+    clock.offset_s = 3600.0  # nobody calls reevaluate()
+    await clock.advance(3600 + 30)
+    assert sink.calls[-1][2] == A(6)
+    assert sink.calls[-1][0] - t0 <= 3600 + 30
+    await runner.stop()
+
+
+async def test_phases_go_back_to_three_when_no_profile_says_one(clock: FakeClock) -> None:
+    """A numberPhases 1 TxProfile ends with its transaction: no profile says anything, which
+    means three (OCPP 1.6 §7.12), so the relay goes back for the next session."""
+    sink = Sink(clock=clock)
+    answer = {"now": Evaluation(A(16), None, 1)}
+    switched: list[tuple[int, int]] = []
+    runner = SmartChargingRunner(
+        sink,
+        clock,
+        lambda cid, now: answer["now"],
+        connector_ids=[1],
+        set_phases=lambda cid, n: switched.append((cid, n)) is None,
+    )
+    runner.start()
+    answer["now"] = Evaluation(None, None, None)
+    runner.reevaluate()
+    assert switched == [(1, 1), (1, 3)]
+    answer["now"] = Evaluation(A(10), None, None)  # a profile without numberPhases: three
+    runner.reevaluate()
+    assert switched == [(1, 1), (1, 3)]
+    await runner.stop()
