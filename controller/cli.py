@@ -101,10 +101,18 @@ def _parser() -> argparse.ArgumentParser:
         "at -12 V during PWM (through the ADC), the proximity pilot, the relay closing and "
         "opening (by its feedback contact), the RCD self-test, the lock, the temperature "
         "sensor, the meter answering with plausible values and the card reader. The relay "
-        "is closed only on a good pilot (no vehicle) and an untripped RCD, and is left open "
-        "whatever happens. Exit status 1 when a check fails.",
+        "is closed only on a good pilot (no vehicle), no cable in the socket (proximity "
+        "pilot open), an untripped RCD, and with consent: --close-relay, or a yes to the "
+        "question asked on a terminal (without either, the relay rows are skipped). While it "
+        "is closed the connector's pins are live. No PWM once a vehicle is seen; the relay "
+        "is left open whatever happens. Exit status 1 when a check fails.",
     )
     stest.add_argument("-c", "--config", type=Path, help="TOML file (default: bench defaults)")
+    stest.add_argument(
+        "--close-relay",
+        action="store_true",
+        help="close the relay without asking (the connector's pins are live meanwhile)",
+    )
     stest.set_defaults(func=_selftest)
 
     off = sub.add_parser(
@@ -267,18 +275,29 @@ def _selftest(args: argparse.Namespace) -> int:
     from evsed.controller import selftest, status
 
     cfg = checked_or_exit(args.config, hardware_only=True)
+    stop_it = "stop it first (sudo systemctl stop evsed)"
     for path in {status.server_socket_path(cfg), status.client_socket_path(cfg)}:
         with contextlib.suppress(status.StatusError):
             status.query(path, timeout_s=1.0)
-            print(
-                f"evsed selftest: evsed is running ({path}); stop it first "
-                "(sudo systemctl stop evsed)",
-                file=sys.stderr,
-            )
+            print(f"evsed selftest: evsed is running ({path}); {stop_it}", file=sys.stderr)
             return EXIT_CONFIG
-    rows = asyncio.run(selftest.run_selftest(cfg))
+    close_relay: selftest.CloseRelay = args.close_relay
+    if not close_relay and sys.stdin.isatty():
+        close_relay = _ask_close_relay
+    rows = asyncio.run(selftest.run_selftest(cfg, close_relay=close_relay))
     print(selftest.format_table(rows))
     return 1 if selftest.failed(rows) else 0
+
+
+def _ask_close_relay(connector: int) -> bool:
+    try:
+        answer = input(
+            f"Close the relay of connector {connector}? Its connector pins will be LIVE "
+            "(mains) until it opens again; nothing may be plugged in. [y/N] "
+        )
+    except EOFError:
+        return False
+    return answer.strip().lower() in ("y", "yes")
 
 
 def _safe_off(args: argparse.Namespace) -> int:

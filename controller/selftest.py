@@ -1,10 +1,13 @@
 """`evsed selftest`: commissioning checks of every fitted part, one row each.
 
 Run with the service stopped (it owns the outputs). The pilot is checked first: the relay is
-only closed when the pilot reads state A (no vehicle plugged) and the RCD has not tripped,
-and the pilot stays at a steady +12 V (no PWM, so no current offered) while it is closed.
-Whatever happens (a failed row, an exception, Ctrl-C), the relay ends open and the pilot at
-+12 V before the devices are released.
+only closed when the pilot reads state A (no vehicle plugged), the proximity pilot reads no
+cable in the socket (a cable plugged there with its car end hanging free would have live
+pins: CP reads A all the same), the RCD has not tripped, and the person at the charger
+agreed (`close_relay`: the connector's pins are live while it is closed). The pilot stays at
+a steady +12 V (no PWM, so no current offered) while it is closed, and is not put into PWM
+at all once a vehicle is seen. Whatever happens (a failed row, an exception, Ctrl-C), the
+relay ends open and the pilot at +12 V before the devices are released.
 
 The limits below are what a healthy installation reads with nothing plugged in; they are
 wide on purpose: a commissioning check finds a wrong wire or a dead part, not drift.
@@ -17,7 +20,7 @@ import contextlib
 import logging
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeAlias
 
 from evsed.controller import hardware
 from evsed.controller.charger import ConnectorParts, Parts
@@ -41,6 +44,10 @@ METER_TIMEOUT_S = 5.0
 READER_WINDOW_S = 1.5
 #: The lock driver's pulse (0.5 s) and the motor's travel.
 LOCK_WAIT_S = 0.8
+#: Consent to close the relay: True (`--close-relay`), False (not given: the relay rows are
+#: skipped), or a question asked for connector n right before it closes (a tty).
+CloseRelay: TypeAlias = bool | Callable[[int], bool]
+NEEDS_CONSENT = "not tried (needs --close-relay)"
 
 
 @dataclass(frozen=True)
@@ -72,13 +79,22 @@ def format_table(rows: list[Row]) -> str:
 class _Connector:
     """The checks of one connector, in the order they must run."""
 
-    def __init__(self, n: int, cfg: ConnectorConfig, parts: ConnectorParts, clock: Clock) -> None:
+    def __init__(
+        self,
+        n: int,
+        cfg: ConnectorConfig,
+        parts: ConnectorParts,
+        clock: Clock,
+        close_relay: CloseRelay = False,
+    ) -> None:
         self.n = n
         self.cfg = cfg
         self.parts = parts
         self.clock = clock
+        self.close_relay = close_relay
         self.rows: list[Row] = []
-        self.vehicle = False  # a vehicle seems plugged: no relay test
+        self.vehicle = False  # a vehicle seems plugged: no PWM, no relay test
+        self.cable = False  # a plug in the socket outlet: no relay test
 
     def row(self, part: str, ok: bool | None, detail: str) -> None:
         self.rows.append(Row(part, self.n, ok, detail))
@@ -109,6 +125,11 @@ class _Connector:
         self.row("pilot +12 V", ok, detail)
 
     async def pilot_minus(self) -> None:
+        if self.vehicle:
+            # PWM is a current offer (50 % = 30 A): a vehicle in state B would start drawing
+            # as soon as the relay closed, and the relay is the only thing between.
+            self.row("pilot -12 V", None, "not tried: a vehicle is plugged (PWM offers current)")
+            return
         try:
             self.parts.pilot.set_duty(TEST_DUTY)
             reading = await self._read_pilot()
@@ -135,6 +156,7 @@ class _Connector:
         elif reading.cable_a is None:
             self.row("proximity", True, "open (no cable plugged)")
         else:
+            self.cable = True
             self.row("proximity", True, f"{reading.cable_a} A cable ({reading.ohms:.0f} ohm)")
 
     async def relay(self) -> None:
@@ -143,6 +165,9 @@ class _Connector:
         reason = ""
         if self.vehicle:
             reason = "a vehicle is plugged"
+        elif self.cable:
+            # CP reads A with the car end of the cable hanging free: only PP tells.
+            reason = "a cable is plugged in the socket (its pins would be live): unplug it"
         elif not any(r.part == "pilot +12 V" and r.ok for r in self.rows):
             reason = "the pilot check failed"
         elif rcd is not None and rcd.tripped:
@@ -150,6 +175,10 @@ class _Connector:
         if reason:
             self.row("relay close", False, f"not tried: {reason}")
             self.row("relay open", False, f"not tried: {reason}")
+            return
+        if not await self._consent():
+            self.row("relay close", None, NEEDS_CONSENT)
+            self.row("relay open", None, NEEDS_CONSENT)
             return
         settle = self.cfg.contactor.settle_s + 0.1
         try:
@@ -172,6 +201,12 @@ class _Connector:
                 not still,
                 "feedback stayed closed: welded?" if still else "feedback open",
             )
+
+    async def _consent(self) -> bool:
+        if callable(self.close_relay):
+            # Asked right before closing (not up front): the answer is about this moment.
+            return bool(await asyncio.to_thread(self.close_relay, self.n))
+        return self.close_relay is True
 
     async def rcd(self) -> None:
         rcd = self.parts.rcd
@@ -266,12 +301,17 @@ async def _reader_row(parts: Parts, clock: Clock, window_s: float) -> Row:
 
 
 async def check_parts(
-    config: Config, parts: Parts, clock: Clock, *, reader_window_s: float = READER_WINDOW_S
+    config: Config,
+    parts: Parts,
+    clock: Clock,
+    *,
+    reader_window_s: float = READER_WINDOW_S,
+    close_relay: CloseRelay = False,
 ) -> list[Row]:
     rows: list[Row] = []
     try:
         for n, (cfg, cparts) in enumerate(zip(config.connectors, parts.connectors, strict=True), 1):
-            c = _Connector(n, cfg, cparts, clock)
+            c = _Connector(n, cfg, cparts, clock, close_relay)
             for part, fn in (
                 ("pilot +12 V", c.pilot_plus),
                 ("pilot -12 V", c.pilot_minus),
@@ -309,6 +349,7 @@ async def run_selftest(
     clock: Clock | None = None,
     on_bench: Callable[[Any], Awaitable[None]] | None = None,
     reader_window_s: float = READER_WINDOW_S,
+    close_relay: CloseRelay = False,
 ) -> list[Row]:
     """Build the configured parts (on the simulated bench when it is enabled; `on_bench`
     is then awaited with it before the checks, e.g. to inject a fault), check them, and
@@ -332,7 +373,9 @@ async def run_selftest(
                 bench.drivers_ready()
                 if on_bench is not None:
                     await on_bench(bench)
-            return await check_parts(wired, parts, clock, reader_window_s=reader_window_s)
+            return await check_parts(
+                wired, parts, clock, reader_window_s=reader_window_s, close_relay=close_relay
+            )
         finally:
             make_safe(parts)
             parts.shutdown()

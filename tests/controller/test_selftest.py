@@ -10,6 +10,7 @@ import pytest
 
 from evsed.controller import cli, selftest
 from evsed.controller.config import Config
+from evsed.hal.contactor import RelayContactor
 
 
 def _config(tmp_path: Path) -> Config:
@@ -32,7 +33,9 @@ async def test_healthy_bench_passes_every_row(tmp_path: Path) -> None:
     async def watch(bench: Any) -> None:
         relay_seen.append(bench.sim(1).pins.relay_energized)
 
-    rows = await selftest.run_selftest(_config(tmp_path), on_bench=watch, reader_window_s=0.5)
+    rows = await selftest.run_selftest(
+        _config(tmp_path), on_bench=watch, reader_window_s=0.5, close_relay=True
+    )
     parts = _by_part(rows)
     assert set(parts) == {
         "pilot +12 V",
@@ -80,7 +83,9 @@ async def test_injected_fault_fails_its_row(tmp_path: Path, fault: str, row: str
     async def inject(bench: Any) -> None:
         await bench.inject_fault(fault, 1, True)
 
-    rows = await selftest.run_selftest(_config(tmp_path), on_bench=inject, reader_window_s=0.5)
+    rows = await selftest.run_selftest(
+        _config(tmp_path), on_bench=inject, reader_window_s=0.5, close_relay=True
+    )
     failing = {r.part for r in rows if r.ok is False}
     assert row in failing, selftest.format_table(rows)
     allowed = {row} | DEPENDS.get(row, set())
@@ -124,6 +129,96 @@ async def test_relay_left_open_when_a_check_raises(
     assert seen["pins"].relay_energized is False
 
 
+async def test_cable_in_socket_but_not_in_car_keeps_relay_open(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A cable plugged into the socket, its car end hanging free: CP reads A (open at the
+    car end), PP reads a 32 A cable. Closing the relay would make the free pins live."""
+    energized: list[int] = []
+    monkeypatch.setattr(RelayContactor, "energize", lambda self: energized.append(1))
+
+    async def cable_only(bench: Any) -> None:
+        bench.sim(1).pins.set_pp_ohms(220.0)
+
+    rows = await selftest.run_selftest(
+        _config(tmp_path), on_bench=cable_only, reader_window_s=0.1, close_relay=True
+    )
+    by = _by_part(rows)
+    assert by["pilot +12 V"].ok is True, selftest.format_table(rows)
+    assert by["proximity"].detail.startswith("32 A cable")
+    for part in ("relay close", "relay open"):
+        assert by[part].ok is False and "cable is plugged in the socket" in by[part].detail
+    assert energized == []
+
+
+async def test_relay_closed_only_with_consent(tmp_path: Path) -> None:
+    seen: dict[str, Any] = {}
+
+    async def keep(bench: Any) -> None:
+        seen["pins"] = bench.sim(1).pins
+
+    rows = await selftest.run_selftest(_config(tmp_path), on_bench=keep, reader_window_s=0.1)
+    by = _by_part(rows)
+    for part in ("relay close", "relay open"):
+        assert (by[part].ok, by[part].detail) == (None, "not tried (needs --close-relay)")
+    assert not selftest.failed(rows)
+
+    asked: list[tuple[int, bool]] = []
+
+    def no(n: int) -> bool:
+        asked.append((n, seen["pins"].relay_energized))
+        return False
+
+    rows = await selftest.run_selftest(
+        _config(tmp_path), on_bench=keep, reader_window_s=0.1, close_relay=no
+    )
+    assert asked == [(1, False)]  # asked before anything closed
+    assert _by_part(rows)["relay close"].ok is None
+
+    def yes(n: int) -> bool:
+        asked.append((n, seen["pins"].relay_energized))
+        return True
+
+    rows = await selftest.run_selftest(
+        _config(tmp_path), on_bench=keep, reader_window_s=0.1, close_relay=yes
+    )
+    assert _by_part(rows)["relay close"].ok is True, selftest.format_table(rows)
+
+
+async def test_no_pwm_once_a_vehicle_is_seen(tmp_path: Path) -> None:
+    """pilot +12 V found a vehicle (state B): a 50 % duty would offer it 30 A."""
+    duties: list[float] = []
+
+    async def vehicle(bench: Any) -> None:
+        await bench.plug(1)
+
+    original = selftest._Connector.pilot_minus
+
+    async def watch(self: selftest._Connector) -> None:
+        set_duty = self.parts.pilot.set_duty
+
+        def spy(duty: float) -> None:
+            duties.append(duty)
+            set_duty(duty)
+
+        self.parts.pilot.set_duty = spy  # type: ignore[method-assign]
+        try:
+            await original(self)
+        finally:
+            self.parts.pilot.set_duty = set_duty  # type: ignore[method-assign]
+
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(selftest._Connector, "pilot_minus", watch)
+        rows = await selftest.run_selftest(
+            _config(tmp_path), on_bench=vehicle, reader_window_s=0.1, close_relay=True
+        )
+    by = _by_part(rows)
+    assert by["pilot +12 V"].ok is False, selftest.format_table(rows)
+    assert by["pilot -12 V"].ok is None and "vehicle" in by["pilot -12 V"].detail
+    assert [d for d in duties if d < 1.0] == []
+    assert by["relay close"].detail.startswith("not tried")
+
+
 def test_cli_exit_status_and_table(
     tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -143,3 +238,41 @@ def test_cli_exit_status_and_table(
     monkeypatch.setattr(selftest, "run_selftest", broken)
     assert cli.main(["selftest", "--config", str(cfg)]) == 1
     assert "FAIL" in capsys.readouterr().out
+
+
+def _cli_config(tmp_path: Path) -> Path:
+    cfg = tmp_path / "evsed.toml"
+    cfg.write_text(
+        f'state_dir = "{tmp_path / "state"}"\n'
+        "[bench]\ncontrol_port = 0\n"
+        "[[connectors]]\n[connectors.meter]\nport = 0\n"
+    )
+    return cfg
+
+
+def test_cli_relay_needs_flag_or_a_yes_on_a_tty(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    seen: list[Any] = []
+
+    async def record(config: Config, **kw: Any) -> list[selftest.Row]:
+        seen.append(kw["close_relay"])
+        return [selftest.Row("relay close", 1, None, selftest.NEEDS_CONSENT)]
+
+    monkeypatch.setattr(selftest, "run_selftest", record)
+    cfg = str(_cli_config(tmp_path))
+    monkeypatch.setattr("sys.stdin.isatty", lambda: False)
+    assert cli.main(["selftest", "--config", cfg]) == 0
+    assert cli.main(["selftest", "--config", cfg, "--close-relay"]) == 0
+    assert seen == [False, True]
+    assert "needs --close-relay" in capsys.readouterr().out
+
+    monkeypatch.setattr("sys.stdin.isatty", lambda: True)
+    assert cli.main(["selftest", "--config", cfg]) == 0
+    ask = seen[-1]
+    assert callable(ask)
+    prompts: list[str] = []
+    for answer, expected in (("y", True), ("", False), ("no", False)):
+        monkeypatch.setattr("builtins.input", lambda p, a=answer: prompts.append(p) or a)
+        assert ask(1) is expected
+    assert "LIVE" in prompts[0]
