@@ -281,10 +281,22 @@ def _selftest(args: argparse.Namespace) -> int:
             status.query(path, timeout_s=1.0)
             print(f"evsed selftest: evsed is running ({path}); {stop_it}", file=sys.stderr)
             return EXIT_CONFIG
+    # The socket answers only once a service is up: one still starting (or wedged before
+    # its socket) holds the instance lock already, and owns the outputs. Held throughout,
+    # so that no `evsed run` starts under the test either.
+    lock = status.InstanceLock(cfg.state_dir)
+    try:
+        lock.acquire()
+    except status.AlreadyRunning as exc:
+        print(f"evsed selftest: {exc}; {stop_it}", file=sys.stderr)
+        return EXIT_CONFIG
     close_relay: selftest.CloseRelay = args.close_relay
     if not close_relay and sys.stdin.isatty():
         close_relay = _ask_close_relay
-    rows = asyncio.run(selftest.run_selftest(cfg, close_relay=close_relay))
+    try:
+        rows = asyncio.run(selftest.run_selftest(cfg, close_relay=close_relay))
+    finally:
+        lock.release()
     print(selftest.format_table(rows))
     return 1 if selftest.failed(rows) else 0
 

@@ -8,7 +8,7 @@ from typing import Any
 
 import pytest
 
-from evsed.controller import cli, selftest
+from evsed.controller import cli, selftest, status
 from evsed.controller.config import Config
 from evsed.hal.contactor import RelayContactor
 
@@ -276,3 +276,25 @@ def test_cli_relay_needs_flag_or_a_yes_on_a_tty(
         monkeypatch.setattr("builtins.input", lambda p, a=answer: prompts.append(p) or a)
         assert ask(1) is expected
     assert "LIVE" in prompts[0]
+
+
+def test_cli_refuses_while_a_service_holds_the_instance_lock(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A service still starting (its socket not up yet) owns the outputs already."""
+    ran: list[bool] = []
+
+    async def record(config: Config, **_: Any) -> list[selftest.Row]:
+        ran.append(True)
+        return []
+
+    monkeypatch.setattr(selftest, "run_selftest", record)
+    cfg = str(_cli_config(tmp_path))
+    with status.InstanceLock(tmp_path / "state"):
+        assert cli.main(["selftest", "--config", cfg]) == cli.EXIT_CONFIG
+    assert ran == []
+    assert "another evsed uses" in capsys.readouterr().err
+    # released afterwards: a service may start once the test is over
+    assert cli.main(["selftest", "--config", cfg]) == 0
+    with status.InstanceLock(tmp_path / "state"):
+        pass
