@@ -290,6 +290,16 @@ def _selftest(args: argparse.Namespace) -> int:
     except status.AlreadyRunning as exc:
         print(f"evsed selftest: {exc}; {stop_it}", file=sys.stderr)
         return EXIT_CONFIG
+    except OSError as exc:
+        # The lock file is never removed: none there (and none creatable, e.g. the state
+        # directory is not set up yet) means no evsed has run with this state directory.
+        if lock.path.exists():
+            print(
+                f"evsed selftest: cannot tell whether evsed is running ({exc}); "
+                "run it as the service user (sudo -u evsed evsed selftest ...)",
+                file=sys.stderr,
+            )
+            return EXIT_CONFIG
     close_relay: selftest.CloseRelay = args.close_relay
     if not close_relay and sys.stdin.isatty():
         close_relay = _ask_close_relay

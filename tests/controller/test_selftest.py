@@ -298,3 +298,22 @@ def test_cli_refuses_while_a_service_holds_the_instance_lock(
     assert cli.main(["selftest", "--config", cfg]) == 0
     with status.InstanceLock(tmp_path / "state"):
         pass
+
+
+def test_cli_lock_file_unreadable_refuses(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    async def record(config: Config, **_: Any) -> list[selftest.Row]:
+        raise AssertionError("selftest ran without knowing whether evsed runs")
+
+    monkeypatch.setattr(selftest, "run_selftest", record)
+    cfg = str(_cli_config(tmp_path))
+    (tmp_path / "state").mkdir()
+    (tmp_path / "state" / status.LOCK_NAME).write_text("")
+
+    def denied(self: status.InstanceLock) -> None:
+        raise PermissionError(13, "Permission denied")
+
+    monkeypatch.setattr(status.InstanceLock, "acquire", denied)
+    assert cli.main(["selftest", "--config", cfg]) == cli.EXIT_CONFIG
+    assert "cannot tell whether evsed is running" in capsys.readouterr().err
