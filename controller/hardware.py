@@ -83,6 +83,9 @@ def _connector(cfg: Connector, adc: Adc, clock: Clock, pin_factory: Any) -> Conn
             cfg.phase_switch.relay_pin,
             active_high=cfg.phase_switch.active_high,
             pin_factory=pin_factory,
+            # Contacts reading closed (welded, or the feedback stuck): the phase relay stays
+            # where the last run left it; the charger raises the weld fault from the feedback.
+            keep_present=contactor.feedback() is True,
         )
     if cfg.rcd.enabled:
         parts.rcd = GpioRcd(cfg.rcd.fault_pin, cfg.rcd.test_pin, pin_factory=pin_factory)
