@@ -53,6 +53,14 @@ class ProfileSet:
         self.version += 1
         return replaced
 
+    def restore(self, profile: ChargingProfile) -> None:
+        """Install a profile from the store as it was accepted: limits lowered since
+        (ChargeProfileMaxStackLevel, ChargingScheduleMaxPeriods, MaxChargingProfilesInstalled)
+        do not drop it; a CS that wants it gone clears or replaces it."""
+        self._profiles = [p for p in self._profiles if not _replaces(profile, p)]
+        self._profiles.append(profile)
+        self.version += 1
+
     def clear(
         self,
         id: int | None = None,

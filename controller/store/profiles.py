@@ -17,6 +17,20 @@ class StoredProfile:
     purpose: str
     stack_level: int
     profile: dict[str, Any]  # the csChargingProfiles object as received
+    # Why the row's text is not a profile object (then `profile` is {}): the row is kept,
+    # for diagnosis and so that the service can fail safe for what it was (its columns).
+    error: str | None = None
+
+
+def _row(r: tuple[Any, ...]) -> StoredProfile:
+    """One row, parsed on its own: a corrupt one never hides the others (nor stops start-up)."""
+    try:
+        profile = loads(r[4])
+    except (ValueError, TypeError) as e:  # JSONDecodeError is a ValueError
+        return StoredProfile(r[0], r[1], r[2], r[3], {}, f"not JSON: {e}")
+    if not isinstance(profile, dict):
+        return StoredProfile(r[0], r[1], r[2], r[3], {}, "not a JSON object")
+    return StoredProfile(r[0], r[1], r[2], r[3], profile)
 
 
 class ChargingProfileRepository(Repository):
@@ -51,7 +65,7 @@ class ChargingProfileRepository(Repository):
             "AND (:p IS NULL OR purpose = :p) ORDER BY connector_id, purpose, stack_level",
             {"c": connector_id, "p": purpose},
         ).fetchall()
-        return [StoredProfile(r[0], r[1], r[2], r[3], loads(r[4])) for r in rows]
+        return [_row(r) for r in rows]
 
     def profile_clear(
         self,

@@ -26,6 +26,7 @@ Answers, where the specification leaves a choice:
 from __future__ import annotations
 
 import logging
+from dataclasses import replace
 from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
@@ -52,6 +53,7 @@ from evsed.controller.smartcharging.model import (
 )
 from evsed.controller.smartcharging.profileset import ProfileSet
 from evsed.controller.smartcharging.runner import Evaluation, SmartChargingRunner
+from evsed.controller.store.profiles import StoredProfile
 
 if TYPE_CHECKING:
     from evsed.controller.ocpp16.context import OcppContext
@@ -77,6 +79,10 @@ class SmartChargingService:
         )
         self._keys = keys
         self.runner: SmartChargingRunner | None = None
+        #: Stored profiles that could not be restored (corrupt row, invalid object). Each
+        #: row is kept in the store for diagnosis; while one is here its connector fails
+        #: safe (`FAILSAFE_A`) until the CS installs or clears a profile of its purpose there.
+        self.unreadable: list[StoredProfile] = []
         self._restore()
 
     def _restore(self) -> None:
@@ -86,13 +92,47 @@ class SmartChargingService:
                 stale_tx = True  # its transaction did not survive the restart
                 continue
             try:
+                if stored.error is not None:
+                    raise InvalidProfile(stored.error)
                 profile = ChargingProfile.from_ocpp(stored.profile, stored.connector_id)
-                self.profiles.install(profile)
-            except InvalidProfile as e:
-                log.warning("stored charging profile %s unreadable, dropped: %s", stored, e)
-                self.ctx.store.profile_clear(profile_id=stored.profile_id)
+                # As accepted: limits lowered since (ChargeProfileMaxStackLevel, ...) do not
+                # drop a profile the CS was told is installed.
+                self.profiles.restore(profile)
+            except Exception as e:  # any corrupt content: never stop start-up, never lift
+                log.error(
+                    "stored charging profile %s (connector %s, %s, stack level %s) unreadable:"
+                    " %s; row kept, connector held at %.0f A until the Central System sets"
+                    " or clears a %s there",
+                    stored.profile_id,
+                    stored.connector_id,
+                    stored.purpose,
+                    stored.stack_level,
+                    e,
+                    FAILSAFE_A,
+                    stored.purpose,
+                )
+                self.unreadable.append(stored)
         if stale_tx:
             self.ctx.store.profile_clear(purpose=Purpose.TX.value)
+
+    def _held(self, connector_id: int) -> bool:
+        """An unreadable stored profile could have limited `connector_id` (0: the whole)."""
+        for stored in self.unreadable:
+            if stored.purpose == Purpose.TX_DEFAULT.value:
+                if connector_id != 0 and stored.connector_id in (0, connector_id):
+                    return True
+            elif stored.purpose != Purpose.TX.value:
+                return True  # a ChargePointMaxProfile, or a purpose unreadable too: all
+        return False
+
+    def _supersede(self, matches: Any) -> int:
+        """Forget (and delete) the unreadable rows `matches(stored)` selects: the CS has said
+        again what it wants there."""
+        gone = [s for s in self.unreadable if matches(s)]
+        for stored in gone:
+            self.unreadable.remove(stored)
+            self.ctx.store.profile_clear(profile_id=stored.profile_id)
+        return len(gone)
 
     # ------------------------------------------------------------ running
 
@@ -161,6 +201,17 @@ class SmartChargingService:
             whole = enforced_at(self.profiles, 0, now, transaction=None)
             rate = whole.cap
             cap = None if rate is None else SmartChargingLimit(rate.limit, rate.unit.value)
+            if self._held(0):
+                el = self.electrical(0)
+                amps = None
+                if rate is not None:
+                    amps = (
+                        rate.limit
+                        if rate.unit is RateUnit.A
+                        else rate.limit / (el.voltage_v * el.phases)
+                    )
+                if amps is None or amps > FAILSAFE_A:
+                    cap = SmartChargingLimit(FAILSAFE_A)
             return Evaluation(cap, whole.next_change)
         got = enforced_at(
             self.profiles, connector_id, now, transaction=self.tx_context(connector_id)
@@ -177,6 +228,8 @@ class SmartChargingService:
             value = SmartChargingLimit(tx.limit, tx.unit.value, tx.min_rate, cap)
         else:
             value = cap
+        if self._held(connector_id):
+            value = _with_failsafe(value)
         return Evaluation(value, got.next_change, got.number_phases)
 
     # ------------------------------------------------------------ changes
@@ -184,6 +237,12 @@ class SmartChargingService:
     def install(self, profile: ChargingProfile) -> None:
         """Install and persist (synced) before the answer; InvalidProfile: nothing changed."""
         self.profiles.install(profile)
+        if profile.purpose is not Purpose.TX:
+            self._supersede(
+                lambda s: (
+                    s.purpose == profile.purpose.value and s.connector_id == profile.connector_id
+                )
+            )
         self.ctx.store.profile_put(
             profile.id,
             profile.connector_id,
@@ -197,9 +256,10 @@ class SmartChargingService:
         gone = self.profiles.clear(**criteria)
         for p in gone:
             self.ctx.store.profile_clear(profile_id=p.id)
-        if gone:
+        held = self._supersede(lambda s: _clears(s, **criteria))
+        if gone or held:
             self.reevaluate()
-        return len(gone)
+        return len(gone) + held
 
     def end_transaction(self, connector_id: int) -> None:
         """The transaction ended (or the EV of a RemoteStart never came)."""
@@ -213,6 +273,38 @@ class SmartChargingService:
         except KeyError:
             names = ["Current", "Power"]
         return {_UNIT_NAMES[n] for n in names if n in _UNIT_NAMES}
+
+
+#: What a connector is held at while a stored profile that could have limited it cannot be
+#: read. Chosen over a pause: the lowest current that still charges never exceeds a cap a
+#: site could have set for charging (below 6 A nothing charges), while a pause would leave
+#: the car empty in the morning if the CS (as Home Assistant) sends its cap only once. A
+#: lost pause (evcc's limit 0) charges at 6 A until evcc's next profile.
+FAILSAFE_A = 6.0
+
+
+def _with_failsafe(value: SmartChargingLimit | None) -> SmartChargingLimit:
+    """`value` with FAILSAFE_A as one more limit at the end of its chain."""
+    if value is None:
+        return SmartChargingLimit(FAILSAFE_A)
+    return replace(value, cap=_with_failsafe(value.cap))
+
+
+def _clears(
+    stored: StoredProfile,
+    id: int | None = None,
+    connector_id: int | None = None,
+    purpose: Purpose | None = None,
+    stack_level: int | None = None,
+) -> bool:
+    """ClearChargingProfile's criteria on a stored row's columns (as ProfileSet.clear)."""
+    if id is not None:
+        return stored.profile_id == id
+    return (
+        (connector_id is None or stored.connector_id == connector_id)
+        and (purpose is None or stored.purpose == purpose.value)
+        and (stack_level is None or stored.stack_level == stack_level)
+    )
 
 
 def _int(ctx: OcppContext, name: str, default: int) -> int:
