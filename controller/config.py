@@ -23,7 +23,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated, Any, Literal
-from urllib.parse import urlsplit, urlunsplit
+from urllib.parse import urlsplit
 
 from pydantic import (
     BaseModel,
@@ -104,7 +104,12 @@ class CentralSystem(Strict):
     @field_validator("url")
     @classmethod
     def _url(cls, value: str) -> str:
-        parts = urlsplit(value)
+        try:
+            parts = urlsplit(value)
+            parts.port  # noqa: B018 (range-checked on access)
+        except ValueError:
+            # Not the parser's message: it may quote part of the URL (its password).
+            raise ValueError("a URL that parses (check its port and any [IPv6] host)") from None
         if parts.scheme not in ("ws", "wss") or not parts.hostname:
             raise ValueError("expected a ws:// or wss:// URL with a host")
         if parts.password:
@@ -571,6 +576,9 @@ def _problem(err: Any, data: dict[str, Any]) -> Problem:
     if kind == "missing":
         return Problem(path, "nothing", "a value (required)")
     msg = err["msg"].removeprefix("Value error, ")
+    if path.rsplit(".", 1)[-1] == "url" and kind not in ("value_error", "assertion_error"):
+        # pydantic's own messages may quote the input; ours (the validator's) never do.
+        msg = "a ws:// or wss:// URL (text)"
     if isinstance(given, dict) and kind in ("value_error", "assertion_error"):
         given_text = "the section above"
     else:
@@ -599,12 +607,17 @@ def _lookup(data: dict[str, Any], path: str) -> Any:
 
 
 def _mask(path: str, value: Any) -> str:
-    leaf = path.rsplit(".", 1)[-1]
-    if leaf in SECRET_KEYS:
+    """The given value for a problem line. Total: whatever fails in here, '***' (a
+    traceback would carry the value, secrets and all, into the journal)."""
+    try:
+        leaf = path.rsplit(".", 1)[-1]
+        if leaf in SECRET_KEYS:
+            return "'***'"
+        if leaf == "url":
+            return repr(mask_url(value)) if isinstance(value, str) else "'***'"
+        return repr(value)
+    except Exception:
         return "'***'"
-    if leaf == "url" and isinstance(value, str):
-        return repr(mask_url(value))
-    return repr(value)
 
 
 # Keys of [central_system] whose values are never printed.
@@ -634,11 +647,39 @@ OPTIONAL_PINS = (
 
 
 def mask_url(url: str) -> str:
-    parts = urlsplit(url)
-    if parts.password is None:
-        return url
-    host = parts.hostname or ""
-    if parts.port:
-        host = f"{host}:{parts.port}"
-    netloc = f"{parts.username}:***@{host}" if parts.username else f"***@{host}"
-    return urlunsplit(parts._replace(netloc=netloc))
+    """``url`` with its password and its query's and fragment's values masked, for printing.
+
+    Works on the text, never parses the host or port: a URL urlsplit cannot take (port
+    99999, an unclosed [IPv6]) is masked all the same, and this never raises. The rules
+    are controller/firmware/urls.py redact_url's."""
+    scheme, sep, rest = url.partition("://")
+    if not sep:
+        return _mask_query(url)
+    # The authority ends at the first / ? # (where urlsplit ends it).
+    end = min((i for i in (rest.find(c) for c in "/?#") if i >= 0), default=len(rest))
+    authority, tail = rest[:end], rest[end:]
+    userinfo, at, hostport = authority.rpartition("@")
+    if at:
+        user, colon, _ = userinfo.partition(":")
+        if colon:
+            authority = f"{user}:***@{hostport}" if user else f"***@{hostport}"
+    return f"{scheme}://{authority}{_mask_query(tail)}"
+
+
+def _mask_query(tail: str) -> str:
+    """path?a=1&b=2#f -> path?a=***&b=***#***: tokens travel in query strings."""
+    rest, hash_, fragment = tail.partition("#")
+    path, mark, query = rest.partition("?")
+    out = path + (mark + _mask_values(query) if mark else "")
+    return out + (hash_ + _mask_values(fragment) if hash_ else "")
+
+
+def _mask_values(part: str) -> str:
+    out: list[str] = []
+    for item in re.split(r"([&;])", part):
+        if item in ("", "&", ";"):
+            out.append(item)
+            continue
+        name, eq, value = item.partition("=")
+        out.append(f"{name}=***" if eq and value else item if eq else "***")
+    return "".join(out)
