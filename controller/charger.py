@@ -126,6 +126,13 @@ class Parts:
             _quietly(self.reader.shutdown)
 
 
+#: Beyond a meter poll interval, how long a stop waits for the reading that closes it.
+STOP_READING_MARGIN_S = 2.0
+#: When the charger stops: the bound on the meter reading taken after the cut (real time:
+#: the meter answers over its own link, whatever clock the charger runs on).
+FINAL_READING_S = 2.0
+
+
 #: How long a stop waits for the contactors' feedback to read open before it gives up on
 #: releasing their locks (a relay drops out in tens of milliseconds).
 LOCK_RELEASE_WAIT_S = 0.5
@@ -256,6 +263,9 @@ class Charger:
                     free_vend_id_tag=config.authorization.free_vend_id_tag,
                     pwm_resolution=getattr(hw.pilot, "resolution", 0.001),
                     has_meter=hw.meter is not None,
+                    # A stop waits for the next poll after the contactor opened, and a
+                    # slow answer (an RTU timeout and its retry).
+                    stop_meter_wait_s=cfg.meter.poll_interval_s + STOP_READING_MARGIN_S,
                 ),
                 pilot=hw.pilot,
                 contactor=hw.contactor,
@@ -364,16 +374,37 @@ class Charger:
             with contextlib.suppress(asyncio.CancelledError):
                 await task
         self._tasks.clear()
-        # The core stops before the devices close under it.
-        await self.core.stop()
         for slot in self._slots.values():
             if slot.poller is not None:
                 await slot.poller.stop()
+        await self._final_readings()
+        # The core stops before the devices close under it.
+        await self.core.stop()
         if self._grid_poller is not None:
             await self._grid_poller.stop()
         # In a worker: it waits (bounded) for the contactors to read open before a lock
         # goes, and nothing else drives the devices once the core has stopped.
         await asyncio.to_thread(self.parts.shutdown)
+
+    async def _final_readings(self) -> None:
+        """The stops just made carry the energy up to the cut: one more meter reading per
+        connector with a stop pending (its outputs are cut already), bounded, then each such
+        stop is recorded with the newest reading known."""
+
+        async def read(slot: _Slot) -> None:
+            poller = slot.poller
+            if poller is None or not slot.connector.stop_pending:
+                return
+            try:
+                await asyncio.wait_for(poller.poll_once(), FINAL_READING_S)
+            except Exception:  # a timeout or a meter failure: the newest reading known
+                log.warning("connector %s: no meter reading after the stop", slot.connector.id)
+            finally:
+                await poller.stop()  # closes the link poll_once opened again
+
+        await asyncio.gather(*(read(slot) for slot in self._slots.values()))
+        for slot in self._slots.values():
+            slot.connector.take_pending_stop()
 
     # ------------------------------------------------------------------ supervision
 
@@ -623,6 +654,9 @@ class Charger:
                 self._rebalance()  # a shared cap: its share, not what the others left
             else:
                 self.recompute(slot.connector.id)
+        elif kind == "stop_reading":
+            if slot.poller is not None:
+                slot.poller.poll_soon()
         elif kind == "phase":
             if (
                 fields.get("phase") == Phase.TRANSACTION
@@ -640,7 +674,8 @@ class Charger:
 
     def _on_meter(self, slot: _Slot, event: MeterSample | DeviceFault) -> None:
         if isinstance(event, MeterSample):
-            slot.connector.on_meter_sample(event)
+            polled = slot.poller.last_poll_started_at if slot.poller is not None else None
+            slot.connector.on_meter_sample(event, polled)
             self.recompute(slot.connector.id)
             for listener in list(self.events.meter):
                 _isolated(listener, slot.connector.id, event)

@@ -24,6 +24,7 @@ import logging
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, replace
+from datetime import datetime
 from enum import StrEnum
 from typing import TYPE_CHECKING, Any, ParamSpec, Protocol, TypeVar
 
@@ -77,6 +78,9 @@ def command(default: Any = None) -> Callable[[Callable[P, R]], Callable[P, R]]:
 
 
 WELDED_DETAIL = "auxiliary contact closed while commanded open"
+#: A meter reading at or below this shows the contactor open (what remains is the charger's
+#: own electronics where the meter sits upstream of the contactor).
+STOPPED_POWER_W = 100.0
 
 DUTY_OFF = NO_PWM  # steady +12 V: no current offered (A1/B1/C1)
 DUTY_F = 0.0  # steady -12 V: state F
@@ -127,6 +131,11 @@ class Settings:
     # 10 s covers a slow first RTU poll (a timeout and a retry) without a user giving up.
     has_meter: bool = False
     meter_wait_s: float = 10.0
+    # A stop's meter reading is the first one taken after the contactor reads open: the EV
+    # draws until it reacts to the withdrawn PWM (up to `power_off_under_load_s`), and that
+    # energy is this session's. No reading within this after the contactor opened (a meter
+    # poll plus a slow answer; the charger sets it from the poll interval): the newest known.
+    stop_meter_wait_s: float = 3.0
 
 
 # Events (the "event" half of (phase, event) in `_transition`).
@@ -144,6 +153,19 @@ class EvUnplugged:
 class Authorized:
     id_tag: str
     parent_id_tag: str | None = None
+
+
+@dataclass(slots=True)
+class _PendingStop:
+    """A transaction that ended whose meter reading is not taken yet: current may still
+    flow (the soft stop, the contactor dropping out) and it is this session's energy."""
+
+    tx: Transaction
+    reason: StopReason
+    id_tag: str | None
+    requested: float  # monotonic
+    requested_at: datetime
+    open_since: float | None = None  # monotonic: when the contactor was first read open
 
 
 @dataclass(frozen=True, slots=True)
@@ -208,6 +230,11 @@ class Connector:
         self.cable_a: int | None = None  # from PP; None = unknown/fixed cable
         self.last_sample: MeterSample | None = None
         self.last_energy_wh: float | None = None
+        self._energy_at: datetime | None = None  # when `last_energy_wh` came
+        # The highest register seen since the transaction started: its stop never reports
+        # less than a reading the Central System already has (a meter glitch after it).
+        self._peak_energy_wh: float | None = None
+        self._pending_stop: _PendingStop | None = None
         self.temperature_c: float | None = None  # the socket's, when a sensor is fitted
         self.rcd_tested = False
         self.reservation: tuple[int, str, str | None, float] | None = None
@@ -289,7 +316,8 @@ class Connector:
 
     def on_change(self, callback: Callable[[str, dict[str, object]], None]) -> None:
         """The charger's: called (on the loop) as callback(what, fields) when the cable
-        rating ("cable") or the session phase ("phase") changed, so it recomputes limits."""
+        rating ("cable") or the session phase ("phase") changed, so it recomputes limits,
+        or when a stop waits for a meter reading ("stop_reading"), so it reads the meter."""
         self._on_change.append(callback)
 
     def _note(self, kind: str, **fields: object) -> None:
@@ -550,10 +578,29 @@ class Connector:
             self._emit("change", "cable", {"connector": self.id, "cable_a": cable_a})
 
     @command()
-    def on_meter_sample(self, sample: MeterSample) -> None:
+    def on_meter_sample(self, sample: MeterSample, polled_at: float | None = None) -> None:
+        """A meter reading; `polled_at` (monotonic) is when its poll began, if known: a
+        reading whose poll began before the contactor read open does not close a stop."""
         self.last_sample = sample
         if sample.energy_import_wh is not None:
             self.last_energy_wh = sample.energy_import_wh
+            self._energy_at = self._clock.now()
+            if self.transaction is not None or self._pending_stop is not None:
+                peak = self._peak_energy_wh
+                self._peak_energy_wh = (
+                    sample.energy_import_wh if peak is None else max(peak, sample.energy_import_wh)
+                )
+            pending = self._pending_stop
+            if (
+                pending is not None
+                and pending.open_since is not None
+                and (polled_at is None or polled_at >= pending.open_since)
+                and (sample.power_total_w is None or sample.power_total_w <= STOPPED_POWER_W)
+            ):
+                # The first reading taken after the contactor read open, and that the meter
+                # updated since (it shows no load: meters refresh their registers every
+                # 0.5-1 s): the stop's. One still showing load waits for the next poll.
+                self._take_stop()
             if Fault.METER in self.faults:
                 # It answers: a meter fault (the poller's, or a start's wait) is over.
                 self._clear_fault(Fault.METER, Clear.RECOVERY)
@@ -887,6 +934,8 @@ class Connector:
             deadlines.append(self._soft_off_since + self.settings.power_off_under_load_s)
         if self._start_waits_since is not None:
             deadlines.append(self._start_waits_since + self.settings.meter_wait_s)
+        if self._pending_stop is not None:
+            deadlines.append(self._stop_deadline(self._pending_stop))
         if self._f_read_since is not None and Fault.PILOT_SENSE not in self.faults:
             deadlines.append(self._f_read_since + self.settings.pilot_f_fault_s)
         return min((d for d in deadlines if d is not None), default=None)
@@ -900,6 +949,7 @@ class Connector:
         self._release_lock_when_safe()
         if self._start_waits_since is not None:
             self._start_waiting_for_meter()
+        self._settle_stop()
         if self._status_held:
             self._publish_status()
         since = self._f_read_since
@@ -1007,6 +1057,11 @@ class Connector:
     # ------------------------------------------------------------------ transactions
 
     def _start_transaction(self, auth: Authorized) -> None:
+        if self._pending_stop is not None:
+            # The last session's stop goes first, with the newest reading: the record of one
+            # connector's transactions stays in order, and this start begins where it ended.
+            self._take_stop()
+        self._peak_energy_wh = self.last_energy_wh
         self._authorized = None
         self._auth_deadline = None
         reservation_id = None
@@ -1142,20 +1197,13 @@ class Connector:
         self.transaction = None
         self._tx_recorded = False
         self._lock_since = None
-        stop = TransactionStop(tx, reason, self._meter_wh(), self._clock.now(), id_tag)
-        self._emit("stop", stop)
-        log.info(
-            "connector %s transaction (local %s) stopped: %s, %d Wh",
-            self.id,
-            tx.local_id,
-            reason,
-            stop.meter_stop_wh - tx.meter_start_wh,
+        # Not recorded yet: its meter reading is taken once the contactor has opened (see
+        # `_settle_stop`). Until then the connector behaves as stopped (nothing offered).
+        self._pending_stop = _PendingStop(
+            tx, reason, id_tag, self._clock.monotonic(), self._clock.now()
         )
-        self._note(
-            "transaction_stopped",
-            reason=str(reason),
-            energy_wh=stop.meter_stop_wh - tx.meter_start_wh,
-        )
+        log.info("connector %s transaction (local %s) stopping: %s", self.id, tx.local_id, reason)
+        self._settle_stop()
         if self._lock is not None and reason != StopReason.LOCAL:
             self._unlock_pending = True
             self._release_lock_when_safe()
@@ -1164,6 +1212,83 @@ class Connector:
 
     def _meter_wh(self) -> int:
         return round(self.last_energy_wh) if self.last_energy_wh is not None else 0
+
+    def _contactor_reads_open(self) -> bool:
+        return not self._contactor.energized and self._contactor.feedback() is not True
+
+    def _stop_deadline(self, pending: _PendingStop) -> float:
+        """When a stop is recorded with the newest reading known, whatever else happened."""
+        s = self.settings
+        if pending.open_since is not None:
+            return pending.open_since + s.stop_meter_wait_s
+        # A contactor that never reads open (welded): the soft stop, the margin for the
+        # contact to drop out, then the wait for a reading.
+        return (
+            pending.requested + s.power_off_under_load_s + s.unlock_margin_s + s.stop_meter_wait_s
+        )
+
+    def _settle_stop(self) -> None:
+        """A pending stop: note when the contactor reads open; without a meter that is the
+        moment of the stop; past its deadline it is taken with the newest reading known."""
+        pending = self._pending_stop
+        if pending is None:
+            return
+        now = self._clock.monotonic()
+        if pending.open_since is None and self._contactor_reads_open():
+            pending.open_since = now
+            if not self.settings.has_meter:
+                self._take_stop()
+                return
+            # The charger has the meter read now rather than at its next poll.
+            self._emit("change", "stop_reading", {"connector": self.id})
+        if now >= self._stop_deadline(pending):
+            log.warning(
+                "connector %s: no meter reading after the contactor opened; the stop takes "
+                "the newest one known",
+                self.id,
+            )
+            self._take_stop()
+
+    @command()
+    def take_pending_stop(self) -> None:
+        """Record a pending stop now, with the newest reading known (the charger stopping:
+        it has just read the meter once more after cutting the outputs)."""
+        if self._pending_stop is not None:
+            self._take_stop()
+
+    @property
+    def stop_pending(self) -> bool:
+        """A transaction ended and its stop waits for the meter reading that closes it."""
+        return self._pending_stop is not None
+
+    def _take_stop(self) -> None:
+        pending, self._pending_stop = self._pending_stop, None
+        if pending is None:
+            return
+        tx = pending.tx
+        energy = self.last_energy_wh
+        if energy is not None and self._peak_energy_wh is not None:
+            energy = max(energy, self._peak_energy_wh)
+        meter_stop = round(energy) if energy is not None else 0
+        at = pending.requested_at
+        if self._energy_at is not None and self._energy_at > at:
+            at = self._energy_at  # the time of the reading the stop carries
+        stop = TransactionStop(tx, pending.reason, meter_stop, at, pending.id_tag)
+        self._emit("stop", stop)
+        log.info(
+            "connector %s transaction (local %s) stopped: %s, %d Wh",
+            self.id,
+            tx.local_id,
+            pending.reason,
+            stop.meter_stop_wh - tx.meter_start_wh,
+        )
+        self._note(
+            "transaction_stopped",
+            reason=str(pending.reason),
+            energy_wh=stop.meter_stop_wh - tx.meter_start_wh,
+        )
+        if self._status_held:
+            self._publish_status()  # the status it held back, after the stop
 
     # ------------------------------------------------------------------ outputs
 
@@ -1268,6 +1393,11 @@ class Connector:
 
     def _publish_status(self) -> None:
         status = self._derive_status()
+        if status.status is not ChargePointStatus.FAULTED and self._pending_stop is not None:
+            # The status that follows a stop (Finishing, Available) comes after its
+            # StopTransaction, as the CS expects: until the stop's reading is taken.
+            self._status_held = True
+            return
         if status.status is not ChargePointStatus.FAULTED and self._contactor_opening():
             # Until the contact has opened (or is judged welded) the connector is not free:
             # a welded one goes straight to Faulted, never through Available (issue 14 #8);

@@ -43,11 +43,15 @@ class MeterPoller:
         self.device = device
         self.last_sample: MeterSample | None = None
         self.last_sample_at: float | None = None  # clock.monotonic() of last_sample
+        #: clock.monotonic() when the poll that gave `last_sample` began: the sample shows
+        #: the meter as it was at that moment or later, never earlier.
+        self.last_poll_started_at: float | None = None
         self.failures = 0  # consecutive
         self.faulted = False
         self.last_error = ""
         self._connected = False
         self._task: asyncio.Task[None] | None = None
+        self._soon = asyncio.Event()  # poll_soon(): cut the wait before the next poll short
 
     def start(self) -> None:
         if self._task is None or self._task.done():
@@ -69,8 +73,27 @@ class MeterPoller:
                 log.error("meter poller ended with %r", task.exception())
         await self._close()
 
+    def poll_soon(self) -> None:
+        """Poll now rather than after the interval (a transaction's stop waits for a
+        reading taken after its contactor opened); a poll under way is not disturbed."""
+        self._soon.set()
+
+    async def _pause(self, seconds: float) -> None:
+        if self._soon.is_set():
+            self._soon.clear()
+            return
+        sleeping = asyncio.ensure_future(self.clock.sleep(seconds))
+        woken = asyncio.ensure_future(self._soon.wait())
+        try:
+            await asyncio.wait({sleeping, woken}, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            sleeping.cancel()
+            woken.cancel()
+        self._soon.clear()
+
     async def poll_once(self) -> MeterSample | None:
         """One attempt: connect if needed, poll, emit events. Returns the sample or None."""
+        started = self.clock.monotonic()
         try:
             if not self._connected:
                 await self.meter.connect()
@@ -88,6 +111,7 @@ class MeterPoller:
         self.failures = 0
         self.last_sample = sample
         self.last_sample_at = self.clock.monotonic()
+        self.last_poll_started_at = started
         if self.faulted:
             self.faulted = False
             self._emit(DeviceFault(self.device, active=False, detail="meter answers again"))
@@ -112,7 +136,7 @@ class MeterPoller:
                 # go round again, and stop() would wait for ever.
                 raise asyncio.CancelledError
             elapsed = self.clock.monotonic() - started
-            await self.clock.sleep(max(0.0, self.next_delay() - elapsed))
+            await self._pause(max(0.0, self.next_delay() - elapsed))
 
     def _failed(self, detail: str) -> None:
         self.failures += 1

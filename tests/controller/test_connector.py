@@ -16,6 +16,7 @@ from evsed.controller.connector.hooks import LocalHooks
 from evsed.controller.connector.status import StopReason
 from evsed.controller.limiter import SmartChargingLimit
 from tests.support.bench_rig import MakeRig, Rig
+from tests.support.stopping import stop_note
 
 CARD = "AABBCCDDEE"
 OTHER_CARD = "0102030405"
@@ -107,9 +108,10 @@ async def test_same_card_stops_locally_then_finishing_until_unplug(tags: Rig) ->
     # real time and is tested with the reader).
     assert tags.stack.charger is not None
     tags.stack.charger.present_tag(CARD.lower())
-    assert tags.kinds("transaction_stopped")[-1]["reason"] == "Local"
     assert tags.sim.pins.pilot_duty == 1.0  # PWM withdrawn at once
     await tags.until(lambda: not tags.sim.pins.relay_energized, within_s=6.5)
+    # Recorded once the contactor has opened and the meter was read after it.
+    assert (await stop_note(tags))["reason"] == "Local"
     assert tags.status == "Finishing"
     await tags.bench.unplug(1)
     await tags.until(lambda: tags.status == "Available")
@@ -123,6 +125,7 @@ async def test_remote_stop_reason_and_energy(free: Rig) -> None:
     assert free.connector.request_stop(StopReason.REMOTE)
     assert free.sim.pins.pilot_duty == 1.0  # PWM withdrawn at once
     await free.until(lambda: not free.sim.pins.relay_energized, within_s=6.5)
+    await stop_note(free)
     stop = free.stack.hooks.stopped[-1]
     assert stop.reason == StopReason.REMOTE
     assert stop.meter_stop_wh - stop.transaction.meter_start_wh > 0
@@ -254,6 +257,7 @@ async def test_overcurrent_beyond_grace_stops_with_overcurrentfailure(make_rig: 
     assert not rig.sim.pins.relay_energized
     assert rig.status == "Faulted"
     assert rig.connector.status.error_code == "OverCurrentFailure"
+    await stop_note(rig)
     assert rig.stack.hooks.stopped[-1].reason == StopReason.OTHER
     await rig.bench.unplug(1)
     await rig.until(lambda: rig.status == "Available")
@@ -278,6 +282,7 @@ async def test_rcd_trip_opens_faults_and_clears_only_by_unplug(free: Rig) -> Non
     assert not free.sim.pins.relay_energized
     assert free.status == "Faulted"
     assert free.connector.status.error_code == "GroundFailure"
+    await stop_note(free)
     assert free.stack.hooks.stopped[-1].reason == StopReason.OTHER
     await free.run(2)
     assert free.status == "Faulted"  # does not clear by itself

@@ -24,6 +24,7 @@ from evsed.controller.limiter import SmartChargingLimit
 from evsed.controller.run import Stack
 from tests.support.bench_rig import Rig, bench_config
 from tests.support.clock import FakeClock
+from tests.support.stopping import stop_note
 
 MakeRig = Callable[..., Awaitable[Rig]]
 
@@ -270,6 +271,7 @@ async def test_a_pwm_write_raising_cuts_faults_and_recovers(
     assert not rig.sim.pins.relay_energized  # cut at once, not on the next tick
     assert rig.status == "Faulted"
     assert rig.connector.status.error_code == "InternalError"
+    await stop_note(rig)  # recorded once the meter was read after the cut
     assert rig.stack.hooks.stopped[-1].reason == StopReason.OTHER
     assert caplog.text.count("internal error, outputs cut") == 1
     await rig.run(5)

@@ -21,6 +21,7 @@ from tests.support.clock import FakeClock
 from tests.support.file_servers import ftp_server, http_server
 from tests.support.ocpp_stack import CARD, CP_ID, OcppRig, ocpp_rig
 from tests.support.status_frames import statuses, wait_status
+from tests.support.stopping import call_advancing
 
 WHEEL = b"PK\x03\x04 not really a wheel " * 100
 KEYS = {"AuthorizeRemoteTxRequests": "false"}
@@ -178,7 +179,7 @@ async def test_installation_waits_until_the_transaction_ends(
             stop = cs.mark()
             result = await rig.command(call.RemoteStopTransaction(transaction_id=tx_id))
             assert result.status == "Accepted"
-            await rig.call_of("StopTransaction", since=stop)
+            await call_advancing(rig, "StopTransaction", since=stop)
             await rig.bench.unplug(1)
             await rig.until(lambda: rig.status == "Available", within_s=5)
             await rig.run(11)  # the next look at the connectors

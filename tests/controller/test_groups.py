@@ -14,6 +14,7 @@ import pytest
 
 from evsed.hwmocks.central_system import CentralSystem, TagInfo
 from tests.support.ocpp_rig import ocpp_rig
+from tests.support.stopping import advancing, call_advancing
 
 FIRST = "AABBCCDD01"  # starts the session; its Authorize.conf names no group
 SECOND = "AABBCCDD02"  # another card of the group
@@ -60,7 +61,7 @@ async def test_group_from_start_transaction_conf_lets_a_group_card_stop(
         await rig.bench.present_card(SECOND)
         answer = await rig.answered(await rig.call_of("Authorize", since=stopping))
         assert answer.payload["idTagInfo"]["parentIdTag"] == GROUP
-        stop = await rig.call_of("StopTransaction", since=stopping)
+        stop = await call_advancing(rig, "StopTransaction", since=stopping)
         assert (stop.payload["reason"], stop.payload["idTag"]) == ("Local", SECOND)
         assert stop.payload["transactionId"] == 1
 
@@ -105,6 +106,7 @@ async def test_offline_a_cached_group_card_stops_the_session(
         assert answer["status"] == "Accepted"
         await rig.until(lambda: rig.connector.transaction is None)
         assert rig.calls("Authorize", since=mark) == []  # nothing asked: it was offline
+        await advancing(rig, lambda: any(e == "transaction_stopped" for e, _ in rig.events))
         stopped = await rig.event("transaction_stopped")
         assert stopped["reason"] == "Local"
         cs.set_offline(False)

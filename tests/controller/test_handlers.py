@@ -42,6 +42,7 @@ from evsed.hwmocks.central_system import CentralSystem
 from tests.support.bench_rig import bench_config
 from tests.support.clock import FakeClock
 from tests.support.ocpp_rig import CARD, CP_ID, OTHER, OcppRig, ocpp_rig
+from tests.support.stopping import call_advancing
 
 
 @pytest.fixture
@@ -284,7 +285,7 @@ async def test_change_availability_scheduled_during_a_transaction(rig: OcppRig) 
     assert (await rig.command(call.RemoteStopTransaction(transaction_id=tx_id))).status == (
         "Accepted"
     )
-    await rig.call_of("StopTransaction", since=mark)
+    await call_advancing(rig, "StopTransaction", since=mark)
     await rig.until(lambda: rig.status == "Unavailable")
 
 
@@ -396,7 +397,7 @@ async def test_remote_stop_stops_with_reason_remote(rig: OcppRig) -> None:
     mark = rig.central.mark()
     result = await rig.command(call.RemoteStopTransaction(transaction_id=tx_id))
     assert result.status == "Accepted"
-    stop = await rig.call_of("StopTransaction", since=mark)
+    stop = await call_advancing(rig, "StopTransaction", since=mark)
     assert stop.payload["reason"] == "Remote"
     assert stop.payload["transactionId"] == tx_id
     conf = next(
@@ -420,7 +421,7 @@ async def test_reset_stops_transactions_then_restarts(rig: OcppRig, kind: str, r
     tx_id = await rig.start_transaction()
     mark = rig.central.mark()
     assert (await rig.command(call.Reset(type=kind))).status == "Accepted"
-    stop = await rig.call_of("StopTransaction", since=mark)
+    stop = await call_advancing(rig, "StopTransaction", since=mark)
     assert (stop.payload["transactionId"], stop.payload["reason"]) == (tx_id, reason)
     await rig.central.wait_for(lambda f: f.action == "StopTransaction" and f.is_result, since=mark)
     assert rig.resets == [kind]

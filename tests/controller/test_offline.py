@@ -29,6 +29,7 @@ from tests.support.ocpp_stack import (
     restore_link,
     results,
 )
+from tests.support.stopping import call_advancing
 
 BLOCKED = "B10CKED000"
 STRANGER = "5712A46E70"  # unknown to the CS: its StartTransaction is answered Invalid
@@ -206,7 +207,7 @@ async def test_invalid_id_in_start_result_stops_the_offline_transaction(
         reply = await rig.answered(start)
         assert reply.payload["idTagInfo"]["status"] == "Invalid"
         await rig.until(lambda: rig.connector.transaction is None, within_s=5)
-        stop = await cs.wait_for_call("StopTransaction", CP_ID, since=mark)
+        stop = await call_advancing(rig, "StopTransaction", since=mark)
         assert payload_of(stop)["reason"] == "DeAuthorized"
         assert payload_of(stop)["transactionId"] == reply.payload["transactionId"]
         # The EV is still plugged: the charge ends, the contactor opens, Finishing.

@@ -25,6 +25,7 @@ from evsed.controller.connector.faults import Fault
 from evsed.controller.connector.machine import Phase
 from evsed.hwmocks.central_system import CentralSystem, TagInfo
 from tests.support.ocpp_stack import CARD, OTHER, OcppRig, calls, cut_link, ocpp_rig, payload_of
+from tests.support.stopping import advancing
 
 GROUP = "GROUP00001"
 STRANGER = "5712A46E70"  # unknown everywhere: only AllowOfflineTxForUnknownId lets it in
@@ -110,6 +111,8 @@ async def _scheduled_inoperative(rig: OcppRig, path: str) -> None:
     stop = await rig.command(call.RemoteStopTransaction(int(tx.payload["transactionId"])))
     assert stop.status == "Accepted"
     await rig.until(lambda: rig.connector.transaction is None)
+    # Recorded once the contactor opened and the meter was read after it.
+    await advancing(rig, lambda: not rig.connector.stop_pending)
     await _unplug(rig)
     assert rig.status == "Unavailable"
 

@@ -19,6 +19,7 @@ from ocpp.v16 import call
 
 from evsed.hwmocks.central_system import CentralSystem, Direction, Frame
 from tests.support.ocpp_rig import CARD, CP_ID, OcppRig, ocpp_rig
+from tests.support.stopping import call_advancing
 
 LOCKED = {"lock": {"enabled": True}, "meter": {"port": 0, "poll_interval_s": 1.0}}
 KEYS = {"AuthorizeRemoteTxRequests": "false"}
@@ -149,14 +150,6 @@ async def test_other_calls_are_answered_while_an_unlock_waits_for_the_soft_stop(
         # A CALL of the CS's own is answered meanwhile...
         reply = await rig.command(call.GetConfiguration(key=["HeartbeatInterval"]))
         assert reply.configuration_key[0]["key"] == "HeartbeatInterval"
-        # ...and the CS's answer to our StopTransaction is read: nothing left queued.
-        stop = await rig.call_of("StopTransaction", since=mark)
-        await rig.answered(stop)
-        for _ in range(200):
-            if not len(rig.ocpp.txqueue):
-                break
-            await asyncio.sleep(0.01)
-        assert not len(rig.ocpp.txqueue), "StopTransaction.conf not read by the charge point"
         assert answer_to(rig, "unlock-2") is None  # still waiting for the contactor
         # Then time passes and the unlock is answered when known.
         while answer_to(rig, "unlock-2") is None:
@@ -166,3 +159,12 @@ async def test_other_calls_are_answered_while_an_unlock_waits_for_the_soft_stop(
         answer = answer_to(rig, "unlock-2")
         assert answer is not None and answer.payload["status"] == "Unlocked"
         assert not rig.sim.pins.locked
+        # ...and the CS's answer to our StopTransaction (recorded once the contactor had
+        # opened and the meter was read after it) is read: nothing left queued.
+        stop = await call_advancing(rig, "StopTransaction", since=mark)
+        await rig.answered(stop)
+        for _ in range(200):
+            if not len(rig.ocpp.txqueue):
+                break
+            await asyncio.sleep(0.01)
+        assert not len(rig.ocpp.txqueue), "StopTransaction.conf not read by the charge point"
