@@ -185,6 +185,10 @@ class _Slot:
     smart: SmartChargingLimit | None = None
     budget: Budget | None = None
     started_at: float = 0.0
+    # Whose start `started_at` is (the transaction's own started_at): the core may open a
+    # transaction before its phase event reaches the charger, and a grid poll in between
+    # must not rank the newcomer by the last session's (or no) start.
+    started_for: datetime | None = None
     invalid_id: bool = False  # StopTransactionOnInvalidId=false suspension (own limit slot)
     # 1/3-phase switching (set_phases): the phases wanted, the task that gets there, and
     # whether the contactor is known open (from the connector's own notes).
@@ -590,6 +594,13 @@ class Charger:
         slot.connector.set_allowed_current(allowance.amps)
         self._note_allowance(slot, allowance)
 
+    def _note_session(self, slot: _Slot) -> None:
+        """The first time the charger sees the connector's transaction it ranks newest."""
+        tx = slot.connector.transaction
+        if tx is not None and slot.started_for != tx.started_at:
+            slot.started_for = tx.started_at
+            slot.started_at = self.clock.monotonic()
+
     def _demand(self, cid: int, slot: _Slot) -> ConnectorDemand:
         # An EV that paused (back to B) draws nothing: it keeps the minimum, so the PWM
         # stays on and it can resume, and the rest goes to the others. An EV starts in B
@@ -597,6 +608,7 @@ class Charger:
         # asks, C/D): its first allowance is then what the re-share at its start gives.
         asking = slot.connector.pilot_state in (PilotState.C, PilotState.D)
         idle = slot.connector.transaction is None
+        self._note_session(slot)  # a transaction ahead of its phase event: the newest
         own = self._inputs(slot, with_budget=False)
         return ConnectorDemand(
             connector_id=cid,
@@ -662,7 +674,7 @@ class Charger:
                 fields.get("phase") == Phase.TRANSACTION
                 and fields.get("previous") != Phase.TRANSACTION
             ):
-                slot.started_at = self.clock.monotonic()
+                self._note_session(slot)
                 # The core may be ahead of this event (the transaction already open when the
                 # cable note came): a new session starts on the present limits, not on the
                 # suspension history of the idle connector.
