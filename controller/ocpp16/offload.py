@@ -97,7 +97,7 @@ def _worker_init() -> None:
 
 def _exit_with(sentinel: int) -> None:
     multiprocessing.connection.wait([sentinel])
-    os._exit(0)
+    os.kill(os.getpid(), signal.SIGTERM)  # the default action: the worker ends at once
 
 
 class Workers:

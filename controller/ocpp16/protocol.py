@@ -381,6 +381,27 @@ def decode_frame(raw_msg: str | bytes) -> tuple[list[Any] | None, str | None]:
     return frame, None
 
 
+def check_call_frame(frame: list[Any]) -> dict[str, Any]:
+    """The payload of a CALL [2, uniqueId, Action, {payload}]; CallErrorReply otherwise."""
+    unique_id = frame[1]
+    if not 0 < len(unique_id) <= MAX_UNIQUE_ID_CHARS:
+        raise CallErrorReply(
+            ErrorCode.FORMATION_VIOLATION,
+            f"uniqueId must be 1..{MAX_UNIQUE_ID_CHARS} characters",
+        )
+    if len(frame) < 4:
+        raise CallErrorReply(
+            ErrorCode.PROTOCOL_ERROR, "CALL incomplete: [2, uniqueId, Action, payload]"
+        )
+    if len(frame) > 4:
+        raise CallErrorReply(ErrorCode.FORMATION_VIOLATION, "CALL has more than 4 elements")
+    if not isinstance(frame[2], str):
+        raise CallErrorReply(ErrorCode.FORMATION_VIOLATION, "Action must be a string")
+    if not isinstance(frame[3], dict):
+        raise CallErrorReply(ErrorCode.FORMATION_VIOLATION, "payload must be a JSON object")
+    return frame[3]
+
+
 @dataclass(frozen=True, slots=True)
 class PreparedFrame:
     """A big frame as the worker process leaves it (`prepare_frame`).
@@ -406,7 +427,7 @@ def prepare_frame(raw_msg: str | bytes) -> PreparedFrame:
     if frame is None or frame[0] != MessageType.Call:
         return PreparedFrame(offload.pack(frame), warning)
     try:
-        payload = StrictChargePoint._check_call_frame(frame)
+        payload = check_call_frame(frame)
     except CallErrorReply as e:
         return PreparedFrame(frame[:3], error=e)
     action: str = frame[2]
@@ -648,23 +669,7 @@ class StrictChargePoint(ocpp.v16.ChargePoint):
 
     @staticmethod
     def _check_call_frame(frame: list[Any]) -> dict[str, Any]:
-        unique_id = frame[1]
-        if not 0 < len(unique_id) <= MAX_UNIQUE_ID_CHARS:
-            raise CallErrorReply(
-                ErrorCode.FORMATION_VIOLATION,
-                f"uniqueId must be 1..{MAX_UNIQUE_ID_CHARS} characters",
-            )
-        if len(frame) < 4:
-            raise CallErrorReply(
-                ErrorCode.PROTOCOL_ERROR, "CALL incomplete: [2, uniqueId, Action, payload]"
-            )
-        if len(frame) > 4:
-            raise CallErrorReply(ErrorCode.FORMATION_VIOLATION, "CALL has more than 4 elements")
-        if not isinstance(frame[2], str):
-            raise CallErrorReply(ErrorCode.FORMATION_VIOLATION, "Action must be a string")
-        if not isinstance(frame[3], dict):
-            raise CallErrorReply(ErrorCode.FORMATION_VIOLATION, "payload must be a JSON object")
-        return frame[3]
+        return check_call_frame(frame)
 
     async def _dispatch(
         self,
