@@ -77,6 +77,7 @@ class Sampler:
         rates: Rates = Rates(),
         duty: Callable[[], float] | None = None,
         read_time_s: float | None = None,
+        perf_counter: Callable[[], float] = time.perf_counter,
     ) -> None:
         self.connector = connector
         self.sensor = sensor
@@ -88,6 +89,7 @@ class Sampler:
         self.rates = rates
         self._duty = duty
         self._read_time_s = read_time_s
+        self._perf = perf_counter
         self._next_pp = 0.0
         self._next_temp = 0.0
         self._sensor_failures = 0
@@ -97,10 +99,22 @@ class Sampler:
 
     def calibrate(self, reads: int = 8) -> float:
         """Time one ADC read, so a burst can be sized to span one PWM period."""
-        start = time.perf_counter()
+        start = self._perf()
         self.sensor.read(reads)
-        self._read_time_s = max((time.perf_counter() - start) / reads, 1e-6)
+        self._learn_read_time(self._perf() - start, reads, first=True)
+        assert self._read_time_s is not None
         return self._read_time_s
+
+    def _learn_read_time(self, elapsed_s: float, reads: int, *, first: bool = False) -> None:
+        """Keep the fastest read time seen. A read timed while the thread was preempted or
+        the GIL was held elsewhere (start-up on a busy Pi) looks slow; trusted, it sized
+        every later burst too short to span a PWM period, and at a low duty whole runs of
+        bursts saw only the low plateau: inconclusive, then F, and a charge broken off
+        for nothing (seen in `evsed demo` under load). A slower read only lengthens the
+        burst in time, which is the safe side."""
+        measured = max(elapsed_s / max(1, reads), 1e-6)
+        if first or self._read_time_s is None or measured < self._read_time_s:
+            self._read_time_s = measured
 
     def plan(self) -> tuple[float, int]:
         """(interval, reads per burst) for the connector's present state."""
@@ -118,7 +132,11 @@ class Sampler:
         _, reads = self.plan()
         now = self.clock.monotonic()
         try:
+            started = self._perf()
             reading = self.sensor.read(reads)
+            self._learn_read_time(self._perf() - started, reads)
+            if reading.state is None:
+                reading = self._read_on(reading, started)
         except Exception:  # a broken ADC must not end sampling, nor pass for a healthy one
             self._sensor_failures += 1
             if self._sensor_failures == 1:  # the traceback once per run of failures
@@ -160,6 +178,18 @@ class Sampler:
             # A deadline (the end of state F, a timeout) falls before the next tick.
             interval = min(interval, max(0.0, wake_at - self.clock.monotonic()))
         return interval
+
+    def _read_on(self, reading: PilotReading, started: float) -> PilotReading:
+        """An inconclusive burst (all low under PWM) is read on until it has spanned 1.2 PWM
+        periods of real time. A burst sized by count can be shorter than a period (fast
+        reads meet the 64-read cap; a slow calibration), and ticks that come at nearly the
+        same phase of the PWM then keep missing a short high plateau for many ticks in a
+        row, which read as F and broke a charge off. Spanning the period, only a pilot that
+        really shows no plateau stays inconclusive."""
+        deadline = started + 1.2 * PWM_PERIOD_S
+        while reading.state is None and self._perf() < deadline:
+            reading = self.sensor.read(8)
+        return reading
 
     def _bounded_inconclusive(
         self, reading: PilotReading | None, now: float
