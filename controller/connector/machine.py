@@ -384,6 +384,9 @@ class Connector:
                 self.faults[Fault.INTERNAL] = detail
                 self._f_until = self._clock.monotonic() + self.settings.fault_state_f_s
                 self._safely(lambda: self._after_internal_error(detail))
+            # A stop waiting for its reading is still recorded, by its bound at the latest,
+            # while every step fails (a feedback input that raises).
+            self._safely(self._settle_stop)
             self._safely(self._publish_status)
         finally:
             self._depth -= 1
@@ -1214,7 +1217,12 @@ class Connector:
         return round(self.last_energy_wh) if self.last_energy_wh is not None else 0
 
     def _contactor_reads_open(self) -> bool:
-        return not self._contactor.energized and self._contactor.feedback() is not True
+        if self._contactor.energized:
+            return False
+        try:
+            return self._contactor.feedback() is not True
+        except Exception:  # unreadable: not known to be open; a pending stop's bound holds
+            return False
 
     def _stop_deadline(self, pending: _PendingStop) -> float:
         """When a stop is recorded with the newest reading known, whatever else happened."""

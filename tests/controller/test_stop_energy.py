@@ -120,3 +120,20 @@ async def test_a_silent_meter_bounds_the_wait_and_keeps_the_newest_reading(
     # The soft stop (the EV opens S2 after 3 s here), then a poll interval and its margin.
     assert took <= s.power_off_under_load_s + s.stop_meter_wait_s + 0.5
     assert stop.meter_stop_wh == newest  # never less than a reading already known
+
+
+async def test_an_unreadable_contactor_feedback_still_records_the_stop(make_rig: MakeRig) -> None:
+    """The stop waits for the contact to read open; a feedback input that raises must not
+    keep it from being recorded (the bound holds, with the newest reading)."""
+    rig = await make_rig(authorization={"free_vend": True})
+    await charging_a_while(rig)
+    assert rig.stack.charger is not None
+    contactor = rig.stack.charger.parts.connectors[0].contactor
+
+    def broken() -> bool | None:
+        raise OSError("feedback input unreadable")
+
+    contactor.feedback = broken  # type: ignore[method-assign]
+    assert rig.connector.request_stop(StopReason.REMOTE)
+    await advancing(rig, lambda: bool(rig.stack.hooks.stopped))
+    assert rig.stack.hooks.stopped[-1].meter_stop_wh >= round(rig.connector.last_energy_wh or 0)
