@@ -115,14 +115,38 @@ class Workers:
         self._busy = 0
         self._last_used = 0.0
         self._idle_timer: asyncio.TimerHandle | None = None
+        self._ready = False  # the worker has answered once: it is up
+        self._warming: asyncio.Task[None] | None = None
 
     @property
     def started(self) -> bool:
         return self._pool is not None
 
+    @property
+    def ready(self) -> bool:
+        return self._pool is not None and self._ready
+
+    async def warm_up(self) -> bool:
+        """Start the worker and wait until it answers; True when big frames now go to it."""
+        pool = self._get_pool()
+        if pool is None:
+            return False
+        self._warm(pool)
+        if self._warming is not None:
+            await asyncio.shield(self._warming)
+        return self.ready
+
     async def run(self, fn: Callable[..., T], *args: Any) -> T:
         pool = self._get_pool()
         if pool is None:
+            return await asyncio.to_thread(fn, *args)
+        if not self._ready:
+            # "spawn" imports evsed afresh: a second here, several on a Pi. The frames that
+            # come meanwhile are parsed in a thread, as before the worker process, rather
+            # than hold the receive loop (Heartbeat answers, a RemoteStop) for its start.
+            self._warm(pool)
+            self._last_used = time.monotonic()
+            self._arm_idle_stop()
             return await asyncio.to_thread(fn, *args)
         self._busy += 1
         try:
@@ -146,6 +170,27 @@ class Workers:
             self._arm_idle_stop()
         self._failures = 0
         return result
+
+    def _warm(self, pool: concurrent.futures.ProcessPoolExecutor) -> None:
+        if self._warming is not None or self._ready:
+            return
+
+        async def warm() -> None:
+            try:
+                future = await asyncio.to_thread(pool.submit, os.getpid)
+                await asyncio.wrap_future(future)
+            except (BrokenProcessPool, RuntimeError, OSError) as exc:
+                self._discard(pool)
+                self._failures += 1
+                self._unavailable = self._failures >= 2
+                log.warning("the frame worker process did not start (%s)", exc)
+            else:
+                if self._pool is pool:
+                    self._ready = True
+            finally:
+                self._warming = None
+
+        self._warming = asyncio.ensure_future(warm())
 
     def _get_pool(self) -> concurrent.futures.ProcessPoolExecutor | None:
         if not self.processes or self._unavailable:
@@ -177,6 +222,7 @@ class Workers:
     def _discard(self, pool: concurrent.futures.ProcessPoolExecutor) -> None:
         if self._pool is pool:
             self._pool = None
+            self._ready = False
         pool.shutdown(wait=False, cancel_futures=True)
 
     def shutdown(self) -> None:
@@ -185,6 +231,9 @@ class Workers:
             self._idle_timer.cancel()
             self._idle_timer = None
         pool, self._pool = self._pool, None
+        self._ready = False
+        if self._warming is not None:
+            self._warming.cancel()
         if pool is not None:
             pool.shutdown(wait=False, cancel_futures=True)
 
@@ -194,5 +243,10 @@ class Workers:
             self._idle_timer.cancel()
             self._idle_timer = None
         pool, self._pool = self._pool, None
+        self._ready = False
+        warming, self._warming = self._warming, None
+        if warming is not None:
+            warming.cancel()
+            await asyncio.gather(warming, return_exceptions=True)
         if pool is not None:
             await asyncio.to_thread(pool.shutdown, wait=True, cancel_futures=True)

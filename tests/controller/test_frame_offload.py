@@ -88,6 +88,7 @@ async def test_a_big_frame_is_parsed_and_validated_in_the_worker_process(
     charge_point, wire = cp()
     raw = frame({"listVersion": 3, "updateType": "Full", "localAuthorizationList": entries(BIG)})
     assert len(raw) > OFFLOAD_FRAME_BYTES
+    assert await protocol.FRAME_WORKERS.warm_up()
     await charge_point.route_message(raw)
     assert wire.sent == [[3, "u-1", {"status": "Accepted"}]]
     # Not in any thread of this process (a thread holds the GIL through json.loads), but
@@ -170,6 +171,7 @@ async def test_a_worker_process_and_the_thread_fallback_answer_alike(
     workers = offload.Workers(processes=processes)
     monkeypatch.setattr(protocol, "FRAME_WORKERS", workers)
     try:
+        assert await workers.warm_up() is processes
         for kind, code in [("enum", "PropertyConstraintViolation"), (None, None)]:
             charge_point, wire = cp()
             payload = _bad(kind, BIG) if kind else frame_payload_ok()
@@ -197,3 +199,31 @@ def test_pack_and_unpack_keep_the_value() -> None:
     assert len(packed["a"].pieces) == -(-1000 // offload.CHUNK_ITEMS)
     assert isinstance(packed["d"][0], offload.Chunked)
     assert offload.unpack(packed) == value
+
+
+async def test_a_big_frame_does_not_wait_for_the_worker_to_start(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The first big frame starts the worker and is parsed in a thread meanwhile: "spawn"
+    takes a second here and more on a Pi, and the receive loop (a Heartbeat answer, the
+    Reset after a nesting bomb) must not wait that long."""
+    workers = offload.Workers()
+    monkeypatch.setattr(protocol, "FRAME_WORKERS", workers)
+    in_threads: list[object] = []
+    to_thread = asyncio.to_thread
+
+    async def spy(fn: Any, /, *args: Any, **kwargs: Any) -> Any:
+        in_threads.append(fn)
+        return await to_thread(fn, *args, **kwargs)
+
+    monkeypatch.setattr(offload.asyncio, "to_thread", spy)
+    try:
+        charge_point, wire = cp()
+        await charge_point.route_message(frame(frame_payload_ok()))
+        assert wire.sent == [[3, "u-1", {"status": "Accepted"}]]
+        assert protocol.prepare_frame in in_threads, "parsed here while the worker starts"
+        assert workers.started
+        assert await workers.warm_up()  # and the worker is up for the next one
+    finally:
+        await workers.aclose()
+    assert not workers.ready

@@ -16,6 +16,7 @@ import asyncio, os, signal
 from evsed.controller.ocpp16 import protocol
 
 async def main() -> None:
+    assert await protocol.FRAME_WORKERS.warm_up()
     await protocol.FRAME_WORKERS.run(protocol.prepare_frame, '[2, "u", "Heartbeat", {}]')
     (pid,) = protocol.FRAME_WORKERS._pool._processes
     print(pid, flush=True)
