@@ -6,9 +6,7 @@ plateau a loaded machine's pilot sampling sometimes misses)."""
 
 from __future__ import annotations
 
-import json
 import tomllib
-import uuid
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -25,7 +23,7 @@ from evsed.controller.loadbalance import (
 )
 from evsed.hwmocks.central_system import CentralSystem
 from tests.support.clock import FakeClock
-from tests.support.ocpp_rig import CARD, CP_ID, OTHER, OcppRig, ocpp_rig
+from tests.support.ocpp_rig import CARD, OTHER, exchange, ocpp_rig
 
 ROOT = Path(__file__).parents[2]
 
@@ -35,16 +33,6 @@ def two_connectors() -> list[dict[str, Any]]:
     for c in cons:
         c["meter"]["port"] = 0
     return cons
-
-
-async def exchange(rig: OcppRig, action: str, payload: dict[str, Any]) -> dict[str, Any]:
-    unique_id = str(uuid.uuid4())
-    mark = rig.central.mark()
-    await rig.central.send_raw(CP_ID, json.dumps([2, unique_id, action, payload]))
-    reply = await rig.central.wait_for_reply(unique_id, since=mark)
-    assert reply.is_result, (action, reply.raw)
-    result: dict[str, Any] = reply.payload
-    return result
 
 
 def cp_max(pid: int, limit: float, unit: str = "A") -> dict[str, Any]:

@@ -11,8 +11,6 @@ starter yields); GetCompositeSchedule reports it in the unit asked for.
 from __future__ import annotations
 
 import dataclasses
-import json
-import uuid
 from collections.abc import AsyncIterator
 from datetime import timedelta
 from pathlib import Path
@@ -42,7 +40,7 @@ from evsed.controller.smartcharging.profileset import ProfileSet
 from evsed.hal.types import MeterSample
 from evsed.hwmocks.central_system import CentralSystem
 from tests.support.clock import FakeClock
-from tests.support.ocpp_rig import CARD, CP_ID, OcppRig, ocpp_rig
+from tests.support.ocpp_rig import CARD, OcppRig, exchange, ocpp_rig
 from tests.support.smartcharging import at, profile
 
 T = at("2026-12-03T10:00")
@@ -213,16 +211,6 @@ async def rig(tmp_path: Path) -> AsyncIterator[OcppRig]:
     async with CentralSystem(tags={CARD: "Accepted"}, now=clock.now) as cs:
         async with ocpp_rig(cs, tmp_path, clock=clock) as r:
             yield r
-
-
-async def exchange(rig: OcppRig, action: str, payload: dict[str, Any]) -> dict[str, Any]:
-    unique_id = str(uuid.uuid4())
-    mark = rig.central.mark()
-    await rig.central.send_raw(CP_ID, json.dumps([2, unique_id, action, payload]))
-    reply = await rig.central.wait_for_reply(unique_id, since=mark)
-    assert reply.is_result, (action, reply.raw)
-    result: dict[str, Any] = reply.payload
-    return result
 
 
 def tx_default(pid: int, amps: float, min_rate: float) -> dict[str, Any]:

@@ -11,8 +11,6 @@ MeterValueSampleInterval, WebSocketPingInterval) and lbbrhzn/ocpp
 
 from __future__ import annotations
 
-import json
-import uuid
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -20,7 +18,7 @@ from typing import Any
 import pytest
 
 from evsed.hwmocks.central_system import CentralSystem
-from tests.support.ocpp_rig import CARD, CP_ID, OcppRig, ocpp_rig
+from tests.support.ocpp_rig import CARD, OcppRig, exchange, ocpp_rig
 
 # evcc's desiredMeasurands, in its order (cp_setup.go).
 EVCC_MEASURANDS = (
@@ -49,17 +47,6 @@ async def rig(tmp_path: Path) -> AsyncIterator[OcppRig]:
     async with CentralSystem(tags={CARD: "Accepted"}) as cs:
         async with ocpp_rig(cs, tmp_path) as r:
             yield r
-
-
-async def exchange(rig: OcppRig, action: str, payload: dict[str, Any]) -> dict[str, Any]:
-    """One CALL as raw text, as the tool sends it; the CP's CALLRESULT payload."""
-    unique_id = str(uuid.uuid4())
-    mark = rig.central.mark()
-    await rig.central.send_raw(CP_ID, json.dumps([2, unique_id, action, payload]))
-    reply = await rig.central.wait_for_reply(unique_id, since=mark)
-    assert reply.is_result, (action, reply.raw)
-    result: dict[str, Any] = reply.payload
-    return result
 
 
 def values(result: dict[str, Any]) -> dict[str, str | None]:

@@ -4,8 +4,6 @@ frames are answered as they expect."""
 
 from __future__ import annotations
 
-import json
-import uuid
 from collections.abc import AsyncIterator
 from datetime import timedelta
 from pathlib import Path
@@ -16,7 +14,7 @@ import pytest
 from evsed.controller.smartcharging.model import format_datetime as iso
 from evsed.hwmocks.central_system import CentralSystem
 from tests.support.clock import FakeClock
-from tests.support.ocpp_rig import CARD, CP_ID, OcppRig, ocpp_rig
+from tests.support.ocpp_rig import CARD, OcppRig, exchange, ocpp_rig
 
 
 @pytest.fixture
@@ -36,16 +34,6 @@ async def cs(clock: FakeClock) -> AsyncIterator[CentralSystem]:
 async def rig(cs: CentralSystem, clock: FakeClock, tmp_path: Path) -> AsyncIterator[OcppRig]:
     async with ocpp_rig(cs, tmp_path, clock=clock) as r:
         yield r
-
-
-async def exchange(rig: OcppRig, action: str, payload: dict[str, Any]) -> dict[str, Any]:
-    unique_id = str(uuid.uuid4())
-    mark = rig.central.mark()
-    await rig.central.send_raw(CP_ID, json.dumps([2, unique_id, action, payload]))
-    reply = await rig.central.wait_for_reply(unique_id, since=mark)
-    assert reply.is_result, (action, reply.raw)
-    result: dict[str, Any] = reply.payload
-    return result
 
 
 def profile(

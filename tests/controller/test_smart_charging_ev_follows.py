@@ -4,18 +4,15 @@ cleared profile gives it back the connector's own limit."""
 
 from __future__ import annotations
 
-import json
-import uuid
 from collections.abc import AsyncIterator
 from pathlib import Path
-from typing import Any
 
 import pytest
 
 from evsed.controller.smartcharging.model import format_datetime as iso
 from evsed.hwmocks.central_system import CentralSystem
 from tests.support.clock import FakeClock
-from tests.support.ocpp_rig import CARD, CP_ID, OcppRig, ocpp_rig
+from tests.support.ocpp_rig import CARD, OcppRig, exchange, ocpp_rig
 
 # The bench EV ramps to a new duty's current over its `response_s` (2 s, hw-mocks ev.py); a
 # real car takes up to ~5 s (REFERENCE 1.3), so that is what the test allows.
@@ -28,16 +25,6 @@ async def rig(tmp_path: Path) -> AsyncIterator[OcppRig]:
     async with CentralSystem(tags={CARD: "Accepted"}, now=clock.now) as cs:
         async with ocpp_rig(cs, tmp_path, clock=clock) as r:
             yield r
-
-
-async def exchange(rig: OcppRig, action: str, payload: dict[str, Any]) -> dict[str, Any]:
-    unique_id = str(uuid.uuid4())
-    mark = rig.central.mark()
-    await rig.central.send_raw(CP_ID, json.dumps([2, unique_id, action, payload]))
-    reply = await rig.central.wait_for_reply(unique_id, since=mark)
-    assert reply.is_result, (action, reply.raw)
-    result: dict[str, Any] = reply.payload
-    return result
 
 
 def drawn(rig: OcppRig) -> float:

@@ -5,8 +5,6 @@ TxDefaultProfile was offered as 18 A and drawn on three phases, 12420 W)."""
 
 from __future__ import annotations
 
-import json
-import uuid
 from collections.abc import AsyncIterator
 from dataclasses import replace
 from pathlib import Path
@@ -18,7 +16,7 @@ from evsed.controller.limiter import LimitInputs, SmartChargingLimit, limit
 from evsed.hal.types import MeterSample
 from evsed.hwmocks.central_system import CentralSystem
 from tests.support.clock import FakeClock
-from tests.support.ocpp_rig import CARD, CP_ID, OcppRig, ocpp_rig
+from tests.support.ocpp_rig import CARD, OcppRig, exchange, ocpp_rig
 
 
 @pytest.fixture
@@ -36,16 +34,6 @@ async def cs(clock: FakeClock) -> AsyncIterator[CentralSystem]:
 async def rig(cs: CentralSystem, clock: FakeClock, tmp_path: Path) -> AsyncIterator[OcppRig]:
     async with ocpp_rig(cs, tmp_path, clock=clock) as r:
         yield r
-
-
-async def exchange(rig: OcppRig, action: str, payload: dict[str, Any]) -> dict[str, Any]:
-    unique_id = str(uuid.uuid4())
-    mark = rig.central.mark()
-    await rig.central.send_raw(CP_ID, json.dumps([2, unique_id, action, payload]))
-    reply = await rig.central.wait_for_reply(unique_id, since=mark)
-    assert reply.is_result, (action, reply.raw)
-    result: dict[str, Any] = reply.payload
-    return result
 
 
 def watts_tx_default(watts: float, number_phases: int) -> dict[str, Any]:

@@ -5,6 +5,8 @@ OcppSession on a FakeClock, the websocket in real time) and its `OcppRig` helper
 from __future__ import annotations
 
 import asyncio
+import json
+import uuid
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
@@ -157,3 +159,15 @@ async def ocpp_rig(
         await app.stop()
         await rig.stack.stop()
         app.close()
+
+
+async def exchange(rig: OcppRig, action: str, payload: dict[str, Any]) -> dict[str, Any]:
+    """One CS->CP CALL sent as raw text, as a Central System tool writes it (camelCase, no
+    library object); the CP's CALLRESULT payload."""
+    unique_id = str(uuid.uuid4())
+    mark = rig.central.mark()
+    await rig.central.send_raw(CP_ID, json.dumps([2, unique_id, action, payload]))
+    reply = await rig.central.wait_for_reply(unique_id, since=mark)
+    assert reply.is_result, (action, reply.raw)
+    result: dict[str, Any] = reply.payload
+    return result
