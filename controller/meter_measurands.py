@@ -18,11 +18,13 @@ from collections.abc import Iterable
 
 from evsed.controller.config import Config
 from evsed.controller.config import Connector as ConnectorConfig
-from evsed.controller.ocpp16.measurands import TABLE, PhaseStyle
+from evsed.controller.ocpp16.keys import phase_items
 from evsed.hal.meters.regmap import load_map
 
-#: From the connector itself, whatever its meter: what the pilot offers, in A and in W.
-CONNECTOR_MEASURANDS = frozenset({"Current.Offered", "Power.Offered"})
+#: From the connector itself, whatever its meter: what the pilot offers, in A. In W
+#: (Power.Offered) too where the meter reads the voltage of every phase: the MeterValue
+#: builder multiplies by the measured voltages and leaves the value out without them.
+CONNECTOR_MEASURANDS = frozenset({"Current.Offered"})
 
 # Which register-map quantities make a measurand (any of them per phase: that phase).
 _PER_PHASE = {
@@ -46,6 +48,13 @@ _TOTALS = {
 }
 
 
+#: The register-map quantity of each phase of a measurand with per-phase values.
+_LINE_QUANTITY = {
+    **_PER_PHASE,
+    **{measurand: pattern for measurand, (_, pattern, _) in _TOTAL_AND_LINE.items()},
+}
+
+
 def _meter_measurands(quantities: frozenset[str], phases: int) -> set[str]:
     lines = range(1, phases + 1)
     out = {measurand for quantity, measurand in _TOTALS.items() if quantity in quantities}
@@ -56,7 +65,16 @@ def _meter_measurands(quantities: frozenset[str], phases: int) -> set[str]:
         per_phase = all(pattern.format(k) in quantities for k in lines)
         if total in quantities or (sums and per_phase):
             out.add(measurand)
+    if all(_PER_PHASE["Voltage"].format(k) in quantities for k in lines):
+        out.add("Power.Offered")
     return out
+
+
+def _quantities(cfg: ConnectorConfig) -> frozenset[str]:
+    """The register-map quantities the connector's meter reads (none without a meter)."""
+    if cfg.meter.transport == "none":
+        return frozenset()
+    return frozenset(f.name for f in load_map(cfg.meter.model).fields)
 
 
 def connector_measurands(cfg: ConnectorConfig) -> frozenset[str]:
@@ -65,9 +83,34 @@ def connector_measurands(cfg: ConnectorConfig) -> frozenset[str]:
     if cfg.temperature.driver != "none":
         out.add("Temperature")
     if cfg.meter.transport != "none":
-        regmap = load_map(cfg.meter.model)
-        out |= _meter_measurands(frozenset(f.name for f in regmap.fields), cfg.phases)
+        out |= _meter_measurands(_quantities(cfg), cfg.phases)
     return frozenset(out)
+
+
+def connector_items(cfg: ConnectorConfig) -> list[str]:
+    """Every item a Meter*Data key can hold that this connector's MeterValues carry: each
+    measurand, and each phase of it the builder reports (`phase_items`) whose register the
+    meter maps. A 1-phase meter (SDM120) has no "Voltage.L2-N", a totals-only one (SDM72D)
+    no "Power.Active.Import.L1", though the connector has the measurand."""
+    names = sorted(connector_measurands(cfg))
+    quantities = _quantities(cfg)
+    items = list(names)
+    for name in names:
+        pattern = _LINE_QUANTITY.get(name)
+        items += [
+            item
+            for item, line in phase_items(name, cfg.phases)
+            if pattern is not None and pattern.format(line) in quantities
+        ]
+    return items
+
+
+def charger_items(config: Config) -> list[str]:
+    """What the keys accept (they are charger-wide): an item any connector delivers, each
+    once, measurands first."""
+    seen = dict.fromkeys(n for c in config.connectors for n in connector_measurands(c))
+    phased = dict.fromkeys(i for c in config.connectors for i in connector_items(c))
+    return sorted(seen) + [i for i in phased if i not in seen]
 
 
 def charger_measurands(config: Config) -> frozenset[str]:
@@ -83,16 +126,7 @@ def max_phases(config: Config) -> int:
 
 
 def selectable_items(measurands: Iterable[str], phases: int) -> list[str]:
-    """Every item a Meter*Data key can hold: each measurand, and each per-phase variant the
-    MeterValue builder reports, as the one measurand table says (Voltage as L1-N..,
-    currents, powers and the power factor as L1.. on a multi-phase connector)."""
+    """Every item a Meter*Data key can hold for these measurands on ``phases`` phases,
+    with every phase's register mapped (`connector_items` asks the meter)."""
     names = sorted(measurands)
-    items: list[str] = list(names)
-    lines = range(1, phases + 1)
-    for name in names:
-        style = TABLE[name].phases
-        if style is PhaseStyle.LINE_NEUTRAL:
-            items += [f"{name}.L{k}-N" for k in lines]
-        elif style is PhaseStyle.LINE or (style is PhaseStyle.TOTAL_AND_LINE and phases > 1):
-            items += [f"{name}.L{k}" for k in lines]
-    return items
+    return names + [item for name in names for item, _ in phase_items(name, phases)]

@@ -29,7 +29,7 @@ from evsed.controller.clock import Clock
 from evsed.controller.config import Config
 from evsed.controller.firmware.installer import restore_after_rollback
 from evsed.controller.firmware.update import Installer
-from evsed.controller.meter_measurands import charger_measurands, max_phases, selectable_items
+from evsed.controller.meter_measurands import charger_items, charger_measurands, max_phases
 from evsed.controller.ocpp16 import protocol
 from evsed.controller.ocpp16.auth import Authorizer
 from evsed.controller.ocpp16.bridge import OcppHooks
@@ -107,13 +107,15 @@ class OcppApp:
         # and their MaxLength keys let a CS select all of it at once.
         measurands = charger_measurands(config)
         phases = max_phases(config)
-        room = str(max(8, len(selectable_items(measurands, phases))))
+        items = charger_items(config)
+        room = str(max(8, len(items)))
         self.keys = ConfigurationKeys(
             self.store,
             number_of_connectors=len(config.connectors),
             security_profile=config.central_system.security_profile,
             measurands=measurands,
             phases=phases,
+            items=items,
             overrides={
                 **{f"{k}MaxLength": room for k in MEASURAND_KEYS},
                 "ConnectorSwitch3to1PhaseSupported": "true"

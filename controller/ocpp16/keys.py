@@ -31,7 +31,7 @@ from enum import StrEnum
 
 from ocpp.v16.datatypes import KeyValue
 
-from evsed.controller.ocpp16.measurands import PHASES, REPORTED, SPEC_MEASURANDS
+from evsed.controller.ocpp16.measurands import REPORTED, SPEC_MEASURANDS, TABLE, PhaseStyle
 from evsed.controller.ocpp16.profiles import (
     ALWAYS_ON_KEY_PROFILES,
     CORE_NAME,
@@ -86,6 +86,24 @@ def parse_csl(value: str) -> list[str]:
     return [item.strip() for item in value.split(",") if item.strip()]
 
 
+def phase_items(measurand: str, phases: int) -> list[tuple[str, int]]:
+    """The phase-narrowed items (§9.1.17, "Voltage.L1") a Meter*Data key may name for
+    ``measurand`` on a connector with ``phases`` phases, each with the line it reads: what
+    the MeterValue builder reports, as the one measurand table says (Voltage as L1-N..,
+    Current.Import as L1.., a total-and-line measurand as L1.. on a multi-phase connector
+    only). Nothing for a measurand with one value (energy, frequency, the offered values,
+    temperature), and never N or a line-to-line phase: evsed reports none of them, so an
+    item naming one would be Accepted and never sent."""
+    row = TABLE.get(measurand)
+    style = row.phases if row is not None else PhaseStyle.NONE
+    lines = range(1, phases + 1)
+    if style is PhaseStyle.LINE_NEUTRAL:
+        return [(f"{measurand}.L{k}-N", k) for k in lines]
+    if style is PhaseStyle.LINE or (style is PhaseStyle.TOTAL_AND_LINE and phases > 1):
+        return [(f"{measurand}.L{k}", k) for k in lines]
+    return []
+
+
 class ConfigurationKeys:
     """The charge point's configuration keys. Event-loop thread only (like the Store).
 
@@ -107,9 +125,15 @@ class ConfigurationKeys:
         security_profile_ready: Callable[[int], bool] = lambda level: False,
         security_profile: builtins.int = 0,
         phases: builtins.int = 3,
+        items: Iterable[builtins.str] | None = None,
     ) -> None:
         """``security_profile``: the level the configuration runs at; SecurityProfile reads
-        at least that (the profile in effect), so a CS cannot "lower" it to 0 or 1."""
+        at least that (the profile in effect), so a CS cannot "lower" it to 0 or 1.
+
+        ``items``: the phase-narrowed Meter*Data items the charger delivers (what its meters
+        read, `evsed.controller.meter_measurands.charger_items`); None: every one
+        `phase_items` gives for ``measurands`` on ``phases`` phases. "Voltage.L1" is taken
+        wherever "Voltage.L1-N" is (the builder reports the line as measured)."""
         self._store = store
         profiles = list(supported_feature_profiles)
         bad = [p for p in profiles if p not in FEATURE_PROFILE_NAMES]
@@ -117,9 +141,11 @@ class ConfigurationKeys:
             raise ValueError(f"bad SupportedFeatureProfiles {profiles!r} (Core is mandatory)")
         self._profiles = frozenset(profiles)
         self._measurands = frozenset(measurands)
-        self._phases = phases  # the most any connector has: "Voltage.L3" needs three
         if not self._measurands <= MEASURANDS:
             raise ValueError(f"unknown measurands: {sorted(self._measurands - MEASURANDS)}")
+        if items is None:
+            items = [i for m in sorted(self._measurands) for i, _ in phase_items(m, phases)]
+        self._items = frozenset(items)
         self._on = set(supported)
         self._off = set(unsupported)
         self._reboot = set(reboot_required)
@@ -316,15 +342,12 @@ class ConfigurationKeys:
         return self._validate_csl(spec, value)
 
     def _measurand_item_ok(self, item: builtins.str) -> bool:
-        """A measurand, optionally narrowed to one phase ("Voltage.L1", spec §9.1.17)."""
+        """A measurand, or one narrowed to a phase the charger reports ("Voltage.L1-N",
+        spec §9.1.17): a phase its meters cannot read is not supported (Rejected), not
+        Accepted and then never sent."""
         if item in self._measurands:
             return True
-        base, _, phase = item.rpartition(".")
-        if base not in self._measurands or phase not in PHASES:
-            return False
-        # L3, L2-N, L3-L1 ...: every line named must exist on some connector.
-        lines = [int(c) for c in phase if c.isdigit()]
-        return all(k <= self._phases for k in lines)
+        return item in self._items or f"{item}-N" in self._items
 
     def _validate_csl(self, spec: KeySpec, value: builtins.str) -> builtins.str | None:
         raw = value.split(",") if value.strip() else []
