@@ -50,6 +50,8 @@ voltage x drawn phases per amp. Unlike the fuse (whose margin covers an EV's rea
 it is a hard limit: a connector not charging yet looks ahead at most at what the charging
 ones leave of it, so the offers never add up above the cap, not even while a newcomer joins
 (the re-share when it starts lowers the others first; the charger applies decreases first).
+The share is a local decision of the moment: GetCompositeSchedule reports the cap, not the
+share (`evsed.controller.smartcharging.composite` says why), Current.Offered the share.
 """
 
 from __future__ import annotations

@@ -19,6 +19,21 @@ Per connector, at every instant:
   own transaction start), capped once more as it runs for the whole (from the window's
   start), so the whole never exceeds what its connectors apply.
 
+A connector under a ChargePointMaxProfile several connectors share reports the whole cap
+where the cap binds, not its present share of it, on purpose. The composite schedule is "the
+result of the calculation of all active schedules" (§3.13.5, §5.7) over the whole window
+asked, and §3.13.4 caps each connector's Tx/TxDefaultProfile with the ChargePointMaxProfile
+as it is. The share is the local load balancer's decision (`evsed.controller.loadbalance`,
+`SharedCap`): it changes with every start, stop and grid poll, so no schedule can state it
+beyond the instant asked; the local limits taken into account (§5.7 "might be") are the
+static ones (`ElectricalContext.max_current_a`, the rating). What a connector offers now is
+its Current.Offered MeterValue. evcc reads the first period as "enabled" (>0: Enabled()'s
+fallback GetScheduleLimit, when the status and the offered values do not tell): a connector
+the balancer pauses under a cap too small for two, reported at its 0 A share, would read as
+disabled to the CS that enabled it ("charger out of sync", and an Enable(true) during a
+phase switch). Connector 0 stays the cap (the sum of the
+connectors, each capped, capped once more), which is what the connectors together apply.
+
 Limits are compared in the unit asked for: W = A x V x phases, where phases is the period's
 numberPhases (3 when absent, §7.12) but never more than the connector uses (errata §3.34),
 and only where a phase relay makes the EV draw on that many: without one it draws on all
