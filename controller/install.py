@@ -50,6 +50,12 @@ ROLLBACK_UNITS = (
 )
 #: Where the versions live (the unit and the firmware installer say /opt/evsed too).
 PREFIX = PurePosixPath("opt/evsed")
+#: What root runs, root's own and writable by root only (the service user may write
+#: /opt/evsed): the units' privileged helper scripts.
+LIBDIR = PurePosixPath("usr/local/lib/evsed")
+#: evsed-rollback.service's ExecStopPost=+ (as root): restart evsed after a rollback unless
+#: an operator had stopped it.
+AFTER_ROLLBACK = LIBDIR / "after-rollback.sh"
 RULE = PurePosixPath("etc/udev/rules.d/99-evsed-pwm.rules")
 CONFIG = PurePosixPath("etc/evsed/evsed.toml")
 STATE = PurePosixPath("var/lib/evsed")
@@ -434,7 +440,9 @@ def install(
     out(f"unit: /{UNIT} (ExecStart={EVSED_BIN} run)")
     for path in ROLLBACK_UNITS:
         fs.write(root / path, render_unit(shipped(path.name), user=user), 0o644)
-    out(f"firmware rollback: /{ROLLBACK_UNITS[0]}, /{ROLLBACK_UNITS[1]}")
+    fs.mkdir(root / LIBDIR, 0o755)
+    fs.write(root / AFTER_ROLLBACK, shipped("evsed-after-rollback.sh"), 0o755)
+    out(f"firmware rollback: /{ROLLBACK_UNITS[0]}, /{ROLLBACK_UNITS[1]}, /{AFTER_ROLLBACK}")
     pwm_group = "gpio" if "gpio" in groups else user
     fs.write(root / RULE, render_rule(shipped("99-evsed-pwm.rules"), pwm_group), 0o644)
     out(f"udev rule: /{RULE} (kernel PWM writable by the group {pwm_group})")
@@ -508,4 +516,7 @@ def uninstall(
     if (root / PREFIX).exists() or (root / PREFIX).is_symlink():
         fs.rmtree(root / PREFIX)
         fs.done(f"removed /{PREFIX} (every installed version)")
+    if (root / LIBDIR).exists() or (root / LIBDIR).is_symlink():
+        fs.rmtree(root / LIBDIR)
+        fs.done(f"removed /{LIBDIR} (the units' helpers)")
     return EXIT_OK

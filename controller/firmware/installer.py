@@ -23,10 +23,11 @@ every boot) starts `evsed-rollback.service`, which runs *the previous venv's* py
 (`python -m evsed.controller.firmware.installer watch`, as the service user). The
 watcher waits, on the wall clock, for the marker's deadline; if the new version has not
 confirmed by then it puts `current` back to `previous` and exits 3, and the unit's only
-privileged line (`ExecStopPost=+...`, a fixed `systemctl restart evsed.service` run when
-the exit status is 3) restarts the service into the old version, even out of a failed
-state. A reboot or a crash inside the window changes nothing: the marker and its
-deadline are on disk, and the path unit starts a watcher again at boot.
+privileged line (`ExecStopPost=+/usr/local/lib/evsed/after-rollback.sh`, root's, run
+when the watcher exits 3) restarts the service into the old version, even out of a failed
+state, unless an operator had stopped it (`systemctl stop evsed`: inactive). A reboot or
+a crash inside the window changes nothing: the marker and its deadline are on disk, and
+the path unit starts a watcher again at boot.
 
 The data go back too. The new version migrates evsed.db when it starts, before it is
 confirmed, and the old version refuses a schema newer than its own. So right before the

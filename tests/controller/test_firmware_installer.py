@@ -9,7 +9,6 @@ import asyncio
 import json
 import os
 import re
-import shlex
 import subprocess
 import sys
 import time
@@ -20,6 +19,7 @@ from pathlib import Path
 import pytest
 from ocpp.v16 import call
 
+from evsed.controller import install
 from evsed.controller.firmware.installer import (
     EXIT_ROLLED_BACK,
     MARKER,
@@ -174,25 +174,51 @@ def test_the_units_watcher_rolls_back_a_version_that_crashes_at_import(tmp_path:
     assert marker is not None and marker.rolled_back
 
 
-@pytest.mark.parametrize(("status", "restarted"), [("3", True), ("0", False), ("1", False)])
-def test_the_rollback_units_restart_step_runs_only_after_a_rollback(
-    tmp_path: Path, status: str, restarted: bool
+# (the watcher's exit status, what `systemctl is-active evsed` says, the main process's exit
+# status systemd keeps, whether evsed is restarted)
+AFTER_ROLLBACK = [
+    ("3", "active", "0", True),  # the new version runs, never confirmed (hung before boot)
+    ("3", "reloading", "0", True),
+    ("3", "activating", "1", True),  # auto-restart: it crashes in a loop
+    ("3", "failed", "2", True),  # it exited 2 (RestartPreventExitStatus=2)
+    ("3", "inactive", "0", False),  # `systemctl stop evsed` meanwhile
+    ("3", "deactivating", "0", False),  # being stopped right now
+    ("3", "failed", "0", False),  # an operator's stop that failed (a stop timeout)
+    ("0", "active", "0", False),  # no rollback: nothing to do
+    ("1", "failed", "2", False),
+]
+
+
+@pytest.mark.parametrize(("status", "state", "main", "restarted"), AFTER_ROLLBACK)
+def test_the_rollback_units_restart_step_restarts_only_what_an_operator_did_not_stop(
+    tmp_path: Path, status: str, state: str, main: str, restarted: bool
 ) -> None:
-    """ExecStopPost of evsed-rollback.service as systemd runs it ($$ is a literal $, the
-    exit status in $EXIT_STATUS), with a `systemctl` that only records its arguments."""
+    """ExecStopPost of evsed-rollback.service as systemd runs it (the exit status in
+    $EXIT_STATUS), the script as `evsed install` copies it, with a `systemctl` that answers
+    is-active/show as given and records the rest. Before, a rollback restarted evsed
+    whatever its state: an operator's `systemctl stop evsed` was undone (the inactive,
+    deactivating and failed-with-0 rows fail without the state check)."""
     text = (SYSTEMD / "evsed-rollback.service").read_text()
     line = re.search(r"^ExecStopPost=\+(.*)$", text, re.M)
     assert line, "the restart step must be the privileged ('+') ExecStopPost"
-    argv = shlex.split(line[1].replace("$$", "$"))
+    assert line[1] == f"/{install.AFTER_ROLLBACK}"  # root's copy, outside /opt/evsed
+    script = SYSTEMD / "evsed-after-rollback.sh"
     fake = tmp_path / "bin"
     fake.mkdir()
     log = tmp_path / "systemctl.log"
-    (fake / "systemctl").write_text(f'#!/bin/sh\necho "$*" >> "{log}"\n')
+    (fake / "systemctl").write_text(
+        "#!/bin/sh\n"
+        f'case "$1" in is-active) echo {state}; exit 3;; show) echo {main}; exit 0;; esac\n'
+        f'echo "$*" >> "{log}"\n'
+    )
     (fake / "systemctl").chmod(0o755)
     env = {"PATH": f"{fake}:/usr/bin:/bin", "EXIT_STATUS": status, "EXIT_CODE": "exited"}
-    assert subprocess.run(argv, env=env, check=False).returncode == 0
+    ran = subprocess.run(["/bin/sh", str(script)], env=env, capture_output=True, text=True)
+    assert ran.returncode == 0, ran.stderr
     calls = log.read_text().splitlines() if log.exists() else []
     assert calls == (["--no-block restart evsed.service"] if restarted else [])
+    if status == "3" and not restarted:
+        assert f"evsed.service is {state}" in ran.stdout and "not restarted" in ran.stdout
 
 
 def test_a_confirmed_version_is_never_rolled_back_and_a_rolled_back_one_never_confirms(

@@ -95,6 +95,11 @@ def test_install_writes_unit_rule_config_and_creates_the_user(tmp_path) -> None:
     assert "User=evsed\n" in watcher and "ExecStart=/opt/evsed/previous/bin/python " in watcher
     path_unit = (root / "etc/systemd/system/evsed-rollback.path").read_text()
     assert "PathExists=/var/lib/evsed/firmware-pending.json\n" in path_unit
+    # The rollback's privileged step, root's and outside /opt/evsed, as shipped.
+    assert "ExecStopPost=+/usr/local/lib/evsed/after-rollback.sh\n" in watcher
+    after = root / "usr/local/lib/evsed/after-rollback.sh"
+    assert after.read_text() == install.shipped("evsed-after-rollback.sh")
+    assert after.stat().st_mode & 0o777 == 0o755
     assert ["chown", "root:evsed", str(root / "etc/evsed"), str(config)] in rec.commands
     assert ["systemctl", "daemon-reload"] in rec.commands
     assert ["udevadm", "control", "--reload-rules"] in rec.commands
@@ -167,6 +172,7 @@ def test_uninstall_keeps_configuration_and_state_unless_purged(tmp_path) -> None
     assert not (root / "etc/systemd/system/evsed-rollback.service").exists()
     assert not (root / "etc/systemd/system/evsed-rollback.path").exists()
     assert not (root / "opt/evsed").exists()  # every version: the program is gone
+    assert not (root / "usr/local/lib/evsed").exists()
     assert not (root / "etc/udev/rules.d/99-evsed-pwm.rules").exists()
     assert (root / "etc/evsed/evsed.toml").exists() and (root / "var/lib/evsed").exists()
     assert "--purge" in rec.text
@@ -228,7 +234,9 @@ def _installed_units(tmp_path: Path) -> list[Path]:
     checked.mkdir()
     for name in UNITS:
         text = (root / "etc/systemd/system" / name).read_text()
-        (checked / name).write_text(text.replace("/opt/evsed/", f"{root}/opt/evsed/"))
+        for where in ("/opt/evsed/", "/usr/local/lib/evsed/"):
+            text = text.replace(where, f"{root}{where}")
+        (checked / name).write_text(text)
     return [checked / name for name in UNITS]
 
 
