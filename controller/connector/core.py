@@ -89,6 +89,9 @@ class SafetyCore:
         # Set once every connector has completed a tick since `start`: until then the
         # core is not yet guarding anything (and `tick_age` is inf).
         self._ticking = threading.Event()
+        # Set when a command waited CALL_TIMEOUT_S in vain, cleared by the core's next
+        # completed step: while set, commands are answered with their default at once.
+        self._stuck = False
 
     def add(self, connector: Connector, sampler: Sampler) -> None:
         self._units.append(_Unit(connector, sampler))
@@ -178,10 +181,17 @@ class SafetyCore:
             log.error("the safety core's thread is gone; command refused, outputs cut")
             self._cut_all()
             return default
+        if self._stuck:
+            # The core is known not to answer: waiting CALL_TIMEOUT_S again for the same
+            # default would block the loop (the watchdog's pinger, the frozen-core cut, the
+            # Central System's answers) for as long, once per command, while the relay
+            # may be closed.
+            return default
         try:
             self._queue.put(_Command(fn, answer), timeout=CALL_TIMEOUT_S)
             return answer.result(timeout=CALL_TIMEOUT_S)
         except (queue.Full, TimeoutError):
+            self._stuck = True
             log.error(
                 "the safety core did not take a command within %s s; it is at:\n%s",
                 CALL_TIMEOUT_S,
@@ -262,20 +272,24 @@ class SafetyCore:
             if now >= unit.due:
                 unit.due = now + unit.tick(self.clock)
         self._note_ticking()
+        self._stuck = False
         return True
 
     def _note_ticking(self) -> None:
         if not self._ticking.is_set() and all(u.last_tick_at is not None for u in self._units):
             self._ticking.set()
 
-    @staticmethod
-    def _execute(command: _Command) -> None:
+    def _execute(self, command: _Command) -> None:
         if not command.answer.set_running_or_notify_cancel():
             return  # its caller gave up on it and answered without it
         try:
-            command.answer.set_result(command.fn())
+            result = command.fn()
         except BaseException as exc:  # the connector's guard already cut: hand it back
+            self._stuck = False
             command.answer.set_exception(exc)
+        else:
+            self._stuck = False  # before the answer: its caller may send the next at once
+            command.answer.set_result(result)
 
     async def _run_inline(self, unit: _Unit) -> None:
         while True:

@@ -286,3 +286,37 @@ async def test_a_command_given_up_on_never_runs_later(
         await frozen
     assert await asyncio.to_thread(core.call, lambda: "back") == "back"  # the core is back
     assert ran == []  # and the abandoned command was dropped, not run late
+
+
+async def test_a_stuck_core_costs_the_loop_one_wait_not_one_per_command(
+    stack: Stack, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Commands come from the loop and wait for the core's answer. Once one of them has
+    waited CALL_TIMEOUT_S in vain, the next ones are answered with their default at once
+    until the core steps again: three commands in a row (a limiter pass) used to block the
+    loop 3 x 2 s, so the watchdog's pinger saw the frozen core only seconds late."""
+    from evsed.controller.connector import core as core_module
+
+    monkeypatch.setattr(core_module, "CALL_TIMEOUT_S", 0.5)
+    assert stack.charger is not None
+    core = stack.charger.core
+    assert await asyncio.to_thread(core.wait_ticking, 5.0)
+    release, stuck = threading.Event(), threading.Event()
+
+    def freeze() -> None:
+        stuck.set()
+        release.wait(10)
+
+    frozen = asyncio.create_task(asyncio.to_thread(core.call, freeze))
+    try:
+        assert await asyncio.to_thread(stuck.wait, 5.0)
+        started = time.monotonic()
+        answers = [core.call(lambda: True, False) for _ in range(4)]
+        took = time.monotonic() - started
+        assert answers == [False] * 4  # nobody took them: each answered with its default
+        assert took < 0.5 + 0.4  # one wait of CALL_TIMEOUT_S at most, not 4 x 0.5 s
+    finally:
+        release.set()
+        await frozen
+    # Back at once: the frozen command's end clears the mark before its answer.
+    assert await asyncio.to_thread(core.call, lambda: "back") == "back"

@@ -267,12 +267,14 @@ async def test_serve_pings_only_while_the_real_safety_core_ticks(
         charger = stack.charger
         assert charger is not None and charger.core.threaded
 
-        # Freeze the core thread for 1.6 s (below the core's 2 s command timeout): a
-        # command that blocks on it, queued from a worker so the loop stays free.
+        # Freeze the core thread until released: a command that blocks on it, queued
+        # from a worker so the loop stays free (the loop's own commands then cost it one
+        # CALL_TIMEOUT_S wait, and are answered at once after that). The freeze's own
+        # bound is far beyond the window, so the core cannot come back inside it.
         release = threading.Event()
         withholding.clear()  # a start-up check may have withheld before the first tick
         frozen_at = time.monotonic()
-        hang = asyncio.create_task(asyncio.to_thread(charger.core.call, lambda: release.wait(5)))
+        hang = asyncio.create_task(asyncio.to_thread(charger.core.call, lambda: release.wait(30)))
         await asyncio.wait_for(withholding.wait(), 5)  # once the tick is 1 s old
         silent_from = time.monotonic()
         assert silent_from - frozen_at >= 1.0
