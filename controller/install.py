@@ -10,6 +10,14 @@ install with the single /opt/evsed/venv of earlier releases is migrated: the ven
 renamed to venvs/<its evsed version> and `venv` left as a link to it (its scripts name
 /opt/evsed/venv/bin/python in their first line).
 
+What root runs is root's (the service user owns /opt/evsed: a firmware update, possibly a
+malicious image from a compromised Central System, writes there): `/usr/local/bin/evsed`
+links to a copy of its own, /usr/local/lib/evsed/admin (a venv built from the package
+given to `evsed install`, rebuilt by every `evsed install --package`, root's and writable
+by root only, checked: `untrusted`), never to /opt/evsed/current; the units' privileged
+helper scripts live next to it. Root changes owners and modes inside /opt/evsed only with
+`chown -h` and never recursively, and refuses a /opt/evsed or venvs that is a link.
+
 Files are written directly under the root through `Files`; what needs the system's own
 tools (creating the user, chown, reloading systemd and udev) goes through a `Runner`: the
 real one runs the commands, the dry run only prints them (the default for any root other
@@ -24,6 +32,7 @@ from __future__ import annotations
 import os
 import shlex
 import shutil
+import stat
 import subprocess
 import sys
 from collections.abc import Callable, Sequence
@@ -61,9 +70,16 @@ CONFIG = PurePosixPath("etc/evsed/evsed.toml")
 STATE = PurePosixPath("var/lib/evsed")
 #: The unit's StateDirectoryMode: the store holds card ids and the Central System's replies.
 STATE_MODE = 0o700
+#: The service's evsed (the version in service): run as the service user, never as root.
 EVSED_BIN = "/opt/evsed/current/bin/evsed"
-#: `evsed status` as the README says it, after the set-up venv is gone: a link into
-#: /opt/evsed/current, so that it follows every firmware update and rollback.
+#: The venv root's commands run from, a link to one of two slots (a refresh builds the
+#: other one, then switches: the evsed doing it keeps running from the old one).
+ADMIN = LIBDIR / "admin"
+ADMIN_SLOTS = ("admin.a", "admin.b")
+ADMIN_BIN = f"/{ADMIN}/bin/evsed"
+#: `evsed status`, `sudo evsed uninstall` as the README says them, after the set-up venv is
+#: gone: a link to root's own copy. (It was a link into /opt/evsed/current: root ran code
+#: the service user can write. Such a link is ours and replaced.)
 LINK = PurePosixPath("usr/local/bin/evsed")
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
@@ -111,6 +127,11 @@ class Files:
         return self.dry
 
     def mkdir(self, path: Path, mode: int | None = None) -> None:
+        if path.is_symlink():
+            raise InstallError(
+                f"{path} is a symbolic link: root would change what it points to; make it a "
+                "directory (or remove it), then run evsed install again"
+            )
         exists = path.is_dir()
         if exists and (mode is None or path.stat().st_mode & 0o777 == mode):
             return
@@ -121,7 +142,7 @@ class Files:
             return
         path.mkdir(parents=True, exist_ok=True)
         if mode is not None:
-            path.chmod(mode)
+            chmod_nofollow(path, mode)
 
     def write(self, path: Path, text: str, mode: int) -> None:
         if self._would(f"write {path} (mode {mode:o})"):
@@ -142,6 +163,28 @@ class Files:
         if self._would(f"link {layout.root / name} -> {venv}"):
             return
         layout.switch(name, venv)
+
+    def replace_link(self, link: Path, target: str) -> None:
+        """``link`` -> ``target`` atomically (a reader sees the old link or the new one)."""
+        if self._would(f"link {link} -> {target}"):
+            return
+        link.parent.mkdir(parents=True, exist_ok=True)
+        tmp = link.with_name(f".{link.name}.{os.getpid()}.new")
+        tmp.unlink(missing_ok=True)
+        tmp.symlink_to(target)
+        os.replace(tmp, link)
+
+    def root_only(self, tree: Path) -> None:
+        """No file of ``tree`` writable by its group or others (root's umask may be 002).
+        Never follows a link; meant for trees only root can write (root's own copy)."""
+        if self.dry:
+            return
+        for dirpath, dirnames, filenames in os.walk(tree):
+            for name in (".", *dirnames, *filenames):
+                path = Path(dirpath, name)
+                st = path.lstat()
+                if not stat.S_ISLNK(st.st_mode) and st.st_mode & 0o022:
+                    chmod_nofollow(path, stat.S_IMODE(st.st_mode) & ~0o022)
 
     def rename(self, src: Path, dst: Path) -> None:
         if self._would(f"rename {src} to {dst}"):
@@ -166,6 +209,88 @@ class Files:
         """A report line for a change made; nothing in a dry run (its "would" line says it)."""
         if not self.dry:
             self.out(what)
+
+
+def chmod_nofollow(path: Path, mode: int) -> None:
+    """chmod that never follows a link, also not one swapped in after a check: the file is
+    opened with O_NOFOLLOW (a link: ELOOP, an InstallError) and changed through its fd."""
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK)
+    except OSError as exc:
+        raise InstallError(f"{path}: {exc.strerror} (not changed)") from None
+    try:
+        os.fchmod(fd, mode)
+    finally:
+        os.close(fd)
+
+
+def untrusted(
+    venv: Path,
+    *,
+    top: Path = Path("/"),
+    owners: frozenset[int] = frozenset({0}),
+    forbidden: Sequence[Path] = (Path("/", PREFIX), Path("/", STATE)),
+) -> list[str]:
+    """What of ``venv`` someone other than ``owners`` could change, so that root running it
+    would run their code: the venv, every file in it, and what it runs outside itself (the
+    pyvenv.cfg home, each script's interpreter, links out, the paths of .pth files), each
+    with every parent directory (up to ``top`` for paths under it; a temporary root in
+    tests), and nothing under ``forbidden`` (the service user's trees, whoever owns a file
+    there now). One line per problem; empty: root may run it."""
+    problems: list[str] = []
+    seen: set[Path] = set()
+
+    def check(path: Path, why: str) -> None:
+        for start in (path, Path(os.path.realpath(path))):
+            theirs = next((f for f in forbidden if start.is_relative_to(f)), None)
+            if theirs is not None:
+                problems.append(f"{start} ({why}): in {theirs}, which the service user writes")
+                continue
+            inside = start.is_relative_to(top)
+            for each in (start, *start.parents):
+                if inside and not each.is_relative_to(top):
+                    break
+                if each in seen:
+                    continue
+                seen.add(each)
+                try:
+                    st = each.lstat()
+                except FileNotFoundError:
+                    if each == start:  # (not each missing parent again)
+                        problems.append(f"{each} ({why}): missing")
+                    continue
+                if st.st_uid not in owners:
+                    problems.append(f"{each} ({why}): owned by uid {st.st_uid}")
+                elif not stat.S_ISLNK(st.st_mode) and st.st_mode & 0o022:
+                    problems.append(f"{each} ({why}): writable by its group or others")
+
+    check(venv, "the venv")
+    for dirpath, dirnames, filenames in os.walk(venv):
+        for name in (*dirnames, *filenames):
+            path = Path(dirpath, name)
+            check(path, "in the venv")
+            if path.is_symlink():
+                check(Path(os.path.realpath(path)), f"{path.name} links there")
+    cfg = venv / "pyvenv.cfg"
+    if cfg.is_file():
+        for line in cfg.read_text(errors="replace").splitlines():
+            key, _, value = line.partition("=")
+            if key.strip() in ("home", "executable") and value.strip():
+                check(Path(value.strip()), f"pyvenv.cfg {key.strip()}")
+    for script in sorted((venv / "bin").glob("*")) if (venv / "bin").is_dir() else ():
+        if script.is_file() and not script.is_symlink():
+            with script.open("rb") as f:
+                first = f.readline(4096)
+            if first.startswith(b"#!"):
+                words = first[2:].decode(errors="replace").split()
+                if words:
+                    check(Path(words[0]), f"the interpreter of bin/{script.name}")
+    for pth in sorted(venv.glob("lib/python3*/site-packages/*.pth")):
+        for line in pth.read_text(errors="replace").splitlines():
+            entry = line.strip()
+            if entry and not entry.startswith(("#", "import ", "import\t")):
+                check(pth.parent / entry, f"a path in {pth.name}")
+    return list(dict.fromkeys(problems))
 
 
 def shipped(name: str) -> str:
@@ -293,6 +418,14 @@ def _venv_layout(
 ) -> Layout:
     """/opt/evsed as the firmware installer wants it: venvs/<version>, current, previous."""
     layout = Layout(root / PREFIX)
+    for path in (layout.root, layout.venvs):
+        if path.is_symlink():
+            # Root gives them to the service user (chown): through a link, what it points to.
+            raise InstallError(
+                f"/{path.relative_to(root)} is a symbolic link: root would give what it "
+                "points to to the service user; make it a directory, then run evsed "
+                "install again"
+            )
     running = layout.in_service()
     if running is not None:
         out(f"versions: /{PREFIX}/current -> venvs/{running.name} (kept)")
@@ -340,33 +473,93 @@ def _state_dir(root: Path, user: str, run: Runner, out: Out, fs: Files) -> None:
         raise InstallError(
             f"/{STATE} is not a directory: move it away, then run evsed install again"
         )
-    fs.mkdir(state, STATE_MODE)
-    run(["chown", f"{user}:{user}", str(state)])
+    fs.mkdir(state, STATE_MODE)  # refuses a link
+    run(["chown", "-h", f"{user}:{user}", str(state)])
     out(f"state: /{STATE} ({'exists, ' if existed else ''}mode 0700, owned by {user})")
 
 
+def _admin_copy(
+    root: Path, package: Path | None, python: str, run: Runner, out: Out, fs: Files, real: bool
+) -> None:
+    """/usr/local/lib/evsed/admin: the venv root's commands run from, built from
+    ``package`` (the one `evsed install` installs) into the slot `admin` does not point at,
+    then switched; without a package an existing copy is kept."""
+    link = root / ADMIN
+    if package is None:
+        _need_package(root)
+        out(f"admin copy: /{ADMIN} (kept; --package rebuilds it)")
+        return
+    fs.mkdir(root / LIBDIR, 0o755)
+    if real:
+        run(["chown", "-h", "root:root", str(root / LIBDIR)])
+    now = os.readlink(link) if link.is_symlink() else None
+    slot = ADMIN_SLOTS[1] if now == ADMIN_SLOTS[0] else ADMIN_SLOTS[0]
+    target = root / LIBDIR / slot
+    if target.exists() or target.is_symlink():
+        fs.rmtree(target)  # root's tree: the copy before the last one
+    run([python, "-m", "venv", str(target)])
+    run([str(target / "bin/python"), "-m", "pip", "install", f"{package.resolve()}[pi]"])
+    if not fs.dry and target.is_dir():
+        fs.root_only(target)
+        owners = frozenset({0}) if real else frozenset({0, os.getuid()})
+        problems = untrusted(
+            target,
+            top=Path("/") if real else root,
+            owners=owners,
+            forbidden=(root / PREFIX, root / STATE),
+        )
+        if problems:
+            raise InstallError(
+                f"/{LIBDIR / slot} is not root's alone, so root must not run it: "
+                + "; ".join(problems[:3])
+                + (f" (and {len(problems) - 3} more)" if len(problems) > 3 else "")
+            )
+    fs.replace_link(link, slot)
+    out(f"admin copy: /{ADMIN} -> {slot} ({package.name}, root's: what root runs)")
+
+
+def _need_package(root: Path) -> None:
+    """Without a package there must be root's copy already: nothing else is root's to run
+    (the versions in /opt/evsed are the service user's)."""
+    if not ((root / ADMIN).is_symlink() or (root / ADMIN).exists()):
+        raise InstallError(
+            f"no /{ADMIN} yet (root's own copy of evsed, which `sudo evsed` runs): give the "
+            "wheel or source archive to build it from, e.g. sudo evsed install --package "
+            "./evsed-<version>-py3-none-any.whl"
+        )
+
+
 def _command_link(root: Path, out: Out, fs: Files) -> bool:
-    """/usr/local/bin/evsed -> /opt/evsed/current/bin/evsed; False when a file that is not
-    this link is in the way (kept: it may be another installation's)."""
+    """/usr/local/bin/evsed -> /usr/local/lib/evsed/admin/bin/evsed (root's own copy);
+    False when a file that is not this link is in the way (kept: it may be another
+    installation's). The link of earlier releases, into /opt/evsed/current, is replaced."""
     link = root / LINK
-    if link.is_symlink() and os.readlink(link) == EVSED_BIN:
-        out(f"command: /{LINK} -> {EVSED_BIN} (exists)")
+    target = os.readlink(link) if link.is_symlink() else None
+    if target == ADMIN_BIN:
+        out(f"command: /{LINK} -> {ADMIN_BIN} (exists)")
+        return True
+    if target == EVSED_BIN:
+        fs.replace_link(link, ADMIN_BIN)
+        out(
+            f"command: /{LINK} -> {ADMIN_BIN} (was -> {EVSED_BIN}: `sudo evsed` ran code the "
+            "service user can change)"
+        )
         return True
     if link.exists() or link.is_symlink():
         out(
-            f"warning: /{LINK} exists and is not a link to {EVSED_BIN}: left as it is, so "
-            f"`evsed` may run something else; type {EVSED_BIN} (or remove /{LINK} and run "
+            f"warning: /{LINK} exists and is not a link to {ADMIN_BIN}: left as it is, so "
+            f"`evsed` may run something else; type {ADMIN_BIN} (or remove /{LINK} and run "
             "evsed install again)"
         )
         return False
-    fs.symlink(link, EVSED_BIN)
-    out(f"command: /{LINK} -> {EVSED_BIN} (`evsed status` on the PATH)")
+    fs.symlink(link, ADMIN_BIN)
+    out(f"command: /{LINK} -> {ADMIN_BIN} (`evsed status` on the PATH)")
     return True
 
 
 def next_steps(root: Path, user: str, linked: bool) -> list[str]:
     """In the README's order: configure, check, commission, start, look."""
-    evsed = "evsed" if linked else EVSED_BIN
+    evsed = "evsed"
     return [
         *_boot_config_hints(root),
         f"edit /{CONFIG}: [central_system] url, charge_point_id and key; the wiring",
@@ -374,7 +567,7 @@ def next_steps(root: Path, user: str, linked: bool) -> list[str]:
         f"with nothing plugged in and the service stopped: sudo -u {user} {EVSED_BIN} "
         f"selftest --config /{CONFIG}   (every row PASS, or skip for a part not fitted)",
         "sudo systemctl enable --now evsed   (or, already running: sudo systemctl restart evsed)",
-        f"{evsed} status   (as root, or as a member of the {user} group: "
+        f"{evsed if linked else ADMIN_BIN} status   (as root, or as a member of the {user} group: "
         f"sudo usermod -aG {user} $USER, then log in again)",
         "journalctl -u evsed -f",
     ]
@@ -413,6 +606,8 @@ def install(
                 else ""
             )
         )
+    if package is None:
+        _need_package(root)  # before anything is changed
     try:
         prefix = running_prefix or Path(sys.prefix)
         layout = _venv_layout(root, package, python, prefix, run, out, fs)
@@ -430,9 +625,12 @@ def install(
         run([*argv, user])
     # A firmware update (run as the service user) adds venvs and switches the links; the
     # venvs made here stay root's, so the service cannot change the version it runs now.
+    # -h, not recursive: the service user may have put links there (refused above, but a
+    # link swapped in after that check gets the owner itself, not what it points to).
     fs.mkdir(layout.venvs)
-    run(["chown", f"{user}:{user}", str(layout.root), str(layout.venvs)])
+    run(["chown", "-h", f"{user}:{user}", str(layout.root), str(layout.venvs)])
     _state_dir(root, user, run, out, fs)
+    _admin_copy(root, package, python, run, out, fs, real)
     linked = _command_link(root, out, fs)
 
     unit = render_unit(shipped("evsed.service"), user=user, groups=groups)
@@ -493,7 +691,7 @@ def uninstall(
             fs.unlink(root / path)
             fs.done(f"removed /{path}")
     link = root / LINK
-    if link.is_symlink() and os.readlink(link) == EVSED_BIN:
+    if link.is_symlink() and os.readlink(link) in (ADMIN_BIN, EVSED_BIN):
         fs.unlink(link)  # only our link: a file of another installation stays
         fs.done(f"removed /{LINK}")
     run(["systemctl", "daemon-reload"])
@@ -518,5 +716,5 @@ def uninstall(
         fs.done(f"removed /{PREFIX} (every installed version)")
     if (root / LIBDIR).exists() or (root / LIBDIR).is_symlink():
         fs.rmtree(root / LIBDIR)
-        fs.done(f"removed /{LIBDIR} (the units' helpers)")
+        fs.done(f"removed /{LIBDIR} (root's copy of evsed, the units' helpers)")
     return EXIT_OK

@@ -87,8 +87,19 @@ def test_install_writes_unit_rule_config_and_creates_the_user(tmp_path) -> None:
         "--no-create-home", "--shell", "/usr/sbin/nologin", "--groups", "gpio,spi,dialout",
         "evsed",
     ]  # fmt: skip
-    # The service adds venvs and switches the links; the first venv stays root's.
-    assert rec.commands[3] == ["chown", "evsed:evsed", str(root / "opt/evsed"), str(venvs)]
+    # The service adds venvs and switches the links; the first venv stays root's. Never
+    # through a link the service user may have put there (-h), never recursive.
+    assert rec.commands[3] == [
+        "chown", "-h", "evsed:evsed", str(root / "opt/evsed"), str(venvs)
+    ]  # fmt: skip
+    assert all("-h" in c for c in rec.commands if c[0] == "chown" and "evsed:evsed" in c)
+    assert not any("-R" in c for c in rec.commands if c[0] in ("chown", "chmod"))
+    # Root's own copy, from the same package: what /usr/local/bin/evsed runs.
+    admin = root / "usr/local/lib/evsed/admin.a"
+    assert ["python3", "-m", "venv", str(admin)] in rec.commands
+    assert [f"{admin}/bin/python", "-m", "pip", "install", f"{package}[pi]"] in rec.commands
+    assert os.readlink(root / "usr/local/lib/evsed/admin") == "admin.a"
+    assert os.readlink(root / "usr/local/bin/evsed") == "/usr/local/lib/evsed/admin/bin/evsed"
     assert "ReadWritePaths=/opt/evsed /var/lib/evsed\n" in unit
     assert "Wants=evsed-rollback.path\n" in unit
     watcher = (root / "etc/systemd/system/evsed-rollback.service").read_text()
@@ -279,9 +290,23 @@ def test_run_from_a_venv_in_venvs_it_is_the_first_version(tmp_path) -> None:
     root, rec = make_root(tmp_path), Recorder()
     mine = root / "opt/evsed/venvs/2.0.0"
     mine.mkdir(parents=True)
+    (root / "usr/local/lib/evsed").mkdir(parents=True)
+    (root / "usr/local/lib/evsed/admin").symlink_to("admin.a")  # root's copy is there
     assert do_install(root, rec, running_prefix=mine) == 0
     assert os.readlink(root / "opt/evsed/current") == "venvs/2.0.0"
     assert not any(c[1:3] == ["-m", "venv"] for c in rec.commands)
+    assert "admin copy: /usr/local/lib/evsed/admin (kept; --package rebuilds it)" in rec.text
+
+
+def test_without_a_package_root_has_no_copy_of_its_own_to_run(tmp_path) -> None:
+    """The versions in /opt/evsed are the service user's: `sudo evsed` must not run one."""
+    root, rec = make_root(tmp_path), Recorder()
+    mine = root / "opt/evsed/venvs/2.0.0"
+    mine.mkdir(parents=True)
+    with pytest.raises(install.InstallError, match=r"no /usr/local/lib/evsed/admin yet.*--package"):
+        do_install(root, rec, running_prefix=mine)
+    assert rec.commands == [] and not (root / "etc/systemd").exists()
+    assert not (root / "opt/evsed/current").is_symlink()
 
 
 def test_nothing_to_install_from_says_what_to_give(tmp_path) -> None:
@@ -297,14 +322,17 @@ def test_the_single_venv_of_earlier_releases_is_migrated(tmp_path) -> None:
     (old / "lib/python3.11/site-packages/evsed-0.9.0.dist-info").mkdir(parents=True)
     (old / "bin").mkdir()
     (old / "bin/evsed").write_text("#!/opt/evsed/venv/bin/python\n")
-    assert do_install(root, rec, running_prefix=tmp_path / "elsewhere") == 0
+    elsewhere = tmp_path / "elsewhere"
+    assert do_install(root, rec, running_prefix=elsewhere, package=wheel(tmp_path)) == 0
     assert (root / "opt/evsed/venvs/0.9.0/bin/evsed").is_file()
     # The old name stays as a link: the scripts' first lines name /opt/evsed/venv/bin/python.
     assert os.readlink(old) == "venvs/0.9.0"
     assert os.readlink(root / "opt/evsed/current") == "venvs/0.9.0"
     assert (root / "opt/evsed/current/bin/evsed").read_text().startswith("#!/opt/evsed/venv/")
     assert "migrated to /opt/evsed/venvs/0.9.0" in rec.text
-    assert not any(c[1:3] == ["-m", "venv"] for c in rec.commands)  # nothing rebuilt
+    # Nothing rebuilt in /opt/evsed (only root's own copy is made).
+    made = [c[3] for c in rec.commands if c[1:3] == ["-m", "venv"]]
+    assert made == [str(root / "usr/local/lib/evsed/admin.a")]
     unit = (root / "etc/systemd/system/evsed.service").read_text()
     assert f"ExecStart={BIN} run --config /etc/evsed/evsed.toml\n" in unit
     # Again: the layout is there now, and kept.
@@ -329,9 +357,14 @@ def test_another_service_user_runs_the_watcher_too(tmp_path) -> None:
     assert do_install(root, rec, user="charger") == 0
     watcher = (root / "etc/systemd/system/evsed-rollback.service").read_text()
     assert "User=charger\nGroup=charger\n" in watcher
-    assert ["chown", "charger:charger", str(root / "opt/evsed"), str(root / "opt/evsed/venvs")] in (
-        rec.commands
-    )
+    chown = [
+        "chown",
+        "-h",
+        "charger:charger",
+        str(root / "opt/evsed"),
+        str(root / "opt/evsed/venvs"),
+    ]
+    assert chown in rec.commands
 
 
 # -- what the README's walk-through needs before the service ever started --------------
@@ -345,7 +378,7 @@ def test_the_state_directory_is_there_before_the_first_start(tmp_path) -> None:
     assert do_install(root, rec) == 0
     state = root / "var/lib/evsed"
     assert state.is_dir() and state.stat().st_mode & 0o777 == 0o700
-    chown = ["chown", "evsed:evsed", str(state)]
+    chown = ["chown", "-h", "evsed:evsed", str(state)]
     # After the user exists: chown needs it.
     assert rec.commands[2][0] == "useradd" and rec.commands.index(chown) > 2
     assert "state: /var/lib/evsed (mode 0700, owned by evsed)" in rec.text
@@ -377,17 +410,25 @@ def test_a_state_path_that_is_a_file_is_refused(tmp_path) -> None:
         do_install(root, rec)
 
 
-def test_evsed_is_on_the_path_and_follows_current(tmp_path) -> None:
+ADMIN_BIN = "/usr/local/lib/evsed/admin/bin/evsed"
+
+
+def test_evsed_on_the_path_is_roots_own_copy(tmp_path) -> None:
     # The trial: README step 7's bare `evsed status` was not found once ~/evsed-setup went.
+    # The safety review: it linked into /opt/evsed/current, which the service user (and a
+    # firmware image) can write, and `sudo evsed uninstall` ran that as root.
     root, rec = make_root(tmp_path), Recorder()
     assert do_install(root, rec) == 0
     link = root / "usr/local/bin/evsed"
-    # Absolute, into `current`: right after a firmware update or a rollback too.
-    assert os.readlink(link) == "/opt/evsed/current/bin/evsed"
-    assert "command: /usr/local/bin/evsed -> /opt/evsed/current/bin/evsed" in rec.text
+    assert os.readlink(link) == ADMIN_BIN
+    assert f"command: /usr/local/bin/evsed -> {ADMIN_BIN}" in rec.text
+    assert not ADMIN_BIN.startswith("/opt/evsed/")
     rec2 = Recorder()
-    assert do_install(root, rec2) == 0  # again: the link is ours, kept
+    assert do_install(root, rec2) == 0  # again: the link is ours, kept; the copy rebuilt
     assert "(exists)" in rec2.text and "warning" not in rec2.text
+    # ... into the other slot, so that the evsed doing it keeps running from the old one.
+    assert os.readlink(root / "usr/local/lib/evsed/admin") == "admin.b"
+    assert ["python3", "-m", "venv", str(root / "usr/local/lib/evsed/admin.b")] in rec2.commands
     assert install.uninstall(root, run=rec.run, out=rec.out) == 0
     assert not link.exists() and not link.is_symlink()
     assert "removed /usr/local/bin/evsed" in rec.text
@@ -407,7 +448,7 @@ def test_a_foreign_evsed_on_the_path_is_never_overwritten(tmp_path, foreign) -> 
     assert warning.startswith("warning: /usr/local/bin/evsed exists and is not a link to ")
     assert "left as it is" in warning
     # The next steps then name the full path, which works whatever is on the PATH.
-    assert "/opt/evsed/current/bin/evsed status" in rec.text
+    assert f"{ADMIN_BIN} status" in rec.text
     assert install.uninstall(root, run=rec.run, out=rec.out) == 0
     if foreign == "script":
         assert link.read_text() == "#!/usr/bin/python3\n"
@@ -431,3 +472,140 @@ def test_next_steps_follow_the_readme(tmp_path) -> None:
     walk = readme[readme.index("## From a blank SD card") : readme.index("## Pointing it at")]
     at = [walk.index(cmd) for cmd in ("config check", "selftest", "enable --now", "evsed status")]
     assert at == sorted(at)
+
+
+def test_the_link_of_earlier_releases_into_current_is_replaced(tmp_path) -> None:
+    root, rec = make_root(tmp_path), Recorder()
+    link = root / "usr/local/bin/evsed"
+    link.parent.mkdir(parents=True)
+    link.symlink_to("/opt/evsed/current/bin/evsed")  # what evsed install made before
+    assert do_install(root, rec) == 0
+    assert os.readlink(link) == ADMIN_BIN
+    assert "was -> /opt/evsed/current/bin/evsed" in rec.text and "warning" not in rec.text
+
+
+# -- what root runs and changes: never the service user's (safety review) ------------------
+
+
+class FakeBuild(Recorder):
+    """`python -m venv` and pip as they leave a venv (a link to this interpreter, pyvenv.cfg,
+    a script naming the venv's python); ``plant`` changes it after pip, as a bad source
+    would. Every other command is only recorded."""
+
+    def __init__(self, plant=None) -> None:
+        super().__init__()
+        self.plant = plant
+
+    def run(self, argv) -> None:
+        super().run(argv)
+        if list(argv[1:3]) == ["-m", "venv"] and "usr/local/lib/evsed" in argv[3]:
+            venv = Path(argv[3])
+            (venv / "bin").mkdir(parents=True)
+            base = Path(os.path.realpath(sys.executable))
+            (venv / "bin/python").symlink_to(base)
+            (venv / "pyvenv.cfg").write_text(f"home = {base.parent}\n")
+            (venv / "lib/python3.11/site-packages").mkdir(parents=True)
+        elif list(argv[1:4]) == ["-m", "pip", "install"] and "usr/local/lib/evsed" in argv[0]:
+            venv = Path(argv[0]).parent.parent
+            script = venv / "bin/evsed"
+            script.write_text(f"#!{venv}/bin/python\nfrom evsed.controller.cli import main\n")
+            script.chmod(0o777)  # root's umask 000: fixed, not refused
+            if self.plant:
+                self.plant(venv)
+
+
+def test_roots_copy_is_made_writable_by_root_only(tmp_path) -> None:
+    root, rec = make_root(tmp_path), FakeBuild()
+    assert do_install(root, rec) == 0
+    admin = root / "usr/local/lib/evsed/admin"
+    assert (admin / "bin/evsed").stat().st_mode & 0o777 == 0o755
+    assert (
+        install.untrusted(
+            admin.resolve(), top=root, owners=frozenset({0, os.getuid()}), forbidden=[root / "opt"]
+        )
+        == []
+    )
+
+
+def _shebang_into_current(venv: Path) -> None:
+    (venv / "bin/evsed-x").write_text(f"#!{venv.parents[4]}/opt/evsed/current/bin/python\n")
+
+
+def _home_in_current(venv: Path) -> None:
+    (venv / "pyvenv.cfg").write_text(f"home = {venv.parents[4]}/opt/evsed/current/bin\n")
+
+
+def _pth_into_venvs(venv: Path) -> None:
+    site = venv / "lib/python3.11/site-packages"
+    (site / "x.pth").write_text(f"{venv.parents[4]}/opt/evsed/venvs/1.2.3/lib\n")
+
+
+@pytest.mark.parametrize("plant", [_shebang_into_current, _home_in_current, _pth_into_venvs])
+def test_roots_copy_that_runs_anything_of_the_service_users_is_refused(tmp_path, plant) -> None:
+    root, rec = make_root(tmp_path), FakeBuild(plant)
+    with pytest.raises(install.InstallError, match="which the service user writes"):
+        do_install(root, rec)
+    assert not (root / "usr/local/bin/evsed").is_symlink()  # nothing links to it
+
+
+def test_untrusted_names_a_writable_parent_and_a_foreign_owner(tmp_path) -> None:
+    top = tmp_path / "top"
+    venv = top / "lib/admin"
+    (venv / "bin").mkdir(parents=True)
+    (top / "lib").chmod(0o775)  # group-writable: its group could swap the venv
+    me = frozenset({os.getuid()})
+    problems = install.untrusted(venv, top=top, owners=me, forbidden=[])
+    assert problems == [f"{top / 'lib'} (the venv): writable by its group or others"]
+    (top / "lib").chmod(0o755)
+    assert install.untrusted(venv, top=top, owners=me, forbidden=[]) == []
+    assert install.untrusted(venv, top=top, owners=frozenset({-1}), forbidden=[])
+
+
+@pytest.mark.parametrize("planted", ["opt/evsed/venvs", "opt/evsed", "var/lib/evsed"])
+def test_a_planted_link_is_never_followed_by_roots_chown_or_chmod(tmp_path, planted) -> None:
+    """The service user owns /opt/evsed: it can put a link where root changes owners or
+    modes. Refused, and nothing changes what it points to."""
+    root, rec = make_root(tmp_path), Recorder()
+    victim = tmp_path / "etc-shadow-dir"
+    victim.mkdir(mode=0o755)
+    link = root / planted
+    link.parent.mkdir(parents=True, exist_ok=True)
+    link.symlink_to(victim)
+    with pytest.raises(install.InstallError, match="is a symbolic link"):
+        do_install(root, rec)
+    assert not any(c[0] in ("chown", "chmod") and str(link) in c for c in rec.commands)
+    assert victim.stat().st_mode & 0o777 == 0o755
+
+
+def test_chmod_nofollow_refuses_a_link(tmp_path) -> None:
+    victim = tmp_path / "victim"
+    victim.write_text("")
+    victim.chmod(0o644)
+    (tmp_path / "link").symlink_to(victim)
+    with pytest.raises(install.InstallError, match="not changed"):
+        install.chmod_nofollow(tmp_path / "link", 0o777)
+    assert victim.stat().st_mode & 0o777 == 0o644
+
+
+@pytest.mark.skipif(os.geteuid() != 0 or shutil.which("chown") is None, reason="needs root")
+def test_a_link_swapped_in_after_the_check_is_chowned_itself_not_its_target(tmp_path) -> None:
+    """The race the check cannot close: the service user replaces venvs with a link between
+    the check and root's chown. The real chown runs (as root, to `nobody` here): -h changes
+    the link, not what it points to."""
+    root = make_root(tmp_path)
+    victim = tmp_path / "victim"
+    victim.mkdir()
+    venvs = root / "opt/evsed/venvs"
+
+    class Swap(Recorder):
+        def run(self, argv) -> None:
+            super().run(argv)
+            if argv[0] == "chown" and str(venvs) in argv:
+                shutil.rmtree(venvs)
+                venvs.symlink_to(victim)
+                argv = [a.replace("evsed:evsed", "nobody:nogroup") for a in argv]
+                subprocess.run(argv, check=True)
+
+    assert do_install(root, Swap()) == 0
+    assert victim.stat().st_uid == 0  # without -h: nobody's
+    assert venvs.lstat().st_uid != 0

@@ -67,7 +67,8 @@ def test_dry_install_into_an_empty_root_writes_nothing(tmp_path) -> None:
     assert f"would write {root}/etc/udev/rules.d/99-evsed-pwm.rules" in out
     assert f"would write {root}/etc/evsed/evsed.toml (mode 640)" in out
     assert f"would create {root}/var/lib/evsed/ (mode 700)" in out
-    assert f"would link {root}/usr/local/bin/evsed -> /opt/evsed/current/bin/evsed" in out
+    assert f"would link {root}/usr/local/bin/evsed -> /usr/local/lib/evsed/admin/bin/evsed" in out
+    assert f"would link {root}/usr/local/lib/evsed/admin -> admin.a" in out
     assert f"would link {root}/opt/evsed/current -> {root}/opt/evsed/venvs/1.2.3" in out
     assert "would run: useradd" not in out  # the user exists: usermod
     assert "would run: usermod --append --groups gpio,spi,dialout evsed" in out
@@ -79,7 +80,7 @@ def test_dry_uninstall_purge_of_an_installed_root_removes_nothing(tmp_path) -> N
     ran = _cli("install", "--root", str(root), "--package", str(wheel(tmp_path)))
     assert ran.returncode == 0, ran.stderr
     assert (root / "etc/systemd/system/evsed.service").is_file()
-    assert os.readlink(root / "usr/local/bin/evsed") == "/opt/evsed/current/bin/evsed"
+    assert os.readlink(root / "usr/local/bin/evsed") == "/usr/local/lib/evsed/admin/bin/evsed"
     store = root / "var/lib/evsed/evsed.sqlite3"
     store.write_bytes(b"transactions")
     before = snapshot(root)
