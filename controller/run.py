@@ -18,13 +18,14 @@ from evsed.controller import hardware
 from evsed.controller.charger import Charger
 from evsed.controller.clock import Clock, SystemClock
 from evsed.controller.config import Config
+from evsed.controller.connector.core import OutputLatch
 from evsed.controller.connector.hooks import ConnectorHooks, LocalHooks
 from evsed.controller.connector.sampler import Rates
 from evsed.controller.connector.status import StopReason
 from evsed.controller.limiter import LimiterConfig
 from evsed.controller.status import AlreadyRunning
 from evsed.controller.store import StoreError
-from evsed.controller.watchdog import Watchdog, ping_interval_s, sd_notify
+from evsed.controller.watchdog import FreezeGuard, Watchdog, ping_interval_s, sd_notify
 
 log = logging.getLogger(__name__)
 
@@ -70,6 +71,10 @@ class Stack:
         self._wired = config
         self._restarting: asyncio.Task[None] | None = None
         self.restarts = 0
+        #: Cuts the outputs from the loop if the safety core freezes (threaded core only).
+        self.freeze_guard: FreezeGuard | None = None
+        self._freeze_task: asyncio.Task[None] | None = None
+        self._hooks_in_use: ConnectorHooks = self.hooks
 
     def safety_tick_age(self) -> float:
         """The charger's (math.inf while none runs, e.g. during a reset): for the watchdog."""
@@ -115,16 +120,55 @@ class Stack:
         parts = hardware.build(config, self.clock)
         if self.bench is not None:
             self.bench.drivers_ready()
+        # Relay and pilot through latches, so that the loop can cut them if the core freezes
+        # and the core, woken mid-step, cannot undo that (SafetyCore.cut_frozen).
+        latches = [OutputLatch.around(c.contactor, c.pilot) for c in parts.connectors]
+        for c, latch in zip(parts.connectors, latches, strict=True):
+            c.contactor, c.pilot = latch.contactor, latch.pilot
         self.charger = Charger(
             config, parts, hooks, self.clock, rates=self.rates, limiter_config=self.limiter_config
         )
+        self.charger.core.latch_outputs(latches)
+        self._hooks_in_use = hooks
         if self.ocpp is not None:
             self.ocpp.attach(self.charger)
         await self.charger.start()
+        self._start_freeze_guard()
         if self.ocpp is not None:
             await self.ocpp.start()
 
+    def _start_freeze_guard(self) -> None:
+        charger = self.charger
+        if charger is None or not charger.core.threaded:
+            return  # simulated time: the core runs inline on the loop, nothing to freeze apart
+        self.freeze_guard = FreezeGuard(
+            charger.safety_tick_age, charger.core.cut_frozen, on_cut=self._report_frozen
+        )
+        self._freeze_task = asyncio.get_running_loop().create_task(
+            self.freeze_guard.run(), name="freeze-guard"
+        )
+
+    async def _stop_freeze_guard(self) -> None:
+        task, self._freeze_task = self._freeze_task, None
+        if task is not None:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+
+    def _report_frozen(self) -> None:
+        """The connectors read Faulted while the core is frozen (Connector.status asks the
+        core): have the Central System hear it now, not when the core wakes."""
+        charger = self.charger
+        if charger is None:
+            return
+        for cid in charger.connector_ids:
+            try:
+                self._hooks_in_use.status_changed(cid, charger.status(cid))
+            except Exception:
+                log.exception("connector %s: the frozen-core status was not reported", cid)
+
     async def _stop_controller(self, reason: StopReason) -> None:
+        await self._stop_freeze_guard()
         if self.charger is not None:
             await self.charger.stop(reason)
             self.charger = None

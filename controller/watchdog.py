@@ -8,6 +8,11 @@
   and then) sends nothing either.
 When either stalls, the pings stop; systemd (`WatchdogSec`) kills and restarts the service,
 and the unit's `ExecStopPost=evsed safe-off` leaves relay and pilot safe.
+
+A frozen safety core does not wait for that (8 s, and never outside systemd): the
+`FreezeGuard`, also a task on the loop, cuts the outputs itself once the tick is older than
+`FREEZE_CUT_AGE_S` (`SafetyCore.cut_frozen`: relay open, pilot at state F, the connectors
+Faulted), and the pings stop as above.
 """
 
 from __future__ import annotations
@@ -17,8 +22,11 @@ import logging
 import math
 import os
 import socket
+import threading
 import time
 from collections.abc import Callable, Mapping
+
+from evsed.controller.connector.core import FROZEN_AFTER_S
 
 log = logging.getLogger(__name__)
 
@@ -27,6 +35,16 @@ log = logging.getLogger(__name__)
 MAX_TICK_AGE_S = 1.0
 #: A pinger that wakes this much later than due means the application loop is not turning.
 MAX_LOOP_LAG_S = 1.0
+#: A safety tick older than this: the loop cuts the outputs itself. Past the watchdog's
+#: 1 s (its withheld ping comes first, and a tick that is merely slow, as a busy Pi's
+#: under a big frame, never breaks a charge off) and far below systemd's WatchdogSec=8.
+#: The core bounds the loop's waits for it by the same age (core.FROZEN_AFTER_S).
+FREEZE_CUT_AGE_S = FROZEN_AFTER_S
+#: How often the guard looks: the cut comes at most this long after the age bound.
+FREEZE_CHECK_S = 0.1
+#: How long the guard waits for its cut (in a thread of its own: a driver the frozen core
+#: holds may block it too) before it reports the cut as not confirmed and goes on.
+FREEZE_CUT_WAIT_S = 1.0
 
 
 def sd_notify(state: str) -> bool:
@@ -114,3 +132,103 @@ class Watchdog:
             self.beat(max(0.0, self._monotonic() - due))
             due = self._monotonic() + self.interval_s
             await asyncio.sleep(self.interval_s)
+
+
+class FreezeGuard:
+    """Run `await guard.run()` as a task on the application loop (whether or not systemd
+    watches): once the safety tick is older than `max_tick_age_s`, `cut(detail)` runs
+    (once per episode, in a thread of its own; it returns what it could not make safe),
+    then `on_cut()` on the loop (tell the Central System). A tick of `math.inf` (no core
+    running: start-up, a Reset, a stop) is no freeze. Healthy again, it re-arms."""
+
+    def __init__(
+        self,
+        safety_tick_age: Callable[[], float],
+        cut: Callable[[str], list[str]],
+        *,
+        on_cut: Callable[[], None] = lambda: None,
+        max_tick_age_s: float = FREEZE_CUT_AGE_S,
+        interval_s: float = FREEZE_CHECK_S,
+        cut_wait_s: float = FREEZE_CUT_WAIT_S,
+    ) -> None:
+        self.safety_tick_age = safety_tick_age
+        self._cut = cut
+        self._on_cut = on_cut
+        self.max_tick_age_s = max_tick_age_s
+        self.interval_s = interval_s
+        self.cut_wait_s = cut_wait_s
+        self.cuts = 0
+        self._tripped = False
+
+    def _age(self) -> float:
+        try:
+            return float(self.safety_tick_age())
+        except Exception:
+            log.exception("freeze guard: safety_tick_age() failed")
+            return math.inf
+
+    async def check(self) -> bool:
+        """One look; True if it cut the outputs now."""
+        age = self._age()
+        if not math.isfinite(age):
+            return False
+        if age <= self.max_tick_age_s:
+            if self._tripped:
+                log.warning("freeze guard: the safety core ticks again")
+                self._tripped = False
+            return False
+        if self._tripped:
+            return False
+        self._tripped = True
+        self.cuts += 1
+        detail = f"safety core froze: no tick for {age:.1f} s"
+        log.critical("%s; the loop opens the relay and sets the pilot to state F", detail)
+        failed = await self._run_cut(detail)
+        if failed is None:
+            log.critical("freeze guard: the cut did not return within %s s", self.cut_wait_s)
+        for line in failed or ():
+            log.critical("freeze guard: NOT SAFE: %s", line)
+        try:
+            self._on_cut()
+        except Exception:
+            log.exception("freeze guard: reporting the cut failed")
+        return True
+
+    async def _run_cut(self, detail: str) -> list[str] | None:
+        """The cut in a daemon thread of its own (never the loop, never the default
+        executor, which a blocked driver could hold); None if it did not answer in time."""
+        loop = asyncio.get_running_loop()
+        done: asyncio.Future[list[str]] = loop.create_future()
+
+        def settle(result: list[str] | BaseException) -> None:
+            if done.done():
+                return
+            if isinstance(result, BaseException):
+                done.set_exception(result)
+            else:
+                done.set_result(result)
+
+        def work() -> None:
+            result: list[str] | BaseException
+            try:
+                result = self._cut(detail)
+            except BaseException as exc:
+                result = exc
+            try:
+                loop.call_soon_threadsafe(settle, result)
+            except RuntimeError:  # the loop closed meanwhile
+                pass
+
+        threading.Thread(target=work, name="freeze-cut", daemon=True).start()
+        try:
+            return await asyncio.wait_for(asyncio.shield(done), self.cut_wait_s)
+        except TimeoutError:
+            return None
+        except Exception as exc:
+            log.exception("freeze guard: the cut raised")
+            return [f"cut raised: {exc}"]
+
+    async def run(self) -> None:
+        while True:
+            await asyncio.sleep(self.interval_s)
+            await self.check()

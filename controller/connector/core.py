@@ -32,6 +32,9 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from evsed.controller.clock import Clock
+from evsed.controller.connector.faults import Fault
+from evsed.hal.interfaces import Contactor, PilotOutput
+from evsed.hal.types import ContactorFault
 
 if TYPE_CHECKING:
     from evsed.controller.connector.machine import Connector
@@ -43,11 +46,127 @@ log = logging.getLogger(__name__)
 QUEUE_SIZE = 64
 #: How long the loop waits for the core's answer to one command before giving up on it.
 CALL_TIMEOUT_S = 2.0
+#: A core whose last tick is older than this is frozen: the loop's freeze guard cuts the
+#: outputs (watchdog.FreezeGuard), and a command waits for its answer at most until the
+#: tick is this old (then none at all), so that the loop it blocks gets to the cut in time.
+FROZEN_AFTER_S = 1.5
 #: The interpreter's thread switch interval while the core runs (see `start`).
 SWITCH_INTERVAL_S = 0.001
 #: The core thread's nice value (Linux, per thread), where the process may raise it
 #: (root or CAP_SYS_NICE): on a busy CPU the scheduler wakes it before the rest.
 CORE_NICE = -10
+#: How long the loop's freeze cut waits for an output the frozen core may be writing to
+#: (the latch's lock) before it drives the safe level without it.
+LATCH_WAIT_S = 0.2
+#: The pilot levels that offer nothing: steady +12 V (no PWM) and steady -12 V (state F).
+SAFE_DUTIES = (1.0, 0.0)
+
+
+class OutputsLatched(RuntimeError):
+    """An output move refused: the loop cut the outputs of a frozen safety core, and the
+    core (woken up mid-step) may not undo that until it has recorded the fault itself."""
+
+
+class _Latched:
+    """One output between a connector and its driver, with a latch the loop can close.
+
+    A move that could offer energy (closing the relay, a PWM duty) runs under the latch's
+    lock and is refused while the latch is closed; opening and the safe pilot levels always
+    pass. The loop's `trip` takes the same lock (bounded: a core frozen *inside* this very
+    driver holds it) so that no move checked before the trip lands after it."""
+
+    def __init__(self, device: Any) -> None:
+        self.device = device
+        self._lock = threading.Lock()
+        self.tripped = False
+
+    def __getattr__(self, name: str) -> Any:  # the driver's extras (resolution, frequency)
+        if name == "device":  # not set yet (copying): no recursion
+            raise AttributeError(name)
+        return getattr(self.device, name)
+
+    def _move(self, fn: Callable[[], object], *, safe: bool) -> None:
+        with self._lock:
+            if self.tripped and not safe:
+                raise OutputsLatched("outputs cut by the loop: the safety core froze")
+            fn()
+
+    def trip(self, safe_level: Callable[[], object]) -> None:
+        locked = self._lock.acquire(timeout=LATCH_WAIT_S)
+        try:
+            self.tripped = True
+            safe_level()  # without the lock if the core is stuck inside this driver
+        finally:
+            if locked:
+                self._lock.release()
+
+    def release(self) -> None:
+        with self._lock:
+            self.tripped = False
+
+    def shutdown(self) -> None:
+        self.device.shutdown()
+
+
+class LatchedContactor(_Latched):
+    @property
+    def energized(self) -> bool:
+        return bool(self.device.energized)
+
+    def energize(self) -> None:
+        self._move(self.device.energize, safe=False)
+
+    def deenergize(self) -> None:
+        self._move(self.device.deenergize, safe=True)
+
+    def feedback(self) -> bool | None:
+        result: bool | None = self.device.feedback()
+        return result
+
+    def fault(self) -> ContactorFault | None:
+        result: ContactorFault | None = self.device.fault()
+        return result
+
+
+class LatchedPilot(_Latched):
+    @property
+    def duty(self) -> float:
+        return float(self.device.duty)
+
+    def set_duty(self, duty: float) -> None:
+        self._move(lambda: self.device.set_duty(duty), safe=duty in SAFE_DUTIES)
+
+
+@dataclass
+class OutputLatch:
+    """A connector's relay and pilot, latched (see `_Latched`): build the connector on
+    `contactor` and `pilot`, and hand the latch to `SafetyCore.latch_outputs`."""
+
+    contactor: LatchedContactor
+    pilot: LatchedPilot
+
+    @classmethod
+    def around(cls, contactor: Contactor, pilot: PilotOutput) -> OutputLatch:
+        return cls(LatchedContactor(contactor), LatchedPilot(pilot))
+
+    def trip(self) -> list[str]:
+        """Relay open, then the pilot at state F (-12 V: EVSE not available), each tried
+        whatever the other did; what failed."""
+        failed: list[str] = []
+        for name, latched, safe in (
+            ("relay", self.contactor, self.contactor.device.deenergize),
+            ("pilot", self.pilot, lambda: self.pilot.device.set_duty(0.0)),
+        ):
+            try:
+                latched.trip(safe)
+            except Exception as exc:
+                log.exception("freeze cut: the %s could not be driven safe", name)
+                failed.append(f"{name}: {exc}")
+        return failed
+
+    def release(self) -> None:
+        self.contactor.release()
+        self.pilot.release()
 
 
 @dataclass
@@ -92,10 +211,58 @@ class SafetyCore:
         # Set when a command waited CALL_TIMEOUT_S in vain, cleared by the core's next
         # completed step: while set, commands are answered with their default at once.
         self._stuck = False
+        # The loop's freeze cut (`cut_frozen`): the latches it closes, and why, until the
+        # core wakes up and records the fault itself (`_acknowledge_freeze`).
+        self._latches: list[OutputLatch] = []
+        self._freeze_lock = threading.Lock()
+        self._frozen: str | None = None
 
     def add(self, connector: Connector, sampler: Sampler) -> None:
         self._units.append(_Unit(connector, sampler))
         connector.attach(self)
+
+    def latch_outputs(self, latches: list[OutputLatch]) -> None:
+        """The connectors' outputs as latched (`OutputLatch`), in the order they were
+        added: what `cut_frozen` drives."""
+        self._latches = list(latches)
+
+    # ------------------------------------------------------------------ a frozen core
+
+    @property
+    def frozen(self) -> str | None:
+        """Why the loop cut the outputs (the core had stopped ticking), until the core has
+        recorded the fault itself; None otherwise. Any thread may read it."""
+        return self._frozen
+
+    def cut_frozen(self, detail: str) -> list[str]:
+        """From a thread other than the core (the loop's freeze guard): relay open and pilot
+        at state F on every connector, through the latches, taking no lock the frozen core
+        may hold beyond each output's own (bounded). Returns what could not be made safe.
+
+        The latches stay closed until the core runs again: its next step records an
+        internal fault on every connector (Faulted, the transaction stopped; it clears on
+        unplug or reset) and only then opens them."""
+        failed: list[str] = []
+        with self._freeze_lock:
+            for n, latch in enumerate(self._latches, 1):
+                failed += [f"connector {n} {line}" for line in latch.trip()]
+            # After the trips: a core that woke in between finds them closed, and its
+            # next step, seeing this, records the fault and opens them.
+            self._frozen = detail
+        return failed
+
+    def _acknowledge_freeze(self) -> None:
+        with self._freeze_lock:
+            detail = self._frozen
+            if detail is None:
+                return
+            for unit in self._units:
+                connector = unit.connector
+                connector.run_guarded(lambda c=connector: c.raise_fault(Fault.INTERNAL, detail))
+            for latch in self._latches:
+                latch.release()
+            self._frozen = None
+        log.warning("the safety core runs again; connectors stay Faulted until unplug or reset")
 
     # ------------------------------------------------------------------ where we are
 
@@ -189,12 +356,12 @@ class SafetyCore:
             return default
         try:
             self._queue.put(_Command(fn, answer), timeout=CALL_TIMEOUT_S)
-            return answer.result(timeout=CALL_TIMEOUT_S)
+            return answer.result(timeout=self._answer_wait())
         except (queue.Full, TimeoutError):
             self._stuck = True
             log.error(
-                "the safety core did not take a command within %s s; it is at:\n%s",
-                CALL_TIMEOUT_S,
+                "the safety core did not answer a command (last tick %.2f s ago); it is at:\n%s",
+                self.tick_age(),
                 self._where(),
             )
             # The caller answers with `default` (a Central System hears Rejected): the
@@ -203,9 +370,20 @@ class SafetyCore:
             if answer.cancel():
                 return default
             try:
-                return answer.result(timeout=CALL_TIMEOUT_S)
+                return answer.result(timeout=self._answer_wait())
             except TimeoutError:
                 return default
+
+    def _answer_wait(self) -> float:
+        """CALL_TIMEOUT_S, but no longer than until the core counts as frozen: the loop
+        waiting here must not sit out the freeze guard's bound (a frozen core got every
+        command of the loop's, meter samples included, 2 s each, and the cut came after
+        them); a core frozen already gets no wait at all. Before the first tick: the
+        whole timeout (nothing to judge by yet)."""
+        age = self.tick_age()
+        if not math.isfinite(age):
+            return CALL_TIMEOUT_S
+        return min(CALL_TIMEOUT_S, max(0.0, FROZEN_AFTER_S - age))
 
     def _where(self) -> str:
         frame = sys._current_frames().get(self._thread_id or -1)
@@ -252,6 +430,8 @@ class SafetyCore:
 
     def _step(self) -> bool:
         """Commands first, then every tick that is due; False once told to stop."""
+        if self._frozen is not None:
+            self._acknowledge_freeze()
         due = min(u.due for u in self._units) if self._units else math.inf
         timeout = max(0.0, due - self.clock.monotonic())
         try:

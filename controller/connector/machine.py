@@ -298,6 +298,11 @@ class Connector:
 
     @property
     def status(self) -> ConnectorStatus:
+        frozen = self._core.frozen if self._core is not None else None
+        if frozen is not None:
+            # The loop cut the outputs of a frozen core (SafetyCore.cut_frozen): what the
+            # connector last derived is stale until the core wakes and records the fault.
+            return ConnectorStatus(ChargePointStatus.FAULTED, ErrorCode.INTERNAL_ERROR, frozen[:50])
         if self._status is not None:
             return self._status
         if self._contactor_opening():
