@@ -323,14 +323,12 @@ def _ask_close_relay(connector: int) -> bool:
 
 
 def _safe_off(args: argparse.Namespace) -> int:
-    from evsed.controller.run import safe_off
+    # The minimal entry point the unit's ExecStopPost runs: it reads the pins leniently (a
+    # newer version's configuration too) and leaves through os._exit, without closing the
+    # GPIO devices (gpiozero would turn the lines into floating inputs on the way out).
+    from evsed.controller import safeoff
 
-    code = safe_off(load_or_exit(args.config))
-    # Leave without closing the GPIO devices: gpiozero would turn the lines into floating
-    # inputs on the way out; the kernel releases them at the levels just driven.
-    sys.stdout.flush()
-    sys.stderr.flush()
-    os._exit(code)
+    return safeoff.main([] if args.config is None else ["--config", str(args.config)])
 
 
 def _install(args: argparse.Namespace) -> int:

@@ -6,8 +6,6 @@ import logging
 from pathlib import Path
 from typing import Any
 
-from gpiozero import DigitalInputDevice, DigitalOutputDevice
-
 from evsed.controller.charger import ConnectorParts, Parts
 from evsed.controller.clock import Clock
 from evsed.controller.config import Adc, Config, Connector, MeterConfig
@@ -143,101 +141,15 @@ def meter(cfg: MeterConfig, clock: Clock) -> EnergyMeter | None:
 
 def safe_off(config: Config, *, pin_factory: Any = None) -> tuple[list[str], list[Any]]:
     """After any exit: relay outputs low and pilots at steady +12 V (no PWM), whatever
-    state they were left in, and a lock motor's outputs low (see _lock_safe). Every output
-    is tried, whatever failed before it.
+    state they were left in, and a lock motor's outputs low. The logic lives in
+    `evsed.controller.safeoff` (the unit's ExecStopPost imports that alone); this is it
+    for a validated configuration.
 
     Returns what could not be made safe (empty: all safe) and the devices now driving the
     safe levels. Keep those referenced until the process ends and do not close them:
-    gpiozero's lgpio pins turn into floating inputs when closed (so does a device that is
-    garbage-collected), while lines still claimed at exit are released by the kernel at
-    their last level. (A PWM pilot device would stop its PWM on close and leave the line
-    low, -12 V: the pilot pin is driven as a plain output instead.)"""
-    failed: list[str] = []
-    held: list[Any] = []
-    no_gpio: str | None = None
-    if pin_factory is None:
-        from evsed.controller import gpiobackend
+    gpiozero's lgpio pins turn into floating inputs when closed."""
+    from evsed.controller import safeoff
 
-        try:
-            # No bench advice: the unit of a real charger runs this after every exit.
-            pin_factory = gpiobackend.default_factory(bench_hint=False)
-        except gpiobackend.NoGpioBackend as exc:
-            no_gpio = str(exc)
-    for n, cfg in enumerate(config.connectors, 1):
-        relay_off = False
-        relay = cfg.contactor
-        try:
-            if no_gpio is not None:
-                raise RuntimeError(no_gpio)
-            # De-energised: low on an active-high driver, high on an active-low one.
-            held.append(
-                DigitalOutputDevice(
-                    relay.relay_pin,
-                    active_high=relay.active_high,
-                    initial_value=False,
-                    pin_factory=pin_factory,
-                )
-            )
-            relay_off = True
-        except Exception as exc:
-            log.debug("relay of connector %d", n, exc_info=True)
-            failed.append(f"connector {n}: relay GPIO{relay.relay_pin} not driven off: {exc}")
-        pilot = cfg.pilot
-        try:
-            if pilot.driver == "sysfs":
-                # Duty = period: the kernel keeps the channel at +12 V after we exit.
-                SysfsPwmPilot(pilot.pwm_chip, pilot.pwm_channel).shutdown()
-            elif no_gpio is not None:
-                raise RuntimeError(no_gpio)
-            else:
-                held.append(
-                    DigitalOutputDevice(pilot.pin, initial_value=True, pin_factory=pin_factory)
-                )
-        except Exception as exc:
-            log.debug("pilot of connector %d", n, exc_info=True)
-            where = (
-                f"PWM chip {pilot.pwm_chip} channel {pilot.pwm_channel}"
-                if pilot.driver == "sysfs"
-                else f"GPIO{pilot.pin}"
-            )
-            failed.append(f"connector {n}: pilot ({where}) not set to +12 V: {exc}")
-        if cfg.lock.enabled:
-            try:
-                if no_gpio is not None:
-                    raise RuntimeError(no_gpio)
-                held.extend(_lock_safe(cfg, relay_off=relay_off, pin_factory=pin_factory))
-            except Exception as exc:
-                log.debug("lock of connector %d", n, exc_info=True)
-                failed.append(
-                    f"connector {n}: lock outputs (GPIO{cfg.lock.lock_pin}) not set: {exc}"
-                )
+    outputs = [safeoff.Outputs(c.contactor, c.pilot, c.lock) for c in config.connectors]
+    failed, held, _ = safeoff.drive(outputs, pin_factory=pin_factory)
     return failed, held
-
-
-def _lock_safe(cfg: Connector, *, relay_off: bool, pin_factory: Any) -> list[Any]:
-    """A motor lock's outputs low: killed mid-pulse, the H-bridge would otherwise drive the
-    motor against its end stop until the next start. The lock is bistable, so it stays
-    where it is. A hold solenoid is released only when the contacts read open: while they
-    may carry current (closed, or no feedback to tell, or the relay not driven off) the
-    plug stays held, at whatever level the output has now (it is not claimed at all)."""
-    lock = cfg.lock
-    if lock.unlock_pin is not None:
-        return [
-            DigitalOutputDevice(pin, initial_value=False, pin_factory=pin_factory)
-            for pin in (lock.lock_pin, lock.unlock_pin)
-        ]
-    contactor = cfg.contactor
-    if not relay_off or contactor.feedback_pin is None:
-        return []
-    feedback = DigitalInputDevice(
-        contactor.feedback_pin,
-        pull_up=None,
-        active_state=contactor.feedback_active_high,
-        pin_factory=pin_factory,
-    )
-    if feedback.is_active:
-        return [feedback]
-    return [
-        feedback,
-        DigitalOutputDevice(lock.lock_pin, initial_value=False, pin_factory=pin_factory),
-    ]

@@ -65,6 +65,8 @@ LIBDIR = PurePosixPath("usr/local/lib/evsed")
 #: evsed-rollback.service's ExecStopPost=+ (as root): restart evsed after a rollback unless
 #: an operator had stopped it.
 AFTER_ROLLBACK = LIBDIR / "after-rollback.sh"
+#: evsed.service's ExecStopPost: safe-off from current, else root's copy, else previous.
+SAFE_OFF = LIBDIR / "safe-off.sh"
 RULE = PurePosixPath("etc/udev/rules.d/99-evsed-pwm.rules")
 CONFIG = PurePosixPath("etc/evsed/evsed.toml")
 STATE = PurePosixPath("var/lib/evsed")
@@ -640,6 +642,8 @@ def install(
         fs.write(root / path, render_unit(shipped(path.name), user=user), 0o644)
     fs.mkdir(root / LIBDIR, 0o755)
     fs.write(root / AFTER_ROLLBACK, shipped("evsed-after-rollback.sh"), 0o755)
+    fs.write(root / SAFE_OFF, shipped("evsed-safe-off.sh"), 0o755)
+    out(f"safe-off: /{SAFE_OFF} (ExecStopPost: current, else root's copy, else previous)")
     out(f"firmware rollback: /{ROLLBACK_UNITS[0]}, /{ROLLBACK_UNITS[1]}, /{AFTER_ROLLBACK}")
     pwm_group = "gpio" if "gpio" in groups else user
     fs.write(root / RULE, render_rule(shipped("99-evsed-pwm.rules"), pwm_group), 0o644)

@@ -59,6 +59,7 @@ def test_the_wheel_has_one_top_level_name_and_every_module(wheel: Path) -> None:
         "evsed/systemd/evsed-rollback.path",
         "evsed/systemd/99-evsed-pwm.rules",
         "evsed/systemd/evsed-after-rollback.sh",
+        "evsed/systemd/evsed-safe-off.sh",
     }
     assert shipped | {"evsed/examples/raspberry-pi.toml"} <= names
 

@@ -65,7 +65,14 @@ def test_install_writes_unit_rule_config_and_creates_the_user(tmp_path) -> None:
     unit = (root / "etc/systemd/system/evsed.service").read_text()
     assert "SupplementaryGroups=gpio spi dialout\n" in unit
     assert f"ExecStart={BIN} run --config /etc/evsed/evsed.toml\n" in unit
-    assert f"ExecStopPost={BIN} safe-off --config /etc/evsed/evsed.toml\n" in unit
+    # safe-off from current, else root's copy, else previous (test_safe_off_fallback.py).
+    assert (
+        "ExecStopPost=/usr/local/lib/evsed/safe-off.sh /opt/evsed/current "
+        "/usr/local/lib/evsed/admin /opt/evsed/previous -- --config /etc/evsed/evsed.toml\n"
+    ) in unit
+    safe_off = root / "usr/local/lib/evsed/safe-off.sh"
+    assert safe_off.read_text() == install.shipped("evsed-safe-off.sh")
+    assert safe_off.stat().st_mode & 0o777 == 0o755
     assert "User=evsed\n" in unit and "Group=evsed\n" in unit
     rule = (root / "etc/udev/rules.d/99-evsed-pwm.rules").read_text()
     assert 'RUN+="/bin/chgrp -R gpio %S%p"' in rule
