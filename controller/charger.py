@@ -23,7 +23,7 @@ from evsed.controller.config import Connector as ConnectorConfig
 from evsed.controller.connector.core import SafetyCore
 from evsed.controller.connector.faults import Fault
 from evsed.controller.connector.hooks import ConnectorHooks, Transaction
-from evsed.controller.connector.machine import Connector, Phase, Settings
+from evsed.controller.connector.machine import Connector, ConnectorView, Phase, Settings
 from evsed.controller.connector.sampler import Rates, Sampler
 from evsed.controller.connector.status import (
     ChargePointStatus,
@@ -565,12 +565,16 @@ class Charger:
         cfg = slot.limiter.config
         slot.limiter.config = replace(cfg, electrical=replace(cfg.electrical, phases=phases))
 
-    def _inputs(self, slot: _Slot, with_budget: bool = True) -> LimitInputs:
+    def _inputs(
+        self, slot: _Slot, with_budget: bool = True, view: ConnectorView | None = None
+    ) -> LimitInputs:
+        """`view`: the connector's fields as one reading (else each is read as it is)."""
         cfg = slot.config
+        connector = slot.connector
         if cfg.proximity.fixed_cable_a is not None:
             cable: float | None = cfg.proximity.fixed_cable_a
         elif cfg.proximity.enabled and slot.parts.proximity is not None:
-            cable = slot.connector.cable_a
+            cable = connector.cable_a if view is None else view.cable_a
         else:
             cable = cfg.rated_current_a
         return LimitInputs(
@@ -581,7 +585,7 @@ class Charger:
             budget=slot.budget if with_budget else None,
             invalid_id_suspended=slot.invalid_id,
             phase_switching=slot.phase_pause,
-            meter=slot.connector.last_sample,
+            meter=connector.last_sample if view is None else view.last_sample,
         )
 
     def recompute(self, connector_id: int) -> None:
@@ -594,9 +598,9 @@ class Charger:
         slot.connector.set_allowed_current(allowance.amps)
         self._note_allowance(slot, allowance)
 
-    def _note_session(self, slot: _Slot) -> None:
+    def _note_session(self, slot: _Slot, view: ConnectorView | None = None) -> None:
         """The first time the charger sees the connector's transaction it ranks newest."""
-        tx = slot.connector.transaction
+        tx = slot.connector.transaction if view is None else view.transaction
         if tx is not None and slot.started_for != tx.started_at:
             slot.started_for = tx.started_at
             slot.started_at = self.clock.monotonic()
@@ -606,21 +610,22 @@ class Charger:
         # stays on and it can resume, and the rest goes to the others. An EV starts in B
         # too, so an idle connector looks ahead at that minimum (unless its EV already
         # asks, C/D): its first allowance is then what the re-share at its start gives.
-        asking = slot.connector.pilot_state in (PilotState.C, PilotState.D)
-        idle = slot.connector.transaction is None
-        self._note_session(slot)  # a transaction ahead of its phase event: the newest
-        own = self._inputs(slot, with_budget=False)
+        # One reading of the connector: the pilot state and the transaction it is asked
+        # with agree (a core step between two reads: an EV "asking" on an idle connector).
+        view = slot.connector.view()
+        asking = view.pilot_state in (PilotState.C, PilotState.D)
+        idle = view.transaction is None
+        self._note_session(slot, view)  # a transaction ahead of its phase event: the newest
+        own = self._inputs(slot, with_budget=False, view=view)
         return ConnectorDemand(
             connector_id=cid,
             started_at=slot.started_at,
             max_a=limit(own).amps,
             min_a=minimum_current(own, slot.limiter.config.electrical),
-            meter=slot.connector.last_sample,
+            meter=view.last_sample,
             grid_phases=(0, 1, 2)[: slot.config.phases],
             voltage_v=slot.config.nominal_voltage_v,
-            demand_a=0.0
-            if (not asking if idle else slot.connector.pilot_state == PilotState.B)
-            else None,
+            demand_a=0.0 if (not asking if idle else view.pilot_state == PilotState.B) else None,
         )
 
     def _rebalance(self, grid: MeterSample | None = None) -> None:
@@ -736,16 +741,19 @@ class Charger:
     def present_tag(self, id_tag: str) -> None:
         """Route a card: to the session it stops, else to a connector waiting, else a free one."""
         connectors = [s.connector for s in self._slots.values()]
-        for c in connectors:
-            if c.transaction is not None and c.transaction.id_tag.upper() == id_tag.upper():
+        # One reading per connector: `c.transaction` read twice could be a transaction, then
+        # None (the core ended it in between: AttributeError, the card lost).
+        views = [(c, c.view()) for c in connectors]
+        for c, v in views:
+            if v.transaction is not None and v.transaction.id_tag.upper() == id_tag.upper():
                 c.present_tag(id_tag)
                 return
-        for c in connectors:
-            if c.phase == Phase.PLUGGED:
+        for c, v in views:
+            if v.phase == Phase.PLUGGED:
                 c.present_tag(id_tag)
                 return
-        for c in connectors:
-            if c.transaction is None and c.operative:
+        for c, v in views:
+            if v.transaction is None and v.operative:
                 c.present_tag(id_tag)
                 return
         if len(connectors) == 1:
@@ -803,9 +811,15 @@ class Charger:
 
     def metering(self, connector_id: int) -> Metering:
         c = self._slots[connector_id].connector
+        v = c.view()  # the offer and the temperature of one moment, with the sample
         return Metering(
-            c.last_sample, c.last_energy_wh, c.offered_a, c.temperature_c, c.settings.phases
+            v.last_sample, v.last_energy_wh, v.offered_a, v.temperature_c, c.settings.phases
         )
+
+    def view(self, connector_id: int) -> ConnectorView:
+        """The connector's status, pilot state, faults, transaction and readings as one
+        consistent reading (`Connector.view`), for a snapshot of it (`evsed status`)."""
+        return self._slots[connector_id].connector.view()
 
     def has_meter(self, connector_id: int) -> bool:
         return self._slots[connector_id].poller is not None

@@ -169,15 +169,16 @@ def snapshot(stack: Any, link: LinkTracker) -> dict[str, Any]:
     connectors: list[dict[str, Any]] = []
     if charger is not None:
         for cid in charger.connector_ids:
-            conn = charger.connectors[cid]
-            status = charger.status(cid)
-            metering = charger.metering(cid)
+            # One reading of the connector: its status, pilot, faults and transaction agree
+            # (read one by one they may straddle a step of the safety core's thread).
+            view = charger.view(cid)
+            status = view.status
             allowance = charger.allowance(cid)
-            tx = charger.transaction(cid)
-            sample = metering.sample
+            tx = view.transaction
+            sample = view.last_sample
             transaction = None
             if tx is not None:
-                energy = metering.energy_wh
+                energy = view.last_energy_wh
                 transaction = {
                     # The Central System's transactionId (what its web page and its bills
                     # show); None until StartTransaction.conf. local_id: evsed's record.
@@ -194,13 +195,13 @@ def snapshot(stack: Any, link: LinkTracker) -> dict[str, Any]:
                     "status": str(status.status),
                     "error_code": str(status.error_code),
                     "info": status.info,
-                    "pilot": str(conn.pilot_state),
-                    "offered_a": round(metering.offered_a, 1),
+                    "pilot": str(view.pilot_state),
+                    "offered_a": round(view.offered_a, 1),
                     "drawn_a": _drawn_a(sample),
                     "power_w": None if sample is None else sample.power_total_w,
-                    "energy_wh": metering.energy_wh,
-                    "temperature_c": metering.temperature_c,
-                    "faults": sorted(str(f) for f in conn.faults),
+                    "energy_wh": view.last_energy_wh,
+                    "temperature_c": view.temperature_c,
+                    "faults": sorted(str(f) for f, _ in view.faults),
                     "transaction": transaction,
                     "limit": {
                         "amps": allowance.amps,

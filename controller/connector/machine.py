@@ -185,6 +185,31 @@ PLUGGED_STATES = frozenset({PilotState.B, PilotState.C, PilotState.D})
 NO_EV_STATES = frozenset({PilotState.A, PilotState.E, PilotState.F})
 
 
+#: A core that has completed no tick for this long (real seconds) is stuck, not stepping:
+#: `Connector.view` then reads the fields itself rather than wait 2 s per read for it.
+STUCK_CORE_S = 1.0
+
+
+@dataclass(frozen=True, slots=True)
+class ConnectorView:
+    """What the safety core writes of one connector, read in one piece (`Connector.view`):
+    between two of the core's steps, so the fields agree with each other (a status with the
+    pilot state, the faults and the offer it was derived from; a transaction with the phase
+    it is in), where reading them one by one from the loop may see half a step."""
+
+    status: ConnectorStatus
+    pilot_state: PilotState
+    phase: Phase
+    transaction: Transaction | None
+    faults: tuple[tuple[Fault, str], ...]
+    offered_a: float
+    cable_a: int | None
+    temperature_c: float | None
+    last_sample: MeterSample | None
+    last_energy_wh: float | None
+    operative: bool
+
+
 class ChargerWideReservation(Protocol):
     """A reservation of the whole charger (ReserveNow on connector 0), asked on the safety
     core, where all connectors' states are consistent."""
@@ -313,6 +338,38 @@ class Connector:
                 ChargePointStatus.FAULTED, RULES[Fault.WELDED].error_code, WELDED_DETAIL
             )
         return self._derive_status()
+
+    def view(self) -> ConnectorView:
+        """The core-written fields in one consistent piece, for the loop (and any thread).
+
+        On a threaded core the loop's reads of `status`, `transaction`, `faults` ... one by
+        one may fall between two writes of one step (a fault noted, the status not derived
+        yet; the pilot read B, the contactor still opening): the view is taken on the core
+        instead, between its steps, as a command is (the loop waits on the core, never the
+        reverse). Inline (simulated time), on the core, or with the core stopped or stuck
+        (no tick for `STUCK_CORE_S`), the fields are read at once: then nothing writes them
+        meanwhile, or waiting would block the loop for nothing."""
+        core = self._core
+        if core is not None and not core.on_core() and core.tick_age() < STUCK_CORE_S:
+            got = core.call(self._read_view, None)
+            if isinstance(got, ConnectorView):
+                return got
+        return self._read_view()
+
+    def _read_view(self) -> ConnectorView:
+        return ConnectorView(
+            status=self.status,
+            pilot_state=self.pilot_state,
+            phase=self.phase,
+            transaction=self.transaction,
+            faults=tuple(self.faults.items()),
+            offered_a=self.offered_a,
+            cable_a=self.cable_a,
+            temperature_c=self.temperature_c,
+            last_sample=self.last_sample,
+            last_energy_wh=self.last_energy_wh,
+            operative=self.operative,
+        )
 
     def add_listener(self, listener: Callable[[str, dict[str, object]], None]) -> None:
         """Called as listener(kind, fields) for transitions and output changes (timelines),
