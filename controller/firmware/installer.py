@@ -329,8 +329,10 @@ class VenvInstaller:
         try:
             await self._must([sys.executable, "-m", "venv", str(target)], "venv creation")
             py = str(target / "bin" / "python")
+            # With the [pi] extra, as `evsed install` installs the first version: without it
+            # the new venv has no lgpio, and on a Pi the new version finds no GPIO backend.
             await self._must(
-                [py, "-m", "pip", "install", "--quiet", "--no-input", str(package)],
+                [py, "-m", "pip", "install", "--quiet", "--no-input", f"{package}[pi]"],
                 "pip install",
             )
             await asyncio.to_thread(readable_by_all, target)

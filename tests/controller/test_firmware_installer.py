@@ -341,6 +341,18 @@ def test_a_new_venv_is_readable_by_all_despite_the_services_umask(tmp_path: Path
     }
 
 
+def test_the_new_version_gets_the_pi_extra_as_the_first_one_did(tmp_path: Path) -> None:
+    """`evsed install` installs `<package>[pi]` (lgpio, the Pi's GPIO backend); an update
+    installed the bare package, so on a Pi the new version had no GPIO backend."""
+    root, state = _root(tmp_path), _state(tmp_path)
+    venvs = FakeVenvs()
+    package = tiny_wheel(tmp_path)
+    installer = _installer(root, state, venvs, [0.0], prefix=root / "venvs" / "1.0.0")
+    asyncio.run(installer.install(package))
+    pip = next(c for c in venvs.commands if c[1:4] == ["-m", "pip", "install"])
+    assert pip[-1] == f"{package}[pi]"
+
+
 def test_pip_failure_leaves_the_running_version_alone(tmp_path: Path) -> None:
     root, state = _root(tmp_path), _state(tmp_path)
     restarts = Restarts()
