@@ -128,8 +128,10 @@ class Files:
             self.out(f"  would {what}")
         return self.dry
 
-    def mkdir(self, path: Path, mode: int | None = None) -> None:
-        if path.is_symlink():
+    def mkdir(self, path: Path, mode: int | None = None, *, follow: bool = False) -> None:
+        """``follow``: a link to a directory is taken (only where no one but root can put
+        one: /etc/evsed, which an admin may keep on another partition)."""
+        if path.is_symlink() and not follow:
             raise InstallError(
                 f"{path} is a symbolic link: root would change what it points to; make it a "
                 "directory (or remove it), then run evsed install again"
@@ -144,7 +146,7 @@ class Files:
             return
         path.mkdir(parents=True, exist_ok=True)
         if mode is not None:
-            chmod_nofollow(path, mode)
+            chmod_nofollow(path.resolve() if follow else path, mode)
 
     def write(self, path: Path, text: str, mode: int) -> None:
         if self._would(f"write {path} (mode {mode:o})"):
@@ -653,7 +655,7 @@ def install(
     if config.exists():
         out(f"configuration: /{CONFIG} exists, kept as it is")
     else:
-        fs.mkdir(config.parent, 0o750)
+        fs.mkdir(config.parent, 0o750, follow=True)
         fs.write(config, example_config(), 0o640)
         out(f"configuration: /{CONFIG} (the Raspberry Pi example: edit it)")
     # Readable by the service (it holds the Central System's key), by no one else.

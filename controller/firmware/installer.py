@@ -140,8 +140,10 @@ def restart_by_exit() -> None:
 
 def readable_by_all(tree: Path) -> None:
     """The service's UMask=0077 made the new venv its own only; like the first one (made by
-    root), everyone may read and run it: `evsed status` and `evsed selftest` are run from
-    /opt/evsed/current by people in the evsed group. Nobody else may write it."""
+    root), everyone may read and run it (`sudo -u evsed /opt/evsed/current/bin/evsed
+    status` by people in the evsed group; root runs its own copy, never this). Nobody else
+    may write it. Run as the service user on its own tree, so a link is skipped, not
+    followed."""
     for path in (tree, *tree.rglob("*")):
         if path.is_symlink():
             continue

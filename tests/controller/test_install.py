@@ -616,3 +616,15 @@ def test_a_link_swapped_in_after_the_check_is_chowned_itself_not_its_target(tmp_
     assert do_install(root, Swap()) == 0
     assert victim.stat().st_uid == 0  # without -h: nobody's
     assert venvs.lstat().st_uid != 0
+
+
+def test_an_etc_evsed_kept_elsewhere_by_its_admin_is_still_used(tmp_path) -> None:
+    """/etc is root's: a link there is the admin's own choice (a read-only root file system
+    with the configuration on another partition), unlike a link in /opt/evsed."""
+    root, rec = make_root(tmp_path), Recorder()
+    elsewhere = tmp_path / "data-evsed"
+    elsewhere.mkdir()
+    (root / "etc/evsed").symlink_to(elsewhere)
+    assert do_install(root, rec) == 0
+    assert (elsewhere / "evsed.toml").read_text() == install.example_config()
+    assert elsewhere.stat().st_mode & 0o777 == 0o750
