@@ -115,6 +115,16 @@ def _parser() -> argparse.ArgumentParser:
     )
     stest.set_defaults(func=_selftest)
 
+    hold = sub.add_parser(
+        "clear-hold",
+        help="end a crash-loop hold (evsed ended uncleanly too often)",
+        description="Clear the crash-loop hold and its count in the state directory (run "
+        "as the service user or root); a running evsed lifts the hold within 5 s. A Reset "
+        "from the Central System does the same.",
+    )
+    hold.add_argument("-c", "--config", type=Path, help="TOML file (finds the state directory)")
+    hold.set_defaults(func=_clear_hold)
+
     off = sub.add_parser(
         "safe-off",
         help="relay off and pilot at +12 V (systemd ExecStopPost)",
@@ -320,6 +330,19 @@ def _ask_close_relay(connector: int) -> bool:
     except EOFError:
         return False
     return answer.strip().lower() in ("y", "yes")
+
+
+def _clear_hold(args: argparse.Namespace) -> int:
+    from evsed.controller import crashguard
+
+    state_dir = load_or_exit(args.config).state_dir
+    try:
+        held = crashguard.clear_hold(state_dir)
+    except OSError as exc:
+        print(f"evsed clear-hold: {state_dir}: {exc.strerror or exc}", file=sys.stderr)
+        return 1
+    print("hold cleared" if held else f"no hold in {state_dir} (its count is cleared)")
+    return 0
 
 
 def _safe_off(args: argparse.Namespace) -> int:

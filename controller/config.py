@@ -361,6 +361,30 @@ class Firmware(Strict):
     confirm_timeout_s: Annotated[float, Field(ge=60, le=86400)] = 600.0
 
 
+class CrashGuard(Strict):
+    """A crash loop (evsed ending uncleanly again and again while systemd restarts it)
+    holds the charger Faulted instead of starting and stopping a charge every restart
+    (evsed.controller.crashguard). Power cuts and reboots are not counted."""
+
+    enabled: bool = True
+    # Three: one crash, or two, is a bug hit once, not a loop; a loop of 20 s runs
+    # reaches three in about a minute, and a crash every three minutes is still caught.
+    max_unclean_exits: Annotated[int, Field(ge=1, le=100)] = 3
+    window_s: Annotated[float, Field(ge=10, le=86400)] = 600.0
+    # An hour without an unclean end lifts the hold (then the next one holds again at
+    # once); 0: only `evsed clear-hold`, a Reset, a reboot or a new version end it.
+    quiet_s: Annotated[float, Field(ge=0, le=7 * 86400)] = 3600.0
+
+    @model_validator(mode="after")
+    def _quiet_beyond_window(self) -> CrashGuard:
+        if 0 < self.quiet_s < self.window_s:
+            raise ValueError(
+                f"quiet_s ({self.quiet_s:g}) must be 0 or at least window_s "
+                f"({self.window_s:g}): a hold must outlast the window that counts the crashes"
+            )
+        return self
+
+
 class Logging(Strict):
     level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
 
@@ -379,6 +403,7 @@ class Config(Strict):
     state_dir: FsPath = Field(default_factory=default_state_dir)
     logging: Logging = Logging()
     firmware: Firmware = Firmware()
+    crash_guard: CrashGuard = CrashGuard()
 
     @model_validator(mode="after")
     def _bench_alone(self) -> Config:

@@ -14,11 +14,12 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from evsed.controller import hardware
+from evsed.controller import __version__, crashguard, hardware
 from evsed.controller.charger import Charger
 from evsed.controller.clock import Clock, SystemClock
 from evsed.controller.config import Config
 from evsed.controller.connector.core import OutputLatch
+from evsed.controller.connector.faults import Fault
 from evsed.controller.connector.hooks import ConnectorHooks, LocalHooks
 from evsed.controller.connector.sampler import Rates
 from evsed.controller.connector.status import StopReason
@@ -50,6 +51,7 @@ class Stack:
         rates: Rates | None = None,
         limiter_config: LimiterConfig | None = None,
         stop_reason: StopReason = StopReason.REBOOT,
+        crash_guard: crashguard.CrashGuard | None = None,
     ) -> None:
         """`ocpp=True`: the OCPP side (store, queue, session when a CS is configured) supplies
         the connector hooks; otherwise `hooks`, or local tags with transactions in memory."""
@@ -75,6 +77,9 @@ class Stack:
         self.freeze_guard: FreezeGuard | None = None
         self._freeze_task: asyncio.Task[None] | None = None
         self._hooks_in_use: ConnectorHooks = self.hooks
+        #: `serve`'s, started already: while it holds, every connector is Faulted.
+        self.crash_guard = crash_guard
+        self._hold_task: asyncio.Task[None] | None = None
 
     def safety_tick_age(self) -> float:
         """The charger's (math.inf while none runs, e.g. during a reset): for the watchdog."""
@@ -132,10 +137,69 @@ class Stack:
         self._hooks_in_use = hooks
         if self.ocpp is not None:
             self.ocpp.attach(self.charger)
+        holding = self.crash_guard is not None and self.crash_guard.holding
+        if holding:
+            self._hold_connectors()
         await self.charger.start()
         self._start_freeze_guard()
+        if holding:
+            self._hold_task = asyncio.get_running_loop().create_task(
+                self._watch_hold(), name="crash-hold"
+            )
         if self.ocpp is not None:
             await self.ocpp.start()
+
+    # ------------------------------------------------------------------ crash-loop hold
+
+    def _hold_connectors(self) -> None:
+        """Before the core starts (each command runs inline then): no tick can close a relay
+        first. The fault blocks every start and every offer; the pilot stays at +12 V."""
+        assert self.charger is not None and self.crash_guard is not None
+        for connector in self.charger.connectors.values():
+            connector.raise_fault(Fault.CRASH_LOOP, self.crash_guard.reason)
+
+    def check_hold(self) -> bool:
+        """One look (the hold task's, every HOLD_POLL_S): end the hold if `evsed clear-hold`
+        cleared it or its quiet period has passed. True if it ended now."""
+        guard = self.crash_guard
+        if guard is None or not guard.holding:
+            return False
+        until = guard.quiet_until()
+        if guard.cleared_by_operator():
+            why = "evsed clear-hold"
+        elif until is not None and guard.now() >= until:
+            why = "quiet"
+        else:
+            return False
+        guard.lift(why)
+        self._release_hold()
+        return True
+
+    def _release_hold(self) -> None:
+        charger = self.charger
+        if charger is None:
+            return
+        for connector in charger.connectors.values():
+            connector.recover(Fault.CRASH_LOOP)
+
+    async def _watch_hold(self) -> None:
+        guard = self.crash_guard
+        while guard is not None and guard.holding:
+            until = guard.quiet_until()
+            wait = crashguard.HOLD_POLL_S
+            if until is not None:
+                wait = min(wait, max(0.0, until - guard.now()))
+            await asyncio.sleep(wait)  # the guard's clock is the system's monotonic one
+            self.check_hold()
+
+    async def _stop_hold_task(self) -> None:
+        task, self._hold_task = self._hold_task, None
+        if task is not None:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+
+    # ------------------------------------------------------------------ frozen core
 
     def _start_freeze_guard(self) -> None:
         charger = self.charger
@@ -169,6 +233,7 @@ class Stack:
 
     async def _stop_controller(self, reason: StopReason) -> None:
         await self._stop_freeze_guard()
+        await self._stop_hold_task()
         if self.charger is not None:
             await self.charger.stop(reason)
             self.charger = None
@@ -203,6 +268,9 @@ class Stack:
         reason = StopReason.HARD_RESET if kind == "Hard" else StopReason.SOFT_RESET
         log.info("%s reset: restarting the controller", kind)
         await self._stop_controller(reason)
+        if self.crash_guard is not None:
+            # The operator's answer to the hold the Central System shows.
+            self.crash_guard.lift(f"{kind} Reset from the Central System")
         await self._start_controller()
         self.restarts += 1
 
@@ -248,12 +316,41 @@ async def serve(
         if frames is not None:
             app.ctx.observers.append(frames.observe)
 
-    server: status.StatusServer | None = None
+    guard = crash_guard(config)
     # The lock before the store, the drivers or the session open anything (InstanceLock).
-    async with (
-        status.InstanceLock(config.state_dir),
-        Stack(config, clock=clock, ocpp=True, ocpp_setup=observe_link) as stack,
-    ):
+    async with status.InstanceLock(config.state_dir):
+        guard.start()  # counts the last run's end; holding, the connectors start Faulted
+        await _serve_stack(config, clock, guard, observe_link, link, on_ready, stop)
+        guard.clean_exit()  # only an orderly end gets here: anything else counts
+    if frames is not None:
+        frames.close()
+
+
+def crash_guard(config: Config) -> crashguard.CrashGuard:
+    cfg = config.crash_guard
+    settings = crashguard.Settings(
+        enabled=cfg.enabled,
+        max_unclean_exits=cfg.max_unclean_exits,
+        window_s=cfg.window_s,
+        quiet_s=cfg.quiet_s,
+    )
+    return crashguard.CrashGuard(Path(config.state_dir), settings, version=__version__)
+
+
+async def _serve_stack(
+    config: Config,
+    clock: Clock,
+    guard: crashguard.CrashGuard,
+    observe_link: Callable[[Any], None],
+    link: Any,
+    on_ready: Callable[[Stack], None] | None,
+    stop: asyncio.Event,
+) -> None:
+    from evsed.controller import status
+
+    async with Stack(
+        config, clock=clock, ocpp=True, ocpp_setup=observe_link, crash_guard=guard
+    ) as stack:
         server = status.StatusServer(stack, link, status.server_socket_path(config))
         await server.start()
         # Everything built so far lives as long as the process: keep it out of the
@@ -262,7 +359,9 @@ async def serve(
         gc.freeze()
         if on_ready is not None:
             on_ready(stack)
-        sd_notify("READY=1\nSTATUS=charging controller running")
+        # `systemctl status evsed` shows a hold on its Status: line.
+        state = guard.reason if guard.holding else "charging controller running"
+        sd_notify(f"READY=1\nSTATUS={state}")
         interval = ping_interval_s()
         watchdog = (
             None
@@ -278,8 +377,6 @@ async def serve(
                     await watchdog
             sd_notify("STOPPING=1")
             await server.stop()
-    if frames is not None:
-        frames.close()
 
 
 def _main(coro_factory: Callable[[asyncio.Event], Any]) -> int:

@@ -223,7 +223,14 @@ def snapshot(stack: Any, link: LinkTracker) -> dict[str, Any]:
             "last_error": link.last_error,
         },
         "queue_depth": len(ocpp.txqueue) if ocpp is not None else 0,
+        # A crash-loop hold (crashguard.py): why, since when, how it ends; None otherwise.
+        "hold": _hold(stack),
     }
+
+
+def _hold(stack: Any) -> dict[str, Any] | None:
+    guard = getattr(stack, "crash_guard", None)
+    return None if guard is None else guard.snapshot()
 
 
 # ---------------------------------------------------------------- the server
@@ -338,6 +345,12 @@ def format_table(snap: dict[str, Any]) -> str:
         lines.append(f"Central System: {state}{since}{error}")
         lines.append(f"  url: {cs['url']}")
     lines.append(f"Queued messages: {snap['queue_depth']}")
+    hold = snap.get("hold")
+    if hold:
+        lifts = hold.get("lifts_in_s")
+        by_itself = "" if lifts is None else f"; lifts by itself in {lifts} s without a crash"
+        lines.append(f"HOLD: {hold['reason']}, for {hold['held_for_s']} s: not charging")
+        lines.append(f"  {hold['clear']}{by_itself}")
     rows = [("connector", "status", "pilot", "offered", "drawn", "power", "energy", "limit", "tx")]
     for c in snap["connectors"]:
         tx = c["transaction"]

@@ -29,6 +29,7 @@ class Fault(StrEnum):
     CABLE = "cable"  # PP short
     RCD_SELF_TEST = "rcd_self_test"
     INTERNAL = "internal"  # the safety core itself (or a driver) raised
+    CRASH_LOOP = "crash_loop"  # evsed ended uncleanly too often (crashguard.py): a hold
 
 
 class Clear(StrEnum):
@@ -83,6 +84,11 @@ RULES: dict[Fault, FaultRule] = {
     # A bug or a driver that raised: we cannot vouch for the outputs, so they are cut and
     # the session ends; the EV leaving (or a reset) is a fresh start for the code as well.
     Fault.INTERNAL: FaultRule(ErrorCode.INTERNAL_ERROR, True, frozenset({_U, _R})),
+    # A crash loop: no energy until an operator (clear-hold, a Reset) or a quiet period
+    # ends the hold (RECOVERY); unplugging changes nothing about the code that crashed.
+    Fault.CRASH_LOOP: FaultRule(
+        ErrorCode.OTHER_ERROR, True, frozenset({_V, _R}), vendor_error_code="CrashLoopHold"
+    ),
 }
 
 # When several faults are active the status shows the most serious one.
@@ -90,6 +96,7 @@ SEVERITY: tuple[Fault, ...] = (
     Fault.WELDED,
     Fault.RCD,
     Fault.RCD_SELF_TEST,
+    Fault.CRASH_LOOP,
     Fault.INTERNAL,
     Fault.PILOT_SENSE,  # before the temperature: a dead ADC also reads a hot NTC
     Fault.FAILED_TO_CLOSE,
