@@ -79,10 +79,26 @@ class Record:
         data = json.loads(text)
         if not isinstance(data, dict):
             raise ValueError("not an object")
-        known = {k: v for k, v in data.items() if k in cls.__dataclass_fields__}
-        record = cls(**known)
-        record.unclean = [float(t) for t in record.unclean]
-        return record
+
+        def number(key: str) -> float | None:
+            value = data.get(key)
+            return None if value is None else float(value)
+
+        unclean = data.get("unclean") or []
+        if not isinstance(unclean, list):
+            raise ValueError("unclean is not a list")
+        # Typed field by field: a record of the wrong shape is corrupt (ValueError,
+        # TypeError), never a start that fails later on a comparison.
+        return cls(
+            boot_id=str(data.get("boot_id", "")),
+            version=str(data.get("version", "")),
+            running_since=number("running_since"),
+            unclean=[float(t) for t in unclean],
+            last_unclean=number("last_unclean"),
+            hold_since=number("hold_since"),
+            hold_reason=str(data.get("hold_reason", "")),
+            probation=data.get("probation") is True,
+        )
 
     def clear_history(self) -> None:
         self.unclean = []

@@ -12,6 +12,9 @@ import contextlib
 import errno
 import json
 import logging
+import signal
+import subprocess
+import sys
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import Any
@@ -172,6 +175,9 @@ def test_a_corrupt_record_counts_as_empty(world: World) -> None:
     assert not world.guard().start()
     crashguard.record_path(world.state_dir).write_text("[1, 2]")
     assert not world.guard().start()
+    for shape in ('{"running_since": "x"}', '{"unclean": 5}', '{"hold_since": [1]}'):
+        crashguard.record_path(world.state_dir).write_text(shape)
+        assert not world.guard().start()
 
 
 def test_a_failing_write_never_stops_the_start(
@@ -347,3 +353,41 @@ async def test_serve_starts_when_the_record_cannot_be_written(
         assert stack.crash_guard is not None and not stack.crash_guard.recording
         assert snap["hold"] is None
         assert snap["connectors"][0]["status"] == "Available"
+
+
+# ---------------------------------------------------------------- real processes
+
+
+CHILD = """
+import os, signal, sys
+from pathlib import Path
+from evsed.controller.crashguard import CrashGuard
+guard = CrashGuard(Path(sys.argv[1]), version="t")
+print("holding" if guard.start() else "running", flush=True)
+if sys.argv[2] == "kill":
+    os.kill(os.getpid(), signal.SIGKILL)
+guard.clean_exit()
+"""
+
+
+def _child(state_dir: Path, end: str) -> tuple[int, str]:
+    done = subprocess.run(
+        [sys.executable, "-c", CHILD, str(state_dir), end],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    return done.returncode, done.stdout.strip()
+
+
+def test_kill_9_is_counted_across_real_processes(tmp_path: Path) -> None:
+    """The real boot id and monotonic clock, the real write (fsync, rename) and a real
+    SIGKILL: three kills hold the fourth start; a clean end leaves the hold standing."""
+    assert _child(tmp_path, "clean") == (0, "running")
+    for _ in range(3):
+        assert _child(tmp_path, "kill") == (-signal.SIGKILL, "running")
+    assert _child(tmp_path, "clean") == (0, "holding")
+    assert _child(tmp_path, "clean") == (0, "holding")  # an orderly restart keeps it
+    assert crashguard.clear_hold(tmp_path)
+    assert _child(tmp_path, "clean") == (0, "running")
