@@ -391,3 +391,20 @@ def test_kill_9_is_counted_across_real_processes(tmp_path: Path) -> None:
     assert _child(tmp_path, "clean") == (0, "holding")  # an orderly restart keeps it
     assert crashguard.clear_hold(tmp_path)
     assert _child(tmp_path, "clean") == (0, "running")
+
+
+def test_the_clear_hold_command(
+    world: World, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from evsed.controller import cli
+
+    for _ in range(3):
+        world.crash_after(22)
+    assert world.guard().start()
+    cfg = tmp_path / "evsed.toml"
+    cfg.write_text(f'state_dir = "{world.state_dir}"\n[bench]\n')
+    assert cli.main(["clear-hold", "-c", str(cfg)]) == 0
+    assert capsys.readouterr().out.strip() == "hold cleared"
+    assert crashguard.read_record(crashguard.record_path(world.state_dir)).hold_since is None
+    assert cli.main(["clear-hold", "-c", str(cfg)]) == 0
+    assert "no hold" in capsys.readouterr().out
