@@ -205,6 +205,8 @@ def composite(
         raise ValueError(f"duration {duration_s} is negative")
     w0 = _ts(start)
     w1 = w0 + duration_s
+    transaction = _started_by(transaction, w0)
+    transactions = {c: _started_by(tx, w0) for c, tx in (transactions or {}).items()}
     installed = profiles.profiles()
     cap = _cap(electrical, unit)
     if connector_id == 0:
@@ -257,6 +259,8 @@ def limit_at(
     ChargePointMaxProfile, as `composite` computes it.
     """
     t = _ts(now)
+    transaction = _started_by(transaction, t)
+    transactions = {c: _started_by(tx, t) for c, tx in (transactions or {}).items()}
     installed = profiles.profiles()
     horizon: list[float] = [INF]
     if connector_id == 0:
@@ -344,6 +348,7 @@ def enforced_at(
     """The limits in force on `connector_id` at `now` (0: the ChargePointMaxProfile for the
     whole charge point only), and when they may next change (as `limit_at`)."""
     t = _ts(now)
+    transaction = _started_by(transaction, t)
     installed = profiles.profiles()
     horizon: list[float] = [INF]
     tx_found = None
@@ -730,6 +735,20 @@ def _max_phases(a: int | None, b: int | None) -> int | None:
     if a is None:
         return b
     return a if b is None else max(a, b)
+
+
+def _started_by(tx: TxContext | None, t: int) -> TxContext | None:
+    """A transaction has started by the instant asked. One that started "later" started
+    before a wall-clock step back (NTP correcting a clock that ran ahead, a Central System's
+    time behind ours learnt from a Heartbeat): its Relative schedules run from `t`, from
+    their first period, until the clock has caught up with its start. Anchored on the start
+    as it reads, they would not have begun, and their limits would be lifted (Home
+    Assistant's maximum current is a Relative ChargePointMaxProfile: the connector would
+    offer its full rating). A one-period schedule, the usual kind, is exact so; a longer one
+    stays in its first period for the length of the step."""
+    if tx is None or _ts(tx.started) <= t:
+        return tx
+    return TxContext(tx.transaction_id, _dt(t))
 
 
 def _ts(value: datetime) -> int:
