@@ -386,3 +386,61 @@ def test_rollback_leaves_an_evsed_the_operator_stopped_stopped(units: Units) -> 
         "SubState": "dead",
     }
     assert "No jobs running." in u.manager.systemctl("list-jobs").stdout
+
+
+def broken_version(u: Units, status: int) -> None:
+    """venvs/v2 as a new version that cannot run: its evsed exits `status` at once, and it
+    has no python of its own (so safe-off.sh falls back to root's copy)."""
+    v2 = u.paths.opt / "venvs" / "v2"
+    v2.unlink()
+    (v2 / "bin").mkdir(parents=True)
+    evsed = v2 / "bin" / "evsed"
+    evsed.write_text(f"#!/bin/sh\nexit {status}\n")
+    evsed.chmod(0o755)
+
+
+@pytest.mark.parametrize(
+    ("status", "state", "asked"),
+    [
+        # It refuses the old configuration: RestartPreventExitStatus=2 left it failed.
+        (2, "failed", ["show --property=ExecMainStatus --value evsed.service -> 2 (0)"]),
+        # It crashes at start: Restart=always retries it every RestartSec, for ever.
+        (1, "activating", []),
+    ],
+)
+def test_rollback_restarts_a_new_version_that_cannot_run_into_the_previous_one(
+    units: Units, status: int, state: str, asked: list[str]
+) -> None:
+    u = units
+    broken_version(u, status)
+    assert u.manager.systemctl("start", "evsed.service", check=False).returncode != 0
+    down = u.manager.wait_for(
+        "evsed.service",
+        lambda s: s["ActiveState"] == state,
+        "ActiveState",
+        "ExecMainStatus",
+        "ExecStopPost",
+        timeout=10,
+    )
+    if state == "failed":
+        assert down["ExecMainStatus"] == str(status)
+        # safe-off.sh: the version that ended has no python; root's copy made it safe.
+        safe_off = exec_command(down["ExecStopPost"])
+        assert (safe_off["code"], safe_off["status"]) == ("exited", "0"), safe_off
+    write_marker(u)
+    calls = rollback_done(u)
+    prefix = "EXIT_STATUS=3 SERVICE_RESULT=success "
+    assert calls == [
+        f"{prefix}is-active evsed.service -> {state} (3)",
+        *(prefix + a for a in asked),
+        f"{prefix}--no-block restart evsed.service ->  (0)",
+    ]
+    back = u.manager.wait_for(
+        "evsed.service",
+        lambda s: s["ActiveState"] == "active" and s["SubState"] == "running",
+        "ActiveState",
+        "SubState",
+        timeout=20,
+    )
+    assert back["SubState"] == "running"
+    assert os.readlink(u.paths.opt / "current") == "venvs/v1"
