@@ -33,7 +33,7 @@ from pathlib import Path
 
 import pytest
 
-from evsed.controller.firmware.installer import MARKER, Pending, read_marker
+from evsed.controller.firmware.installer import MARKER, Pending, VenvInstaller, read_marker
 from tests.support.user_manager import Unavailable, UserManager
 
 REPO = Path(__file__).resolve().parents[2]
@@ -129,6 +129,9 @@ def units(tmp_path: Path) -> Iterator[Units]:
         manager.start()
     except Unavailable as e:
         pytest.skip(f"no usable systemd user manager: {e}")
+    except BaseException:
+        manager.stop()
+        raise
     try:
         # A user manager's StateDirectory= and ConfigurationDirectory= are both under
         # $XDG_CONFIG_HOME (systemd 252): /var/lib/evsed and /etc/evsed are one directory.
@@ -389,6 +392,21 @@ def test_rollback_leaves_an_evsed_the_operator_stopped_stopped(units: Units) -> 
         "SubState": "dead",
     }
     assert "No jobs running." in u.manager.systemctl("list-jobs").stdout
+
+    # The outcome reported (as the old version does once it reached the Central System):
+    # the marker goes, the watcher ends with 0 (its root step does nothing) and the path
+    # unit waits for the next marker instead of starting it again.
+    VenvInstaller(root=u.paths.opt, state_dir=u.paths.state).forget()
+    ended = u.manager.wait_for(
+        "evsed-rollback.service",
+        lambda s: s["ActiveState"] == "inactive",
+        "ActiveState",
+        "Result",
+        timeout=15,  # the watcher looks every 5 s
+    )
+    assert ended["Result"] == "success"
+    assert u.show("evsed-rollback.path", "SubState") == {"SubState": "waiting"}
+    assert u.calls.read_text().splitlines() == calls
 
 
 def broken_version(u: Units, status: int) -> None:
