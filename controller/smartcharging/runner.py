@@ -19,10 +19,13 @@ and a period boundary within one timer wake-up of it (well inside the 1 s the is
 Time: `now` is the clock's wall time, because schedules are written in it; the wait is
 taken on the same clock (`clock.sleep`), so a FakeClock runs a day of periods in
 milliseconds. If the wall clock is set (the BootNotification's time), call `reevaluate()`:
-the timer is then made anew from the new time. Without that call a step forward delays a
-boundary by at most one nap (30 s: the timer sleeps in naps and looks at the wall clock after
-each). A timer that wakes early (the wall clock went back) finds the same answer and sets
-itself again.
+the timer is then made anew from the new time. A step nobody reports (NTP correcting a Pi
+that booted with a wrong time) is found within one nap: the timer sleeps in naps of at most
+30 s, also with no boundary pending, and after each compares how far the wall clock moved
+with the monotonic clock; a difference of more than 2 s is a step, and every connector is
+evaluated anew. A step back matters most: a profile whose validTo had passed on a clock
+that ran ahead is valid again, and its limit must be applied again, not only at some later
+boundary (there may be none).
 """
 
 from __future__ import annotations
@@ -45,6 +48,9 @@ log = logging.getLogger(__name__)
 _ROUNDING = timedelta(milliseconds=1)
 #: The longest sleep before the wall clock is looked at again (as ocpp16/expiry.py does).
 _NAP_S = 30.0
+#: Over one nap, the wall clock moving this much more or less than the monotonic clock is a
+#: step of it (NTP slews a drift by at most 0.5 ms/s: 15 ms a nap).
+_STEP_S = 2.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -152,16 +158,28 @@ class SmartChargingRunner:
         if self._timer is not None and not self._timer.done():
             self._timer.cancel()
         self._timer, self._timer_at = None, at
-        if at is not None:
-            self._timer = asyncio.get_running_loop().create_task(
-                self._fire_at(at), name="smart-charging-timer"
-            )
+        # Also with nothing pending: the naps watch the wall clock for a step.
+        self._timer = asyncio.get_running_loop().create_task(
+            self._fire_at(at), name="smart-charging-timer"
+        )
 
-    async def _fire_at(self, at: datetime) -> None:
+    async def _fire_at(self, at: datetime | None) -> None:
         # Naps of at most _NAP_S, the wall clock looked at after each: a step of it that
-        # nobody reported (reevaluate) delays a boundary by at most one nap.
-        while (delay := (at - self._clock.now()).total_seconds()) > 0:
+        # nobody reported (reevaluate) is found within one nap, and every connector is
+        # evaluated anew from the new time.
+        while True:
+            wall, mono = self._clock.now(), self._clock.monotonic()
+            delay = _NAP_S if at is None else (at - wall).total_seconds()
+            if delay <= 0:
+                break
             await self._clock.sleep(min(delay, _NAP_S))
+            moved = (self._clock.now() - wall).total_seconds() - (self._clock.monotonic() - mono)
+            if abs(moved) > _STEP_S:
+                log.info("wall clock stepped %+.0f s: smart-charging limits evaluated anew", moved)
+                self._timer, self._timer_at = None, None  # reevaluate arms a new timer
+                self.reevaluate()
+                return
+        assert at is not None
         # Only the connectors whose answer was due change; the others keep theirs.
         now = self._clock.now()
         self._timer = None
