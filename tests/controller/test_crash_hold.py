@@ -20,14 +20,17 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from ocpp.v16 import call
 
-from evsed.controller import crashguard, status
+from evsed.controller import cli, crashguard, status
 from evsed.controller.config import ConfigError, parse
 from evsed.controller.connector.hooks import LocalHooks
 from evsed.controller.crashguard import CrashGuard, Record, Settings
 from evsed.controller.run import Stack, serve
+from evsed.hwmocks.central_system import CentralSystem, Direction, Frame
 from tests.support.bench_rig import Rig, bench_config
 from tests.support.clock import FakeClock
+from tests.support.ocpp_rig import CP_ID
 
 
 class World:
@@ -396,8 +399,6 @@ def test_kill_9_is_counted_across_real_processes(tmp_path: Path) -> None:
 def test_the_clear_hold_command(
     world: World, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    from evsed.controller import cli
-
     for _ in range(3):
         world.crash_after(22)
     assert world.guard().start()
@@ -408,3 +409,52 @@ def test_the_clear_hold_command(
     assert crashguard.read_record(crashguard.record_path(world.state_dir)).hold_since is None
     assert cli.main(["clear-hold", "-c", str(cfg)]) == 0
     assert "no hold" in capsys.readouterr().out
+
+
+# ---------------------------------------------------------------- over the wire
+
+
+async def test_the_central_system_sees_the_hold_and_ends_it_with_a_reset(
+    world: World, tmp_path: Path
+) -> None:
+    def status_of(f: Frame) -> bool:
+        return (
+            f.is_call
+            and f.direction is Direction.CP_TO_CS
+            and f.action == "StatusNotification"
+            and f.payload["connectorId"] == 1
+        )
+
+    for _ in range(3):
+        world.crash_after(22)
+    guard = world.guard()
+    assert guard.start()
+    async with CentralSystem() as cs:
+        config = bench_config(central_system={"url": cs.url, "charge_point_id": CP_ID})
+        stack = Stack(
+            config,
+            clock=FakeClock(),
+            control=False,
+            ocpp=True,
+            state_dir=tmp_path / "db",
+            crash_guard=guard,
+        )
+        await stack.start()
+        try:
+            held = await cs.wait_for(status_of, timeout=10)
+            payload = held.payload
+            assert (payload["status"], payload["errorCode"]) == ("Faulted", "OtherError")
+            assert payload["vendorErrorCode"] == "CrashLoopHold"
+            assert payload["info"].startswith("crash loop hold")
+            mark = cs.mark()
+            reply = await cs.call(CP_ID, call.Reset(type="Soft"))
+            assert reply.status == "Accepted"
+            back = await cs.wait_for(
+                lambda f: status_of(f) and f.payload["status"] == "Available",
+                timeout=20,
+                since=mark,
+            )
+            assert back.payload["errorCode"] == "NoError"
+            assert not guard.holding
+        finally:
+            await stack.stop()
