@@ -40,6 +40,7 @@ from contextlib import suppress
 from typing import Any
 
 from ocpp.exceptions import OCPPError
+from websockets.exceptions import ConnectionClosed
 
 from evsed.controller.ocpp16.boot import DEFAULT_BOOT_RETRY_S, BootReporter, HeartbeatReporter
 from evsed.controller.ocpp16.context import OcppContext
@@ -291,7 +292,7 @@ class OcppSession:
             error = driver.exception()
             if error is not None and not isinstance(error, LinkLost):
                 log.error("session: driver failed", exc_info=error)
-        log.info("session: link closed")
+        log.info("session: link closed (%s)", _why_closed(reader))
 
     # ------------------------------------------------------------ boot, then online
 
@@ -370,3 +371,24 @@ class OcppSession:
         self._offline_event.set()
         self._ctx.emit("offline")
         log.info("session: offline")
+
+
+def _why_closed(reader: asyncio.Task[Any]) -> str:
+    """What ended a link, for the log line that says it closed: the close code and reason
+    (1006: the connection was cut without a close frame), our own side, or a receive loop
+    that failed (logged with its traceback: a link must never go down without a trace)."""
+    if not reader.done():
+        return "closed by evsed"
+    if reader.cancelled():
+        return "brought down by evsed"
+    error = reader.exception()
+    if isinstance(error, ConnectionClosed):
+        frame = error.rcvd
+        if frame is None:
+            return "cut without a close frame (1006)"
+        reason = f" ({frame.reason})" if frame.reason else ""
+        return f"closed by the Central System: code {frame.code}{reason}"
+    if error is None:
+        return "the receive loop ended"
+    log.error("session: the receive loop failed", exc_info=error)
+    return f"the receive loop failed: {type(error).__name__}"
