@@ -12,7 +12,6 @@ the reasons are written down in the module). See `evsed.controller.smartcharging
 from __future__ import annotations
 
 import tomllib
-from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
@@ -51,31 +50,25 @@ async def first_limit(rig: OcppRig, connector_id: int) -> float:
     return float(got["chargingSchedule"]["chargingSchedulePeriod"][0]["limit"])
 
 
-@pytest.fixture
-def clock() -> FakeClock:
-    return FakeClock()
-
-
-@pytest.fixture
-async def cs(clock: FakeClock) -> AsyncIterator[CentralSystem]:
-    async with CentralSystem(tags={CARD: "Accepted", OTHER: "Accepted"}, now=clock.now) as c:
-        yield c
-
-
 @pytest.mark.parametrize(("cap", "shares"), [(24.0, (12.0, 12.0)), (10.0, (10.0, 0.0))])
 async def test_a_connector_reports_the_cap_not_its_share(
-    cs: CentralSystem, clock: FakeClock, tmp_path: Path, cap: float, shares: tuple[float, float]
+    tmp_path: Path, cap: float, shares: tuple[float, float]
 ) -> None:
     connectors = tomllib.loads((ROOT / "config" / "sim-two-connectors.toml").read_text())
     for c in connectors["connectors"]:
         c["meter"]["port"] = 0
-    async with ocpp_rig(
-        cs,
-        tmp_path,
-        clock=clock,
-        connectors=connectors["connectors"],
-        authorization={"local_tags": [CARD, OTHER]},
-    ) as rig:
+    clock = FakeClock()
+    tags = {CARD: "Accepted", OTHER: "Accepted"}
+    async with (
+        CentralSystem(tags=tags, now=clock.now) as cs,
+        ocpp_rig(
+            cs,
+            tmp_path,
+            clock=clock,
+            connectors=connectors["connectors"],
+            authorization={"local_tags": [CARD, OTHER]},
+        ) as rig,
+    ):
         charger = rig.stack.charger
         assert charger is not None
         assert (await exchange(rig, "SetChargingProfile", shared_cap(cap)))["status"] == "Accepted"
