@@ -11,6 +11,7 @@ only from the wheel; its dependencies come from this interpreter's site-packages
 from __future__ import annotations
 
 import os
+import shutil
 import site
 import subprocess
 import sys
@@ -23,20 +24,32 @@ import pytest
 REPO = Path(__file__).resolve().parents[1]
 FOLDERS = {"controller": "evsed/controller", "hal": "evsed/hal", "hw-mocks": "evsed/hwmocks"}
 
-pytestmark = pytest.mark.wheel
+# One xdist worker for the module (`--dist loadgroup`), so the wheel is built once.
+pytestmark = [pytest.mark.wheel, pytest.mark.xdist_group("wheel")]
+
+#: What a build never needs, and what it must not read or write (venvs, build output).
+NOT_SOURCE = shutil.ignore_patterns(
+    ".git", ".venv", ".ci", "build", "dist", "*.egg-info", "__pycache__", ".ruff_cache"
+)
 
 
 @pytest.fixture(scope="module")
 def wheel(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    # Built from a copy: setuptools writes build/ and evsed.egg-info into the tree it builds,
+    # and in the checkout that raced whatever else used them (two workers building at once
+    # failed; the editable install's metadata lives there too).
+    source = tmp_path_factory.mktemp("source") / "evsed"
+    shutil.copytree(REPO, source, ignore=NOT_SOURCE, symlinks=True)
     out = tmp_path_factory.mktemp("wheel")
-    subprocess.run(
-        [sys.executable, "-m", "pip", "wheel", "-q", "--no-deps", "-w", str(out), str(REPO)],
-        check=True,
+    built = subprocess.run(
+        [sys.executable, "-m", "pip", "wheel", "-q", "--no-deps", "-w", str(out), str(source)],
         capture_output=True,
+        text=True,
         timeout=300,
     )
-    (built,) = out.glob("evsed-*.whl")
-    return built
+    assert built.returncode == 0, built.stderr[-4000:]
+    (wheel_file,) = out.glob("evsed-*.whl")
+    return wheel_file
 
 
 def test_the_wheel_has_one_top_level_name_and_every_module(wheel: Path) -> None:
