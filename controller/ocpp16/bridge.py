@@ -440,7 +440,11 @@ class OcppHooks:
         for cid in self._ids():
             value = self._reading(cid, "MeterValuesAlignedData", "Sample.Clock", at=boundary)
             running = self._running.get(cid)
-            if running is not None and self._transaction(cid) is not None:
+            if running is not None:
+                # Open until its stop is recorded: also while the stop waits for the contactor
+                # and the meter's closing reading (the connector has let go of it already),
+                # the energy still counts towards its meterStop. Sent as a plain MeterValues
+                # then, it reached the CS without transactionId, before the StopTransaction.
                 if value is not None:
                     self._queue_meter_values(cid, value, running.tx.local_id, boundary)
                 running.data.add(
@@ -462,7 +466,7 @@ class OcppHooks:
             if value is None:
                 continue
             running = self._running.get(cid)
-            if running is not None and self._transaction(cid) is not None:
+            if running is not None:  # open until its stop is recorded (see aligned_tick)
                 self.ctx.txqueue.meter_values(cid, [value], running.tx.local_id)
                 self._wake()
                 done += 1
