@@ -366,6 +366,7 @@ class CentralSystem:
         self._waiters: list[tuple[Callable[[], Any], asyncio.Future[Any]]] = []
         self._tasks: set[asyncio.Task[Any]] = set()
         self._offline = False
+        self._refusing = False
         self._server: Server | None = None
 
     # ------------------------------------------------------------ lifecycle
@@ -426,6 +427,11 @@ class CentralSystem:
         if offline:
             for session in list(self._sessions.values()):
                 session.ws.transport.abort()
+
+    def refuse_handshakes(self, refuse: bool) -> None:
+        """Answer new handshakes 503, as offline does, but leave the links up: a test closes
+        one its own way (`disconnect`) and knows the CP stays offline until it allows."""
+        self._refusing = refuse
 
     async def disconnect(self, cp_id: str, *, abrupt: bool = False, code: int = 1000) -> None:
         """Close one CP's link, cleanly or as a cut cable, and wait until it is gone."""
@@ -572,6 +578,10 @@ class CentralSystem:
     async def wait_disconnected(self, cp_id: str, timeout: float = 5.0) -> None:
         await self._wait_until(lambda: cp_id not in self._sessions, timeout)
 
+    async def wait_handshakes(self, count: int, timeout: float = 5.0) -> None:
+        """Until ``count`` opening handshakes (accepted or refused) have come in."""
+        await self._wait_until(lambda: len(self.handshakes) >= count, timeout)
+
     def frames_of(self, cp_id: str, *, since: int = 0) -> list[Frame]:
         return [f for f in self.frames[since:] if f.cp_id == cp_id]
 
@@ -674,7 +684,7 @@ class CentralSystem:
         cp_id = self._cp_id(request.path)
         authorization = request.headers.get("Authorization")
         response: Response | None = None
-        if self._offline:
+        if self._offline or self._refusing:
             response = connection.respond(HTTPStatus.SERVICE_UNAVAILABLE, "offline\n")
         elif not cp_id:
             response = connection.respond(HTTPStatus.NOT_FOUND, "no charge point id in path\n")
@@ -683,6 +693,7 @@ class CentralSystem:
             response.headers["WWW-Authenticate"] = 'Basic realm="ocpp", charset="UTF-8"'
         status = HTTPStatus.SWITCHING_PROTOCOLS if response is None else response.status_code
         self.handshakes.append(Handshake(cp_id, request.path, authorization, int(status)))
+        self._notify()
         return response
 
     async def _handle_connection(self, ws: ServerConnection) -> None:

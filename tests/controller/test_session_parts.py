@@ -173,12 +173,21 @@ async def test_link_flap_boots_once_and_sends_the_current_statuses_each_time(
         await all_statuses_sent(cs)
         r.keys.change("HeartbeatInterval", "10")  # set by the CS
         for flap in range(25):
+            # The CP stays offline until the status has changed: with the rig's 10-80 ms
+            # back-off it was back before a late-scheduled test looked, and wait_offline
+            # waited for an outage already over (two loop failures). The test looks only
+            # after the CP has tried to come back: that worst case, every time.
+            handshakes = len(cs.handshakes)
+            cs.refuse_handshakes(True)
             await cs.disconnect(CP, abrupt=flap % 2 == 0)
+            await cs.wait_handshakes(handshakes + 1)
             await r.session.wait_offline(5)
+            assert cs.handshakes[-1].status == 503
             status = ("Preparing", "Charging", "SuspendedEV")[flap % 3]
             charger.connectors[1].status = ConnectorStatus(ChargePointStatus(status))
             r.session.status_changed(1)
             mark = cs.mark()
+            cs.refuse_handshakes(False)
             await r.session.wait_online(5)
             await all_statuses_sent(cs, mark)
             assert statuses(cs, mark) == [(0, "Available"), (1, status), (2, "Available")]
