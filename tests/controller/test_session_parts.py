@@ -51,6 +51,20 @@ async def all_statuses_sent(cs: CentralSystem, since: int = 0) -> None:
     await cs.wait_for(lambda f: f.is_call and f.payload.get("connectorId") == 2, since=since)
 
 
+async def cut_and_hold(cs: CentralSystem, r: Any, *, abrupt: bool = False) -> None:
+    """Close the link and keep the CP offline (handshakes refused) until the test calls
+    ``cs.refuse_handshakes(False)``. The session rig's back-off is 10-80 ms: a CP let back
+    at once could be online again before a late-scheduled test awaited wait_offline, which
+    then waited for an outage already over. Returns only after the CP has tried to come
+    back (refused), so every run is that worst case."""
+    handshakes = len(cs.handshakes)
+    cs.refuse_handshakes(True)
+    await cs.disconnect(CP, abrupt=abrupt)
+    await cs.wait_handshakes(handshakes + 1)
+    await r.session.wait_offline(5)
+    assert cs.handshakes[-1].status == 503
+
+
 async def flush(r: Any) -> None:
     """A CALL through the session's lock: whatever it sent before has been answered."""
     assert await r.session.heartbeat.send_now()
@@ -105,8 +119,8 @@ async def test_a_triggered_boot_not_accepted_means_the_next_connection_boots_aga
         assert r.session.boot.needed
         cs.boot_status = "Accepted"
         mark = cs.mark()
-        await cs.disconnect(CP)
-        await r.session.wait_offline(5)
+        await cut_and_hold(cs, r)
+        cs.refuse_handshakes(False)
         await r.session.wait_online(5)
         assert len(calls(cs, "BootNotification", mark)) == 1
 
@@ -173,16 +187,9 @@ async def test_link_flap_boots_once_and_sends_the_current_statuses_each_time(
         await all_statuses_sent(cs)
         r.keys.change("HeartbeatInterval", "10")  # set by the CS
         for flap in range(25):
-            # The CP stays offline until the status has changed: with the rig's 10-80 ms
-            # back-off it was back before a late-scheduled test looked, and wait_offline
-            # waited for an outage already over (two loop failures). The test looks only
-            # after the CP has tried to come back: that worst case, every time.
-            handshakes = len(cs.handshakes)
-            cs.refuse_handshakes(True)
-            await cs.disconnect(CP, abrupt=flap % 2 == 0)
-            await cs.wait_handshakes(handshakes + 1)
-            await r.session.wait_offline(5)
-            assert cs.handshakes[-1].status == 503
+            # Offline until the status has changed (it failed twice in the loop when the CP
+            # was back before the test looked).
+            await cut_and_hold(cs, r, abrupt=flap % 2 == 0)
             status = ("Preparing", "Charging", "SuspendedEV")[flap % 3]
             charger.connectors[1].status = ConnectorStatus(ChargePointStatus(status))
             r.session.status_changed(1)
