@@ -145,7 +145,12 @@ def _parser() -> argparse.ArgumentParser:
         "Raspberry Pi example to /etc/evsed/evsed.toml unless one is there, reload systemd "
         "and udev, and print the next steps. Enables nothing: edit the configuration first.",
     )
-    inst.add_argument("--root", type=Path, default=Path("/"), help="install under DIR (default /)")
+    inst.add_argument(
+        "--root",
+        type=Path,
+        default=Path("/"),
+        help="install under ROOT (default /): a temporary root for a trial",
+    )
     inst.add_argument("--user", default="evsed", help="service user (default evsed)")
     inst.add_argument(
         "--package",
@@ -164,10 +169,11 @@ def _parser() -> argparse.ArgumentParser:
         "uninstall",
         help="stop and remove the service (keeps /etc/evsed and /var/lib/evsed)",
         description="Stop and disable the service (its ExecStopPost leaves the outputs "
-        "safe), remove the unit and the udev rule. --purge also removes the configuration, "
+        "safe), remove the units, the udev rule, the service's versions in /opt/evsed and "
+        "root's copy in /usr/local/lib/evsed. --purge also removes the configuration, "
         "the state (transactions, queued messages) and the service user.",
     )
-    uninst.add_argument("--root", type=Path, default=Path("/"), help="under DIR (default /)")
+    uninst.add_argument("--root", type=Path, default=Path("/"), help="under ROOT (default /)")
     uninst.add_argument("--user", default="evsed", help="service user (default evsed)")
     uninst.add_argument("--purge", action="store_true", help="also configuration, state, user")
     uninst.add_argument(

@@ -318,7 +318,10 @@ class GridMeter(Strict):
 class Authorization(Strict):
     free_vend: bool = False
     free_vend_id_tag: Annotated[str, Field(min_length=1, max_length=20)] = "FREEVEND"
-    # Tags that may charge with no Central System at all (offline-first chargers).
+    # Tags that may charge with no Central System configured at all (offline-first
+    # chargers). With a Central System, offline cards follow its rules instead (the local
+    # list, the authorisation cache, LocalAuthorizeOffline): a list of the operator's own
+    # would let a card the Central System blocked charge whenever the link is down.
     local_tags: list[Annotated[str, Field(min_length=1, max_length=20)]] = []
     # ReserveNow on connector 0 (ReserveConnectorZeroSupported): one connector of the
     # charger kept free for the reserved idTag.

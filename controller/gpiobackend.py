@@ -28,7 +28,7 @@ INSTALL_HINT = (
     "install the lgpio backend into evsed's environment: pip install 'evsed[pi]' "
     "(or pip install lgpio)"
 )
-BENCH_HINT = "to simulate the charger on this machine, add a [bench] section"
+BENCH_HINT = "to simulate the charger on this machine, set enabled = true under [bench]"
 _MODEL = Path("/proc/device-tree/model")
 _DEV = Path("/dev")
 

@@ -126,6 +126,9 @@ class OcppHooks:
     async def authorize(self, connector_id: int, id_tag: str) -> AuthResult:
         result = await self._authorize(id_tag)
         self.ctx.emit("authorize", connector_id=connector_id, id_tag=id_tag, status=result.status)
+        if result.status != "Accepted":
+            # The card's one line: otherwise a refused tap leaves only "card ... on reader".
+            log.info("connector %d: %s refused (%s)", connector_id, mask_tag(id_tag), result.status)
         return result
 
     async def _authorize(self, id_tag: str) -> AuthResult:

@@ -48,7 +48,7 @@ def test_on_a_pc_the_bench_is_offered_to_run_and_config_check(tmp_path, monkeypa
     lgpio(monkeypatch, installed=False)
     line = explain(tmp_path, model=None, chips=0)
     assert "not a Raspberry Pi" in line and "no GPIO chip (/dev/gpiochip*)" in line
-    assert "add a [bench] section" in line
+    assert "set enabled = true under [bench]" in line
     assert "pip install 'evsed[pi]'" in line  # for when this file is meant for the Pi
     assert "\n" not in line
 

@@ -229,6 +229,6 @@ def test_without_the_bench_the_drivers_need_real_gpio(monkeypatch) -> None:
     ]  # the machine lacks it: no key of the file is to blame
     assert "gpiozero has none here" in str(problems[0])
     assert "pip install 'evsed[pi]'" in str(problems[0])
-    assert "add a [bench] section" in str(problems[0])
+    assert "set enabled = true under [bench]" in str(problems[0])
     # The bench brings its own pins.
     assert preflight.check(config.load(None)).problems == []
