@@ -85,11 +85,19 @@ class _Latched:
             raise AttributeError(name)
         return getattr(self.device, name)
 
-    def _move(self, fn: Callable[[], object], *, safe: bool) -> None:
+    def _move(
+        self, fn: Callable[[], object], *, safe: bool, undo: Callable[[], object] | None = None
+    ) -> None:
         with self._lock:
             if self.tripped and not safe:
                 raise OutputsLatched("outputs cut by the loop: the safety core froze")
             fn()
+            if not safe and self.tripped:
+                # Tripped while `fn` ran: the core was frozen inside this very driver, the
+                # loop's cut went ahead without the lock, and `fn`'s write landed after it.
+                if undo is not None:
+                    undo()
+                raise OutputsLatched("outputs cut by the loop while this move was in flight")
 
     def trip(self, safe_level: Callable[[], object]) -> None:
         locked = self._lock.acquire(timeout=LATCH_WAIT_S)
@@ -114,7 +122,7 @@ class LatchedContactor(_Latched):
         return bool(self.device.energized)
 
     def energize(self) -> None:
-        self._move(self.device.energize, safe=False)
+        self._move(self.device.energize, safe=False, undo=self.device.deenergize)
 
     def deenergize(self) -> None:
         self._move(self.device.deenergize, safe=True)
@@ -134,7 +142,11 @@ class LatchedPilot(_Latched):
         return float(self.device.duty)
 
     def set_duty(self, duty: float) -> None:
-        self._move(lambda: self.device.set_duty(duty), safe=duty in SAFE_DUTIES)
+        self._move(
+            lambda: self.device.set_duty(duty),
+            safe=duty in SAFE_DUTIES,
+            undo=lambda: self.device.set_duty(0.0),  # state F, as the cut leaves it
+        )
 
 
 @dataclass

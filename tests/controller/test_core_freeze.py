@@ -244,3 +244,82 @@ def test_a_tripped_latch_refuses_only_what_could_offer_energy() -> None:
     relay.energize()
     pilot.set_duty(0.5)
     assert relay.energized and pilot.duty == 0.5
+
+
+class _DriverThatHangs:
+    """A relay and pilot driver whose unsafe write blocks inside the driver until released,
+    as a core frozen inside the very driver the loop's cut must then drive without the
+    latch's lock (safety review: the write used to land after the cut)."""
+
+    def __init__(self) -> None:
+        self.energized = False
+        self.duty = 1.0
+        self.inside = threading.Event()
+        self.go = threading.Event()
+
+    def energize(self) -> None:
+        self.inside.set()
+        self.go.wait(10)
+        self.energized = True
+
+    def deenergize(self) -> None:
+        self.energized = False
+
+    def set_duty(self, duty: float) -> None:
+        if duty not in (0.0, 1.0):
+            self.inside.set()
+            self.go.wait(10)
+        self.duty = duty
+
+    def feedback(self) -> bool | None:
+        return None
+
+    def fault(self) -> None:
+        return None
+
+    def shutdown(self) -> None:
+        pass
+
+
+@pytest.mark.parametrize("output", ["relay", "pilot"])
+def test_a_move_in_flight_inside_the_driver_does_not_land_after_the_cut(output: str) -> None:
+    driver = _DriverThatHangs()
+    if output == "relay":
+        latched: Any = LatchedContactor(driver)
+        move: Callable[[], None] = latched.energize
+
+        def cut() -> None:
+            latched.trip(driver.deenergize)
+
+        def safe() -> bool:
+            return not driver.energized
+    else:
+        latched = LatchedPilot(driver)
+
+        def move() -> None:
+            latched.set_duty(0.27)  # 16 A
+
+        def cut() -> None:
+            latched.trip(lambda: driver.set_duty(0.0))
+
+        def safe() -> bool:
+            return driver.duty == 0.0
+
+    raised: list[BaseException] = []
+
+    def core() -> None:
+        try:
+            move()
+        except OutputsLatched as exc:
+            raised.append(exc)
+
+    thread = threading.Thread(target=core, daemon=True)
+    thread.start()
+    assert driver.inside.wait(5)  # the core is inside the driver, holding the latch's lock
+    cut()  # the loop's cut: the lock not had within LATCH_WAIT_S, driven without it
+    assert safe()
+    driver.go.set()  # the core wakes and its write lands
+    thread.join(5)
+    assert not thread.is_alive()
+    assert safe(), f"the {output} offered energy again after the freeze cut"
+    assert raised, "the late move must be refused to its caller"
