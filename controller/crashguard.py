@@ -128,6 +128,17 @@ def read_record(path: Path) -> Record:
         return Record()
 
 
+def read_known_record(path: Path) -> Record | None:
+    """The record as the file says it, or None when the file cannot say (missing,
+    unreadable, corrupt). For decisions that would end a hold: a transient read error of
+    the card or a garbled file must never read as an operator's `evsed clear-hold`."""
+    try:
+        return Record.parse(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError, TypeError) as exc:
+        log.warning("crash guard: %s not readable now (%s): the hold stays", path, exc)
+        return None
+
+
 def write_record(path: Path, record: Record) -> None:
     """Atomically and durably: a temporary file, fsync, rename, fsync of the directory.
     Raises OSError."""
@@ -303,7 +314,8 @@ class CrashGuard:
         """End the hold (an operator's action, or `quiet`); True if there was one."""
         if not self.holding:
             return False
-        record = read_record(self.path) if self.recording else self.record
+        known = read_known_record(self.path) if self.recording else None
+        record = known if known is not None else self.record
         record.running_since = self.record.running_since
         self._end_hold(record, why, probation=why == "quiet")
         self.record = record
@@ -314,13 +326,17 @@ class CrashGuard:
         """Whether `evsed clear-hold` cleared the record since (a file read, no write)."""
         if not self.holding or not self.recording:
             return False
-        return read_record(self.path).hold_since is None
+        known = read_known_record(self.path)
+        return known is not None and known.hold_since is None
 
     def clean_exit(self) -> None:
         """An orderly end: the mark goes, the history stays (a hold survives a restart)."""
         if not self.settings.enabled or not self.recording:
             return
-        record = read_record(self.path)  # an `evsed clear-hold` meanwhile stays cleared
+        # An `evsed clear-hold` meanwhile stays cleared; a record that cannot be read now
+        # keeps what this process knows (its hold included), never an empty one.
+        known = read_known_record(self.path)
+        record = known if known is not None else self.record
         record.running_since = None
         self.record = record
         self._save()

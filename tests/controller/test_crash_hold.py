@@ -458,3 +458,42 @@ async def test_the_central_system_sees_the_hold_and_ends_it_with_a_reset(
             assert not guard.holding
         finally:
             await stack.stop()
+
+
+def _holding(world: World) -> CrashGuard:
+    settings = Settings(max_unclean_exits=3, window_s=600, quiet_s=0)
+    for _ in range(3):
+        world.crash_after(20, settings=settings)
+    held = world.guard(settings)
+    held.start()
+    assert held.holding
+    return held
+
+
+@pytest.mark.parametrize("how", ["eio", "garbled"])
+def test_a_record_that_cannot_be_read_now_never_lifts_the_hold(
+    world: World, monkeypatch: pytest.MonkeyPatch, how: str
+) -> None:
+    """Safety review M1: the running hold looks at the file every few seconds for an
+    `evsed clear-hold`; a transient read error of the card, or a garbled file, read as an
+    empty record, that is as cleared, and the charger left its hold mid crash loop. A clean
+    exit then wrote the empty record back, so the next start did not hold either."""
+    held = _holding(world)
+    path = world.state_dir / crashguard.RECORD_NAME
+    if how == "garbled":
+        path.write_text("\x00\x00\x00")
+    else:
+        real = Path.read_text
+
+        def eio(self: Path, *a: Any, **k: Any) -> str:
+            if self.name == crashguard.RECORD_NAME:
+                raise OSError(errno.EIO, "Input/output error")
+            return real(self, *a, **k)
+
+        monkeypatch.setattr(Path, "read_text", eio)
+    assert not held.cleared_by_operator()
+    held.clean_exit()
+    monkeypatch.undo()
+    again = world.guard(Settings(max_unclean_exits=3, window_s=600, quiet_s=0))
+    again.start()
+    assert again.holding, "the hold did not survive a restart after a read error"
