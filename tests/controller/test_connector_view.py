@@ -18,8 +18,8 @@ from pathlib import Path
 import pytest
 
 from evsed.controller import status
-from evsed.controller.config import parse
 from evsed.controller.run import Stack
+from tests.support.realtime import realtime_stack
 
 #: How long the held step lasts at most: the loop's read must wait for it, inside the core's
 #: 2 s command timeout. The meter is polled far less often: a poll's command would hold the
@@ -29,15 +29,7 @@ HOLD_S = 1.0
 
 @pytest.fixture
 async def stack(tmp_path: Path) -> AsyncIterator[Stack]:
-    config = parse(
-        {
-            "bench": {"control_port": 0, "ev_delay_s": 0.1},
-            "connectors": [{"meter": {"port": 0, "poll_interval_s": 30.0}}],
-            "authorization": {"free_vend": True},
-            "state_dir": str(tmp_path),
-        }
-    )
-    async with Stack(config, control=False) as s:
+    async with realtime_stack(tmp_path, meter_poll_s=30.0) as s:
         yield s
 
 

@@ -18,13 +18,12 @@ from typing import Any
 
 import pytest
 
-from evsed.controller.config import parse
 from evsed.controller.connector.core import LatchedContactor, LatchedPilot, OutputsLatched
 from evsed.controller.connector.faults import Fault
 from evsed.controller.connector.hooks import LocalHooks
 from evsed.controller.run import Stack
 from evsed.controller.watchdog import FREEZE_CHECK_S, FREEZE_CUT_AGE_S, FreezeGuard
-from tests.support.realtime import Changes, RelayWatch
+from tests.support.realtime import Changes, RelayWatch, realtime_stack
 
 #: Beyond the age bound and one check: a thread start and a GIL hand-over on a busy runner.
 SLACK_S = 0.4
@@ -58,15 +57,7 @@ class Freezer:
 
 @pytest.fixture
 async def stack(tmp_path: Path) -> AsyncIterator[Stack]:
-    config = parse(
-        {
-            "bench": {"control_port": 0, "ev_delay_s": 0.1},
-            "connectors": [{"meter": {"port": 0, "poll_interval_s": 0.2}}],
-            "authorization": {"free_vend": True},
-            "state_dir": str(tmp_path),
-        }
-    )
-    async with Stack(config, control=False) as s:
+    async with realtime_stack(tmp_path) as s:
         yield s
 
 

@@ -19,22 +19,14 @@ import pytest
 from evsed.controller.config import parse
 from evsed.controller.connector.status import StopReason
 from evsed.controller.run import Stack
-from tests.support.realtime import RelayWatch
+from tests.support.realtime import RelayWatch, realtime_stack
 
 REACTION_S = 0.100  # IEC 61851-1: contactor open within 100 ms of C -> B
 
 
 @pytest.fixture
 async def stack(tmp_path: Path) -> AsyncIterator[Stack]:
-    config = parse(
-        {
-            "bench": {"control_port": 0, "ev_delay_s": 0.1},
-            "connectors": [{"meter": {"port": 0, "poll_interval_s": 0.2}}],
-            "authorization": {"free_vend": True},
-            "state_dir": str(tmp_path),
-        }
-    )
-    async with Stack(config, control=False) as s:
+    async with realtime_stack(tmp_path) as s:
         yield s
 
 

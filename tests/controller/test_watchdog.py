@@ -25,6 +25,7 @@ from evsed.controller.run import Stack, serve
 from evsed.controller.watchdog import MAX_LOOP_LAG_S as MAX_LOOP_LAG
 from evsed.controller.watchdog import Watchdog, ping_interval_s, sd_notify
 from tests.support.bench_rig import bench_config
+from tests.support.realtime import Changes
 
 INTERVAL_S = 0.05
 MAX_TICK_AGE_S = 0.3
@@ -94,23 +95,6 @@ class SafetyCore:
     def close(self) -> None:
         self._stop.set()
         self._thread.join(2)
-
-
-class Changes:
-    """Set on every datagram (from the receiver thread) and every watchdog check."""
-
-    def __init__(self) -> None:
-        self.event = asyncio.Event()
-        self.loop = asyncio.get_running_loop()
-
-    def from_thread(self) -> None:
-        self.loop.call_soon_threadsafe(self.event.set)
-
-    async def until(self, check: Callable[[], bool], timeout: float = 5.0) -> None:
-        async with asyncio.timeout(timeout):
-            while not check():
-                self.event.clear()
-                await self.event.wait()
 
 
 class ObservedWatchdog(Watchdog):

@@ -6,8 +6,29 @@ from __future__ import annotations
 import asyncio
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
+from pathlib import Path
 from typing import Any
+
+from evsed.controller.config import parse
+from evsed.controller.run import Stack
+
+
+@asynccontextmanager
+async def realtime_stack(tmp_path: Path, *, meter_poll_s: float = 0.2) -> AsyncIterator[Stack]:
+    """The whole stack on the world's clock (the core on its own thread), free vend, one
+    connector with the bench's meter polled every `meter_poll_s`."""
+    config = parse(
+        {
+            "bench": {"control_port": 0, "ev_delay_s": 0.1},
+            "connectors": [{"meter": {"port": 0, "poll_interval_s": meter_poll_s}}],
+            "authorization": {"free_vend": True},
+            "state_dir": str(tmp_path),
+        }
+    )
+    async with Stack(config, control=False) as stack:
+        yield stack
 
 
 class RelayWatch:
