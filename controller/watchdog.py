@@ -73,6 +73,16 @@ def ping_interval_s(environ: Mapping[str, str] = os.environ) -> float | None:
     return usec / 4e6 if usec > 0 else None
 
 
+def read_tick_age(safety_tick_age: Callable[[], float], who: str) -> float:
+    """The safety tick's age, math.inf when asking raised (logged): an age that cannot be
+    read never passes for a fresh tick."""
+    try:
+        return float(safety_tick_age())
+    except Exception:
+        log.exception("%s: safety_tick_age() failed", who)
+        return math.inf
+
+
 class Watchdog:
     """Run `await watchdog.run()` as a task on the application loop."""
 
@@ -98,11 +108,7 @@ class Watchdog:
 
     def check(self, loop_lag_s: float) -> str | None:
         """None when healthy, else why not (for the log)."""
-        try:
-            age = self.safety_tick_age()
-        except Exception:
-            log.exception("watchdog: safety_tick_age() failed")
-            age = math.inf
+        age = read_tick_age(self.safety_tick_age, "watchdog")
         if not age <= self.max_tick_age_s:  # also catches NaN
             return f"safety tick {age:.2f} s old"
         if loop_lag_s > self.max_loop_lag_s:
@@ -160,16 +166,9 @@ class FreezeGuard:
         self.cuts = 0
         self._tripped = False
 
-    def _age(self) -> float:
-        try:
-            return float(self.safety_tick_age())
-        except Exception:
-            log.exception("freeze guard: safety_tick_age() failed")
-            return math.inf
-
     async def check(self) -> bool:
         """One look; True if it cut the outputs now."""
-        age = self._age()
+        age = read_tick_age(self.safety_tick_age, "freeze guard")
         if not math.isfinite(age):
             return False
         if age <= self.max_tick_age_s:

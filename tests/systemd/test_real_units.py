@@ -185,6 +185,11 @@ def exec_command(value: str) -> dict[str, str]:
 def start_evsed(u: Units) -> dict[str, str]:
     # Type=notify: `start` returns once evsed has said READY=1 (or the start failed).
     u.manager.systemctl("start", "evsed.service")
+    return wait_running(u, timeout=5)
+
+
+def wait_running(u: Units, timeout: float) -> dict[str, str]:
+    """evsed.service active and running; its restart count and main pid."""
     return u.manager.wait_for(
         "evsed.service",
         lambda s: s["ActiveState"] == "active" and s["SubState"] == "running",
@@ -192,7 +197,7 @@ def start_evsed(u: Units) -> dict[str, str]:
         "SubState",
         "NRestarts",
         "ExecMainPID",
-        timeout=5,
+        timeout=timeout,
     )
 
 
@@ -270,15 +275,7 @@ def test_watchdog_kills_a_frozen_evsed_makes_it_safe_and_restart_brings_it_back(
     assert safe_off["pid"] not in ("0", str(pid))
 
     # Restart=always, RestartSec=2: back, ready again, one automatic restart counted.
-    back = u.manager.wait_for(
-        "evsed.service",
-        lambda s: s["ActiveState"] == "active" and s["SubState"] == "running",
-        "ActiveState",
-        "SubState",
-        "NRestarts",
-        "ExecMainPID",
-        timeout=30,
-    )
+    back = wait_running(u, timeout=30)
     assert back["NRestarts"] == "1"
     assert int(back["ExecMainPID"]) != pid
 
