@@ -395,7 +395,7 @@ def _main(coro_factory: Callable[[asyncio.Event], Any]) -> int:
         print(f"evsed: {first_run_message(exc)}", file=sys.stderr)
         return EXIT_START
     except AlreadyRunning as exc:
-        print(f"evsed: {exc}: stop it first (sudo systemctl stop evsed)", file=sys.stderr)
+        print(f"evsed: {exc}: {STOP_IT}", file=sys.stderr)
         return EXIT_START
     except StoreError as exc:
         # A database this version cannot use (written by a newer evsed): restarting changes
@@ -404,6 +404,9 @@ def _main(coro_factory: Callable[[asyncio.Event], Any]) -> int:
         return EXIT_UNRUNNABLE
     return 0
 
+
+#: What to do when another evsed holds the state (a bench has no systemd unit).
+STOP_IT = "stop the running evsed (sudo systemctl stop evsed if it runs as the service)"
 
 #: Could not start (a port in use, a device it may not open): one line, not a traceback.
 EXIT_START = 1

@@ -293,7 +293,10 @@ def test_cli_refuses_while_a_service_holds_the_instance_lock(
     with status.InstanceLock(tmp_path / "state"):
         assert cli.main(["selftest", "--config", cfg]) == cli.EXIT_CONFIG
     assert ran == []
-    assert "another evsed uses" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert "another evsed uses" in err
+    # a bench has no unit: the hint says what to stop, systemctl only for the service
+    assert "stop the running evsed (sudo systemctl stop evsed if it runs as the service)" in err
     # released afterwards: a service may start once the test is over
     assert cli.main(["selftest", "--config", cfg]) == 0
     with status.InstanceLock(tmp_path / "state"):
