@@ -289,9 +289,9 @@ def _selftest(args: argparse.Namespace) -> int:
     import asyncio
 
     from evsed.controller import selftest, status
+    from evsed.controller.run import STOP_IT as stop_it
 
     cfg = checked_or_exit(args.config, hardware_only=True)
-    stop_it = "stop the running evsed (sudo systemctl stop evsed if it runs as the service)"
     for path in {status.server_socket_path(cfg), status.client_socket_path(cfg)}:
         with contextlib.suppress(status.StatusError):
             status.query(path, timeout_s=1.0)
