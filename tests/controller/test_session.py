@@ -28,6 +28,7 @@ from evsed.controller.store import TxState
 from evsed.hwmocks import central_system as cs_module
 from evsed.hwmocks.central_system import CentralSystem, Direction, Frame
 from tests.support.clock import FakeClock
+from tests.support.link import cut_and_hold
 from tests.support.session_rig import CP, FakeAuthorizer, FakeCharger, rig
 
 T0 = datetime(2026, 1, 1, 12, 0, tzinfo=UTC)
@@ -181,9 +182,9 @@ async def test_heartbeat_at_interval_restarts_on_key_change_and_learns_time(
 async def test_reconnects_after_the_cs_drops_the_link(tmp_path: Path, cs: CentralSystem) -> None:
     async with rig(tmp_path, cs) as r:
         await r.session.wait_online(5)
-        await cs.disconnect(CP)
-        await r.session.wait_offline(5)
+        await cut_and_hold(cs, r)
         assert not r.session.online
+        cs.refuse_handshakes(False)
         await r.session.wait_online(5)
         assert cs.connect_counts[CP] == 2
         # OCPP 1.6 §4.2: a BootNotification after start-up, not after a reconnect.
@@ -206,8 +207,8 @@ async def test_offline_cs_back_off_doubles_to_cap_then_reconnects(
         await r.session.wait_online(5)
         # A successful boot resets the back-off.
         before = len(r.session.reconnect_delays)
-        await cs.disconnect(CP, abrupt=True)
-        await r.session.wait_offline(5)
+        await cut_and_hold(cs, r, abrupt=True)
+        cs.refuse_handshakes(False)
         await r.session.wait_online(5)
         assert r.session.reconnect_delays[before] == pytest.approx(0.01)
 

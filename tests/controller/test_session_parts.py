@@ -21,6 +21,7 @@ from evsed.controller.ocpp16.boot import HeartbeatReporter
 from evsed.controller.ocpp16.link import Backoff
 from evsed.hwmocks.central_system import CentralSystem, Direction, Frame
 from tests.support.clock import FakeClock
+from tests.support.link import cut_and_hold
 from tests.support.session_rig import CP, FakeCharger, rig
 
 T0 = datetime(2026, 1, 1, 12, 0, tzinfo=UTC)
@@ -49,20 +50,6 @@ def statuses(cs: CentralSystem, since: int = 0) -> list[tuple[int, str]]:
 
 async def all_statuses_sent(cs: CentralSystem, since: int = 0) -> None:
     await cs.wait_for(lambda f: f.is_call and f.payload.get("connectorId") == 2, since=since)
-
-
-async def cut_and_hold(cs: CentralSystem, r: Any, *, abrupt: bool = False) -> None:
-    """Close the link and keep the CP offline (handshakes refused) until the test calls
-    ``cs.refuse_handshakes(False)``. The session rig's back-off is 10-80 ms: a CP let back
-    at once could be online again before a late-scheduled test awaited wait_offline, which
-    then waited for an outage already over. Returns only after the CP has tried to come
-    back (refused), so every run is that worst case."""
-    handshakes = len(cs.handshakes)
-    cs.refuse_handshakes(True)
-    await cs.disconnect(CP, abrupt=abrupt)
-    await cs.wait_handshakes(handshakes + 1)
-    await r.session.wait_offline(5)
-    assert cs.handshakes[-1].status == 503
 
 
 async def flush(r: Any) -> None:

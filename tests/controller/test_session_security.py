@@ -20,6 +20,7 @@ from ocpp.v16 import call
 
 from evsed.controller.config import CentralSystem as CentralSystemConfig
 from evsed.hwmocks.central_system import CentralSystem
+from tests.support.link import cut_and_hold
 from tests.support.session_rig import CP, rig
 
 KEY = "0123456789abcdef-secret"  # >= 16 characters, as profiles 1 and 2 require
@@ -112,8 +113,8 @@ async def test_profile1_basic_auth_and_the_key_is_never_logged(
             await basic_cs.call(CP, call.ChangeConfiguration(key="AuthorizationKey", value=NEW_KEY))
         r.keys.change("AuthorizationKey", NEW_KEY)  # what the handler does on Accepted
         basic_cs.passwords = {CP: NEW_KEY}
-        await basic_cs.disconnect(CP)
-        await r.session.wait_offline(5)
+        await cut_and_hold(basic_cs, r)
+        basic_cs.refuse_handshakes(False)
         await r.session.wait_online(5)
         assert basic_cs.handshakes[-1].authorization == basic(NEW_KEY)
     logged = cp_side_text(caplog)
