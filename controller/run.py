@@ -245,17 +245,24 @@ class Stack:
 
     async def _flush(self, timeout_s: float = 3.0) -> None:
         """Give the session a moment to deliver the StopTransactions just queued: they are
-        safe on disk either way, but a CS that hears of them now is nicer to its drivers."""
+        safe on disk either way, but a CS that hears of them now is nicer to its drivers.
+
+        Bounded in real time (the loop's clock), not the charger's: the answer comes over
+        the network and a stop is bounded by systemd's TimeoutStopSec, both real time. On
+        an injected clock that nobody moves (a test's FakeClock) a
+        stop or a Reset waited here for ever."""
         ocpp = self.ocpp
         session = ocpp.session if ocpp is not None else None
-        deadline = self.clock.monotonic() + timeout_s
-        while (
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout_s
+        # A poll: the queue has no "drained" signal, and this runs once per stop.
+        while (  # noqa: ASYNC110
             session is not None
             and session.online
             and len(ocpp.txqueue)
-            and self.clock.monotonic() < deadline
+            and loop.time() < deadline
         ):
-            await self.clock.sleep(0.05)
+            await asyncio.sleep(0.05)
 
     def _on_reset(self, kind: str) -> None:
         # Called from inside the session: restart from a task of its own, so the session

@@ -90,7 +90,12 @@ async def test_a_stop_while_the_start_waits_for_the_meter_records_nothing(
         mark = cs.mark()
         await rig.plug()
         assert await rig.remote_start(CARD, connector_id=1) == "Accepted"
+        # The authorisation runs after the answer (AuthorizeRemoteTxRequests): an Authorize
+        # round trip in real time. Unplugging before it lands tests another case (a remote
+        # start for an empty connector: Preparing until ConnectionTimeOut).
+        await rig.event("remote_start", lambda f: f["status"] == "Started")
         await rig.run(1)
+        assert rig.connector.transaction is not None  # the start waits for the meter
         await rig.bench.unplug(1)
         await rig.until(lambda: rig.status == "Available", within_s=3)
         # Before: the start was recorded (meterStart 0) and stopped at once.

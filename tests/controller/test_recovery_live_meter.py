@@ -96,6 +96,43 @@ async def test_killed_before_the_first_meter_values_is_stamped_after_the_start(
         await stack.stop()
 
 
+async def test_a_stop_while_the_cs_has_not_answered_ends_in_real_time(
+    cs: CentralSystem, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The stop gives the CS a bounded moment to confirm the StopTransactions it has just
+    been sent. That bound is real time: on a charger's clock nobody moves (here a
+    FakeClock) the stop waited for ever (two loop runs hung until pytest-timeout). Nothing
+    is lost by giving up: the StopTransaction stays queued on disk for the next start."""
+    clock = FakeClock()
+    start_at = clock.now() - timedelta(minutes=10)
+    _left_open(tmp_path, start_at, 1000, 1200.0)
+    _meter_holds(monkeypatch, 3000.0)
+    cs.silent_actions.add("StopTransaction")
+    config = bench_config(central_system={"url": cs.url, "charge_point_id": CP_ID})
+    stack = Stack(config, clock=clock, control=False, ocpp=True, state_dir=tmp_path)
+    await stack.start()
+    stopped = False
+    try:
+        await cs.wait_for_call("StopTransaction", CP_ID, timeout=10)
+        await asyncio.wait_for(stack.stop(), 10)  # the bound is 3 s
+        stopped = True
+        with Store(secure_state_dir(tmp_path) / DB_FILENAME) as store:
+            queued = [m.action for m in TxQueue(store).pending()]
+        assert queued == ["StopTransaction"]
+    finally:
+        if not stopped:
+            await _stop(stack, clock)
+
+
+async def _stop(stack: Stack, clock: FakeClock) -> None:
+    """Stop with the charger's clock moving (the cleanup of a failed run above)."""
+    stopping = asyncio.ensure_future(stack.stop())
+    while not stopping.done():
+        await clock.advance(0.05)
+        await asyncio.wait([stopping], timeout=0.01)
+    await stopping
+
+
 async def test_a_silent_meter_delays_recovery_by_the_bound_only(
     cs: CentralSystem, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
