@@ -257,10 +257,7 @@ class Stack:
         deadline = loop.time() + timeout_s
         # A poll: the queue has no "drained" signal, and this runs once per stop.
         while (  # noqa: ASYNC110
-            session is not None
-            and session.online
-            and len(ocpp.txqueue)
-            and loop.time() < deadline
+            session is not None and session.online and len(ocpp.txqueue) and loop.time() < deadline
         ):
             await asyncio.sleep(0.05)
 
