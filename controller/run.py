@@ -8,9 +8,10 @@ import errno
 import gc
 import logging
 import math
+import os
 import signal
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -323,11 +324,39 @@ async def serve(
     guard = crash_guard(config)
     # The lock before the store, the drivers or the session open anything (InstanceLock).
     async with status.InstanceLock(config.state_dir):
+        # Before anything is driven; after the lock, so a second evsed never overwrites it.
+        record_outputs(config)
         guard.start()  # counts the last run's end; holding, the connectors start Faulted
         await _serve_stack(config, clock, guard, observe_link, link, on_ready, stop)
         guard.clean_exit()  # only an orderly end gets here: anything else counts
     if frames is not None:
         frames.close()
+
+
+def record_outputs(config: Config, environ: Mapping[str, str] = os.environ) -> Path | None:
+    """The pins safe-off needs, for the unit's ExecStopPost to drive safe should the
+    configuration file no longer read then (evsed.controller.safeoff's docstring: why in
+    the runtime directory). A failure is logged: evsed starts all the same (then
+    safe-off reads the file, as it did before there was a record). Where it went, or None."""
+    from evsed.controller import safeoff
+
+    path = safeoff.record_path(environ)
+    if path is None:
+        log.debug("no $RUNTIME_DIRECTORY: the outputs are not recorded for safe-off")
+        return None
+    try:
+        safeoff.write_record(config, path)
+    except Exception as exc:
+        log.error(
+            "could not record the outputs for safe-off in %s (%s): starting all the same; "
+            "safe-off reads the configuration file alone",
+            path,
+            exc,
+        )
+        with contextlib.suppress(OSError):
+            path.unlink(missing_ok=True)  # not an older record, pins since changed
+        return None
+    return path
 
 
 def crash_guard(config: Config) -> crashguard.CrashGuard:

@@ -11,9 +11,20 @@ The configuration file is read leniently: only `connectors[*].contactor`, `.pilo
 `.lock` and `[bench]` matter, keys it does not know are ignored (a newer version's), and
 a section it cannot read fails that output alone, named.
 
+The output record: `evsed run` writes the pins it started with (these sections alone: no
+secret, nothing else of the file) to `outputs.json` in its runtime directory
+($RUNTIME_DIRECTORY: /run/evsed under the unit), atomically, before it drives anything.
+When the configuration file cannot be read (an admin's edit half done), safe-off drives
+what that record names. The runtime directory, not the state directory: systemd makes it
+afresh at every start and removes it only after ExecStopPost has run, so a record is
+always the one of the run that just ended, never an older run's (pins since changed); it is
+on tmpfs, gone at a reboot, when no output is held any more. See `combine` for a record
+and a file that both read but differ.
+
 Exit status: 0 every output driven safe; 1 (`EXIT_NOT_SAFE`) some output could not be
 driven, one line each (systemctl status shows the failed ExecStopPost); 2 the
-configuration file cannot be read at all. The unit runs it through
+configuration file cannot be read at all and there is no record of the outputs (a start
+that failed before writing it drove nothing). The unit runs it through
 systemd/evsed-safe-off.sh, which tries the next copy of evsed when this one cannot run
 (exit status 3 there: an import failure) or could not drive every output.
 """
@@ -21,20 +32,25 @@ systemd/evsed-safe-off.sh, which tries the next copy of evsed when this one cann
 from __future__ import annotations
 
 import argparse
+import json
 import logging
 import os
 import sys
 import tomllib
-from collections.abc import Sequence
-from dataclasses import dataclass, field
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from gpiozero import DigitalInputDevice, DigitalOutputDevice
 from pydantic import BaseModel, ValidationError
 
+from evsed.controller import __version__
 from evsed.controller.config import ContactorConfig, LockConfig, PilotConfig
 from evsed.hal.pilot.pwm_sysfs import SysfsPwmPilot
+
+if TYPE_CHECKING:
+    from evsed.controller.config import Config
 
 log = logging.getLogger(__name__)
 
@@ -49,12 +65,14 @@ held: list[Any] = []
 @dataclass(frozen=True)
 class Outputs:
     """One connector's outputs as safe-off sees them; None: its section could not be read
-    (then that output is reported, not guessed)."""
+    (with a line in `problems`: then that output is reported, not guessed), or, with no
+    line there, it is another entry's to drive (`combine`)."""
 
     contactor: ContactorConfig | None
     pilot: PilotConfig | None
     lock: LockConfig | None
     problems: dict[str, str] = field(default_factory=dict)  # section -> why unreadable
+    label: str = ""  # how the report names it; "" : "connector N" (its place in the list)
 
 
 @dataclass(frozen=True)
@@ -133,6 +151,189 @@ def read(path: Path | None) -> Plan:
         raise Unreadable(f"{path}: not valid TOML ({exc})") from None
 
 
+# -- the record of the outputs `evsed run` started with ------------------------------------
+
+RECORD_NAME = "outputs.json"
+#: A record of another format is not read (as if there were none): its keys might mean
+#: something else. Within format 1, keys this version does not know are ignored.
+RECORD_FORMAT = 1
+
+
+def record_path(environ: Mapping[str, str] = os.environ) -> Path | None:
+    """In the unit's runtime directory (the first of $RUNTIME_DIRECTORY, /run/evsed);
+    None outside systemd: then nothing runs safe-off after `evsed run`, and a safe-off whose
+    configuration cannot be read could not find the state directory either."""
+    runtime = environ.get("RUNTIME_DIRECTORY", "").split(":")[0]
+    return Path(runtime) / RECORD_NAME if runtime else None
+
+
+def record_of(config: Config) -> dict[str, Any]:
+    """What `evsed run` records: the keys of SECTIONS of each connector and the bench's
+    two flags, in the shape of the configuration file (`plan_from` reads both). Pins and
+    polarities only: nothing of the Central System, its keys or the cards."""
+    return {
+        "format": RECORD_FORMAT,
+        "written_by": f"evsed {__version__}",
+        "pid": os.getpid(),
+        "bench": {"enabled": config.bench.enabled, "force": config.bench.force},
+        "connectors": [
+            {
+                name: getattr(conn, name).model_dump(mode="json", include=set(keys))
+                for name, (_, keys) in SECTIONS.items()
+            }
+            for conn in config.connectors
+        ],
+    }
+
+
+def write_record(config: Config, path: Path) -> None:
+    """Atomically: a temporary file beside it, written, fsync'ed, renamed over it, the
+    directory fsync'ed; a killed writer leaves the old record or the new one, never half
+    of one. Raises OSError (the caller logs it and starts all the same)."""
+    data = (json.dumps(record_of(config), indent=1) + "\n").encode()
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW, 0o640)
+    try:
+        try:
+            os.write(fd, data)
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    dir_fd = os.open(path.parent, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(dir_fd)
+    finally:
+        os.close(dir_fd)
+
+
+@dataclass(frozen=True)
+class Record:
+    plan: Plan
+    source: str  # for the report: "evsed 0.1.0 (pid 1234), /run/evsed/outputs.json"
+
+
+def read_record(path: Path | None) -> tuple[Record | None, str]:
+    """The record and "", or None and why there is none (one line; "" when there is
+    simply none: outside systemd, or a start that failed before writing it)."""
+    if path is None:
+        return None, ""
+    try:
+        data = json.loads(path.read_bytes())
+    except FileNotFoundError:
+        return None, ""
+    except OSError as exc:
+        return None, f"{path}: not readable ({exc.strerror})"
+    except ValueError as exc:  # JSON, or its UTF-8
+        return None, f"{path}: not a record of the outputs ({exc})"
+    if not isinstance(data, dict) or data.get("format") != RECORD_FORMAT:
+        return None, f"{path}: not a record of the outputs (format {RECORD_FORMAT} expected)"
+    by, pid = data.get("written_by"), data.get("pid")
+    source = f"{by or 'evsed'}{f' (pid {pid})' if isinstance(pid, int) else ''}, {path}"
+    return Record(plan_from(data), source), ""
+
+
+Line = tuple[Any, ...]  # ("GPIO", 17) or ("PWM", chip, channel)
+
+
+def _claims(name: str, section: Any) -> tuple[frozenset[Line], frozenset[Line]]:
+    """The lines a section's safe state drives, and those it reads (a contactor's feedback:
+    the lock's solenoid is released only when it reads open)."""
+    if name == "contactor":
+        read = frozenset() if section.feedback_pin is None else {("GPIO", section.feedback_pin)}
+        return frozenset({("GPIO", section.relay_pin)}), frozenset(read)
+    if name == "pilot":
+        if section.driver == "sysfs":
+            return frozenset({("PWM", section.pwm_chip, section.pwm_channel)}), frozenset()
+        return frozenset({("GPIO", section.pin)}), frozenset()
+    pins = (section.lock_pin, section.unlock_pin) if section.enabled else ()
+    return frozenset(("GPIO", p) for p in pins if p is not None), frozenset()
+
+
+def _named(claims: frozenset[Line]) -> str:
+    return ", ".join(
+        f"GPIO{c[1]}" if c[0] == "GPIO" else f"PWM chip {c[1]} channel {c[2]}"
+        for c in sorted(claims)
+    )
+
+
+def combine(recorded: Plan, configured: Plan) -> tuple[Plan, list[str]]:
+    """A record and a configuration file that both read: what to drive, and one line per
+    difference.
+
+    They differ when the file was edited while evsed ran (the edit applies at the next
+    start). The record is what the process that just ended drove: all of it is driven, as
+    recorded. The file's outputs that the record does not name are driven too (at their
+    safe levels): the file may be the wiring the admin has just described, and driving a
+    relay output off or a pilot to +12 V is safe either way. Where the file names a line
+    the record drives otherwise (GPIO17 the relay in the record, a pilot in the file), the
+    record wins: that line was wired as the ended process drove it; the file's use of it
+    is left out and said. A section of the file that cannot be read is said too, and is not
+    a failure: its pin is unknown, and the record covers every output the run drove.
+
+    A bench on either side adds no outputs (nothing real was driven, or nothing real is
+    described)."""
+    if configured.bench:
+        return recorded, []
+    if recorded.bench:
+        return configured, []
+    drives: dict[Line, str] = {}  # line -> whose (for the report)
+    reads: dict[Line, str] = {}
+    for n, conn in enumerate(recorded.connectors, 1):
+        for name in SECTIONS:
+            section = getattr(conn, name)
+            if section is not None:
+                driven, read = _claims(name, section)
+                for line in driven:
+                    drives.setdefault(line, f"connector {n}'s {name}")
+                for line in read:
+                    reads.setdefault(line, f"connector {n}'s {name}")
+    same = [(c.contactor, c.pilot, c.lock) for c in recorded.connectors]
+    notes = [f"configuration: {p}" for p in configured.problems]
+    extra: list[Outputs] = []
+    for i, conn in enumerate(configured.connectors):
+        if (conn.contactor, conn.pilot, conn.lock) in same:
+            continue
+        kept: dict[str, Any] = {}
+        for name in SECTIONS:
+            section = getattr(conn, name)
+            kept[name] = None
+            if name == "lock" and section is not None and not section.enabled:
+                continue  # nothing to drive
+            if section is None:
+                notes.append(f"configuration: {conn.problems[name]}: not driven")
+                continue
+            if any(getattr(r, name) == section for r in recorded.connectors):
+                continue  # driven as recorded already
+            driven, read = _claims(name, section)
+            # A line the record drives, or one it reads that the file would drive: the
+            # record's. Two reads of one line (a shared feedback) are no clash.
+            clash = {drives[x] for x in driven | read if x in drives}
+            clash |= {reads[x] for x in driven if x in reads}
+            if clash:
+                notes.append(
+                    f"configuration: connectors[{i}].{name} ({_named(driven | read)}) is the "
+                    f"record's {', '.join(sorted(clash))}: driven as recorded"
+                )
+                continue
+            kept[name] = section
+            drives.update(dict.fromkeys(driven, f"connectors[{i}]'s {name}"))
+            reads.update(dict.fromkeys(read, f"connectors[{i}]'s {name}"))
+        if any(v is not None for v in kept.values()):
+            label = f"connectors[{i}] of the configuration"
+            extra.append(Outputs(kept["contactor"], kept["pilot"], kept["lock"], label=label))
+    if extra or notes:
+        notes.insert(
+            0,
+            "the configuration differs from the recorded outputs: driving the record's, and "
+            "the file's where they do not clash",
+        )
+    return replace(recorded, connectors=[*recorded.connectors, *extra]), notes
+
+
 def drive(
     connectors: Sequence[Outputs], *, pin_factory: Any = None
 ) -> tuple[list[str], list[Any], list[str]]:
@@ -158,31 +359,37 @@ def drive(
         driven: list[str] = []
         relay_off = False
         relay = outputs.contactor
+        name = outputs.label or f"connector {n}"
         try:
-            if relay is None:
+            if relay is None and "contactor" not in outputs.problems:
+                pass  # another entry's (combine)
+            elif relay is None:
                 raise RuntimeError(outputs.problems["contactor"])
-            if no_gpio is not None:
+            elif no_gpio is not None:
                 raise RuntimeError(no_gpio)
-            # De-energised: low on an active-high driver, high on an active-low one.
-            devices.append(
-                DigitalOutputDevice(
-                    relay.relay_pin,
-                    active_high=relay.active_high,
-                    initial_value=False,
-                    pin_factory=pin_factory,
+            else:
+                # De-energised: low on an active-high driver, high on an active-low one.
+                devices.append(
+                    DigitalOutputDevice(
+                        relay.relay_pin,
+                        active_high=relay.active_high,
+                        initial_value=False,
+                        pin_factory=pin_factory,
+                    )
                 )
-            )
-            relay_off = True
-            driven.append(f"relay GPIO{relay.relay_pin} off")
+                relay_off = True
+                driven.append(f"relay GPIO{relay.relay_pin} off")
         except Exception as exc:
-            log.debug("relay of connector %d", n, exc_info=True)
+            log.debug("relay of %s", name, exc_info=True)
             pin = f"GPIO{relay.relay_pin}" if relay is not None else "(pin unknown)"
-            failed.append(f"connector {n}: relay {pin} not driven off: {exc}")
+            failed.append(f"{name}: relay {pin} not driven off: {exc}")
         pilot = outputs.pilot
         try:
-            if pilot is None:
+            if pilot is None and "pilot" not in outputs.problems:
+                pass  # another entry's (combine)
+            elif pilot is None:
                 raise RuntimeError(outputs.problems["pilot"])
-            if pilot.driver == "sysfs":
+            elif pilot.driver == "sysfs":
                 # Duty = period: the kernel keeps the channel at +12 V after we exit.
                 SysfsPwmPilot(pilot.pwm_chip, pilot.pwm_channel).shutdown()
                 driven.append(f"pilot PWM chip {pilot.pwm_chip} channel {pilot.pwm_channel}")
@@ -194,16 +401,18 @@ def drive(
                 )
                 driven.append(f"pilot GPIO{pilot.pin} +12 V")
         except Exception as exc:
-            log.debug("pilot of connector %d", n, exc_info=True)
+            log.debug("pilot of %s", name, exc_info=True)
             if pilot is None:
                 where = "(pin unknown)"
             elif pilot.driver == "sysfs":
                 where = f"PWM chip {pilot.pwm_chip} channel {pilot.pwm_channel}"
             else:
                 where = f"GPIO{pilot.pin}"
-            failed.append(f"connector {n}: pilot ({where}) not set to +12 V: {exc}")
+            failed.append(f"{name}: pilot ({where}) not set to +12 V: {exc}")
         lock = outputs.lock
-        if lock is None or lock.enabled:
+        if lock is None and "lock" not in outputs.problems:
+            pass  # another entry's (combine)
+        elif lock is None or lock.enabled:
             try:
                 if lock is None:
                     raise RuntimeError(outputs.problems["lock"])
@@ -214,10 +423,10 @@ def drive(
                 )
                 driven.append(f"lock GPIO{lock.lock_pin} safe")
             except Exception as exc:
-                log.debug("lock of connector %d", n, exc_info=True)
+                log.debug("lock of %s", name, exc_info=True)
                 pin = f"GPIO{lock.lock_pin}" if lock is not None else "pin unknown"
-                failed.append(f"connector {n}: lock outputs ({pin}) not set: {exc}")
-        done.append(f"connector {n}: " + (", ".join(driven) or "nothing driven"))
+                failed.append(f"{name}: lock outputs ({pin}) not set: {exc}")
+        done.append(f"{name}: " + (", ".join(driven) or "nothing driven"))
     return failed, devices, done
 
 
@@ -250,13 +459,36 @@ def _lock_safe(
     ]
 
 
-def run(path: Path | None, *, pin_factory: Any = None) -> int:
-    """Read, drive, report; the exit status. The devices stay in `held`."""
+def plan_for(path: Path | None, record: Path | None) -> tuple[Plan, list[str]]:
+    """What to drive, from the file and the record, and one line per remark. Raises
+    Unreadable when neither can be read."""
+    recorded, why_not = read_record(record)
     try:
-        plan = read(path)
+        configured = read(path)
+    except Unreadable as exc:
+        if recorded is None:
+            where = f" in {record}" if record is not None else ""
+            why = why_not or f"no record of the outputs{where}"
+            raise Unreadable(f"{exc}, and {why}") from None
+        # The configuration of the run that just ended, as far as the outputs go.
+        return recorded.plan, [
+            f"{exc}; driving the outputs recorded at the start by {recorded.source}"
+        ]
+    if recorded is None:
+        return configured, [f"{why_not}; not used"] if why_not else []
+    return combine(recorded.plan, configured)
+
+
+def run(path: Path | None, *, record: Path | None = None, pin_factory: Any = None) -> int:
+    """Read, drive, report; the exit status. The devices stay in `held`. `record`: the
+    outputs `evsed run` recorded (`main` passes `record_path()`'s)."""
+    try:
+        plan, notes = plan_for(path, record)
     except Unreadable as exc:
         print(f"evsed safe-off: {exc}; no output driven", file=sys.stderr)
         return EXIT_CONFIG
+    for line in notes:
+        print(f"evsed safe-off: {line}", file=sys.stderr)
     if plan.bench:
         # The bench's pins lived in the process that ran it; nothing real to drive.
         print("evsed safe-off: simulated bench, no real outputs to make safe", file=sys.stderr)
@@ -280,7 +512,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="evsed safe-off")
     parser.add_argument("-c", "--config", type=Path, help="TOML file (default: bench defaults)")
     args = parser.parse_args(argv)
-    code = run(args.config)
+    code = run(args.config, record=record_path())
     sys.stdout.flush()
     sys.stderr.flush()
     os._exit(code)

@@ -301,6 +301,28 @@ def test_a_configuration_error_is_not_restarted_and_the_unit_stays_failed(units:
     assert "No jobs running." in u.manager.systemctl("list-jobs").stdout
 
 
+def test_a_configuration_broken_while_running_still_gets_a_safe_off(units: Units) -> None:
+    """The file edited into something unparseable while evsed runs, then evsed killed:
+    ExecStopPost reads the outputs `evsed run` recorded in $RUNTIME_DIRECTORY at its start
+    (the directory outlives the process until ExecStopPost has run). Every copy exited 2,
+    "could not read the configuration", and the unit's ExecStopPost 1 before."""
+    u = units
+    first = start_evsed(u)
+    u.write_config("[central_system\nthis is not TOML\n")
+    os.kill(int(first["ExecMainPID"]), signal.SIGKILL)
+    killed = u.manager.wait_for(
+        "evsed.service",
+        lambda s: s["SubState"] == "auto-restart" or s["NRestarts"] != "0",
+        "SubState",
+        "NRestarts",
+        "ExecStopPost",
+        timeout=20,
+    )
+    assert killed["SubState"] == "auto-restart", f"the restart window was missed: {killed}"
+    safe_off = exec_command(killed["ExecStopPost"])
+    assert (safe_off["code"], safe_off["status"]) == ("exited", "0"), safe_off
+
+
 def write_marker(u: Units) -> Pending:
     """As the installer writes it (atomically), with a deadline DEADLINE_S from now."""
     opt = u.paths.opt
