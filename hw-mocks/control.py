@@ -493,7 +493,18 @@ class ControlServer:
         sock = socket.socket(family, kind, proto)
         try:
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-            sock.bind(address)
+            try:
+                sock.bind(address)
+            except OSError as exc:
+                if exc.errno != errno.EADDRINUSE:
+                    raise
+                # The kernel says only "Address already in use": name the port and its key
+                # (`evsed run` adds what to do: controller/run.py first_run_message).
+                raise OSError(
+                    errno.EADDRINUSE,
+                    f"the bench control channel cannot listen on {self._host}:{self._port}"
+                    " ([bench] control_port)",
+                ) from None
             sock.listen(min(socket.SOMAXCONN, 64))
             sock.setblocking(False)
         except BaseException:

@@ -519,3 +519,20 @@ def test_descriptor_exhaustion_logs_a_bounded_rate_and_recovers() -> None:
     assert len(result["logged"]) == 1, result  # ... and said so once (10 s interval)
     assert "Too many open files" in result["logged"][0]
     assert result["reply"] == {"id": None, "ok": True, "pong": True}
+
+
+async def test_a_port_in_use_is_named_in_the_error() -> None:
+    # A second evsed on the same bench port said only "Address already in use".
+    import errno
+    import socket
+
+    with socket.socket() as other:
+        other.bind(("127.0.0.1", 0))
+        other.listen()
+        port = other.getsockname()[1]
+        srv = ControlServer(FakeBench(), port=port)
+        with pytest.raises(OSError) as raised:
+            await srv.start()
+    assert raised.value.errno == errno.EADDRINUSE
+    assert f"127.0.0.1:{port}" in str(raised.value)
+    assert "control_port" in str(raised.value)
