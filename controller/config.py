@@ -17,12 +17,13 @@ checked by `evsed.controller.preflight`, before `evsed run` starts anything.
 
 from __future__ import annotations
 
+import difflib
 import re
 import tomllib
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Literal, get_args
 from urllib.parse import urlsplit
 
 from pydantic import (
@@ -600,7 +601,7 @@ def _problem(err: Any, data: dict[str, Any]) -> Problem:
     path = key_path(loc)
     given = err.get("input")
     if kind == "extra_forbidden":
-        return Problem(path, repr(given), "a known key (unknown key; check the spelling)")
+        return Problem(path, repr(given), f"a known key (unknown key; {_spelling_hint(loc)})")
     if kind == "missing":
         return Problem(path, "nothing", "a value (required)")
     msg = err["msg"].removeprefix("Value error, ")
@@ -612,6 +613,31 @@ def _problem(err: Any, data: dict[str, Any]) -> Problem:
     else:
         given_text = _mask(path, given)
     return Problem(path, given_text, msg[:1].lower() + msg[1:])
+
+
+def _spelling_hint(loc: tuple[Any, ...]) -> str:
+    """'did you mean 'X'?' with the closest key of the section `loc` is in, if one is close."""
+    models: set[type[BaseModel]] = {Config}
+    for part in loc[:-1]:
+        if isinstance(part, int):
+            continue  # an index into a list: its items' models are already in `models`
+        models = {
+            found
+            for model in models
+            if part in model.model_fields
+            for found in _models_in(model.model_fields[part].annotation)
+        }
+    known = sorted({key for model in models for key in model.model_fields})
+    close = difflib.get_close_matches(str(loc[-1]), known, n=1) if loc else []
+    return f"did you mean {close[0]!r}?" if close else "check the spelling"
+
+
+def _models_in(annotation: Any) -> Iterator[type[BaseModel]]:
+    """The models a field's type holds: `Connector`, `list[Connector]`, `MeterConfig | None`."""
+    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+        yield annotation
+    for arg in get_args(annotation):
+        yield from _models_in(arg)
 
 
 def key_path(loc: tuple[Any, ...]) -> str:

@@ -83,6 +83,36 @@ def test_each_problem_gets_one_clear_line_and_exit_2(tmp_path, capsys, text, nee
     assert all(line.startswith(str(tmp_path / "evsed.toml") + ": ") for line in err)
 
 
+@pytest.mark.parametrize(
+    ("text", "line"),
+    [
+        (
+            '[identity]\nvendr = "x"\n',
+            "identity.vendr: a known key (unknown key; did you mean 'vendor'?)",
+        ),
+        ("stat_dir = 'x'\n", "stat_dir: a known key (unknown key; did you mean 'state_dir'?)"),
+        ("[bench]\ncontrol_prot = 0\n", "did you mean 'control_port'?"),
+        ("[[connectors]]\nrated_curent_a = 16\n", "did you mean 'rated_current_a'?"),
+        (
+            "[[connectors]]\n[connectors.meter]\nprot = 1\n",
+            "connectors[0].meter.prot: a known key (unknown key; did you mean 'port'?)",
+        ),
+        (
+            "[grid.meter]\nhots = 'x'\n",
+            "grid.meter.hots: a known key (unknown key; did you mean 'host'?)",
+        ),
+        # Nothing close: no guess, the old advice.
+        ("[identity]\nzzzz = 1\n", "identity.zzzz: a known key (unknown key; check the spelling)"),
+    ],
+)
+def test_an_unknown_key_suggests_the_close_known_key_of_its_section(
+    tmp_path, capsys, text, line
+) -> None:
+    code, err, _ = check(tmp_path, text, capsys)
+    assert code == 2
+    assert any(line in x for x in err), err
+
+
 def test_several_problems_are_all_reported(tmp_path, capsys) -> None:
     code, err, _ = check(
         tmp_path,
