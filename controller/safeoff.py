@@ -21,12 +21,21 @@ always the one of the run that just ended, never an older run's (pins since chan
 on tmpfs, gone at a reboot, when no output is held any more. See `combine` for a record
 and a file that both read but differ.
 
+The weld check: where a connector's contactor has a feedback input (its auxiliary
+contact), safe-off reads it once the relay is driven off, allowing the contacts the
+contactor's `settle_s` to open (the time the running controller allows before it calls a
+contactor welded; read leniently, at most `MAX_SETTLE_S`), and reports a contactor still
+closed then: driving the relay off does not make a welded contactor safe.
+
 Exit status: 0 every output driven safe; 1 (`EXIT_NOT_SAFE`) some output could not be
-driven, one line each (systemctl status shows the failed ExecStopPost); 2 the
+driven, one line each (systemctl status shows the failed ExecStopPost); 4
+(`EXIT_WELDED`) a contactor still reads closed after its relay was driven off, one line
+each (and the lines of any output not driven); 2 the
 configuration file cannot be read at all and there is no record of the outputs (a start
 that failed before writing it drove nothing). The unit runs it through
 systemd/evsed-safe-off.sh, which tries the next copy of evsed when this one cannot run
-(exit status 3 there: an import failure) or could not drive every output.
+(exit status 3 there: an import failure) or could not drive every output, and exits 1
+when any copy found a contactor welded.
 """
 
 from __future__ import annotations
@@ -36,8 +45,9 @@ import json
 import logging
 import os
 import sys
+import time
 import tomllib
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
@@ -55,6 +65,17 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 EXIT_SAFE, EXIT_NOT_SAFE, EXIT_CONFIG = 0, 1, 2
+#: A contactor still reads closed after its relay was driven off (welded?). Not 1: the
+#: unit's script tries the next copy of evsed after a 1 (it may drive what this one could
+#: not), and a copy from before the weld check would then say 0; after a 4 it still tries
+#: the next copy, and ends with 1 whatever that copy says.
+EXIT_WELDED = 4
+
+#: The longest wait for a contactor's contacts to open (the configuration's own maximum of
+#: `contactor.settle_s`): a newer version's longer settle_s is cut to this, never refused.
+MAX_SETTLE_S = 2.0
+#: How often the feedback is read while waiting for it to read open.
+POLL_S = 0.01
 
 #: The devices holding the safe levels: referenced until the process ends, never closed
 #: (gpiozero's lgpio pins turn into floating inputs when closed; lines still claimed at
@@ -136,8 +157,22 @@ def plan_from(data: dict[str, Any]) -> Plan:
                 parts[name], why = None, f"connectors[{i}]: a table expected"
             if why:
                 problems[name] = why
+        if parts["contactor"] is not None and isinstance(conn, dict):
+            settle = _settle_s(conn.get("contactor"))
+            if settle is not None:
+                parts["contactor"] = parts["contactor"].model_copy(update={"settle_s": settle})
         connectors.append(Outputs(parts["contactor"], parts["pilot"], parts["lock"], problems))
     return Plan(connectors)
+
+
+def _settle_s(raw: Any) -> float | None:
+    """A contactor table's settle_s for the weld check, leniently: not a key of SECTIONS
+    (a value this version refuses must not cost the relay), so a number above 0 is taken,
+    cut to MAX_SETTLE_S; anything else leaves the default."""
+    value = raw.get("settle_s") if isinstance(raw, dict) else None
+    if isinstance(value, bool) or not isinstance(value, int | float) or not value > 0:
+        return None
+    return min(float(value), MAX_SETTLE_S)
 
 
 def read(path: Path | None) -> Plan:
@@ -167,6 +202,10 @@ def record_path(environ: Mapping[str, str] = os.environ) -> Path | None:
     return Path(runtime) / RECORD_NAME if runtime else None
 
 
+#: Keys recorded beyond SECTIONS', read leniently (`_settle_s`).
+RECORDED_TOO = {"contactor": {"settle_s"}}
+
+
 def record_of(config: Config) -> dict[str, Any]:
     """What `evsed run` records: the keys of SECTIONS of each connector and the bench's
     two flags, in the shape of the configuration file (`plan_from` reads both). Pins and
@@ -178,7 +217,9 @@ def record_of(config: Config) -> dict[str, Any]:
         "bench": {"enabled": config.bench.enabled, "force": config.bench.force},
         "connectors": [
             {
-                name: getattr(conn, name).model_dump(mode="json", include=set(keys))
+                name: getattr(conn, name).model_dump(
+                    mode="json", include=set(keys) | RECORDED_TOO.get(name, set())
+                )
                 for name, (_, keys) in SECTIONS.items()
             }
             for conn in config.connectors
@@ -260,6 +301,16 @@ def _named(claims: frozenset[Line]) -> str:
     )
 
 
+def _pins(outputs: Outputs) -> dict[str, Any]:
+    """Each section's keys of SECTIONS (None: not read): what `combine` compares. A record
+    and a file that differ only in a contactor's settle_s drive the same lines."""
+    pins: dict[str, Any] = {}
+    for name, (_, keys) in SECTIONS.items():
+        section = getattr(outputs, name)
+        pins[name] = None if section is None else section.model_dump(include=set(keys))
+    return pins
+
+
 def combine(recorded: Plan, configured: Plan) -> tuple[Plan, list[str]]:
     """A record and a configuration file that both read: what to drive, and one line per
     difference.
@@ -291,11 +342,11 @@ def combine(recorded: Plan, configured: Plan) -> tuple[Plan, list[str]]:
                     drives.setdefault(line, f"connector {n}'s {name}")
                 for line in read:
                     reads.setdefault(line, f"connector {n}'s {name}")
-    same = [(c.contactor, c.pilot, c.lock) for c in recorded.connectors]
+    same = [_pins(c) for c in recorded.connectors]
     notes = [f"configuration: {p}" for p in configured.problems]
     extra: list[Outputs] = []
     for i, conn in enumerate(configured.connectors):
-        if (conn.contactor, conn.pilot, conn.lock) in same:
+        if _pins(conn) in same:
             continue
         kept: dict[str, Any] = {}
         for name in SECTIONS:
@@ -306,7 +357,7 @@ def combine(recorded: Plan, configured: Plan) -> tuple[Plan, list[str]]:
             if section is None:
                 notes.append(f"configuration: {conn.problems[name]}: not driven")
                 continue
-            if any(getattr(r, name) == section for r in recorded.connectors):
+            if any(_pins(r)[name] == _pins(conn)[name] for r in recorded.connectors):
                 continue  # driven as recorded already
             driven, read = _claims(name, section)
             # A line the record drives, or one it reads that the file would drive: the
@@ -334,18 +385,56 @@ def combine(recorded: Plan, configured: Plan) -> tuple[Plan, list[str]]:
     return replace(recorded, connectors=[*recorded.connectors, *extra]), notes
 
 
+@dataclass
+class _Check:
+    """A contactor whose relay was driven off, and its feedback input, to read once the
+    contacts have had their settle_s to open."""
+
+    name: str
+    contactor: ContactorConfig
+    feedback: Any  # DigitalInputDevice
+
+
+@dataclass
+class Driven:
+    failed: list[str]  # outputs that could not be driven safe, one line each
+    welded: list[str]  # contactors still closed after their relay was driven off
+    devices: list[Any]  # now holding the safe levels: keep them referenced, never close
+    done: list[str]  # one line per connector: what was driven
+
+
 def drive(
-    connectors: Sequence[Outputs], *, pin_factory: Any = None
+    connectors: Sequence[Outputs],
+    *,
+    pin_factory: Any = None,
+    monotonic: Callable[[], float] = time.monotonic,
+    sleep: Callable[[float], None] = time.sleep,
 ) -> tuple[list[str], list[Any], list[str]]:
     """Every output tried, whatever failed before it. Returns what could not be made safe
-    (empty: all safe), the devices now driving the safe levels (keep them referenced, do
-    not close them), and one line per connector saying what was driven.
+    (empty: all safe; a welded contactor included), the devices now driving the safe
+    levels (keep them referenced, do not close them), and one line per connector saying
+    what was driven. `drive_all` tells a weld apart."""
+    r = drive_all(connectors, pin_factory=pin_factory, monotonic=monotonic, sleep=sleep)
+    return r.failed + r.welded, r.devices, r.done
+
+
+def drive_all(
+    connectors: Sequence[Outputs],
+    *,
+    pin_factory: Any = None,
+    monotonic: Callable[[], float] = time.monotonic,
+    sleep: Callable[[float], None] = time.sleep,
+) -> Driven:
+    """`drive`, the welded contactors on their own.
 
     A PWM pilot device would stop its PWM on close and leave the line low (-12 V): the
-    pilot pin is driven as a plain output instead."""
+    pilot pin is driven as a plain output instead. Every relay and pilot is driven first,
+    then the contactors with a feedback input are read (`_still_closed`: one bounded wait
+    for all, `monotonic` and `sleep` its time), then a hold solenoid is released where its
+    contactor reads open."""
     failed: list[str] = []
     devices: list[Any] = []
-    done: list[str] = []
+    lines: list[list[str]] = []
     no_gpio: str | None = None
     if pin_factory is None:
         from evsed.controller import gpiobackend
@@ -355,11 +444,15 @@ def drive(
             pin_factory = gpiobackend.default_factory(bench_hint=False)
         except gpiobackend.NoGpioBackend as exc:
             no_gpio = str(exc)
+    feedbacks: dict[Any, Any] = {}  # pin -> its input device: a shared feedback, read once
+    checks: dict[int, _Check] = {}  # connector index -> its contactor to check
+    solenoids: list[int] = []  # connectors whose hold solenoid waits for the check
     for n, outputs in enumerate(connectors, 1):
         driven: list[str] = []
-        relay_off = False
+        lines.append(driven)
         relay = outputs.contactor
         name = outputs.label or f"connector {n}"
+        relay_off = False
         try:
             if relay is None and "contactor" not in outputs.problems:
                 pass  # another entry's (combine)
@@ -383,6 +476,25 @@ def drive(
             log.debug("relay of %s", name, exc_info=True)
             pin = f"GPIO{relay.relay_pin}" if relay is not None else "(pin unknown)"
             failed.append(f"{name}: relay {pin} not driven off: {exc}")
+        if relay is not None and relay_off and relay.feedback_pin is not None:
+            try:
+                feedback = feedbacks.get(relay.feedback_pin)
+                if feedback is None:
+                    feedback = DigitalInputDevice(
+                        relay.feedback_pin,
+                        pull_up=None,
+                        active_state=relay.feedback_active_high,
+                        pin_factory=pin_factory,
+                    )
+                    feedbacks[relay.feedback_pin] = feedback
+                    devices.append(feedback)
+                checks[n] = _Check(name, relay, feedback)
+            except Exception as exc:
+                log.debug("feedback of %s", name, exc_info=True)
+                failed.append(
+                    f"{name}: contactor feedback GPIO{relay.feedback_pin} not readable: {exc}; "
+                    "whether the contacts opened is unknown"
+                )
         pilot = outputs.pilot
         try:
             if pilot is None and "pilot" not in outputs.problems:
@@ -412,51 +524,81 @@ def drive(
         lock = outputs.lock
         if lock is None and "lock" not in outputs.problems:
             pass  # another entry's (combine)
+        elif lock is not None and lock.enabled and lock.unlock_pin is None:
+            solenoids.append(n)  # after the check: released only if the contacts read open
         elif lock is None or lock.enabled:
             try:
                 if lock is None:
                     raise RuntimeError(outputs.problems["lock"])
                 if no_gpio is not None:
                     raise RuntimeError(no_gpio)
+                # A motor's outputs low now: killed mid-pulse, the H-bridge would otherwise
+                # drive the motor against its end stop. The lock is bistable: it stays put.
                 devices.extend(
-                    _lock_safe(lock, relay, relay_off=relay_off, pin_factory=pin_factory)
+                    DigitalOutputDevice(pin, initial_value=False, pin_factory=pin_factory)
+                    for pin in (lock.lock_pin, lock.unlock_pin)
                 )
                 driven.append(f"lock GPIO{lock.lock_pin} safe")
             except Exception as exc:
                 log.debug("lock of %s", name, exc_info=True)
                 pin = f"GPIO{lock.lock_pin}" if lock is not None else "pin unknown"
                 failed.append(f"{name}: lock outputs ({pin}) not set: {exc}")
-        done.append(f"{name}: " + (", ".join(driven) or "nothing driven"))
-    return failed, devices, done
-
-
-def _lock_safe(
-    lock: LockConfig, contactor: ContactorConfig | None, *, relay_off: bool, pin_factory: Any
-) -> list[Any]:
-    """A motor lock's outputs low: killed mid-pulse, the H-bridge would otherwise drive the
-    motor against its end stop until the next start. The lock is bistable, so it stays
-    where it is. A hold solenoid is released only when the contacts read open: while they
-    may carry current (closed, or no feedback to tell, or the relay not driven off) the
-    plug stays held, at whatever level the output has now (it is not claimed at all)."""
-    if lock.unlock_pin is not None:
-        return [
-            DigitalOutputDevice(pin, initial_value=False, pin_factory=pin_factory)
-            for pin in (lock.lock_pin, lock.unlock_pin)
-        ]
-    if not relay_off or contactor is None or contactor.feedback_pin is None:
-        return []
-    feedback = DigitalInputDevice(
-        contactor.feedback_pin,
-        pull_up=None,
-        active_state=contactor.feedback_active_high,
-        pin_factory=pin_factory,
-    )
-    if feedback.is_active:
-        return [feedback]
-    return [
-        feedback,
-        DigitalOutputDevice(lock.lock_pin, initial_value=False, pin_factory=pin_factory),
+    closed = _still_closed(list(checks.values()), monotonic=monotonic, sleep=sleep)
+    welded: list[str] = []
+    for check in closed:
+        c = check.contactor
+        welded.append(
+            f"contactor of {check.name} still closed after opening: welded? (relay "
+            f"GPIO{c.relay_pin} driven off, feedback GPIO{c.feedback_pin} reads closed "
+            f"{c.settle_s * 1000:.0f} ms later); the cable may be live: switch the supply off "
+            "upstream and have the contactor checked before the next charge"
+        )
+    for n in solenoids:
+        outputs = connectors[n - 1]
+        lock = outputs.lock
+        assert lock is not None
+        name = outputs.label or f"connector {n}"
+        check = checks.get(n)
+        try:
+            if no_gpio is not None:
+                raise RuntimeError(no_gpio)
+            if check is not None and not check.feedback.is_active:
+                devices.append(
+                    DigitalOutputDevice(lock.lock_pin, initial_value=False, pin_factory=pin_factory)
+                )
+            # Otherwise the contacts may carry current (closed, no feedback to tell, or the
+            # relay not driven off): the plug stays held, the output is not claimed at all.
+            lines[n - 1].append(f"lock GPIO{lock.lock_pin} safe")
+        except Exception as exc:
+            log.debug("lock of %s", name, exc_info=True)
+            failed.append(f"{name}: lock outputs (GPIO{lock.lock_pin}) not set: {exc}")
+    done = [
+        f"{outputs.label or f'connector {n}'}: " + (", ".join(driven) or "nothing driven")
+        for n, (outputs, driven) in enumerate(zip(connectors, lines, strict=True), 1)
     ]
+    return Driven(failed, welded, devices, done)
+
+
+def _still_closed(
+    checks: Sequence[_Check],
+    *,
+    monotonic: Callable[[], float],
+    sleep: Callable[[float], None],
+) -> list[_Check]:
+    """The contactors whose feedback still reads closed once their settle_s has passed
+    since their relay was driven off (all were driven off before this is called). Returns
+    as soon as every feedback reads open; bounded by MAX_SETTLE_S in time and by a count of
+    reads, whatever the clock does."""
+    start = monotonic()
+    closed: list[_Check] = []
+    for _ in range(int(MAX_SETTLE_S / POLL_S) + 2):
+        closed = [c for c in checks if c.feedback.is_active]
+        elapsed = monotonic() - start
+        waiting = [c.contactor.settle_s - elapsed for c in closed if elapsed < c.contactor.settle_s]
+        if not waiting:
+            return closed
+        sleep(min(POLL_S, *waiting))
+    return [c for c in checks if c.feedback.is_active]
 
 
 def plan_for(path: Path | None, record: Path | None) -> tuple[Plan, list[str]]:
@@ -479,9 +621,17 @@ def plan_for(path: Path | None, record: Path | None) -> tuple[Plan, list[str]]:
     return combine(recorded.plan, configured)
 
 
-def run(path: Path | None, *, record: Path | None = None, pin_factory: Any = None) -> int:
+def run(
+    path: Path | None,
+    *,
+    record: Path | None = None,
+    pin_factory: Any = None,
+    monotonic: Callable[[], float] = time.monotonic,
+    sleep: Callable[[float], None] = time.sleep,
+) -> int:
     """Read, drive, report; the exit status. The devices stay in `held`. `record`: the
-    outputs `evsed run` recorded (`main` passes `record_path()`'s)."""
+    outputs `evsed run` recorded (`main` passes `record_path()`'s); `monotonic` and
+    `sleep`: the time of the weld check (`drive`)."""
     try:
         plan, notes = plan_for(path, record)
     except Unreadable as exc:
@@ -493,13 +643,16 @@ def run(path: Path | None, *, record: Path | None = None, pin_factory: Any = Non
         # The bench's pins lived in the process that ran it; nothing real to drive.
         print("evsed safe-off: simulated bench, no real outputs to make safe", file=sys.stderr)
         return EXIT_SAFE
-    failed, devices, done = drive(plan.connectors, pin_factory=pin_factory)
-    held.extend(devices)
-    failed = plan.problems + failed
-    for line in done:
+    driven = drive_all(plan.connectors, pin_factory=pin_factory, monotonic=monotonic, sleep=sleep)
+    held.extend(driven.devices)
+    failed = plan.problems + driven.failed
+    for line in driven.done:
         print(f"evsed safe-off: {line}")
-    for line in failed:
+    for line in failed + driven.welded:
         print(f"evsed safe-off: {line}", file=sys.stderr)
+    if driven.welded:
+        print("evsed safe-off: NOT SAFE: a contactor did not open", file=sys.stderr)
+        return EXIT_WELDED
     if failed:
         print("evsed safe-off: NOT SAFE: check the relay and the pilot", file=sys.stderr)
         return EXIT_NOT_SAFE

@@ -16,8 +16,12 @@
 #   1  it ran, and could not drive every output: the next copy tries again
 #   2  it could not read the configuration (as that version reads it): the next copy
 #   3  it could not run at all (an import failed, no python): the next copy
-# Exit 1 when no copy made every output safe: `systemctl status evsed` shows the failed
-# ExecStopPost, and the journal names each output and each copy.
+#   4  it drove the outputs, and a contactor still reads closed after its relay was driven
+#      off (welded?): the next copy too (it may drive an output this one could not), but
+#      the weld stands, whatever that copy says (one from before the weld check says 0)
+# Exit 1 when no copy made every output safe, or one found a contactor welded:
+# `systemctl status evsed` shows the failed ExecStopPost, and the journal names each
+# output and each copy.
 set -u
 venvs=""
 while [ $# -gt 0 ] && [ "$1" != "--" ]; do
@@ -46,6 +50,7 @@ except BaseException as exc:
 sys.exit(main(sys.argv[1:]))'
 
 tried=""
+welded="" # the copies that found a contactor still closed
 for venv in $venvs; do
     python="$venv/bin/python"
     if [ ! -x "$python" ]; then
@@ -55,6 +60,10 @@ for venv in $venvs; do
     fi
     "$python" -I -c "$program" "$@"
     status=$?
+    if [ "$status" = 0 ] && [ -n "$welded" ]; then
+        tried="$tried $venv(0)" # its outputs driven; the weld stands (it may not check)
+        break
+    fi
     if [ "$status" = 0 ]; then
         [ -n "$tried" ] && echo "evsed safe-off: safe, by $venv (after$tried)"
         exit 0
@@ -62,10 +71,18 @@ for venv in $venvs; do
     case "$status" in
         1) why="could not drive every output" ;;
         2) why="could not read the configuration" ;;
+        4)
+            why="found a contactor still closed after opening (welded?)"
+            welded="$welded $venv"
+            ;;
         *) why="could not run (exit status $status)" ;;
     esac
     echo "evsed safe-off: $venv $why; trying the next copy" >&2
     tried="$tried $venv($status)"
 done
+if [ -n "$welded" ]; then
+    echo "evsed safe-off: NOT SAFE: a contactor still reads closed after its relay was driven off (welded?, found by$welded; tried$tried): switch the supply off upstream before anyone touches the charger" >&2
+    exit 1
+fi
 echo "evsed safe-off: NOT SAFE: no copy of evsed drove every output (tried$tried)" >&2
 exit 1

@@ -248,3 +248,37 @@ def test_could_not_run_and_could_not_drive_are_told_apart(tmp_path) -> None:
     assert f"{root}/usr/local/lib/evsed/admin could not drive every output" in ran.stderr
     assert f"{root}/opt/evsed/previous/bin/python missing" in ran.stderr
     assert "NOT SAFE: no copy of evsed drove every output" in ran.stderr
+
+
+def _stub(venv: Path, status: int, said: str = "") -> None:
+    """A copy of evsed whose safe-off says `said` and exits `status` (the script's view of
+    a copy: its python's exit status)."""
+    (venv / "bin").mkdir(parents=True)
+    python = venv / "bin/python"
+    python.write_text(f"#!/bin/sh\necho {shlex.quote(said)} >&2\nexit {status}\n")
+    python.chmod(0o755)
+
+
+def _script(root: Path, tmp_path: Path) -> subprocess.CompletedProcess[str]:
+    argv = _exec_stop_post(root, tmp_path / "evsed.toml")
+    return subprocess.run(argv, capture_output=True, text=True, timeout=60)
+
+
+@pytest.mark.parametrize("then", [0, 1, 4])
+def test_a_welded_contactor_fails_the_unit_whatever_the_next_copy_says(
+    tmp_path: Path, then: int
+) -> None:
+    """Fails without the change: exit 4 read as 'could not run', and a copy from before the
+    weld check (exit 0: it drove the relay off and never read the feedback) then made the
+    unit's ExecStopPost 0."""
+    root = tmp_path / "root"
+    _stub(root / "opt/evsed/current", 4, "contactor of connector 1 still closed")
+    _stub(root / "usr/local/lib/evsed/admin", then)
+    ran = _script(root, tmp_path)
+    assert ran.returncode == 1, ran.stdout + ran.stderr
+    current, admin = root / "opt/evsed/current", root / "usr/local/lib/evsed/admin"
+    assert f"{current} found a contactor still closed after opening (welded?)" in ran.stderr
+    assert "NOT SAFE: a contactor still reads closed after its relay was driven off" in ran.stderr
+    assert f"found by {current}" in ran.stderr
+    assert f"{admin}({then})" in ran.stderr  # the next copy was tried all the same
+    assert "safe, by" not in ran.stdout

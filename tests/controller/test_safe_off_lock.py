@@ -11,7 +11,8 @@ import pytest
 from gpiozero import DigitalOutputDevice
 from gpiozero.pins.mock import MockFactory, MockPWMPin
 
-from evsed.controller import config, run
+from evsed.controller import config, run, safeoff
+from tests.support.steptime import StepTime
 
 RELAY, FEEDBACK, LOCK, UNLOCK, LOCK_FB = 17, 27, 24, 25, 5
 
@@ -59,13 +60,32 @@ def _driven_high(factory: MockFactory, gpio: int) -> bool:
     return pin.function == "output" and bool(pin.state)
 
 
+def _drive_welded(factory: MockFactory, cfg: config.Config) -> list[str]:
+    """safe-off's drive with the contacts reading closed (welded) and the time injected:
+    what could not be made safe."""
+    outputs = [safeoff.Outputs(c.contactor, c.pilot, c.lock) for c in cfg.connectors]
+    clock = StepTime()
+    failed, held, _ = safeoff.drive(
+        outputs, pin_factory=factory, monotonic=clock.monotonic, sleep=clock.sleep
+    )
+    run._held.extend(held)
+    return failed
+
+
 @pytest.mark.parametrize("pulsing", [LOCK, UNLOCK])
 def test_safe_off_stops_a_lock_motor_pulse(factory: MockFactory, pulsing: int) -> None:
     _left_high(factory, pulsing)
     factory.pin(FEEDBACK).drive_high()  # even with the contacts closed: the lock is bistable
-    assert run.safe_off(_cfg(unlock_pin=UNLOCK), pin_factory=factory) == 0
+    (welded,) = _drive_welded(factory, _cfg(unlock_pin=UNLOCK))  # the weld alone is reported
+    assert welded.startswith("contactor of connector 1 still closed after opening")
     assert not _driven_high(factory, LOCK) and not _driven_high(factory, UNLOCK)
     assert factory.pin(LOCK).function == factory.pin(UNLOCK).function == "output"
+
+
+def test_a_motor_lock_stopped_with_the_contacts_open_exit_0(factory: MockFactory) -> None:
+    _left_high(factory, LOCK)
+    assert run.safe_off(_cfg(unlock_pin=UNLOCK), pin_factory=factory) == 0
+    assert not _driven_high(factory, LOCK) and not _driven_high(factory, UNLOCK)
 
 
 def test_a_hold_solenoid_stays_energised_while_the_contacts_read_closed(
@@ -73,7 +93,8 @@ def test_a_hold_solenoid_stays_energised_while_the_contacts_read_closed(
 ) -> None:
     _left_high(factory, LOCK)
     factory.pin(FEEDBACK).drive_high()  # welded: the plug must stay held
-    assert run.safe_off(_cfg(unlock_pin=False), pin_factory=factory) == 0
+    (welded,) = _drive_welded(factory, _cfg(unlock_pin=False))
+    assert welded.startswith("contactor of connector 1 still closed after opening")
     assert _driven_high(factory, LOCK)
 
 

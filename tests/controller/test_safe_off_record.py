@@ -133,6 +133,7 @@ async def test_a_running_evsed_records_the_pins_it_started_with(
                 "active_high": False,
                 "feedback_pin": None,
                 "feedback_active_high": True,
+                "settle_s": 0.1,  # the weld check's wait
             },
             "pilot": {"driver": "gpiozero", "pin": 12, "pwm_chip": 0, "pwm_channel": 0},
             "lock": {"enabled": False, "lock_pin": 24, "unlock_pin": 25},
