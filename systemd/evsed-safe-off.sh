@@ -14,7 +14,9 @@
 # says what happened:
 #   0  every output driven safe: done, exit 0
 #   1  it ran, and could not drive every output: the next copy tries again
-#   2  it could not read the configuration (as that version reads it): the next copy
+#   2  it could not read the configuration (as that version reads it) and found no record
+#      of the outputs `evsed run` started with ($RUNTIME_DIRECTORY/outputs.json): it drove
+#      nothing; the next copy
 #   3  it could not run at all (an import failed, no python): the next copy
 #   4  it drove the outputs, and a contactor still reads closed after its relay was driven
 #      off (welded?): the next copy too (it may drive an output this one could not), but
@@ -70,7 +72,7 @@ for venv in $venvs; do
     fi
     case "$status" in
         1) why="could not drive every output" ;;
-        2) why="could not read the configuration" ;;
+        2) why="could not read the configuration and found no record of the outputs: drove nothing" ;;
         4)
             why="found a contactor still closed after opening (welded?)"
             welded="$welded $venv"

@@ -282,3 +282,22 @@ def test_a_welded_contactor_fails_the_unit_whatever_the_next_copy_says(
     assert f"found by {current}" in ran.stderr
     assert f"{admin}({then})" in ran.stderr  # the next copy was tried all the same
     assert "safe, by" not in ran.stdout
+
+
+def test_each_exit_status_of_a_copy_is_told_as_what_it_means(tmp_path: Path) -> None:
+    """Exit 2 of safe-off is the configuration unreadable AND no record of the outputs of
+    `evsed run` (the record is driven when the file does not read). Fails without the
+    change: the script said only 'could not read the configuration', as if a broken file
+    alone had left the outputs undriven."""
+    root = tmp_path / "root"
+    _stub(root / "opt/evsed/current", 2)
+    _stub(root / "usr/local/lib/evsed/admin", 1)
+    ran = _script(root, tmp_path)
+    assert ran.returncode == 1, ran.stdout + ran.stderr
+    current, admin = root / "opt/evsed/current", root / "usr/local/lib/evsed/admin"
+    assert (
+        f"{current} could not read the configuration and found no record of the outputs: "
+        "drove nothing; trying the next copy" in ran.stderr
+    )
+    assert f"{admin} could not drive every output; trying the next copy" in ran.stderr
+    assert "NOT SAFE: no copy of evsed drove every output" in ran.stderr
