@@ -35,7 +35,7 @@ import shutil
 import stat
 import subprocess
 import sys
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path, PurePosixPath
@@ -228,6 +228,45 @@ def chmod_nofollow(path: Path, mode: int) -> None:
         os.close(fd)
 
 
+def _check_path(
+    path: Path,
+    why: str,
+    *,
+    top: Path,
+    owners: frozenset[int],
+    forbidden: Sequence[Path],
+    seen: set[Path],
+    problems: list[str],
+) -> None:
+    """``path`` as given and as resolved, each with every parent directory (up to ``top``
+    for paths under it): outside ``forbidden``, owned by ``owners``, writable by no one
+    else. A sticky directory (/tmp) writable by all is no problem: only an entry's owner
+    (checked on its own) or root can rename or remove it there."""
+    for start in (path, Path(os.path.realpath(path))):
+        theirs = next((f for f in forbidden if start.is_relative_to(f)), None)
+        if theirs is not None:
+            problems.append(f"{start} ({why}): in {theirs}, which the service user writes")
+            continue
+        inside = start.is_relative_to(top)
+        for each in (start, *start.parents):
+            if inside and not each.is_relative_to(top):
+                break
+            if each in seen:
+                continue
+            seen.add(each)
+            try:
+                st = each.lstat()
+            except FileNotFoundError:
+                if each == start:  # (not each missing parent again)
+                    problems.append(f"{each} ({why}): missing")
+                continue
+            sticky_dir = stat.S_ISDIR(st.st_mode) and st.st_mode & stat.S_ISVTX
+            if st.st_uid not in owners:
+                problems.append(f"{each} ({why}): owned by uid {st.st_uid}")
+            elif not stat.S_ISLNK(st.st_mode) and st.st_mode & 0o022 and not sticky_dir:
+                problems.append(f"{each} ({why}): writable by its group or others")
+
+
 def untrusted(
     venv: Path,
     *,
@@ -245,28 +284,9 @@ def untrusted(
     seen: set[Path] = set()
 
     def check(path: Path, why: str) -> None:
-        for start in (path, Path(os.path.realpath(path))):
-            theirs = next((f for f in forbidden if start.is_relative_to(f)), None)
-            if theirs is not None:
-                problems.append(f"{start} ({why}): in {theirs}, which the service user writes")
-                continue
-            inside = start.is_relative_to(top)
-            for each in (start, *start.parents):
-                if inside and not each.is_relative_to(top):
-                    break
-                if each in seen:
-                    continue
-                seen.add(each)
-                try:
-                    st = each.lstat()
-                except FileNotFoundError:
-                    if each == start:  # (not each missing parent again)
-                        problems.append(f"{each} ({why}): missing")
-                    continue
-                if st.st_uid not in owners:
-                    problems.append(f"{each} ({why}): owned by uid {st.st_uid}")
-                elif not stat.S_ISLNK(st.st_mode) and st.st_mode & 0o022:
-                    problems.append(f"{each} ({why}): writable by its group or others")
+        _check_path(
+            path, why, top=top, owners=owners, forbidden=forbidden, seen=seen, problems=problems
+        )
 
     check(venv, "the venv")
     for dirpath, dirnames, filenames in os.walk(venv):
@@ -297,6 +317,43 @@ def untrusted(
     return list(dict.fromkeys(problems))
 
 
+def trusted_owners(
+    root: Path, user: str, environ: Mapping[str, str] = os.environ
+) -> frozenset[int]:
+    """Whose files root installs a package from: root, whoever runs this, and the admin who
+    ran sudo (SUDO_UID: they can run anything as root already, so their ~/dist is no new
+    way in); never the service user (its uid in the root's etc/passwd)."""
+    owners = {0, os.getuid()}
+    sudo = environ.get("SUDO_UID", "")
+    if sudo.isdigit():
+        owners.add(int(sudo))
+    service = System.uid(root, user)
+    if service is not None and service != 0:
+        owners.discard(service)
+    return frozenset(owners)
+
+
+def package_problems(
+    package: Path, *, root: Path, owners: frozenset[int], top: Path = Path("/")
+) -> list[str]:
+    """What could swap ``package`` between the checks of `evsed install` and pip reading it
+    as root (or before: then root would install what the service user put there): a place
+    under /opt/evsed or /var/lib/evsed (the service user writes there), or the file or a
+    directory on its way (given or resolved) owned by someone not in ``owners`` or writable
+    by its group or others. One line per problem; empty: root may install it."""
+    problems: list[str] = []
+    _check_path(
+        Path(os.path.abspath(package)),
+        "the package",
+        top=top,
+        owners=owners,
+        forbidden=(root / PREFIX, root / STATE),
+        seen=set(),
+        problems=problems,
+    )
+    return list(dict.fromkeys(problems))
+
+
 def shipped(name: str) -> str:
     """A file of systemd/ as shipped (package data of evsed.systemd)."""
     return resources.files("evsed.systemd").joinpath(name).read_text(encoding="utf-8")
@@ -323,6 +380,19 @@ class System:
             return {ln.split(":", 1)[0] for ln in lines if ln and not ln.startswith("#")}
 
         return cls(names(root / "etc/passwd"), names(root / "etc/group"))
+
+    @staticmethod
+    def uid(root: Path, user: str) -> int | None:
+        """``user``'s uid in the root's etc/passwd; None when it is not there."""
+        try:
+            lines = (root / "etc/passwd").read_text(encoding="utf-8", errors="replace")
+        except OSError:
+            return None
+        for line in lines.splitlines():
+            fields = line.split(":")
+            if len(fields) > 2 and fields[0] == user and fields[2].isdigit():
+                return int(fields[2])
+        return None
 
 
 def render_unit(text: str, *, user: str, groups: Sequence[str] = ()) -> str:
@@ -597,6 +667,16 @@ def install(
         raise InstallError("evsed install changes /etc and creates a user: run it with sudo")
     if package is not None and not package.exists():
         raise InstallError(f"{package}: no such file")
+    if package is not None:
+        problems = package_problems(package, root=root, owners=trusted_owners(root, user))
+        if problems:
+            raise InstallError(
+                f"{package}: root will not install it, someone else could swap it before pip "
+                f"reads it: {problems[0]}"
+                + (f" (and {len(problems) - 1} more)" if len(problems) > 1 else "")
+                + "; give the package as you built or downloaded it, from a directory only "
+                "root (or you) can write, such as your home or /root"
+            )
 
     system = System.read(root)
     groups = [g for g in DEVICE_GROUPS if g in system.groups]

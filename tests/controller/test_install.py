@@ -628,3 +628,106 @@ def test_an_etc_evsed_kept_elsewhere_by_its_admin_is_still_used(tmp_path) -> Non
     assert do_install(root, rec) == 0
     assert (elsewhere / "evsed.toml").read_text() == install.example_config()
     assert elsewhere.stat().st_mode & 0o777 == 0o750
+
+
+# -- the package root installs -----------------------------------------------------------
+# `evsed install --package X` pip-installs X as root (into /opt/evsed/venvs/<version> and
+# root's own copy, /usr/local/lib/evsed/admin). A package in /opt/evsed or /var/lib/evsed,
+# which the service user writes (a firmware update, possibly from a compromised Central
+# System, runs as that user), could be swapped between the checks and pip reading it, or
+# before: root would then install, and later run, the service user's code. Such a path is
+# refused, as is one where the file or a directory on its way belongs to someone else or is
+# writable by its group or others (a sticky /tmp is fine).
+
+SERVICE_PASSWD = "root:x:0:0::/root:/bin/sh\nevsed:x:998:998::/var/lib/evsed:/usr/sbin/nologin\n"
+
+
+def _refused(root: Path, package: Path) -> str:
+    rec = Recorder()
+    with pytest.raises(install.InstallError) as exc:
+        do_install(root, rec, package=package)
+    assert rec.commands == []  # refused before anything runs
+    assert not (root / "etc/systemd").exists()
+    return str(exc.value)
+
+
+@pytest.mark.parametrize("tree", ["opt/evsed", "var/lib/evsed", "opt/evsed/venvs/1.0.0"])
+def test_a_package_where_the_service_user_writes_is_refused(tmp_path: Path, tree: str) -> None:
+    """Fails without the change: pip ran on it as root."""
+    root = make_root(tmp_path)
+    (root / tree).mkdir(parents=True)
+    why = _refused(root, wheel(root / tree))
+    assert "evsed-1.2.3-py3-none-any.whl: root will not install it" in why
+    first = tree.split("/venvs")[0]
+    assert f"in {root}/{first}, which the service user writes" in why
+    assert "from a directory only root (or you) can write" in why
+
+
+def test_a_link_to_such_a_package_is_refused_too(tmp_path: Path) -> None:
+    root = make_root(tmp_path)
+    (root / "var/lib/evsed").mkdir(parents=True)
+    target = wheel(root / "var/lib/evsed")
+    link = tmp_path / "evsed-1.2.3-py3-none-any.whl"
+    link.symlink_to(target)
+    assert f"in {root}/var/lib/evsed, which the service user writes" in _refused(root, link)
+
+
+@pytest.mark.parametrize("mode", [0o775, 0o777])
+def test_a_package_in_a_directory_others_can_write_is_refused(tmp_path: Path, mode: int) -> None:
+    root = make_root(tmp_path)
+    shared = tmp_path / "shared"
+    shared.mkdir()
+    package = wheel(shared)
+    shared.chmod(mode)
+    try:
+        why = _refused(root, package)
+    finally:
+        shared.chmod(0o755)
+    assert f"{shared} (the package): writable by its group or others" in why
+
+
+def test_a_package_writable_by_others_is_refused(tmp_path: Path) -> None:
+    root = make_root(tmp_path)
+    package = wheel(tmp_path)
+    package.chmod(0o666)
+    assert f"{package} (the package): writable by its group or others" in _refused(root, package)
+
+
+def test_a_package_in_a_sticky_directory_and_the_usual_places_are_installed(
+    tmp_path: Path,
+) -> None:
+    """/tmp (mode 1777) is how systemd/README.md hands root a new wheel: only the file's
+    owner can swap it there. ~/dist (the admin's, README step 4) is fine too."""
+    sticky = tmp_path / "tmp"
+    sticky.mkdir()
+    sticky.chmod(0o1777)
+    for package in (wheel(sticky), wheel(tmp_path)):
+        root = make_root(tmp_path / package.parent.name)
+        rec = Recorder()
+        assert do_install(root, rec, package=package) == 0
+        pips = [c for c in rec.commands if c[1:4] == ["-m", "pip", "install"]]
+        assert len(pips) == 2 and all(c[-1] == f"{package}[pi]" for c in pips)
+
+
+def test_a_package_owned_by_someone_else_is_named(tmp_path: Path) -> None:
+    package = wheel(tmp_path)
+    mine = os.stat(package).st_uid
+    problems = install.package_problems(
+        package, root=tmp_path / "root", owners=frozenset({mine + 1}), top=tmp_path
+    )
+    assert f"{package} (the package): owned by uid {mine}" in problems
+    assert (
+        install.package_problems(
+            package, root=tmp_path / "root", owners=frozenset({mine}), top=tmp_path
+        )
+        == []
+    )
+
+
+def test_whose_packages_root_trusts(tmp_path: Path) -> None:
+    """Root, whoever runs it, the admin who ran sudo; never the service user."""
+    root = make_root(tmp_path, users=SERVICE_PASSWD)
+    me = os.getuid()
+    assert install.trusted_owners(root, "evsed", {}) == {0, me}
+    assert install.trusted_owners(root, "evsed", {"SUDO_UID": "1000"}) == {0, me, 1000}
+    assert 998 not in install.trusted_owners(root, "evsed", {"SUDO_UID": "998"})
