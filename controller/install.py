@@ -122,6 +122,8 @@ class Files:
 
     out: Out = print
     dry: bool = False
+    #: What a dry run has said it would create: said once, then taken as there.
+    planned: set[Path] = field(default_factory=set)
 
     def _would(self, what: str) -> bool:
         if self.dry:
@@ -136,6 +138,8 @@ class Files:
                 f"{path} is a symbolic link: root would change what it points to; make it a "
                 "directory (or remove it), then run evsed install again"
             )
+        if path in self.planned:
+            return  # a dry run's "would create" said it already
         exists = path.is_dir()
         if exists and (mode is None or path.stat().st_mode & 0o777 == mode):
             return
@@ -143,6 +147,7 @@ class Files:
         if self._would(
             f"set the mode of {path}/{mode_text}" if exists else f"create {path}/{mode_text}"
         ):
+            self.planned.add(path)
             return
         path.mkdir(parents=True, exist_ok=True)
         if mode is not None:
@@ -164,12 +169,17 @@ class Files:
         link.symlink_to(target)
 
     def switch(self, layout: Layout, name: str, venv: Path) -> None:
-        if self._would(f"link {layout.root / name} -> {venv}"):
+        link = layout.root / name
+        if link.is_symlink() and os.path.realpath(link) == os.path.realpath(venv):
+            return  # points there already
+        if self._would(f"link {link} -> {venv}"):
             return
         layout.switch(name, venv)
 
     def replace_link(self, link: Path, target: str) -> None:
         """``link`` -> ``target`` atomically (a reader sees the old link or the new one)."""
+        if link.is_symlink() and os.readlink(link) == target:
+            return  # points there already
         if self._would(f"link {link} -> {target}"):
             return
         link.parent.mkdir(parents=True, exist_ok=True)
@@ -489,8 +499,11 @@ def _venv_layout(
     run: Runner,
     out: Out,
     fs: Files,
+    printed: bool = False,
 ) -> Layout:
-    """/opt/evsed as the firmware installer wants it: venvs/<version>, current, previous."""
+    """/opt/evsed as the firmware installer wants it: venvs/<version>, current, previous.
+    ``printed``: the commands are only printed (a --root staging root), so a new venv is
+    not there; its line says so."""
     layout = Layout(root / PREFIX)
     for path in (layout.root, layout.venvs):
         if path.is_symlink():
@@ -501,7 +514,19 @@ def _venv_layout(
                 "install again"
             )
     running = layout.in_service()
-    if running is not None:
+    if running is not None and not running.is_dir():
+        out(
+            f"warning: /{PREFIX}/current -> venvs/{running.name} is broken: venvs/"
+            f"{running.name} is not there, so the service cannot start"
+            + (
+                " (a --root run only prints the commands that build it)"
+                if printed
+                else "; remove the link, then run evsed install --package <wheel> again"
+            )
+        )
+        if package is not None:
+            out(f"  {package.name} not installed: /{PREFIX}/current is left as it is")
+    elif running is not None:
         out(f"versions: /{PREFIX}/current -> venvs/{running.name} (kept)")
         if package is not None:
             out(f"  {package.name} not installed: new versions come as firmware updates")
@@ -523,20 +548,25 @@ def _venv_layout(
         fs.rename(layout.old_venv, running)
         # Its scripts start with #!/opt/evsed/venv/bin/python: the old name stays, as a link.
         fs.symlink(layout.old_venv, running.relative_to(layout.root))
-        out(
+        fs.done(
             f"versions: /{PREFIX}/venv migrated to /{PREFIX}/venvs/{version} (/{PREFIX}/venv "
             "stays as a link to it: its scripts name it)"
         )
     else:
         running = _fresh_venv(layout, package, python, running_prefix, run, fs)
-        out(f"versions: /{PREFIX}/venvs/{running.name}")
+        fs.done(
+            f"versions: /{PREFIX}/venvs/{running.name}"
+            + (" (not built: its python -m venv and pip are only printed)" if printed else "")
+        )
     fs.switch(layout, "current", running)
     if not layout.previous.is_symlink():
         fs.switch(layout, "previous", running)  # the rollback watcher's python until an update
     return layout
 
 
-def _state_dir(root: Path, user: str, run: Runner, out: Out, fs: Files) -> None:
+def _state_dir(
+    root: Path, user: str, run: Runner, out: Out, fs: Files, printed: bool = False
+) -> None:
     """/var/lib/evsed before the first start. systemd creates it (StateDirectory=) only when
     the unit first starts, but `config check` and `selftest` run as the service user before
     that (README steps 5 and 6) and found nowhere to write; the rollback watcher's path unit
@@ -549,11 +579,19 @@ def _state_dir(root: Path, user: str, run: Runner, out: Out, fs: Files) -> None:
         )
     fs.mkdir(state, STATE_MODE)  # refuses a link
     run(["chown", "-h", f"{user}:{user}", str(state)])
-    out(f"state: /{STATE} ({'exists, ' if existed else ''}mode 0700, owned by {user})")
+    owner = f"not owned by {user}: its chown is only printed" if printed else f"owned by {user}"
+    fs.done(f"state: /{STATE} ({'exists, ' if existed else ''}mode 0700, {owner})")
 
 
 def _admin_copy(
-    root: Path, package: Path | None, python: str, run: Runner, out: Out, fs: Files, real: bool
+    root: Path,
+    package: Path | None,
+    python: str,
+    run: Runner,
+    out: Out,
+    fs: Files,
+    real: bool,
+    printed: bool = False,
 ) -> None:
     """/usr/local/lib/evsed/admin: the venv root's commands run from, built from
     ``package`` (the one `evsed install` installs) into the slot `admin` does not point at,
@@ -561,7 +599,15 @@ def _admin_copy(
     link = root / ADMIN
     if package is None:
         _need_package(root)
-        out(f"admin copy: /{ADMIN} (kept; --package rebuilds it)")
+        if link.is_symlink() and not link.exists():
+            out(
+                f"warning: /{ADMIN} -> {os.readlink(link)} is broken: {os.readlink(link)} is "
+                "not there, so `sudo evsed` and safe-off's fallback to root's copy cannot run"
+                + (" (a --root run only prints the commands that build it)" if printed else "")
+                + "; evsed install --package <wheel> builds it"
+            )
+        else:
+            out(f"admin copy: /{ADMIN} (kept; --package rebuilds it)")
         return
     fs.mkdir(root / LIBDIR, 0o755)
     if real:
@@ -589,7 +635,10 @@ def _admin_copy(
                 + (f" (and {len(problems) - 3} more)" if len(problems) > 3 else "")
             )
     fs.replace_link(link, slot)
-    out(f"admin copy: /{ADMIN} -> {slot} ({package.name}, root's: what root runs)")
+    fs.done(
+        f"admin copy: /{ADMIN} -> {slot} ({package.name}, root's: what root runs"
+        + ("; not built: its python -m venv and pip are only printed)" if printed else ")")
+    )
 
 
 def _need_package(root: Path) -> None:
@@ -614,7 +663,7 @@ def _command_link(root: Path, out: Out, fs: Files) -> bool:
         return True
     if target == EVSED_BIN:
         fs.replace_link(link, ADMIN_BIN)
-        out(
+        fs.done(
             f"command: /{LINK} -> {ADMIN_BIN} (was -> {EVSED_BIN}: `sudo evsed` ran code the "
             "service user can change)"
         )
@@ -627,7 +676,7 @@ def _command_link(root: Path, out: Out, fs: Files) -> bool:
         )
         return False
     fs.symlink(link, ADMIN_BIN)
-    out(f"command: /{LINK} -> {ADMIN_BIN} (`evsed status` on the PATH)")
+    fs.done(f"command: /{LINK} -> {ADMIN_BIN} (`evsed status` on the PATH)")
     return True
 
 
@@ -661,6 +710,7 @@ def install(
     """``dry``: print every command and every file change, make none (no root needed)."""
     root = Path(root)
     real = root == Path("/")
+    printed = run is None and not (real and not dry)  # the commands are only printed
     run = run or (run_commands if real and not dry else dry_run(out))
     fs = Files(out, dry)
     if real and not dry and os.geteuid() != 0:
@@ -694,10 +744,14 @@ def install(
         _need_package(root)  # before anything is changed
     try:
         prefix = running_prefix or Path(sys.prefix)
-        layout = _venv_layout(root, package, python, prefix, run, out, fs)
+        layout = _venv_layout(root, package, python, prefix, run, out, fs, printed)
     except InstallFailed as exc:  # a version that cannot be a directory name
         raise InstallError(str(exc)) from None
-    out(f"service user {user}: " + ("exists" if user in system.users else "creating"))
+    if user in system.users:
+        out(f"service user {user}: exists")
+    else:
+        created = "to be created (useradd only printed)" if printed else "creating"
+        out(f"service user {user}: {created}")
     if user in system.users:
         if groups:
             run(["usermod", "--append", "--groups", ",".join(groups), user])
@@ -713,23 +767,23 @@ def install(
     # link swapped in after that check gets the owner itself, not what it points to).
     fs.mkdir(layout.venvs)
     run(["chown", "-h", f"{user}:{user}", str(layout.root), str(layout.venvs)])
-    _state_dir(root, user, run, out, fs)
-    _admin_copy(root, package, python, run, out, fs, real)
+    _state_dir(root, user, run, out, fs, printed)
+    _admin_copy(root, package, python, run, out, fs, real, printed)
     linked = _command_link(root, out, fs)
 
     unit = render_unit(shipped("evsed.service"), user=user, groups=groups)
     fs.write(root / UNIT, unit, 0o644)
-    out(f"unit: /{UNIT} (ExecStart={EVSED_BIN} run)")
+    fs.done(f"unit: /{UNIT} (ExecStart={EVSED_BIN} run)")
     for path in ROLLBACK_UNITS:
         fs.write(root / path, render_unit(shipped(path.name), user=user), 0o644)
     fs.mkdir(root / LIBDIR, 0o755)
     fs.write(root / AFTER_ROLLBACK, shipped("evsed-after-rollback.sh"), 0o755)
     fs.write(root / SAFE_OFF, shipped("evsed-safe-off.sh"), 0o755)
-    out(f"safe-off: /{SAFE_OFF} (ExecStopPost: current, else root's copy, else previous)")
-    out(f"firmware rollback: /{ROLLBACK_UNITS[0]}, /{ROLLBACK_UNITS[1]}, /{AFTER_ROLLBACK}")
+    fs.done(f"safe-off: /{SAFE_OFF} (ExecStopPost: current, else root's copy, else previous)")
+    fs.done(f"firmware rollback: /{ROLLBACK_UNITS[0]}, /{ROLLBACK_UNITS[1]}, /{AFTER_ROLLBACK}")
     pwm_group = "gpio" if "gpio" in groups else user
     fs.write(root / RULE, render_rule(shipped("99-evsed-pwm.rules"), pwm_group), 0o644)
-    out(f"udev rule: /{RULE} (kernel PWM writable by the group {pwm_group})")
+    fs.done(f"udev rule: /{RULE} (kernel PWM writable by the group {pwm_group})")
 
     config = root / CONFIG
     if config.exists():
@@ -737,7 +791,7 @@ def install(
     else:
         fs.mkdir(config.parent, 0o750, follow=True)
         fs.write(config, example_config(), 0o640)
-        out(f"configuration: /{CONFIG} (the Raspberry Pi example: edit it)")
+        fs.done(f"configuration: /{CONFIG} (the Raspberry Pi example: edit it)")
     # Readable by the service (it holds the Central System's key), by no one else.
     run(["chown", f"root:{user}", str(config.parent), str(config)])
     run(["systemctl", "daemon-reload"])

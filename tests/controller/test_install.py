@@ -33,6 +33,8 @@ class Recorder:
 
     def run(self, argv) -> None:
         self.commands.append(list(argv))
+        if list(argv[1:3]) == ["-m", "venv"]:
+            Path(argv[3]).mkdir(parents=True, exist_ok=True)  # as it leaves the venv: there
 
     def out(self, line: str) -> None:
         self.lines.append(line)
@@ -297,7 +299,7 @@ def test_run_from_a_venv_in_venvs_it_is_the_first_version(tmp_path) -> None:
     root, rec = make_root(tmp_path), Recorder()
     mine = root / "opt/evsed/venvs/2.0.0"
     mine.mkdir(parents=True)
-    (root / "usr/local/lib/evsed").mkdir(parents=True)
+    (root / "usr/local/lib/evsed/admin.a").mkdir(parents=True)
     (root / "usr/local/lib/evsed/admin").symlink_to("admin.a")  # root's copy is there
     assert do_install(root, rec, running_prefix=mine) == 0
     assert os.readlink(root / "opt/evsed/current") == "venvs/2.0.0"

@@ -122,3 +122,67 @@ def test_a_dry_run_on_slash_needs_no_root_and_runs_nothing(monkeypatch) -> None:
     )
     assert install.uninstall(Path("/"), purge=True, out=lines.append, dry=True) == 0
     assert any("would run: systemctl daemon-reload" in ln for ln in lines)
+
+
+# -- what the output says (a new user's report): each path once, and true ------------------
+
+
+def _would_lines(out: str) -> list[str]:
+    return [ln for ln in out.splitlines() if ln.startswith("  would ") and "would run:" not in ln]
+
+
+def test_a_dry_run_says_each_path_once(tmp_path) -> None:
+    """Fails without the change: /opt/evsed/venvs/ and /usr/local/lib/evsed/ each had two
+    "would create" lines, and summary lines ("state: ... owned by evsed") repeated the
+    paths as if done."""
+    root = make_root(tmp_path)
+    ran = _cli("install", "--root", str(root), "--package", str(wheel(tmp_path)), "--dry-run")
+    assert ran.returncode == 0, ran.stderr
+    lines = _would_lines(ran.stdout)
+    assert len(lines) == len(set(lines)), sorted(ln for ln in lines if lines.count(ln) > 1)
+    paths = [ln.split()[2] for ln in lines]  # "would create|write|link PATH ..."
+    assert len(paths) == len(set(paths))
+    assert lines.count(f"  would create {root}/opt/evsed/venvs/") == 1
+    assert lines.count(f"  would create {root}/usr/local/lib/evsed/ (mode 755)") == 1
+    # Nothing claims to be so: the would lines say it.
+    assert "owned by evsed" not in ran.stdout
+    assert "\nunit: " not in ran.stdout and "\nstate: " not in ran.stdout
+
+
+def test_a_staging_root_says_what_is_not_there_and_whose_it_is_not(tmp_path) -> None:
+    """`evsed install --root DIR` writes the files and only prints the commands: the venvs
+    are never built, so on the next run the links to them are broken, and were reported
+    "(kept)"; the state directory was "owned by evsed" though its chown was only printed.
+    Fails without the change."""
+    root = make_root(tmp_path)
+    ran = _cli("install", "--root", str(root), "--package", str(wheel(tmp_path)))
+    assert ran.returncode == 0, ran.stderr
+    out = ran.stdout
+    assert "state: /var/lib/evsed (mode 0700, not owned by evsed: its chown is only printed)" in out
+    assert "versions: /opt/evsed/venvs/1.2.3 (not built: its python -m venv and pip" in out
+    assert "admin copy: /usr/local/lib/evsed/admin -> admin.a (" in out
+    assert "not built: its python -m venv and pip are only printed" in out.split("admin copy")[1]
+
+    again = _cli("install", "--root", str(root))
+    assert again.returncode == 0, again.stderr
+    out = again.stdout
+    assert "(kept" not in out
+    assert "warning: /usr/local/lib/evsed/admin -> admin.a is broken: admin.a is not there" in out
+    assert "warning: /opt/evsed/current -> venvs/1.2.3 is broken" in out
+    assert "a --root run only prints the commands that build it" in out
+    assert "owned by evsed)" not in out
+
+
+def test_a_dry_run_over_an_installed_root_does_not_relink_what_points_there(tmp_path) -> None:
+    """Fails without the change: "current -> venvs/1.2.3 (kept)" and then "would link
+    .../current -> .../venvs/1.2.3"."""
+    root = make_root(tmp_path)
+    assert _cli("install", "--root", str(root), "--package", str(wheel(tmp_path))).returncode == 0
+    (root / "opt/evsed/venvs/1.2.3").mkdir()  # as if its commands had run
+    (root / "usr/local/lib/evsed/admin.a").mkdir()
+    ran = _cli("install", "--root", str(root), "--dry-run")
+    assert ran.returncode == 0, ran.stderr
+    assert "versions: /opt/evsed/current -> venvs/1.2.3 (kept)" in ran.stdout
+    assert "admin copy: /usr/local/lib/evsed/admin (kept; --package rebuilds it)" in ran.stdout
+    assert "would link" not in ran.stdout
+    assert "warning" not in ran.stdout
