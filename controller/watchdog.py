@@ -45,6 +45,11 @@ FREEZE_CHECK_S = 0.1
 #: How long the guard waits for its cut (in a thread of its own: a driver the frozen core
 #: holds may block it too) before it reports the cut as not confirmed and goes on.
 FREEZE_CUT_WAIT_S = 1.0
+#: While the core stays frozen, the guard drives the safe levels again this often (at its
+#: next check instead when the last cut left a line unsafe or did not answer).
+FREEZE_REDRIVE_S = 2.0
+#: A re-drive that still leaves a line unsafe says so at most this often (not every check).
+FREEZE_LOG_EVERY_S = 10.0
 
 
 def sd_notify(state: str) -> bool:
@@ -142,10 +147,17 @@ class Watchdog:
 
 class FreezeGuard:
     """Run `await guard.run()` as a task on the application loop (whether or not systemd
-    watches): once the safety tick is older than `max_tick_age_s`, `cut(detail)` runs
-    (once per episode, in a thread of its own; it returns what it could not make safe),
-    then `on_cut()` on the loop (tell the Central System). A tick of `math.inf` (no core
-    running: start-up, a Reset, a stop) is no freeze. Healthy again, it re-arms."""
+    watches): once the safety tick is older than `max_tick_age_s`, `cut(detail)` runs (in a
+    thread of its own; it returns what it could not make safe), then `on_cut()` on the loop
+    (tell the Central System), once per episode. A tick of `math.inf` (no core running:
+    start-up, a Reset, a stop) is no freeze. Healthy again, it re-arms.
+
+    While the core stays frozen the cut runs again (`redrives`): at the next check when the
+    last one left a line unsafe (or raised), else every `redrive_s` (the core may be frozen
+    in a state that undoes a level, a driver may have failed silently). Never two cuts at
+    once: one that has not returned (a driver that blocks) is awaited, not joined by another
+    thread stuck behind it; once it returns, its answer decides. The log says what is unsafe
+    at most every `log_every_s`."""
 
     def __init__(
         self,
@@ -156,6 +168,9 @@ class FreezeGuard:
         max_tick_age_s: float = FREEZE_CUT_AGE_S,
         interval_s: float = FREEZE_CHECK_S,
         cut_wait_s: float = FREEZE_CUT_WAIT_S,
+        redrive_s: float = FREEZE_REDRIVE_S,
+        log_every_s: float = FREEZE_LOG_EVERY_S,
+        monotonic: Callable[[], float] = time.monotonic,
     ) -> None:
         self.safety_tick_age = safety_tick_age
         self._cut = cut
@@ -163,41 +178,112 @@ class FreezeGuard:
         self.max_tick_age_s = max_tick_age_s
         self.interval_s = interval_s
         self.cut_wait_s = cut_wait_s
+        self.redrive_s = redrive_s
+        self.log_every_s = log_every_s
+        self._monotonic = monotonic
+        #: Episodes cut (one per freeze, whatever the re-drives).
         self.cuts = 0
+        #: Cuts run again while a core stayed frozen (every episode).
+        self.redrives = 0
+        #: The cut running now, or the last one (done): its answer, None if it raised.
+        self.cut_in_flight: asyncio.Future[list[str]] | None = None
         self._tripped = False
+        self._episode_redrives = 0
+        self._detail = ""
+        self._last_cut_at = -math.inf
+        self._safe = False  # the episode's last answered cut left every line safe
+        self._logged_at = -math.inf  # the last CRITICAL of a re-drive
 
     async def check(self) -> bool:
-        """One look; True if it cut the outputs now."""
+        """One look; True if it cut the outputs now for a new episode (a re-drive while the
+        same freeze lasts counts in `redrives`)."""
         age = read_tick_age(self.safety_tick_age, "freeze guard")
         if not math.isfinite(age):
             return False
         if age <= self.max_tick_age_s:
             if self._tripped:
-                log.warning("freeze guard: the safety core ticks again")
+                log.warning(
+                    "freeze guard: the safety core ticks again (the cut re-driven %d times)",
+                    self._episode_redrives,
+                )
                 self._tripped = False
             return False
         if self._tripped:
+            await self._redrive(age)
             return False
         self._tripped = True
+        self._episode_redrives = 0
+        self._logged_at = -math.inf
         self.cuts += 1
-        detail = f"safety core froze: no tick for {age:.1f} s"
+        self._detail = detail = f"safety core froze: no tick for {age:.1f} s"
         log.critical("%s; the loop opens the relay and sets the pilot to state F", detail)
-        failed = await self._run_cut(detail)
+        failed = await self._drive()
         if failed is None:
             log.critical("freeze guard: the cut did not return within %s s", self.cut_wait_s)
         for line in failed or ():
             log.critical("freeze guard: NOT SAFE: %s", line)
+        if not self._safe:  # the re-drives' CRITICALs count from this one
+            self._logged_at = self._monotonic()
         try:
             self._on_cut()
         except Exception:
             log.exception("freeze guard: reporting the cut failed")
         return True
 
-    async def _run_cut(self, detail: str) -> list[str] | None:
+    async def _redrive(self, age: float) -> None:
+        """The core is still frozen after its cut: drive the safe levels again when due."""
+        pending = self.cut_in_flight
+        if pending is not None and not pending.done():
+            # A driver blocks the last cut: a second thread would only block behind it.
+            self._log_unsafe(f"the cut has not returned ({age:.1f} s without a tick)")
+            return
+        if self._safe and self._monotonic() - self._last_cut_at < self.redrive_s:
+            return
+        was_safe = self._safe
+        self.redrives += 1
+        self._episode_redrives += 1
+        failed = await self._drive()
+        if failed is None:
+            self._log_unsafe(f"the cut re-driven did not return within {self.cut_wait_s} s")
+        elif failed:
+            self._log_unsafe("; ".join(failed))
+        elif not was_safe:
+            log.warning(
+                "freeze guard: the cut re-driven made every output safe (attempt %d)",
+                self._episode_redrives + 1,
+            )
+        else:
+            log.debug("freeze guard: safe levels re-driven (core frozen %.1f s)", age)
+
+    def _log_unsafe(self, what: str) -> None:
+        now = self._monotonic()
+        if now - self._logged_at >= self.log_every_s:
+            self._logged_at = now
+            log.critical(
+                "freeze guard: NOT SAFE, the safety core still frozen: %s (re-driven %d times)",
+                what,
+                self._episode_redrives,
+            )
+
+    async def _drive(self) -> list[str] | None:
+        """The episode's cut once more; what it could not make safe (None: no answer in
+        time). Notes when, and whether every line is safe."""
+        self._last_cut_at = self._monotonic()
+        self._safe = False
+        failed = await self._run_cut(self._detail, traceback=self._episode_redrives == 0)
+        self._safe = failed == []
+        return failed
+
+    async def _run_cut(self, detail: str, *, traceback: bool = True) -> list[str] | None:
         """The cut in a daemon thread of its own (never the loop, never the default
-        executor, which a blocked driver could hold); None if it did not answer in time."""
+        executor, which a blocked driver could hold); None if it did not answer in time.
+        `traceback`: log it if the cut raises (the episode's first cut; not every re-drive)."""
         loop = asyncio.get_running_loop()
         done: asyncio.Future[list[str]] = loop.create_future()
+        # An answer that comes after the wait gave up is not awaited by anyone: its
+        # exception is read here, so it is never reported as "never retrieved".
+        done.add_done_callback(lambda f: f.cancelled() or f.exception())
+        self.cut_in_flight = done
 
         def settle(result: list[str] | BaseException) -> None:
             if done.done():
@@ -220,11 +306,16 @@ class FreezeGuard:
 
         threading.Thread(target=work, name="freeze-cut", daemon=True).start()
         try:
-            return await asyncio.wait_for(asyncio.shield(done), self.cut_wait_s)
+            # asyncio.timeout, not wait_for: Python 3.11's wait_for returns the result when
+            # the answer and a cancel (the stop's) come in the same loop turn, swallowing
+            # the cancel; the guard's task then never ended and the stop hung on it.
+            async with asyncio.timeout(self.cut_wait_s):
+                return await asyncio.shield(done)
         except TimeoutError:
             return None
         except Exception as exc:
-            log.exception("freeze guard: the cut raised")
+            if traceback:
+                log.exception("freeze guard: the cut raised")
             return [f"cut raised: {exc}"]
 
     async def run(self) -> None:
