@@ -233,10 +233,16 @@ class Stack:
                 log.exception("connector %s: the frozen-core status was not reported", cid)
 
     async def _stop_controller(self, reason: StopReason) -> None:
-        await self._stop_freeze_guard()
         await self._stop_hold_task()
         if self.charger is not None:
-            await self.charger.stop(reason)
+            # The freeze guard watches the stop too: a core that freezes in it (stopping
+            # the transactions, opening the relays) has its outputs cut by the loop. Once
+            # the core has stopped its tick age is inf, no freeze, so the guard cannot act
+            # on a charger being shut down; it ends before the charger is let go.
+            try:
+                await self.charger.stop(reason)
+            finally:
+                await self._stop_freeze_guard()
             self.charger = None
         if self.ocpp is not None:
             await self._flush()
