@@ -252,6 +252,10 @@ class Connector:
         #: installation), None when starts are allowed. Idle, the connector reads Unavailable.
         self.maintenance: str | None = None
         self.allowed_a = settings.max_current_a or settings.rated_current_a
+        # The limiter's latest wish, written by the loop before its command: a command the
+        # core never ran (stuck: answered with its default, dropped) is not lost, the core
+        # takes the wish at its next step (`supervise`), a lower current above all.
+        self._wanted_a = self.allowed_a
         self.cable_a: int | None = None  # from PP; None = unknown/fixed cable
         self.last_sample: MeterSample | None = None
         self.last_energy_wh: float | None = None
@@ -697,12 +701,29 @@ class Connector:
 
     # ------------------------------------------------------------------ limits
 
-    @command()
     def set_allowed_current(self, amps: float) -> None:
-        """From the limiter: the current this connector may offer now (< 6 A suspends)."""
-        if amps != self.allowed_a:
-            self.allowed_a = amps
+        """From the limiter: the current this connector may offer now (< 6 A suspends).
+
+        Kept as the wish first (one attribute written: any thread), then given to the core
+        as a command; should the core be stuck and drop the command, its next step takes
+        the latest wish anyway, so a reduction is never lost (the EV would draw the old,
+        higher current until something else recomputed the limits)."""
+        self._wanted_a = amps
+        self._take_wanted_current()
+
+    @command()
+    def _take_wanted_current(self) -> None:
+        if self._take_wish():
             self._apply()
+
+    def _take_wish(self) -> bool:
+        """On the core: the limiter's latest wish becomes the allowed current; True if it
+        changed."""
+        wanted = self._wanted_a
+        if wanted == self.allowed_a:
+            return False
+        self.allowed_a = wanted
+        return True
 
     # ------------------------------------------------------------------ people and the CS
 
@@ -1009,6 +1030,8 @@ class Connector:
     def supervise(self) -> None:
         """Deadlines and contactor feedback; the sampler calls this every tick."""
         now = self._clock.monotonic()
+        # A limit whose command the core dropped (stuck): taken now, applied below.
+        self._take_wish()
         self.on_contactor_fault(self._contactor.fault())
         self._supervise_unlock(now)
         self._release_lock_when_safe()
