@@ -422,8 +422,17 @@ def _main(coro_factory: Callable[[asyncio.Event], Any]) -> int:
     async def runner() -> None:
         stop = asyncio.Event()
         loop = asyncio.get_running_loop()
+
+        def on_signal(sig: signal.Signals) -> None:
+            # The journal says why evsed ends (a new user saw it end without a word).
+            if stop.is_set():
+                log.info("%s received: already stopping", sig.name)
+            else:
+                log.info("%s received: stopping evsed", sig.name)
+            stop.set()
+
         for sig in (signal.SIGTERM, signal.SIGINT):
-            loop.add_signal_handler(sig, stop.set)
+            loop.add_signal_handler(sig, on_signal, sig)
         await coro_factory(stop)
 
     try:

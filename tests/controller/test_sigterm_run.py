@@ -61,7 +61,9 @@ async def test_signal_while_charging_stops_cleanly(
         assert reading_wh <= stops[0].payload["meterStop"] <= reading_wh + 100
         with Store(tmp_path / "state" / "evsed.db") as store:
             assert store.open_transactions() == []
-        assert "Traceback" not in (tmp_path / "evsed.log").read_text()
+        journal = (tmp_path / "evsed.log").read_text()
+        assert "Traceback" not in journal
+        assert f"{sig.name} received: stopping evsed" in journal  # why it ended
     finally:
         await evsed.close()
 
