@@ -42,6 +42,11 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
+#: How long a stop waits for the core thread's last step before it cuts the outputs itself.
+STOP_JOIN_S = 5.0
+#: How long that cut may take (a driver may be what froze the core).
+STOP_CUT_WAIT_S = 1.0
+
 #: Commands waiting for the core; a full queue means the core is stuck, not busy.
 QUEUE_SIZE = 64
 #: How long the loop waits for the core's answer to one command before giving up on it.
@@ -263,6 +268,22 @@ class SafetyCore:
             self._frozen = detail
         return failed
 
+    def _cut_bounded(self, detail: str) -> list[str]:
+        """`cut_frozen` from a daemon thread of its own, waited for at most
+        STOP_CUT_WAIT_S: a driver the frozen core is stuck in must not hold the stop too."""
+        result: list[list[str]] = []
+
+        def cut() -> None:
+            try:
+                result.append(self.cut_frozen(detail))
+            except Exception as exc:
+                result.append([f"the cut raised {exc!r}"])
+
+        worker = threading.Thread(target=cut, name="stop-cut", daemon=True)
+        worker.start()
+        worker.join(STOP_CUT_WAIT_S)
+        return result[0] if result else [f"the cut did not return within {STOP_CUT_WAIT_S} s"]
+
     def _acknowledge_freeze(self) -> None:
         with self._freeze_lock:
             detail = self._frozen
@@ -313,9 +334,17 @@ class SafetyCore:
             # Joined on the loop, not in a worker: while the core finishes its last step
             # (a tick at most) nothing on the loop may queue a command behind the stop.
             self._queue.put(_STOP)
-            self._thread.join(5.0)
+            self._thread.join(STOP_JOIN_S)
             if self._thread.is_alive():
-                log.error("the safety core did not stop within 5 s")
+                # Frozen during the stop: the freeze guard cannot look while the loop waits
+                # here, so the stop cuts the outputs itself before it goes on.
+                log.critical(
+                    "the safety core did not stop within %s s: the loop opens the relay and "
+                    "sets the pilot to state F",
+                    STOP_JOIN_S,
+                )
+                for line in self._cut_bounded(f"safety core did not stop within {STOP_JOIN_S} s"):
+                    log.critical("stop: NOT SAFE: %s", line)
             self._thread = None
         self._running = False
         for task in self._tasks:

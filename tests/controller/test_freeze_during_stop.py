@@ -13,6 +13,9 @@ import asyncio
 import threading
 from pathlib import Path
 
+import pytest
+
+from evsed.controller.connector import core as core_module
 from evsed.controller.connector.hooks import LocalHooks
 from tests.support.realtime import RelayWatch, realtime_stack
 
@@ -81,3 +84,37 @@ async def test_a_reset_stops_the_old_guard_and_starts_one_for_the_new_charger(
         assert stack.freeze_guard.safety_tick_age() < 1.0
         assert not await stack.freeze_guard.check()
     assert new_task.done()
+
+
+async def test_a_core_that_will_not_stop_has_its_outputs_cut_by_the_stop(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The core freezes as its own stop begins: the loop waits in the join, where the
+    freeze guard cannot look. The relay stayed closed until the devices were closed
+    after it; now the stop cuts the outputs itself once the join runs out."""
+    monkeypatch.setattr(core_module, "STOP_JOIN_S", 0.5)
+    release, frozen = threading.Event(), threading.Event()
+
+    def freeze() -> None:
+        frozen.set()
+        release.wait(30)
+
+    try:
+        async with realtime_stack(tmp_path) as stack:
+            charger = stack.charger
+            assert charger is not None and charger.core.threaded
+            sim = stack.bench.sim(1)
+            watch = RelayWatch(sim.pins.relay, lambda: bool(sim.pins.relay_energized))
+            await stack.bench.plug(1)
+            await watch.wait(True)
+            hang = asyncio.create_task(asyncio.to_thread(charger.core.call, freeze))
+            assert await asyncio.to_thread(frozen.wait, 5)
+            await charger.core.stop()  # blocks the loop in the join: no guard meanwhile
+            assert not sim.pins.relay_energized, "the relay stayed closed after the stop"
+            assert sim.pins.pilot_duty == 0.0  # state F
+            assert not release.is_set()  # still frozen: the stop itself opened it
+            release.set()
+            await hang
+            watch.close()
+    finally:
+        release.set()
