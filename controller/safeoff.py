@@ -29,8 +29,9 @@ closed then: driving the relay off does not make a welded contactor safe.
 
 Exit status: 0 every output driven safe; 1 (`EXIT_NOT_SAFE`) some output could not be
 driven, one line each (systemctl status shows the failed ExecStopPost); 4
-(`EXIT_WELDED`) a contactor still reads closed after its relay was driven off, one line
-each (and the lines of any output not driven); 2 the
+(`EXIT_WELDED`) a contactor still reads closed after its relay was driven off, or its
+feedback could not be read then (the contacts unknown), one line each (and the lines of
+any output not driven); 2 the
 configuration file cannot be read at all and there is no record of the outputs (a start
 that failed before writing it drove nothing). The unit runs it through
 systemd/evsed-safe-off.sh, which tries the next copy of evsed when this one cannot run
@@ -65,10 +66,11 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 EXIT_SAFE, EXIT_NOT_SAFE, EXIT_CONFIG = 0, 1, 2
-#: A contactor still reads closed after its relay was driven off (welded?). Not 1: the
+#: A contactor still reads closed after its relay was driven off (welded?), or its
+#: feedback could not be read then (contacts unknown: as unsafe as a weld). Not 1: the
 #: unit's script tries the next copy of evsed after a 1 (it may drive what this one could
-#: not), and a copy from before the weld check would then say 0; after a 4 it still tries
-#: the next copy, and ends with 1 whatever that copy says.
+#: not), and a copy from before the weld check would then say 0, without reading anything;
+#: after a 4 it still tries the next copy, and ends with 1 whatever that copy says.
 EXIT_WELDED = 4
 
 #: The longest wait for a contactor's contacts to open (the configuration's own maximum of
@@ -399,6 +401,9 @@ class _Check:
 class Driven:
     failed: list[str]  # outputs that could not be driven safe, one line each
     welded: list[str]  # contactors still closed after their relay was driven off
+    #: contactors whose feedback could not be read once their relay was driven off: whether
+    #: the contacts opened is unknown, which is as unsafe as a weld (`run`: exit 4 for both)
+    unknown: list[str]
     devices: list[Any]  # now holding the safe levels: keep them referenced, never close
     done: list[str]  # one line per connector: what was driven
 
@@ -415,7 +420,7 @@ def drive(
     levels (keep them referenced, do not close them), and one line per connector saying
     what was driven. `drive_all` tells a weld apart."""
     r = drive_all(connectors, pin_factory=pin_factory, monotonic=monotonic, sleep=sleep)
-    return r.failed + r.welded, r.devices, r.done
+    return r.failed + r.welded + r.unknown, r.devices, r.done
 
 
 def drive_all(
@@ -431,8 +436,11 @@ def drive_all(
     pilot pin is driven as a plain output instead. Every relay and pilot is driven first,
     then the contactors with a feedback input are read (`_still_closed`: one bounded wait
     for all, `monotonic` and `sleep` its time), then a hold solenoid is released where its
-    contactor reads open."""
+    contactor read open. A feedback input that cannot be claimed or read (EIO from a GPIO
+    expander) leaves the contacts unknown: reported as such, never taken for open (its
+    hold solenoid stays held)."""
     failed: list[str] = []
+    unknown: list[str] = []
     devices: list[Any] = []
     lines: list[list[str]] = []
     no_gpio: str | None = None
@@ -491,10 +499,7 @@ def drive_all(
                 checks[n] = _Check(name, relay, feedback)
             except Exception as exc:
                 log.debug("feedback of %s", name, exc_info=True)
-                failed.append(
-                    f"{name}: contactor feedback GPIO{relay.feedback_pin} not readable: {exc}; "
-                    "whether the contacts opened is unknown"
-                )
+                unknown.append(_unknown_line(name, relay, exc))
         pilot = outputs.pilot
         try:
             if pilot is None and "pilot" not in outputs.problems:
@@ -543,7 +548,10 @@ def drive_all(
                 log.debug("lock of %s", name, exc_info=True)
                 pin = f"GPIO{lock.lock_pin}" if lock is not None else "pin unknown"
                 failed.append(f"{name}: lock outputs ({pin}) not set: {exc}")
-    closed = _still_closed(list(checks.values()), monotonic=monotonic, sleep=sleep)
+    closed, unread = _still_closed(list(checks.values()), monotonic=monotonic, sleep=sleep)
+    for check, exc in unread:
+        unknown.append(_unknown_line(check.name, check.contactor, exc))
+    not_open = {id(c) for c in closed} | {id(c) for c, _ in unread}
     welded: list[str] = []
     for check in closed:
         c = check.contactor
@@ -562,12 +570,13 @@ def drive_all(
         try:
             if no_gpio is not None:
                 raise RuntimeError(no_gpio)
-            if check is not None and not check.feedback.is_active:
+            if check is not None and id(check) not in not_open:
                 devices.append(
                     DigitalOutputDevice(lock.lock_pin, initial_value=False, pin_factory=pin_factory)
                 )
-            # Otherwise the contacts may carry current (closed, no feedback to tell, or the
-            # relay not driven off): the plug stays held, the output is not claimed at all.
+            # Otherwise the contacts may carry current (closed, no feedback to tell, one that
+            # could not be read, or the relay not driven off): the plug stays held, the
+            # output is not claimed at all.
             lines[n - 1].append(f"lock GPIO{lock.lock_pin} safe")
         except Exception as exc:
             log.debug("lock of %s", name, exc_info=True)
@@ -576,7 +585,16 @@ def drive_all(
         f"{outputs.label or f'connector {n}'}: " + (", ".join(driven) or "nothing driven")
         for n, (outputs, driven) in enumerate(zip(connectors, lines, strict=True), 1)
     ]
-    return Driven(failed, welded, devices, done)
+    return Driven(failed=failed, welded=welded, unknown=unknown, devices=devices, done=done)
+
+
+def _unknown_line(name: str, contactor: ContactorConfig, exc: BaseException) -> str:
+    return (
+        f"{name}: contactor feedback GPIO{contactor.feedback_pin} not readable after the relay "
+        f"GPIO{contactor.relay_pin} was driven off: {exc}; whether the contacts opened is "
+        "unknown: the cable may be live: switch the supply off upstream before anyone touches "
+        "the charger"
+    )
 
 
 def _still_closed(
@@ -584,21 +602,37 @@ def _still_closed(
     *,
     monotonic: Callable[[], float],
     sleep: Callable[[float], None],
-) -> list[_Check]:
+) -> tuple[list[_Check], list[tuple[_Check, Exception]]]:
     """The contactors whose feedback still reads closed once their settle_s has passed
-    since their relay was driven off (all were driven off before this is called). Returns
-    as soon as every feedback reads open; bounded by MAX_SETTLE_S in time and by a count of
-    reads, whatever the clock does."""
+    since their relay was driven off (all were driven off before this is called), and those
+    whose feedback raised when read (with the exception: not read again, their contacts
+    unknown). Returns as soon as every other feedback reads open; bounded by MAX_SETTLE_S
+    in time and by a count of reads, whatever the clock does."""
+    unread: list[tuple[_Check, Exception]] = []
+
+    def reading_closed(pending: Sequence[_Check]) -> list[_Check]:
+        closed = []
+        for check in pending:
+            try:
+                if check.feedback.is_active:
+                    closed.append(check)
+            except Exception as exc:
+                log.debug("feedback of %s", check.name, exc_info=True)
+                unread.append((check, exc))
+        return closed
+
+    def readable() -> list[_Check]:
+        return [c for c in checks if all(c is not u for u, _ in unread)]
+
     start = monotonic()
-    closed: list[_Check] = []
     for _ in range(int(MAX_SETTLE_S / POLL_S) + 2):
-        closed = [c for c in checks if c.feedback.is_active]
+        closed = reading_closed(readable())
         elapsed = monotonic() - start
         waiting = [c.contactor.settle_s - elapsed for c in closed if elapsed < c.contactor.settle_s]
         if not waiting:
-            return closed
+            return closed, unread
         sleep(min(POLL_S, *waiting))
-    return [c for c in checks if c.feedback.is_active]
+    return reading_closed(readable()), unread
 
 
 def plan_for(path: Path | None, record: Path | None) -> tuple[Plan, list[str]]:
@@ -648,10 +682,13 @@ def run(
     failed = plan.problems + driven.failed
     for line in driven.done:
         print(f"evsed safe-off: {line}")
-    for line in failed + driven.welded:
+    for line in failed + driven.welded + driven.unknown:
         print(f"evsed safe-off: {line}", file=sys.stderr)
     if driven.welded:
         print("evsed safe-off: NOT SAFE: a contactor did not open", file=sys.stderr)
+    if driven.unknown:
+        print("evsed safe-off: NOT SAFE: whether a contactor opened is unknown", file=sys.stderr)
+    if driven.welded or driven.unknown:
         return EXIT_WELDED
     if failed:
         print("evsed safe-off: NOT SAFE: check the relay and the pilot", file=sys.stderr)

@@ -19,8 +19,9 @@
 #      nothing; the next copy
 #   3  it could not run at all (an import failed, no python): the next copy
 #   4  it drove the outputs, and a contactor still reads closed after its relay was driven
-#      off (welded?): the next copy too (it may drive an output this one could not), but
-#      the weld stands, whatever that copy says (one from before the weld check says 0)
+#      off (welded?), or its feedback input could not be read then (contacts unknown): the
+#      next copy too (it may drive an output this one could not), but the weld stands,
+#      whatever that copy says (one from before the weld check says 0 without reading)
 # Exit 1 when no copy made every output safe, or one found a contactor welded:
 # `systemctl status evsed` shows the failed ExecStopPost, and the journal names each
 # output and each copy.
@@ -74,7 +75,7 @@ for venv in $venvs; do
         1) why="could not drive every output" ;;
         2) why="could not read the configuration and found no record of the outputs: drove nothing" ;;
         4)
-            why="found a contactor still closed after opening (welded?)"
+            why="found a contactor still closed after opening (welded?), or could not read whether it opened"
             welded="$welded $venv"
             ;;
         *) why="could not run (exit status $status)" ;;
@@ -83,7 +84,7 @@ for venv in $venvs; do
     tried="$tried $venv($status)"
 done
 if [ -n "$welded" ]; then
-    echo "evsed safe-off: NOT SAFE: a contactor still reads closed after its relay was driven off (welded?, found by$welded; tried$tried): switch the supply off upstream before anyone touches the charger" >&2
+    echo "evsed safe-off: NOT SAFE: a contactor still reads closed after its relay was driven off, or whether it opened is unknown (welded?, found by$welded; tried$tried): switch the supply off upstream before anyone touches the charger" >&2
     exit 1
 fi
 echo "evsed safe-off: NOT SAFE: no copy of evsed drove every output (tried$tried)" >&2
