@@ -42,16 +42,18 @@ when any copy found a contactor welded.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import logging
 import os
 import sys
 import time
 import tomllib
+import traceback
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import TYPE_CHECKING, Any, NoReturn, TypeVar
 
 from gpiozero import DigitalInputDevice, DigitalOutputDevice
 from pydantic import BaseModel, ValidationError
@@ -655,6 +657,25 @@ def plan_for(path: Path | None, record: Path | None) -> tuple[Plan, list[str]]:
     return combine(recorded.plan, configured)
 
 
+def _write(stream: Any, text: str) -> None:
+    """Write and flush, never raising: the stream is the journal's (stdout and stderr of
+    ExecStopPost), and a broken one (EPIPE once journald has gone, a closed file) must not
+    end safe-off through an exception: the interpreter's exit would close the devices
+    holding the safe levels (`held`)."""
+    if stream is None:
+        return
+    with contextlib.suppress(OSError, ValueError):  # ValueError: a closed file
+        stream.write(text)
+    with contextlib.suppress(OSError, ValueError):
+        stream.flush()
+
+
+def say(line: str, *, err: bool = False) -> None:
+    """One line of the report: "evsed safe-off: LINE" on stdout (what was driven) or
+    stderr (what was not, and why). Cannot raise (`_write`)."""
+    _write(sys.stderr if err else sys.stdout, f"evsed safe-off: {line}\n")
+
+
 def run(
     path: Path | None,
     *,
@@ -669,43 +690,68 @@ def run(
     try:
         plan, notes = plan_for(path, record)
     except Unreadable as exc:
-        print(f"evsed safe-off: {exc}; no output driven", file=sys.stderr)
+        say(f"{exc}; no output driven", err=True)
         return EXIT_CONFIG
     for line in notes:
-        print(f"evsed safe-off: {line}", file=sys.stderr)
+        say(line, err=True)
     if plan.bench:
         # The bench's pins lived in the process that ran it; nothing real to drive.
-        print("evsed safe-off: simulated bench, no real outputs to make safe", file=sys.stderr)
+        say("simulated bench, no real outputs to make safe", err=True)
         return EXIT_SAFE
     driven = drive_all(plan.connectors, pin_factory=pin_factory, monotonic=monotonic, sleep=sleep)
     held.extend(driven.devices)
     failed = plan.problems + driven.failed
     for line in driven.done:
-        print(f"evsed safe-off: {line}")
+        say(line)
     for line in failed + driven.welded + driven.unknown:
-        print(f"evsed safe-off: {line}", file=sys.stderr)
+        say(line, err=True)
     if driven.welded:
-        print("evsed safe-off: NOT SAFE: a contactor did not open", file=sys.stderr)
+        say("NOT SAFE: a contactor did not open", err=True)
     if driven.unknown:
-        print("evsed safe-off: NOT SAFE: whether a contactor opened is unknown", file=sys.stderr)
+        say("NOT SAFE: whether a contactor opened is unknown", err=True)
     if driven.welded or driven.unknown:
         return EXIT_WELDED
     if failed:
-        print("evsed safe-off: NOT SAFE: check the relay and the pilot", file=sys.stderr)
+        say("NOT SAFE: check the relay and the pilot", err=True)
         return EXIT_NOT_SAFE
     return EXIT_SAFE
 
 
-def main(argv: Sequence[str] | None = None) -> int:
+def main(argv: Sequence[str] | None = None) -> NoReturn:
     """`python -m evsed.controller.safeoff [--config FILE]` (and `evsed safe-off`). Leaves
-    through os._exit: nothing closes the GPIO devices on the way out."""
+    through os._exit, whatever happens: nothing closes the GPIO devices on the way out
+    (gpiozero closes every device at the interpreter's exit, and a closed lgpio line
+    floats). An exception (BaseException: a KeyboardInterrupt too) exits 1, after one line
+    and its traceback on stderr: the outputs driven so far stay held, and the unit's script
+    tries the next copy of evsed."""
+    code = EXIT_NOT_SAFE
+    # What escaped, referenced until os._exit: its traceback holds the frames it stopped,
+    # and with them the devices claimed so far (`drive_all`'s, not yet in `held`); freed,
+    # a gpiozero device is closed, and its line floats.
+    escaped: BaseException | None = None
+    try:
+        code = _main(argv)
+    except BaseException as exc:
+        escaped = exc
+        with contextlib.suppress(BaseException):  # nothing may keep it from os._exit
+            say(f"NOT SAFE: stopped by {exc!r}; the outputs driven so far are held", err=True)
+            _write(sys.stderr, "".join(traceback.format_exception(exc)))
+    finally:
+        if escaped is not None:
+            code = EXIT_NOT_SAFE
+        _write(sys.stdout, "")
+        _write(sys.stderr, "")
+        os._exit(code)
+
+
+def _main(argv: Sequence[str] | None) -> int:
     parser = argparse.ArgumentParser(prog="evsed safe-off")
     parser.add_argument("-c", "--config", type=Path, help="TOML file (default: bench defaults)")
-    args = parser.parse_args(argv)
-    code = run(args.config, record=record_path())
-    sys.stdout.flush()
-    sys.stderr.flush()
-    os._exit(code)
+    try:
+        args = parser.parse_args(argv)
+    except SystemExit as exc:  # --help (0), a usage error (2): nothing claimed yet
+        return exc.code if isinstance(exc.code, int) else EXIT_NOT_SAFE
+    return run(args.config, record=record_path())
 
 
 if __name__ == "__main__":
