@@ -23,7 +23,7 @@ import tomllib
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Annotated, Any, Literal, get_args
+from typing import Annotated, Any, Literal, get_args, get_origin
 from urllib.parse import urlsplit
 
 from pydantic import (
@@ -601,7 +601,10 @@ def _problem(err: Any, data: dict[str, Any]) -> Problem:
     path = key_path(loc)
     given = err.get("input")
     if kind == "extra_forbidden":
-        return Problem(path, repr(given), f"a known key (unknown key; {_spelling_hint(loc)})")
+        # Never its value: a misspelt secret key ('authorisation_key') is still a secret,
+        # and a misspelt section holds the URL and the key.
+        given_text = _table_keys(given) if isinstance(given, dict) else ""
+        return Problem(path, given_text, f"unknown key; {_spelling_hint(loc)}")
     if kind == "missing":
         return Problem(path, "nothing", "a value (required)")
     msg = err["msg"].removeprefix("Value error, ")
@@ -609,14 +612,23 @@ def _problem(err: Any, data: dict[str, Any]) -> Problem:
         # pydantic's own messages may quote the input; ours (the validator's) never do.
         msg = "a ws:// or wss:// URL (text)"
     if isinstance(given, dict) and kind in ("value_error", "assertion_error"):
-        given_text = "the section above"
+        given_text = _table_keys(given)
     else:
         given_text = _mask(path, given)
     return Problem(path, given_text, msg[:1].lower() + msg[1:])
 
 
+def _table_keys(table: dict[Any, Any]) -> str:
+    """A table for a problem line by its key names only: its values may be secrets."""
+    names = ", ".join(str(k) for k in table)
+    return f"a table of {names}" if names else "an empty table"
+
+
 def _spelling_hint(loc: tuple[Any, ...]) -> str:
-    """'did you mean 'X'?' with the closest key of the section `loc` is in, if one is close."""
+    """'did you mean 'X'?' with the closest key of the section `loc` is in (case aside), or
+    the section a key of that exact name belongs to; else 'check the spelling'."""
+    if not loc:
+        return "check the spelling"
     models: set[type[BaseModel]] = {Config}
     for part in loc[:-1]:
         if isinstance(part, int):
@@ -628,8 +640,29 @@ def _spelling_hint(loc: tuple[Any, ...]) -> str:
             for found in _models_in(model.model_fields[part].annotation)
         }
     known = sorted({key for model in models for key in model.model_fields})
-    close = difflib.get_close_matches(str(loc[-1]), known, n=1) if loc else []
-    return f"did you mean {close[0]!r}?" if close else "check the spelling"
+    typed = str(loc[-1])
+    by_lower = {key.lower(): key for key in known}
+    close = difflib.get_close_matches(typed.lower(), list(by_lower), n=1)
+    if close:
+        return f"did you mean {by_lower[close[0]]!r}?"
+    elsewhere = sorted(where for where, key in _all_keys(Config, ()) if key == typed.lower())
+    if elsewhere:
+        return f"{typed!r} is a key of {' or '.join(elsewhere)}"
+    return "check the spelling"
+
+
+def _all_keys(
+    model: type[BaseModel], at: tuple[str, ...], *, array: bool = False
+) -> Iterator[tuple[str, str]]:
+    """(section as written in TOML, key) for every key of `model` and the tables under it."""
+    dotted = ".".join(at)
+    where = (f"[[{dotted}]]" if array else f"[{dotted}]") if at else "the top level"
+    for name, field in model.model_fields.items():
+        yield where, name
+        for sub in _models_in(field.annotation):
+            if len(at) < 4:  # the tables nest two or three deep; a cycle must not recurse
+                listed = get_origin(field.annotation) is list
+                yield from _all_keys(sub, (*at, name), array=listed)
 
 
 def _models_in(annotation: Any) -> Iterator[type[BaseModel]]:

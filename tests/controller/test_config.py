@@ -40,8 +40,8 @@ def check(tmp_path: Path, text: str | bytes, capsys: pytest.CaptureFixture[str])
         ('[[connectors]]\nphases = "three"\n', "connectors[0].phases: input should be 1 or 3"),
         ('[bench]\ncontrol_port = "abc"\n', "bench.control_port: input should be a valid integer"),
         # unknown key (a typo)
-        ('[identity]\nvendr = "x"\n', "identity.vendr: a known key (unknown key"),
-        ("[[connectors]]\nrated_curent_a = 16\n", "connectors[0].rated_curent_a: a known key"),
+        ('[identity]\nvendr = "x"\n', "identity.vendr: unknown key"),
+        ("[[connectors]]\nrated_curent_a = 16\n", "connectors[0].rated_curent_a: unknown key"),
         # out-of-range current
         (
             "[[connectors]]\nrated_current_a = 100\n",
@@ -88,21 +88,34 @@ def test_each_problem_gets_one_clear_line_and_exit_2(tmp_path, capsys, text, nee
     [
         (
             '[identity]\nvendr = "x"\n',
-            "identity.vendr: a known key (unknown key; did you mean 'vendor'?)",
+            "identity.vendr: unknown key; did you mean 'vendor'?",
         ),
-        ("stat_dir = 'x'\n", "stat_dir: a known key (unknown key; did you mean 'state_dir'?)"),
+        ("stat_dir = 'x'\n", "stat_dir: unknown key; did you mean 'state_dir'?"),
         ("[bench]\ncontrol_prot = 0\n", "did you mean 'control_port'?"),
         ("[[connectors]]\nrated_curent_a = 16\n", "did you mean 'rated_current_a'?"),
         (
             "[[connectors]]\n[connectors.meter]\nprot = 1\n",
-            "connectors[0].meter.prot: a known key (unknown key; did you mean 'port'?)",
+            "connectors[0].meter.prot: unknown key; did you mean 'port'?",
         ),
         (
             "[grid.meter]\nhots = 'x'\n",
-            "grid.meter.hots: a known key (unknown key; did you mean 'host'?)",
+            "grid.meter.hots: unknown key; did you mean 'host'?",
         ),
         # Nothing close: no guess, the old advice.
-        ("[identity]\nzzzz = 1\n", "identity.zzzz: a known key (unknown key; check the spelling)"),
+        ("[identity]\nzzzz = 1\n", "identity.zzzz: unknown key; check the spelling"),
+        # Case aside, and a key written in the wrong section.
+        (
+            "[central_system]\nURL = 'ws://x'\n",
+            "central_system.URL: unknown key; did you mean 'url'?",
+        ),
+        (
+            "[central_system]\ncontrol_port = 0\n",
+            "central_system.control_port: unknown key; 'control_port' is a key of [bench]",
+        ),
+        (
+            "[identity]\nrated_current_a = 16\n",
+            "'rated_current_a' is a key of [[connectors]]",
+        ),
     ],
 )
 def test_an_unknown_key_suggests_the_close_known_key_of_its_section(
@@ -111,6 +124,26 @@ def test_an_unknown_key_suggests_the_close_known_key_of_its_section(
     code, err, _ = check(tmp_path, text, capsys)
     assert code == 2
     assert any(line in x for x in err), err
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        # The README's prose says "authorisation": a likely misspelling of a secret key.
+        '[central_system]\nauthorisation_key = "MySecretKey-0123456789"\n',
+        '[central_system]\nclient_key_pasword = "MySecretKey-0123456789"\n',
+        # A misspelt section: the URL with its password and the key inside it.
+        '[central_sytem]\nurl = "wss://user:MySecretKey-0123456789@cs.example/ocpp"\n'
+        'authorization_key = "MySecretKey-0123456789"\n',
+    ],
+)
+def test_an_unknown_key_never_prints_its_value(tmp_path, capsys, text) -> None:
+    """A new user's trial: a misspelt key printed its value (given: 'MySecret...'), and a
+    misspelt section all of it, into `config check` and the journal of `evsed run`."""
+    code, err, _ = check(tmp_path, text, capsys)
+    assert code == 2
+    assert err and not any("MySecretKey" in line for line in err), err
+    assert any("unknown key; did you mean" in line for line in err), err
 
 
 def test_several_problems_are_all_reported(tmp_path, capsys) -> None:
