@@ -43,6 +43,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import errno
 import json
 import logging
 import os
@@ -240,7 +241,7 @@ def write_record(config: Config, path: Path) -> None:
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW, 0o640)
     try:
         try:
-            os.write(fd, data)
+            _write_all(fd, data)
             os.fsync(fd)
         finally:
             os.close(fd)
@@ -253,6 +254,19 @@ def write_record(config: Config, path: Path) -> None:
         os.fsync(dir_fd)
     finally:
         os.close(dir_fd)
+
+
+def _write_all(fd: int, data: bytes) -> None:
+    """os.write may write less than asked (a signal, a full disk on the way): the rest is
+    written until all of it is, or os.write raises. A record cut short would not read
+    (JSON): the next safe-off would then drive nothing when the file does not read. A
+    write of nothing raises too (ENOSPC): the loop never spins."""
+    view = memoryview(data)
+    while view:
+        written = os.write(fd, view)
+        if written <= 0:
+            raise OSError(errno.ENOSPC, "nothing written")
+        view = view[written:]
 
 
 @dataclass(frozen=True)

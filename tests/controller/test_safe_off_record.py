@@ -178,6 +178,49 @@ def test_a_failed_write_leaves_no_older_record(
     assert not old.exists()
 
 
+def test_a_short_write_is_written_on_until_the_whole_record_is(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """os.write may write part of what it is given (a signal, a disk filling up). Fails
+    without the change: one os.write, the record cut after 7 bytes, which does not read
+    (and a configuration that does not read then leaves safe-off nothing to drive)."""
+    real = os.write
+    calls: list[int] = []
+
+    def short(fd: int, data: bytes) -> int:
+        if ".outputs.json." not in os.readlink(f"/proc/self/fd/{fd}"):
+            return real(fd, data)  # not the record's: whatever else writes meanwhile
+        calls.append(len(data))
+        return real(fd, bytes(data[:7]))
+
+    monkeypatch.setattr(safeoff.os, "write", short)
+    path = _recorded(tmp_path)
+    monkeypatch.undo()
+    assert len(calls) > 1
+    assert json.loads(path.read_bytes()) == json.loads(
+        json.dumps(safeoff.record_of(config.parse(CHARGER)))
+    )
+    record, why = safeoff.read_record(path)
+    assert record is not None and why == ""
+
+
+def test_a_write_of_nothing_fails_the_record_never_spins(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    real = os.write
+
+    def nothing(fd: int, data: bytes) -> int:
+        if ".outputs.json." not in os.readlink(f"/proc/self/fd/{fd}"):
+            return real(fd, data)
+        return 0
+
+    monkeypatch.setattr(safeoff.os, "write", nothing)
+    with pytest.raises(OSError, match="nothing written"):
+        _recorded(tmp_path)
+    monkeypatch.undo()
+    assert list((tmp_path / "run").iterdir()) == []  # no temporary, no record
+
+
 def test_no_runtime_directory_no_record(tmp_path: Path) -> None:
     assert run.record_outputs(config.parse(CHARGER), {}) is None
     assert safeoff.record_path({}) is None
