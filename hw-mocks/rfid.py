@@ -34,10 +34,39 @@ from evsed.hal.rfid.rdm6300 import build_rdm6300_frame
 _GARBAGE = bytes.fromhex("FE7F009AE61CFF8033C50DF06681")
 
 
+DIR_PREFIX = "evsed-rfid-"
+
+
+def remove_stale_dirs(tmp: str | None = None) -> list[str]:
+    """Remove the symlink directories of benches whose process is gone: a bench killed
+    (kill -9, a watchdog, a test killing evsed) never ran close(), and each left one
+    behind in /tmp. Only ours, only those whose pid no longer runs. What it removed."""
+    tmp = tmp or tempfile.gettempdir()
+    removed: list[str] = []
+    with contextlib.suppress(OSError), os.scandir(tmp) as entries:
+        for entry in entries:
+            pid_text = entry.name.removeprefix(DIR_PREFIX).partition("-")[0]
+            if not entry.name.startswith(DIR_PREFIX) or not pid_text.isdigit():
+                continue
+            try:
+                if not entry.is_dir(follow_symlinks=False):
+                    continue
+                if entry.stat(follow_symlinks=False).st_uid != os.getuid():
+                    continue
+                os.kill(int(pid_text), 0)
+            except ProcessLookupError:
+                shutil.rmtree(entry.path, ignore_errors=True)
+                removed.append(entry.path)
+            except OSError:
+                continue  # alive (another user's: PermissionError) or gone meanwhile
+    return removed
+
+
 class _SimPty:
     def __init__(self) -> None:
         self._lock = threading.RLock()
-        self._dir = tempfile.mkdtemp(prefix="evsed-rfid-")
+        remove_stale_dirs()
+        self._dir = tempfile.mkdtemp(prefix=f"{DIR_PREFIX}{os.getpid()}-")
         self.port = os.path.join(self._dir, "ttyRFID")
         self.tty = ""
         self._master = -1
