@@ -5,6 +5,7 @@ database copy comes back whole."""
 
 from __future__ import annotations
 
+import os
 import re
 import subprocess
 from pathlib import Path
@@ -27,16 +28,23 @@ def _blocks() -> list[list[str]]:
     return [[ln.strip() for ln in block.splitlines() if ln.strip()] for block in found]
 
 
-def _run(lines: list[str], root: Path, *, keep: tuple[str, ...]) -> None:
-    """Run the lines of a block that contain one of ``keep``, moved under ``root``."""
+def _run(lines: list[str], root: Path, *, keep: tuple[str, ...], new: str) -> None:
+    """Run, in one shell, the lines of a block that set ``old`` or ``new`` or contain one of
+    ``keep``, moved under ``root``. ``old`` comes from the block's own line (a version typed
+    in by hand would hide a wrong derivation: `readlink` alone gave `venvs/venvs/1.0`);
+    only the value typed for ``new``, the wheel's version, is replaced."""
+    script = ["set -e"]
     for line in lines:
-        if not any(k in line for k in keep):
+        if not (line.startswith(("old=", "new=")) or any(k in line for k in keep)):
             continue
+        assert not re.search(r"<\w+>", line), f"a placeholder left to the reader: {line}"
+        if line.startswith("new=") and "$(" not in line:
+            line = f"new={new}"
         line = line.removeprefix("sudo -u evsed ")
         line = line.replace("/opt/evsed", str(root / "opt/evsed"))
         line = line.replace("/var/lib/evsed", str(root / "var/lib/evsed"))
-        line = line.replace("<old>", "1.0").replace("<new>", "2.0")
-        subprocess.run(["sh", "-c", line], check=True)
+        script.append(line)
+    subprocess.run(["sh", "-c", "\n".join(script)], check=True)
 
 
 class Recorder:
@@ -72,9 +80,15 @@ def test_the_switch_by_hand_is_what_the_code_reads(tmp_path: Path) -> None:
     (state / f"{DB_FILENAME}-wal").write_text("old wal")
 
     upgrade, back = _blocks()
-    _run(upgrade, root, keep=("ln -sfn", "evsed.db"))
+    assert any(line.startswith("old=") for line in upgrade), "old is derived, not typed"
+    _run(upgrade, root, keep=("ln -sfn", "evsed.db"), new="2.0")
     assert layout.in_service() == (layout.venvs / "2.0").resolve()
+    assert layout.previous.exists(), f"previous dangles: {os.readlink(layout.previous)}"
     assert layout.previous.resolve() == (layout.venvs / "1.0").resolve()
+    # pip as the service user: its HOME is the state directory (useradd --home-dir), so no
+    # cache there, on the SD card.
+    (pip,) = [line for line in upgrade if "/bin/pip install" in line]
+    assert "--no-cache-dir" in pip
 
     # `evsed install` again keeps the version in service, saying it as the README quotes.
     said = _install(root, "2.0")
@@ -91,7 +105,7 @@ def test_the_switch_by_hand_is_what_the_code_reads(tmp_path: Path) -> None:
     (state / DB_FILENAME).write_text("new schema")
     (state / f"{DB_FILENAME}-wal").write_text("new wal")
     (state / f"{DB_FILENAME}-shm").write_text("new shm")
-    _run(back, root, keep=("ln -sfn", "evsed.db"))
+    _run(back, root, keep=("ln -sfn", "evsed.db"), new="unused")
     assert layout.in_service() == (layout.venvs / "1.0").resolve()
     assert (state / DB_FILENAME).read_text() == "old schema"
     assert (state / f"{DB_FILENAME}-wal").read_text() == "old wal"
