@@ -343,6 +343,28 @@ def trusted_owners(
     return frozenset(owners)
 
 
+def usable_package(package: Path) -> str:
+    """The one rule for ``--package``, whatever is installed already: a regular file (or a
+    link to one) named like a wheel or a source archive (`package_version`, the name a
+    first install makes venvs/<version> of). Its version; InstallError otherwise, before
+    anything is changed: a later install hands the package to root's pip for its own copy
+    (`_admin_copy`), and pip would build a directory it is given as a source tree."""
+    if not package.exists():
+        raise InstallError(f"{package}: no such file")
+    if not package.is_file():
+        raise InstallError(
+            f"{package}: not a file: give the wheel (.whl) or source archive (.tar.gz, .zip) "
+            "itself, e.g. sudo evsed install --package ./evsed-<version>-py3-none-any.whl"
+        )
+    try:
+        return package_version(package)
+    except InstallFailed as exc:
+        raise InstallError(
+            f"{exc}: give the wheel (.whl) or source archive (.tar.gz, .zip) as built or "
+            "downloaded, e.g. evsed-<version>-py3-none-any.whl"
+        ) from None
+
+
 def package_problems(
     package: Path, *, root: Path, owners: frozenset[int], top: Path = Path("/")
 ) -> list[str]:
@@ -466,11 +488,7 @@ def _fresh_venv(
     """The first version: the package installed into venvs/<version>, or the venv this
     evsed runs from when it is one of venvs/ already."""
     if package is not None:
-        try:
-            version = package_version(package)
-        except InstallFailed as exc:
-            raise InstallError(str(exc)) from None
-        target = layout.venv(version)
+        target = layout.venv(usable_package(package))
         if target.exists():
             raise InstallError(f"{target} exists but `current` does not point at it: remove it")
         fs.mkdir(layout.venvs)
@@ -715,9 +733,8 @@ def install(
     fs = Files(out, dry)
     if real and not dry and os.geteuid() != 0:
         raise InstallError("evsed install changes /etc and creates a user: run it with sudo")
-    if package is not None and not package.exists():
-        raise InstallError(f"{package}: no such file")
     if package is not None:
+        usable_package(package)  # before anything else: a first install and a later one alike
         problems = package_problems(package, root=root, owners=trusted_owners(root, user))
         if problems:
             raise InstallError(

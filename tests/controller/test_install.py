@@ -733,3 +733,67 @@ def test_whose_packages_root_trusts(tmp_path: Path) -> None:
     assert install.trusted_owners(root, "evsed", {}) == {0, me}
     assert install.trusted_owners(root, "evsed", {"SUDO_UID": "1000"}) == {0, me, 1000}
     assert 998 not in install.trusted_owners(root, "evsed", {"SUDO_UID": "998"})
+
+
+# -- what --package accepts: one rule, a first install or a later one (safety review) -----
+
+
+def _installed(tmp_path: Path) -> Path:
+    """An installation: `current` in place, as a later `evsed install --package` finds it."""
+    root = make_root(tmp_path)
+    assert do_install(root, Recorder()) == 0
+    assert (root / "opt/evsed/current").is_symlink()
+    return root
+
+
+def _not_a_package(tmp_path: Path, kind: str) -> Path:
+    if kind == "directory":
+        path = tmp_path / "src" / "evsed"  # a source tree: pip would build it as root
+        path.mkdir(parents=True)
+        (path / "setup.py").write_text("import os  # anything, as root\n")
+    elif kind == "directory named like an archive":
+        path = tmp_path / "src" / "evsed-1.2.4.tar.gz"
+        path.mkdir(parents=True)
+    else:
+        path = tmp_path / "src" / "evsed-1.2.4.txt"
+        path.parent.mkdir(parents=True)
+        path.write_bytes(b"PK")
+    return path
+
+
+@pytest.mark.parametrize("installed", [False, True], ids=["first install", "installed already"])
+@pytest.mark.parametrize("kind", ["directory", "directory named like an archive", "file"])
+def test_a_package_that_is_not_a_wheel_or_archive_file_is_refused(
+    tmp_path: Path, installed: bool, kind: str
+) -> None:
+    """Fails without the change: with `current` already there, only exists() was checked and
+    root's pip installed the directory (its setup.py run as root) for its own copy; on a
+    first install a directory named like an archive passed the name check."""
+    root = _installed(tmp_path) if installed else make_root(tmp_path)
+    package = _not_a_package(tmp_path, kind)
+    rec = Recorder()
+    with pytest.raises(install.InstallError) as exc:
+        do_install(root, rec, package=package)
+    assert rec.commands == []  # refused before anything runs
+    why = str(exc.value)
+    if kind == "file":
+        assert f"{package.name}: not a wheel or source archive name" in why
+    else:
+        assert f"{package}: not a file: give the wheel (.whl) or source archive" in why
+    assert "\n" not in why  # one line
+
+
+@pytest.mark.parametrize(
+    "name", ["evsed-1.2.4-py3-none-any.whl", "evsed-1.2.4.tar.gz", "evsed-1.2.4.zip"]
+)
+def test_a_wheel_or_archive_file_is_installed_over_an_installation(
+    tmp_path: Path, name: str
+) -> None:
+    root = _installed(tmp_path)
+    package = tmp_path / "dist" / name
+    package.parent.mkdir()
+    package.write_bytes(b"PK")
+    rec = Recorder()
+    assert do_install(root, rec, package=package) == 0
+    pips = [c for c in rec.commands if c[1:4] == ["-m", "pip", "install"]]
+    assert [c[-1] for c in pips] == [f"{package}[pi]"]  # root's own copy, from this file
