@@ -63,6 +63,10 @@ CORE_NICE = -10
 #: How long the loop's freeze cut waits for an output the frozen core may be writing to
 #: (the latch's lock) before it drives the safe level without it.
 LATCH_WAIT_S = 0.2
+#: How long the freeze cut waits for each output's trip (every output in a daemon thread
+#: of its own, all at once): past LATCH_WAIT_S (a trip that had to wait for the latch's
+#: lock still answers in time), below the freeze guard's and the stop's wait for the cut.
+TRIP_WAIT_S = 0.5
 #: The pilot levels that offer nothing: steady +12 V (no PWM) and steady -12 V (state F).
 SAFE_DUTIES = (1.0, 0.0)
 
@@ -84,6 +88,7 @@ class _Latched:
         self.device = device
         self._lock = threading.Lock()
         self.tripped = False
+        self._trip_run: _TripRun | None = None  # the last trip in a thread of its own
 
     def __getattr__(self, name: str) -> Any:  # the driver's extras (resolution, frequency)
         if name == "device":  # not set yet (copying): no recursion
@@ -113,12 +118,86 @@ class _Latched:
             if locked:
                 self._lock.release()
 
+    def begin_trip(self, name: str, safe_level: Callable[[], object]) -> _TripRun:
+        """`trip` in a daemon thread of its own (a driver the frozen core holds may block
+        it), so that no other output waits behind this one; `_TripRun.outcome` says how it
+        went. Never a second thread while the last one is still blocked in the driver:
+        that one is reported instead (threads piling up behind a stuck driver help no one).
+        The latch closes here, before the thread runs: a move checked after this returns is
+        refused, one in flight is undone (`_move`)."""
+        self.tripped = True
+        last = self._trip_run
+        if last is not None and not last.done.is_set():
+            return _TripRun.blocked(name)
+        run = _TripRun(name, lambda: self.trip(safe_level))
+        self._trip_run = run
+        run.start()
+        return run
+
     def release(self) -> None:
         with self._lock:
             self.tripped = False
 
     def shutdown(self) -> None:
         self.device.shutdown()
+
+
+class _TripRun:
+    """One output driven safe in a daemon thread of its own (`_Latched.begin_trip`)."""
+
+    def __init__(self, name: str, trip: Callable[[], object] | None) -> None:
+        self.name = name
+        self._trip = trip
+        self.done = threading.Event()
+        self.error: BaseException | None = None
+        self.problem: str | None = None  # why it is not safe without having run
+
+    @classmethod
+    def blocked(cls, name: str) -> _TripRun:
+        run = cls(name, None)
+        run.problem = "its last trip is still blocked in the driver"
+        return run
+
+    def start(self) -> None:
+        thread = threading.Thread(target=self._run, name=f"trip-{self.name}", daemon=True)
+        try:
+            thread.start()
+        except RuntimeError as exc:  # can't start new thread: the next cut tries again
+            self.problem = f"its trip could not start: {exc}"
+            self.done.set()
+
+    def _run(self) -> None:
+        assert self._trip is not None
+        try:
+            self._trip()
+        except Exception as exc:
+            self.error = exc
+            log.exception("freeze cut: the %s could not be driven safe", self.name)
+        finally:
+            self.done.set()
+
+    def outcome(self, deadline: float, wait_s: float) -> str | None:
+        """None: driven safe; else why not (waits until `deadline`, time.monotonic(), the
+        end of the `wait_s` all trips begun together were given)."""
+        if self.problem is not None:
+            return f"{self.name}: {self.problem}"
+        if not self.done.wait(max(0.0, deadline - time.monotonic())):
+            return f"{self.name}: did not return within {wait_s} s"
+        if self.error is not None:
+            return f"{self.name}: {self.error}"
+        return None
+
+
+def _await_trips(runs: list[tuple[str, _TripRun]], wait_s: float) -> list[str]:
+    """What the trips begun together could not make safe within `wait_s` (one bound for
+    them all: they run at once)."""
+    deadline = time.monotonic() + wait_s
+    failed: list[str] = []
+    for prefix, run in runs:
+        problem = run.outcome(deadline, wait_s)
+        if problem is not None:
+            failed.append(prefix + problem)
+    return failed
 
 
 class LatchedContactor(_Latched):
@@ -166,20 +245,17 @@ class OutputLatch:
     def around(cls, contactor: Contactor, pilot: PilotOutput) -> OutputLatch:
         return cls(LatchedContactor(contactor), LatchedPilot(pilot))
 
-    def trip(self) -> list[str]:
-        """Relay open, then the pilot at state F (-12 V: EVSE not available), each tried
-        whatever the other did; what failed."""
-        failed: list[str] = []
-        for name, latched, safe in (
-            ("relay", self.contactor, self.contactor.device.deenergize),
-            ("pilot", self.pilot, lambda: self.pilot.device.set_duty(0.0)),
-        ):
-            try:
-                latched.trip(safe)
-            except Exception as exc:
-                log.exception("freeze cut: the %s could not be driven safe", name)
-                failed.append(f"{name}: {exc}")
-        return failed
+    def begin_trip(self) -> list[_TripRun]:
+        """Relay open and the pilot at state F (-12 V: EVSE not available), each in a
+        thread of its own (`_Latched.begin_trip`): state F never waits for the relay."""
+        return [
+            self.contactor.begin_trip("relay", self.contactor.device.deenergize),
+            self.pilot.begin_trip("pilot", lambda: self.pilot.device.set_duty(0.0)),
+        ]
+
+    def trip(self, wait_s: float = TRIP_WAIT_S) -> list[str]:
+        """Both outputs driven safe at once; what did not become safe within `wait_s`."""
+        return _await_trips([("", run) for run in self.begin_trip()], wait_s)
 
     def release(self) -> None:
         self.contactor.release()
@@ -254,15 +330,21 @@ class SafetyCore:
     def cut_frozen(self, detail: str) -> list[str]:
         """From a thread other than the core (the loop's freeze guard): relay open and pilot
         at state F on every connector, through the latches, taking no lock the frozen core
-        may hold beyond each output's own (bounded). Returns what could not be made safe.
+        may hold beyond each output's own (bounded). Every output is driven in a daemon
+        thread of its own, all at once, waited for at most TRIP_WAIT_S: a driver that
+        blocks (the core may have frozen inside it) holds up nothing but itself. Returns
+        what could not be made safe (an output not back in time among it).
 
         The latches stay closed until the core runs again: its next step records an
         internal fault on every connector (Faulted, the transaction stopped; it clears on
         unplug or reset) and only then opens them."""
-        failed: list[str] = []
         with self._freeze_lock:
-            for n, latch in enumerate(self._latches, 1):
-                failed += [f"connector {n} {line}" for line in latch.trip()]
+            runs = [
+                (f"connector {n} ", run)
+                for n, latch in enumerate(self._latches, 1)
+                for run in latch.begin_trip()
+            ]
+            failed = _await_trips(runs, TRIP_WAIT_S)
             # After the trips: a core that woke in between finds them closed, and its
             # next step, seeing this, records the fault and opens them.
             self._frozen = detail

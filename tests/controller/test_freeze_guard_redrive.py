@@ -152,7 +152,7 @@ async def test_a_relay_the_cut_could_not_open_is_opened_by_a_re_drive_on_the_ben
         refused = threading.Event()
 
         def deenergize() -> None:
-            if threading.current_thread().name == "freeze-cut" and not refused.is_set():
+            if threading.current_thread().name == "trip-relay" and not refused.is_set():
                 refused.set()
                 raise OSError("relay driver: write failed")
             real_open()
