@@ -12,9 +12,30 @@ from pathlib import Path
 from evsed.controller import __version__, config, tomlout
 
 EXIT_CONFIG = 2
+#: The reader of stdout went away (`evsed demo | head -2`): 128 + SIGPIPE, the status a
+#: shell reports for any Unix tool killed by the signal there, so `set -o pipefail` sees
+#: evsed as it sees `yes | head`; not 1, which says evsed itself failed.
+EXIT_PIPE = 141
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    try:
+        return _main(argv)
+    except BrokenPipeError:
+        _stdout_gone()
+        return EXIT_PIPE
+
+
+def _stdout_gone() -> None:
+    """Python's recipe for a closed stdout: what is still buffered goes to /dev/null, or
+    the flush at exit raises again ("Exception ignored ... BrokenPipeError")."""
+    with contextlib.suppress(OSError, ValueError, AttributeError):
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        os.close(devnull)
+
+
+def _main(argv: Sequence[str] | None) -> int:
     parser = _parser()
     args = parser.parse_args(argv)
     if not getattr(args, "func", None):

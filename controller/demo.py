@@ -16,6 +16,7 @@ direction, action, payload; `--json` adds the raw frame).
 from __future__ import annotations
 
 import asyncio
+import errno
 import json
 import logging
 import signal
@@ -128,6 +129,27 @@ def text_printer(out: TextIO = sys.stdout) -> Printer:
         out.flush()
 
     return emit
+
+
+class StopWhenGone:
+    """The printer, until the reader of stdout goes away (`evsed demo | head -2`): then it
+    prints nothing more and calls ``stop`` once (thread-safe; the demo sets it to cancel
+    itself), instead of a BrokenPipeError from every callback that adds an event and a
+    session that runs on with no one watching."""
+
+    def __init__(self, printer: Printer) -> None:
+        self._printer = printer
+        self.gone = False
+        self.stop: Callable[[], None] = lambda: None
+
+    def __call__(self, event: Event) -> None:
+        if self.gone:
+            return
+        try:
+            self._printer(event)
+        except BrokenPipeError:
+            self.gone = True
+            self.stop()
 
 
 def describe(event: Event) -> str:
@@ -464,33 +486,44 @@ async def demo(timeline: Timeline, state_dir: Path, json_frames: bool = False) -
         return summary(timeline, probe)
 
 
-async def _main(timeline: Timeline, json_frames: bool) -> dict[str, Any]:
+async def _main(timeline: Timeline, json_frames: bool, output: StopWhenGone) -> dict[str, Any]:
     task = asyncio.current_task()
     loop = asyncio.get_running_loop()
     assert task is not None
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, task.cancel)
+    output.stop = lambda: loop.call_soon_threadsafe(task.cancel)  # as Ctrl-C does
     try:
         with tempfile.TemporaryDirectory(prefix="evsed-demo-") as state_dir:
             return await demo(timeline, Path(state_dir), json_frames)
     finally:
+        output.stop = lambda: None  # the loop closes after this
         for sig in (signal.SIGINT, signal.SIGTERM):
             loop.remove_signal_handler(sig)
 
 
 def run_demo(json_lines: bool = False) -> int:
+    """Raises BrokenPipeError once the demo stopped because stdout's reader went away (the
+    CLI's entry point answers that for every command)."""
     logging.basicConfig(
         level=logging.WARNING, stream=sys.stderr, format="%(levelname)s %(name)s: %(message)s"
     )
     logging.getLogger("pymodbus").setLevel(logging.CRITICAL)
-    timeline = Timeline(json_printer() if json_lines else text_printer())
+    output = StopWhenGone(json_printer() if json_lines else text_printer())
+    timeline = Timeline(output)
     try:
-        result = asyncio.run(_main(timeline, json_lines))
+        result = asyncio.run(_main(timeline, json_lines, output))
     except (asyncio.CancelledError, KeyboardInterrupt):
+        if output.gone:
+            raise BrokenPipeError(errno.EPIPE, "stdout closed by its reader") from None
         print("demo interrupted", file=sys.stderr)
         return EXIT_INTERRUPTED
     except RuntimeError as exc:
+        if output.gone:
+            raise BrokenPipeError(errno.EPIPE, "stdout closed by its reader") from None
         print(f"demo failed: {exc}", file=sys.stderr)
         return 1
     timeline.add("summary", **result)
+    if output.gone:
+        raise BrokenPipeError(errno.EPIPE, "stdout closed by its reader")
     return 0
