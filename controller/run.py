@@ -217,8 +217,14 @@ class Stack:
         task, self._freeze_task = self._freeze_task, None
         if task is not None:
             task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
+            try:
                 await task
+            except asyncio.CancelledError:
+                pass
+            except Exception:
+                # The guard had died (it should not): the stop goes on all the same (the
+                # session, the store, a Reset's start).
+                log.exception("the freeze guard had ended with an error")
 
     def _report_frozen(self) -> None:
         """The connectors read Faulted while the core is frozen (Connector.status asks the

@@ -304,7 +304,11 @@ class FreezeGuard:
             except RuntimeError:  # the loop closed meanwhile
                 pass
 
-        threading.Thread(target=work, name="freeze-cut", daemon=True).start()
+        try:
+            threading.Thread(target=work, name="freeze-cut", daemon=True).start()
+        except RuntimeError as exc:  # can't start new thread (a memory or pids limit)
+            done.cancel()  # no answer will come: the next check may cut again
+            return [f"the cut's thread could not start: {exc}"]
         try:
             # asyncio.timeout, not wait_for: Python 3.11's wait_for returns the result when
             # the answer and a cancel (the stop's) come in the same loop turn, swallowing
@@ -319,6 +323,26 @@ class FreezeGuard:
             return [f"cut raised: {exc}"]
 
     async def run(self) -> None:
+        """Check every `interval_s` for as long as evsed runs: a check that fails is
+        logged (its traceback once per run of failures, then a line at most every
+        `log_every_s`) and the guard looks again at the next interval, never ends."""
+        failing_since: float | None = None
+        logged_at = -math.inf
         while True:
             await asyncio.sleep(self.interval_s)
-            await self.check()
+            try:
+                await self.check()
+            except Exception as exc:
+                now = self._monotonic()
+                if failing_since is None:
+                    failing_since = logged_at = now
+                    log.exception("freeze guard: a check failed; looking again")
+                elif now - logged_at >= self.log_every_s:
+                    logged_at = now
+                    log.error(
+                        "freeze guard: checks still failing (for %.0f s): %r",
+                        now - failing_since,
+                        exc,
+                    )
+            else:
+                failing_since = None
