@@ -26,7 +26,7 @@ import threading
 import time
 from collections.abc import Callable, Mapping
 
-from evsed.controller.connector.core import FROZEN_AFTER_S
+from evsed.controller.connector.core import CUT_LOG_EVERY_S, FROZEN_AFTER_S
 
 log = logging.getLogger(__name__)
 
@@ -48,8 +48,9 @@ FREEZE_CUT_WAIT_S = 1.0
 #: While the core stays frozen, the guard drives the safe levels again this often (at its
 #: next check instead when the last cut left a line unsafe or did not answer).
 FREEZE_REDRIVE_S = 2.0
-#: A re-drive that still leaves a line unsafe says so at most this often (not every check).
-FREEZE_LOG_EVERY_S = 10.0
+#: A re-drive that still leaves a line unsafe says so at most this often (not every check);
+#: the same bound as an output's own failed trips (core.CUT_LOG_EVERY_S).
+FREEZE_LOG_EVERY_S = CUT_LOG_EVERY_S
 
 
 def sd_notify(state: str) -> bool:

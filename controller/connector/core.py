@@ -67,6 +67,10 @@ LATCH_WAIT_S = 0.2
 #: of its own, all at once): past LATCH_WAIT_S (a trip that had to wait for the latch's
 #: lock still answers in time), below the freeze guard's and the stop's wait for the cut.
 TRIP_WAIT_S = 0.5
+#: An output that keeps failing its trip while a core stays frozen (the freeze guard drives
+#: it again at every check) logs its traceback once per episode, then a line at most this
+#: often; the freeze guard's CRITICALs follow the same bound (watchdog.FREEZE_LOG_EVERY_S).
+CUT_LOG_EVERY_S = 10.0
 #: The pilot levels that offer nothing: steady +12 V (no PWM) and steady -12 V (state F).
 SAFE_DUTIES = (1.0, 0.0)
 
@@ -84,11 +88,16 @@ class _Latched:
     pass. The loop's `trip` takes the same lock (bounded: a core frozen *inside* this very
     driver holds it) so that no move checked before the trip lands after it."""
 
-    def __init__(self, device: Any) -> None:
+    def __init__(self, device: Any, *, monotonic: Callable[[], float] = time.monotonic) -> None:
         self.device = device
         self._lock = threading.Lock()
         self.tripped = False
         self._trip_run: _TripRun | None = None  # the last trip in a thread of its own
+        self._monotonic = monotonic
+        # This episode's failed trips (an episode lasts until `release`): the first is
+        # logged with its traceback, the rest in a line at most every CUT_LOG_EVERY_S.
+        self._failures = 0
+        self._failure_logged_at = -math.inf
 
     def __getattr__(self, name: str) -> Any:  # the driver's extras (resolution, frequency)
         if name == "device":  # not set yet (copying): no recursion
@@ -129,14 +138,32 @@ class _Latched:
         last = self._trip_run
         if last is not None and not last.done.is_set():
             return _TripRun.blocked(name)
-        run = _TripRun(name, lambda: self.trip(safe_level))
+        run = _TripRun(name, lambda: self.trip(safe_level), self._note_failure)
         self._trip_run = run
         run.start()
         return run
 
+    def _note_failure(self, name: str, exc: BaseException) -> None:
+        """From the trip's thread, in its `except`: a trip that raised, logged seldom."""
+        self._failures += 1
+        now = self._monotonic()
+        if self._failures == 1:
+            self._failure_logged_at = now
+            log.exception("freeze cut: the %s could not be driven safe", name)
+        elif now - self._failure_logged_at >= CUT_LOG_EVERY_S:
+            self._failure_logged_at = now
+            log.error(
+                "freeze cut: the %s still cannot be driven safe: %s (%d failed trips)",
+                name,
+                exc,
+                self._failures,
+            )
+
     def release(self) -> None:
         with self._lock:
             self.tripped = False
+            self._failures = 0  # the episode is over: the next one's first says it all
+            self._failure_logged_at = -math.inf
 
     def shutdown(self) -> None:
         self.device.shutdown()
@@ -145,9 +172,15 @@ class _Latched:
 class _TripRun:
     """One output driven safe in a daemon thread of its own (`_Latched.begin_trip`)."""
 
-    def __init__(self, name: str, trip: Callable[[], object] | None) -> None:
+    def __init__(
+        self,
+        name: str,
+        trip: Callable[[], object] | None,
+        on_error: Callable[[str, BaseException], None] | None = None,
+    ) -> None:
         self.name = name
         self._trip = trip
+        self._on_error = on_error
         self.done = threading.Event()
         self.error: BaseException | None = None
         self.problem: str | None = None  # why it is not safe without having run
@@ -172,7 +205,8 @@ class _TripRun:
             self._trip()
         except Exception as exc:
             self.error = exc
-            log.exception("freeze cut: the %s could not be driven safe", self.name)
+            if self._on_error is not None:
+                self._on_error(self.name, exc)
         finally:
             self.done.set()
 
@@ -242,8 +276,17 @@ class OutputLatch:
     pilot: LatchedPilot
 
     @classmethod
-    def around(cls, contactor: Contactor, pilot: PilotOutput) -> OutputLatch:
-        return cls(LatchedContactor(contactor), LatchedPilot(pilot))
+    def around(
+        cls,
+        contactor: Contactor,
+        pilot: PilotOutput,
+        *,
+        monotonic: Callable[[], float] = time.monotonic,
+    ) -> OutputLatch:
+        return cls(
+            LatchedContactor(contactor, monotonic=monotonic),
+            LatchedPilot(pilot, monotonic=monotonic),
+        )
 
     def begin_trip(self) -> list[_TripRun]:
         """Relay open and the pilot at state F (-12 V: EVSE not available), each in a
