@@ -78,7 +78,34 @@ class AdcChannel:
         return self._dev.raw_value * self._lsb_v
 
     def close(self) -> None:
+        # The shared SPI interface and its bus, taken before close() lets go of them.
+        interface = getattr(self._dev, "_spi", None)
+        shared = [interface, getattr(interface, "_bus", None)]
         self._dev.close()
+        for obj in shared:
+            _disarm_if_closed(obj)
+
+
+def _closed(*_: object) -> None:
+    """close() of a shared SPI interface or bus that is closed for good."""
+
+
+def _disarm_if_closed(obj: Any) -> None:
+    """Keep a closed shared gpiozero SPI interface/bus from closing a newer one later.
+
+    gpiozero's SharedMixin (devices.py, GPIOMeta.__call__) caches these per key in a
+    class-wide dict, without the pin factory, and replaces the instance's `close` with a
+    closure over the instance: a reference cycle, so only the cyclic GC frees it, at any
+    later allocation. Its __del__ then calls that close again, and the closure's
+    `finally` deletes the cache entry for its key, whichever instance holds it by then:
+    after a Reset, the rebuild's open interface/bus. The rebuild's next channel then
+    opens a second bus on the same clock pin: GPIOPinInUse (SPI0 SCLK, GPIO11). Once the
+    instance is really closed (its last channel is gone), its close must do nothing;
+    replacing it also breaks the cycle, so the instance goes at once.
+    """
+    if obj is None or not getattr(obj, "closed", False) or "close" not in vars(obj):
+        return
+    obj.close = _closed
 
 
 __all__ = ["AdcChannel", "VoltageSource"]
