@@ -23,11 +23,13 @@ import argparse
 import asyncio
 import base64
 import binascii
+import errno
 import hmac
 import itertools
 import json
 import logging
 import ssl
+import sys
 import time
 import uuid
 from collections import defaultdict
@@ -42,7 +44,7 @@ from urllib.parse import unquote
 
 from ocpp.routing import on
 from ocpp.v16 import ChargePoint, call_result
-from ocpp.v16.enums import Action
+from ocpp.v16.enums import Action, AuthorizationStatus
 from websockets.asyncio.server import Server, ServerConnection, serve
 from websockets.exceptions import ConnectionClosed
 from websockets.http11 import Request, Response
@@ -739,30 +741,76 @@ async def run_central_system(
         await asyncio.Future()  # forever, until the caller cancels
 
 
-def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description="Embedded OCPP 1.6J test Central System")
-    parser.add_argument("--host", default="127.0.0.1")
-    parser.add_argument("--port", type=int, default=9000)
+PROG = "python -m evsed.hwmocks.central_system"  # what hw-mocks/README.md runs
+STATUSES = tuple(status.value for status in AuthorizationStatus)  # the five of OCPP 1.6
+
+
+def _tag(text: str) -> tuple[str, str]:
+    """`IDTAG[=STATUS]`, STATUS one of OCPP 1.6's AuthorizationStatus values, spelt as the
+    spec does: anything else made the first Authorize fail the CS's own schema."""
+    id_tag, _, status = text.partition("=")
+    if not id_tag:
+        raise argparse.ArgumentTypeError(f"{text!r}: no idTag before the '='")
+    if "=" not in text:
+        return id_tag, AuthorizationStatus.accepted.value
+    if status not in STATUSES:
+        near = [s for s in STATUSES if s.casefold() == status.casefold()]
+        hint = f" (did you mean {near[0]}?)" if near else ""
+        raise argparse.ArgumentTypeError(
+            f"{text!r}: status {status!r} is not an OCPP 1.6 AuthorizationStatus{hint}; "
+            f"choose from {', '.join(STATUSES)}"
+        )
+    return id_tag, status
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog=PROG,
+        description="Embedded OCPP 1.6J test Central System: answers a charge point's "
+        "messages on ws://HOST:PORT/<ChargePointId> (it sends no command of its own).",
+    )
+    parser.add_argument(
+        "--host", default="127.0.0.1", help="address to listen on (default: %(default)s)"
+    )
+    parser.add_argument(
+        "--port", type=int, default=9000, help="TCP port; 0 picks a free one (default: %(default)s)"
+    )
     parser.add_argument(
         "--tag",
         action="append",
         default=[],
+        type=_tag,
         metavar="IDTAG[=STATUS]",
-        help="an idTag the CS knows (status Accepted unless given); repeatable",
+        help="an idTag the CS knows, STATUS one of " + ", ".join(STATUSES) + " (Accepted "
+        "when not given; a tag not given is Invalid); repeatable",
     )
-    args = parser.parse_args(argv)
-    tags = dict(t.split("=", 1) if "=" in t else (t, "Accepted") for t in args.tag)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    tags = dict(args.tag)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
-    with suppress(KeyboardInterrupt):
-        asyncio.run(
-            run_central_system(
-                args.host,
-                args.port,
-                tags,
-                ready=lambda cs: print(f"Central System at {cs.url}/<ChargePointId>", flush=True),
+    try:
+        with suppress(KeyboardInterrupt):
+            asyncio.run(
+                run_central_system(
+                    args.host,
+                    args.port,
+                    tags,
+                    ready=lambda cs: print(
+                        f"Central System at {cs.url}/<ChargePointId>", flush=True
+                    ),
+                )
             )
-        )
+    except OSError as exc:  # the listening socket: the rest runs inside the server
+        why = exc.strerror or str(exc)
+        if exc.errno == errno.EADDRINUSE:
+            why = "the port is in use (another Central System running? --port 0 picks a free one)"
+        print(f"{PROG}: cannot listen on {args.host}:{args.port}: {why}", file=sys.stderr)
+        return 1
+    return 0
 
 
 if __name__ == "__main__":
-    main()
+    raise SystemExit(main())

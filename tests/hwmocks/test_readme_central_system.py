@@ -27,6 +27,10 @@ def test_the_readme_names_every_option_of_the_command_line(
     assert options == {"--host", "--port", "--tag"}  # a new option: document it below
     for option in options:
         assert f"`{option}" in text, option
+    # ... the statuses --tag takes, and the command the help names.
+    for status in central_system.STATUSES:
+        assert f"`{status}`" in text, status
+    assert f"{central_system.PROG} --port 9000" in text
 
 
 def test_the_readme_does_not_promise_commands_from_the_command_line() -> None:
