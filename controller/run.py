@@ -10,6 +10,7 @@ import logging
 import math
 import os
 import signal
+import sqlite3
 import sys
 from collections.abc import Callable, Mapping
 from pathlib import Path
@@ -269,9 +270,15 @@ class Stack:
         loop = asyncio.get_running_loop()
         deadline = loop.time() + timeout_s
         # A poll: the queue has no "drained" signal, and this runs once per stop.
-        while (  # noqa: ASYNC110
-            session is not None and session.online and len(ocpp.txqueue) and loop.time() < deadline
-        ):
+        while session is not None and session.online and loop.time() < deadline:
+            try:
+                # An SQLite query: a failing card must end the flush, never the stop (the
+                # session and the store still to close, a Reset's start still to come).
+                if not len(ocpp.txqueue):
+                    return
+            except (StoreError, sqlite3.Error):
+                log.exception("stop: the queue could not be read; not waiting for it")
+                return
             await asyncio.sleep(0.05)
 
     def _on_reset(self, kind: str) -> None:
