@@ -437,12 +437,15 @@ def _main(coro_factory: Callable[[asyncio.Event], Any]) -> int:
         loop = asyncio.get_running_loop()
 
         def on_signal(sig: signal.Signals) -> None:
+            # The stop first: a log line (a slow or full journal, a handler that raises)
+            # must never delay it or keep it from happening.
+            already = stop.is_set()
+            stop.set()
             # The journal says why evsed ends (a new user saw it end without a word).
-            if stop.is_set():
+            if already:
                 log.info("%s received: already stopping", sig.name)
             else:
                 log.info("%s received: stopping evsed", sig.name)
-            stop.set()
 
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, on_signal, sig)
