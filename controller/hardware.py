@@ -47,9 +47,50 @@ def build(config: Config, clock: Clock, *, pin_factory: Any = None) -> Parts:
     return Parts(built, reader=reader, grid_meter=grid)
 
 
+class _Opened:
+    """What one connector's build opened so far, to release again if the build fails.
+
+    Left open, its ADC channels' shared gpiozero SPI interface would sit in a reference
+    cycle until the collector closes it at any later moment, possibly in the middle of
+    the next build (see hal/adc.py), and its pins would stay taken."""
+
+    def __init__(self) -> None:
+        self.channels: list[AdcChannel] = []
+        self.devices: list[Any] = []  # contactor and pilot, until `parts` holds them
+        self.parts: ConnectorParts | None = None
+
+    def release(self) -> None:
+        if self.parts is not None:
+            # The safe order of a stop: contactor first, a lock only once it reads open.
+            Parts([self.parts]).shutdown()
+        else:
+            for dev in reversed(self.devices):
+                _quietly(dev.shutdown)
+        for ch in self.channels:  # also those no sensor took yet (a second close is harmless)
+            _quietly(ch.close)
+
+
+def _quietly(fn: Any) -> None:
+    try:
+        fn()
+    except Exception:
+        log.exception("releasing a device of a failed build failed")
+
+
 def _connector(cfg: Connector, adc: Adc, clock: Clock, pin_factory: Any) -> ConnectorParts:
+    opened = _Opened()
+    try:
+        return _open_connector(cfg, adc, clock, pin_factory, opened)
+    except BaseException:
+        opened.release()
+        raise
+
+
+def _open_connector(
+    cfg: Connector, adc: Adc, clock: Clock, pin_factory: Any, opened: _Opened
+) -> ConnectorParts:
     def channel(number: int) -> AdcChannel:
-        return AdcChannel(
+        made = AdcChannel(
             adc.chip.upper(),
             number,
             port=adc.spi_port,
@@ -57,6 +98,8 @@ def _connector(cfg: Connector, adc: Adc, clock: Clock, pin_factory: Any) -> Conn
             vref=adc.vref,
             pin_factory=pin_factory,
         )
+        opened.channels.append(made)
+        return made
 
     # The contactor first: whatever fails after it, the relay is held de-energised.
     contactor = RelayContactor(
@@ -68,14 +111,16 @@ def _connector(cfg: Connector, adc: Adc, clock: Clock, pin_factory: Any) -> Conn
         monotonic=clock.monotonic,
         pin_factory=pin_factory,
     )
+    opened.devices.append(contactor)
     pilot = pilot_output(cfg, pin_factory)
+    opened.devices.append(pilot)
     sensor = AdcPilotSensor(
         channel(cfg.pilot.sense_channel),
         gain=cfg.pilot.sense_gain,
         offset=cfg.pilot.sense_offset,
         commanded_duty=lambda: pilot.duty,
     )
-    parts = ConnectorParts(pilot=pilot, sensor=sensor, contactor=contactor)
+    parts = opened.parts = ConnectorParts(pilot=pilot, sensor=sensor, contactor=contactor)
     if cfg.phase_switch.enabled:
         parts.phase_switch = RelayPhaseSwitch(
             cfg.phase_switch.relay_pin,

@@ -42,3 +42,31 @@ def test_a_rebuild_survives_a_collection_between_its_adc_channels(
         gc.enable()
     assert len(opened) >= 2  # pilot sense and at least one more channel on the bus
     parts.shutdown()
+
+
+def _reserved(factory: MockFactory) -> set[str]:
+    """The pins some open device still holds."""
+    return {
+        pin.name
+        for pin, reservers in factory._reservations.items()
+        if any(ref() is not None for ref in reservers)
+    }
+
+
+def test_a_connector_that_fails_halfway_releases_what_it_opened(
+    mock_factory: MockFactory, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The ADC channels, contactor and pilot of a connector whose meter fails to build are
+    closed again: left open, the shared SPI interface (a reference cycle) would be
+    closed by the collector in the middle of the next build, and the pins stay taken."""
+
+    def no_meter(*_: Any) -> None:
+        raise OSError("no such serial port")
+
+    monkeypatch.setattr(hardware, "meter", no_meter)
+    with pytest.raises(OSError) as failure:
+        hardware.build(bench_config(), FakeClock(), pin_factory=mock_factory)
+    assert _reserved(mock_factory) == set()  # while the traceback still holds the frames
+    del failure
+    monkeypatch.undo()
+    hardware.build(bench_config(), FakeClock(), pin_factory=mock_factory).shutdown()
