@@ -135,7 +135,7 @@ class Bench:
         try:
             if settings.grid_meter is not None:
                 self.grid_meter, self.grid_serial = self._meter(
-                    settings.grid_meter, self._grid_load
+                    settings.grid_meter, self._grid_load, "[grid.meter] port"
                 )
             for index, cfg in enumerate(settings.connectors):
                 self._connectors[index + 1] = self._build_connector(index + 1, cfg)
@@ -148,7 +148,7 @@ class Bench:
             raise
 
     def _meter(
-        self, cfg: SimMeterSettings, source: Callable[[], Load]
+        self, cfg: SimMeterSettings, source: Callable[[], Load], key: str
     ) -> tuple[SimMeter | None, SerialPair | None]:
         """A simulated meter for `cfg`: on loopback TCP, or on a pty pair for RTU."""
         if cfg.transport == "none":
@@ -164,6 +164,7 @@ class Bench:
             source=source,
             update_interval_s=METER_UPDATE_S,
             clock=self.clock,
+            key=key,
         )
         return meter, pair
 
@@ -216,7 +217,9 @@ class Bench:
         sim = SimConnector(cid, cfg, pins, ev, None, set(), car_phases=ev.config.phases)
         pins.set_cp(sim.cp_high_volts)
         try:
-            sim.meter, sim.serial = self._meter(cfg.meter, sim.load)
+            sim.meter, sim.serial = self._meter(
+                cfg.meter, sim.load, f"[connectors.meter] port, connector {cid}"
+            )
         except BaseException:
             pins.close()
             raise

@@ -93,6 +93,7 @@ class SimMeter:
         energy_wh: float = 0.0,
         update_interval_s: float | None = None,
         seed: int = 0,
+        key: str | None = None,
     ) -> None:
         self.regmap = model if isinstance(model, RegisterMap) else load_map(model)
         self.device_id = self.regmap.serial.device_id if device_id is None else device_id
@@ -111,6 +112,9 @@ class SimMeter:
         self.load = Load()
         self.fault: MeterFault | None = None
         self.update_interval_s = update_interval_s
+        #: The setting its port comes from, for the port-in-use message (the bench's wiring
+        #: passes it: "[connectors.meter] port, connector 1").
+        self.key = key
         self._rng = random.Random(seed)
         self._last_t: float | None = None
         self._server: ModbusTcpServer | ModbusSerialServer | None = None
@@ -295,6 +299,8 @@ class SimMeter:
             # pymodbus says only "Could not start listen": name the port (for a serial
             # meter the pseudo-terminal was just made, so it is the TCP case that fails).
             where = self.serial_port or f"{self.host}:{self._port}"
+            if self.key is not None:
+                where += f" ({self.key})"
             raise OSError(
                 errno.EADDRINUSE, f"the simulated meter cannot listen on {where}"
             ) from None

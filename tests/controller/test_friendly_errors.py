@@ -21,18 +21,19 @@ def held_port() -> Iterator[int]:
         yield s.getsockname()[1]
 
 
-@pytest.mark.parametrize("which", ["meter", "control"])
+@pytest.mark.parametrize("which", ["meter", "control", "grid"])
 def test_port_in_use_is_one_line(
     tmp_path: Path, held_port: int, which: str, capsys: pytest.CaptureFixture[str]
 ) -> None:
     meter_port = held_port if which == "meter" else 0
     control_port = held_port if which == "control" else 0
+    grid = f"[grid]\nenabled = true\n[grid.meter]\nport = {held_port}\n" if which == "grid" else ""
     cfg = tmp_path / "evsed.toml"
     cfg.write_text(
         f'state_dir = "{tmp_path / "state"}"\n'
         "[central_system]\nenabled = false\n"
         f"[bench]\ncontrol_port = {control_port}\n"
-        f"[[connectors]]\n[connectors.meter]\nport = {meter_port}\n"
+        f"[[connectors]]\n[connectors.meter]\nport = {meter_port}\n" + grid
     )
     assert cli.main(["run", "--config", str(cfg)]) == run.EXIT_START
     err = capsys.readouterr().err
@@ -40,6 +41,9 @@ def test_port_in_use_is_one_line(
     (line,) = [x for x in err.splitlines() if x.startswith("evsed: ")]
     assert "is another evsed running?" in line
     assert f"127.0.0.1:{held_port}" in line  # which port, not just "a port"
+    key = {"meter": "[connectors.meter] port, connector 1", "grid": "[grid.meter] port"}
+    if which in key:  # ... and which key sets it
+        assert f"127.0.0.1:{held_port} ({key[which]})" in line
 
 
 def test_permission_and_missing_device_messages() -> None:
