@@ -333,8 +333,14 @@ class VenvInstaller:
             py = str(target / "bin" / "python")
             # With the [pi] extra, as `evsed install` installs the first version: without it
             # the new venv has no lgpio, and on a Pi the new version finds no GPIO backend.
+            # No pip cache: the service's HOME is its state directory on the SD card, and
+            # a cache there only wears it (a wheel is installed once per version).
             await self._must(
-                [py, "-m", "pip", "install", "--quiet", "--no-input", f"{package}[pi]"],
+                [
+                    py,
+                    *("-m", "pip", "install", "--quiet", "--no-input", "--no-cache-dir"),
+                    f"{package}[pi]",
+                ],
                 "pip install",
             )
             await asyncio.to_thread(readable_by_all, target)

@@ -353,6 +353,17 @@ def test_the_new_version_gets_the_pi_extra_as_the_first_one_did(tmp_path: Path) 
     assert pip[-1] == f"{package}[pi]"
 
 
+def test_an_update_leaves_no_pip_cache_in_the_state_directory(tmp_path: Path) -> None:
+    """The service runs with HOME=/var/lib/evsed (its state directory, on the SD card):
+    pip's default cache there grew with each update and only wore the card."""
+    root, state = _root(tmp_path), _state(tmp_path)
+    venvs = FakeVenvs()
+    installer = _installer(root, state, venvs, [0.0], prefix=root / "venvs" / "1.0.0")
+    asyncio.run(installer.install(tiny_wheel(tmp_path)))
+    pip = next(c for c in venvs.commands if c[1:4] == ["-m", "pip", "install"])
+    assert "--no-cache-dir" in pip
+
+
 def test_pip_failure_leaves_the_running_version_alone(tmp_path: Path) -> None:
     root, state = _root(tmp_path), _state(tmp_path)
     restarts = Restarts()
