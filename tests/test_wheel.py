@@ -49,6 +49,10 @@ def wheel(tmp_path_factory: pytest.TempPathFactory) -> Path:
     )
     assert built.returncode == 0, built.stderr[-4000:]
     (wheel_file,) = out.glob("evsed-*.whl")
+    # setuptools' warnings about our own configuration (a data folder missing from
+    # `packages`, a deprecated license table) are what a new user's `pip install` shows
+    # first; they become errors in later setuptools releases.
+    assert "BuildBackendWarning" not in built.stderr, built.stderr[-4000:]
     return wheel_file
 
 
