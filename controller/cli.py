@@ -9,7 +9,7 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from evsed.controller import __version__, config, tomlout
+from evsed.controller import __version__, config, stdout, tomlout
 
 EXIT_CONFIG = 2
 #: The reader of stdout went away (`evsed demo | head -2`): 128 + SIGPIPE, the status a
@@ -22,17 +22,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         return _main(argv)
     except BrokenPipeError:
-        _stdout_gone()
+        stdout.point_at_devnull()
         return EXIT_PIPE
-
-
-def _stdout_gone() -> None:
-    """Python's recipe for a closed stdout: what is still buffered goes to /dev/null, or
-    the flush at exit raises again ("Exception ignored ... BrokenPipeError")."""
-    with contextlib.suppress(OSError, ValueError, AttributeError):
-        devnull = os.open(os.devnull, os.O_WRONLY)
-        os.dup2(devnull, sys.stdout.fileno())
-        os.close(devnull)
 
 
 def _main(argv: Sequence[str] | None) -> int:

@@ -16,7 +16,7 @@ from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
-from evsed.controller import __version__, crashguard, hardware
+from evsed.controller import __version__, crashguard, hardware, stdout
 from evsed.controller.charger import Charger
 from evsed.controller.clock import Clock, SystemClock
 from evsed.controller.config import Config
@@ -505,11 +505,24 @@ def run_controller(
     configure_logging(config, log_level)
 
     def ready(stack: Stack) -> None:
+        lines = ["evsed running"]
         if stack.bench is not None and stack.bench.control_port is not None:
-            print(f"bench control port {stack.bench.control_port}", flush=True)
-        print("evsed running", flush=True)
+            lines.insert(0, f"bench control port {stack.bench.control_port}")
+        announce(lines)
 
     return _main(lambda stop: serve(config, on_ready=ready, stop=stop, trace=trace))
+
+
+def announce(lines: list[str]) -> None:
+    """Print the start-up lines; a stdout whose reader is gone (`evsed run | head -1`, a
+    closed terminal) is a warning, never the end of the controller: a charge must not stop
+    because nobody reads a courtesy line."""
+    try:
+        for line in lines:
+            print(line, flush=True)
+    except OSError as exc:  # BrokenPipeError, EIO of a hung-up terminal
+        stdout.point_at_devnull()
+        log.warning("stdout is not writable (%s): evsed goes on; its log is on stderr", exc)
 
 
 def run_bench(config: Config) -> int:
@@ -522,13 +535,18 @@ def run_bench(config: Config) -> int:
         await bench.start()
         try:
             wired = simbench.wired(config, bench.endpoints())
-            print(f"bench control port {bench.control_port}", flush=True)
-            for i, c in enumerate(wired.connectors, 1):
-                if c.meter.transport == "tcp":
-                    print(f"connector {i} meter modbus-tcp 127.0.0.1:{c.meter.port}", flush=True)
-            for reader in (bench.rdm6300, bench.pn532):
-                if reader is not None:
-                    print(f"{config.reader.model} reader {reader.port}", flush=True)
+            lines = [f"bench control port {bench.control_port}"]
+            lines += [
+                f"connector {i} meter modbus-tcp 127.0.0.1:{c.meter.port}"
+                for i, c in enumerate(wired.connectors, 1)
+                if c.meter.transport == "tcp"
+            ]
+            lines += [
+                f"{config.reader.model} reader {reader.port}"
+                for reader in (bench.rdm6300, bench.pn532)
+                if reader is not None
+            ]
+            announce(lines)
             await stop.wait()
         finally:
             await bench.stop()
