@@ -172,7 +172,7 @@ class Files:
         link = layout.root / name
         if link.is_symlink() and os.path.realpath(link) == os.path.realpath(venv):
             return  # points there already
-        if self._would(f"link {link} -> {venv}"):
+        if self._would(f"link {link} -> {layout.link_target(venv)}"):  # what switch writes
             return
         layout.switch(name, venv)
 

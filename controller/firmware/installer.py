@@ -198,14 +198,18 @@ class Layout:
         target = self.current.resolve()
         return target if target.parent == self.venvs.resolve() else None
 
+    def link_target(self, venv: Path) -> Path:
+        """What `switch` writes into the link for ``venv``: relative to the root when it lies
+        under it, so that the layout means the same under a temporary root."""
+        return venv.relative_to(self.root) if venv.is_relative_to(self.root) else venv
+
     def switch(self, name: str, venv: Path) -> None:
         """Point `<root>/<name>` at ``venv`` atomically: a new link under a temporary name,
         renamed over the old one (a reader sees the old or the new link, never none)."""
         link = self.root / name
         tmp = self.root / f".{name}.{os.getpid()}.new"
         tmp.unlink(missing_ok=True)
-        # Relative, so that the layout means the same under a temporary root.
-        tmp.symlink_to(venv.relative_to(self.root) if venv.is_relative_to(self.root) else venv)
+        tmp.symlink_to(self.link_target(venv))
         os.replace(tmp, link)
         _fsync_dir(self.root)
 

@@ -69,9 +69,28 @@ def test_dry_install_into_an_empty_root_writes_nothing(tmp_path) -> None:
     assert f"would create {root}/var/lib/evsed/ (mode 700)" in out
     assert f"would link {root}/usr/local/bin/evsed -> /usr/local/lib/evsed/admin/bin/evsed" in out
     assert f"would link {root}/usr/local/lib/evsed/admin -> admin.a" in out
-    assert f"would link {root}/opt/evsed/current -> {root}/opt/evsed/venvs/1.2.3" in out
+    assert f"would link {root}/opt/evsed/current -> venvs/1.2.3" in out
     assert "would run: useradd" not in out  # the user exists: usermod
     assert "would run: usermod --append --groups gpio,spi,dialout evsed" in out
+
+
+def test_a_dry_install_prints_the_links_the_real_install_makes(tmp_path) -> None:
+    """Fails without the change: the dry run said "current -> <root>/opt/evsed/venvs/1.2.3"
+    (absolute) while the real run links "venvs/1.2.3" (relative, Layout.switch)."""
+    root = make_root(tmp_path)
+    package = str(wheel(tmp_path))
+    dry = _cli("install", "--root", str(root), "--package", package, "--dry-run")
+    assert dry.returncode == 0, dry.stderr
+    said = {}
+    for line in dry.stdout.splitlines():
+        words = line.split()
+        if words[:2] == ["would", "link"] and words[3] == "->":
+            said[words[2]] = words[4]
+    real = _cli("install", "--root", str(root), "--package", package)
+    assert real.returncode == 0, real.stderr
+    for name in ("current", "previous"):
+        link = root / "opt/evsed" / name
+        assert said[str(link)] == os.readlink(link), name
 
 
 def test_dry_uninstall_purge_of_an_installed_root_removes_nothing(tmp_path) -> None:
