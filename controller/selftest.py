@@ -71,9 +71,24 @@ def format_table(rows: list[Row]) -> str:
     lines = [
         "  ".join(v.ljust(w) for v, w in zip(row, widths, strict=True)).rstrip() for row in table
     ]
-    n_failed = sum(r.ok is False for r in rows)
-    lines.append(f"{n_failed} failed" if n_failed else "all checks passed")
+    lines.append(summary(rows))
     return "\n".join(lines)
+
+
+def summary(rows: list[Row]) -> str:
+    """The table's last line. A skipped row is counted, never folded into "passed": a part
+    not tried (the relay without consent, a part not fitted) has not been shown to work."""
+    n_passed = sum(r.ok is True for r in rows)
+    n_failed = sum(r.ok is False for r in rows)
+    n_skipped = sum(r.ok is None for r in rows)
+    skipped = f", {n_skipped} skipped" if n_skipped else ""
+    if n_failed:
+        return f"{n_failed} failed{skipped}"
+    if n_passed == 0:
+        return f"no checks run{skipped}"
+    if n_passed == 1:
+        return f"1 check passed{skipped}"
+    return f"all {n_passed} checks passed{skipped}"
 
 
 class _Connector:

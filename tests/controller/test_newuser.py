@@ -34,7 +34,8 @@ def test_selftest_checks_the_wiring_before_the_central_system_is_set_up(
 
     assert cli.main(["selftest", "--config", str(cfg)]) == 0
     captured = capsys.readouterr()
-    assert "all checks passed" in captured.out
+    # The relay rows (no --close-relay) and one part the bench does not fit: skipped, counted.
+    assert captured.out.rstrip().endswith("\nall 7 checks passed, 3 skipped")
     assert "central_system" not in captured.err and "state_dir" not in captured.err
 
 

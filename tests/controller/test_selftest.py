@@ -52,7 +52,23 @@ async def test_healthy_bench_passes_every_row(tmp_path: Path) -> None:
     assert [r.part for r in rows if r.ok is not True] == [], selftest.format_table(rows)
     assert relay_seen == [False]
     assert not selftest.failed(rows)
-    assert selftest.format_table(rows).endswith("all checks passed")
+    assert selftest.format_table(rows).endswith(f"all {len(rows)} checks passed")
+
+
+def test_the_summary_counts_skipped_rows_apart_from_passed_ones() -> None:
+    """Fails without the change: a skipped row was folded into "all checks passed"."""
+
+    def rows(*oks: bool | None) -> list[selftest.Row]:
+        return [selftest.Row(f"part {i}", 1, ok, "") for i, ok in enumerate(oks)]
+
+    assert selftest.format_table(rows(True, True, None, None)).endswith(
+        "\nall 2 checks passed, 2 skipped"
+    )
+    assert selftest.summary(rows(True, True, True)) == "all 3 checks passed"
+    assert selftest.summary(rows(True, False, None)) == "1 failed, 1 skipped"
+    assert selftest.summary(rows(False, True)) == "1 failed"
+    assert selftest.summary(rows(True, None)) == "1 check passed, 1 skipped"
+    assert selftest.summary(rows(None, None)) == "no checks run, 2 skipped"
 
 
 # fault injected -> the row that must fail
@@ -230,7 +246,11 @@ def test_cli_exit_status_and_table(
     )
     assert cli.main(["selftest", "--config", str(cfg)]) == 0
     out = capsys.readouterr().out
-    assert "pilot +12 V" in out and "PASS" in out and "all checks passed" in out
+    assert "pilot +12 V" in out and "PASS" in out
+    # No --close-relay and no terminal: the relay rows are skipped, and counted.
+    skips = sum(" skip " in line for line in out.splitlines())
+    assert skips >= 2, out
+    assert out.rstrip().splitlines()[-1] == f"all 7 checks passed, {skips} skipped", out
 
     async def broken(config: Config, **_: Any) -> list[selftest.Row]:
         return [selftest.Row("meter", 1, False, "no answer")]
