@@ -365,6 +365,9 @@ def format_table(snap: dict[str, Any]) -> str:
         if c["pilot"] == "A" and limit["suspended"] and limit["reason"] == "cable":
             # Nothing plugged: no cable to read a rating from, which is no limit to report.
             limit_text = "no EV"
+        if c["status"] == "Faulted":
+            # The fault holds the pilot off whatever the limiter allows: nothing is offered.
+            limit_text = "- (faulted)"
         status = c["status"] if c["error_code"] == "NoError" else f"{c['status']}/{c['error_code']}"
         rows.append(
             (

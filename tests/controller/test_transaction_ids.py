@@ -101,3 +101,17 @@ def test_nothing_plugged_reads_no_ev_not_suspended_cable() -> None:
     assert " no EV " in table + " " and "suspended (cable)" not in table
     c1["pilot"] = "B"  # a cable without a readable rating: that one is a limit
     assert "suspended (cable)" in status.format_table(snap)
+
+
+def test_a_faulted_connector_offers_nothing_whatever_the_limiter_allows() -> None:
+    """Fails without the change: the column read "32.0 A (hardware)" while Faulted (the
+    limiter's allowance; the fault holds the pilot off)."""
+    snap = _snap(None)
+    c1 = snap["connectors"][0]
+    c1.update(status="Faulted", error_code="GroundFailure", pilot="A", offered_a=0.0)
+    c1["limit"] = {"amps": 32.0, "suspended": False, "reason": "hardware"}
+    table = status.format_table(snap)
+    assert "- (faulted)" in table and "(hardware)" not in table
+    c1["limit"] = {"amps": 0.0, "suspended": True, "reason": "cable"}  # and nothing plugged
+    table = status.format_table(snap)
+    assert "- (faulted)" in table and "no EV" not in table
