@@ -167,7 +167,16 @@ async def test_the_second_connector_gets_its_share_at_once(two: Two) -> None:
     await two.offers_become((30.0, 0.0), within_s=10)  # connector 1 holds the whole 30 A
     assert two.status(1) == "Charging"
     notes: list[tuple[str, dict[str, object]]] = []
-    two.connector(2).add_listener(lambda kind, fields: notes.append((kind, fields)))
+    assert two.stack.charger is not None
+    charger = two.stack.charger
+
+    def note(kind: str, fields: dict[str, object]) -> None:
+        # With the allowance of that moment and the sim time: a failure says which limit
+        # bound, and when, without a rerun.
+        at = round(two.clock.monotonic(), 3)
+        notes.append((kind, {**fields, "at": at, "allowance": charger.allowance(2)}))
+
+    two.connector(2).add_listener(note)
 
     start = two.clock.monotonic()
     await two.bench.plug(2)
@@ -177,7 +186,7 @@ async def test_the_second_connector_gets_its_share_at_once(two: Two) -> None:
     await two.offers_become((15.0, 15.0), within_s=3)
 
     statuses = [f["status"] for k, f in notes if k == "status"]
-    assert "SuspendedEVSE" not in statuses  # never held at 0 A at its start
+    assert "SuspendedEVSE" not in statuses, notes  # never held at 0 A at its start
     duties = [f for k, f in notes if k == "duty"]
     assert duties, "connector 2 never offered"
     # Its first offer is a real one (6 A while its EV is in B, then its share).
