@@ -38,6 +38,7 @@ from evsed.controller.limiter import (
     Electrical,
     LimiterConfig,
     LimitInputs,
+    Reason,
     SmartChargingLimit,
     limit,
     minimum_current,
@@ -594,9 +595,10 @@ class Charger:
             # The resume delay protects a running session from flapping; a new session
             # starts on the present limits, not on the history of an idle connector.
             slot.limiter.reset()
-        allowance = slot.limiter.update(self._inputs(slot), self.clock.monotonic())
+        inputs = self._inputs(slot)
+        allowance = slot.limiter.update(inputs, self.clock.monotonic())
         slot.connector.set_allowed_current(allowance.amps)
-        self._note_allowance(slot, allowance)
+        self._note_allowance(slot, allowance, no_cable=inputs.cable_a is None)
 
     def _note_session(self, slot: _Slot, view: ConnectorView | None = None) -> None:
         """The first time the charger sees the connector's transaction it ranks newest."""
@@ -762,17 +764,23 @@ class Charger:
     # ------------------------------------------------------------------ ChargePointPort
     # What the OCPP layer may read and ask (evsed.controller.ocpp16.port); nothing else.
 
-    def _note_allowance(self, slot: _Slot, allowance: Allowance) -> None:
+    def _note_allowance(self, slot: _Slot, allowance: Allowance, no_cable: bool = False) -> None:
         # After the pilot took the new current: the log line never delays it.
         previous, slot.allowance = slot.allowance, allowance
-        if previous is None or previous != allowance:
-            log.info(
-                "connector %s may offer %.1f A%s (bound by %s)",
-                slot.connector.id,
-                allowance.amps,
-                " (suspended)" if allowance.suspended else "",
-                allowance.reason.value,
-            )
+        if previous is not None and previous == allowance:
+            return
+        if no_cable and allowance.suspended and allowance.reason is Reason.CABLE:
+            # Nothing in the socket: "0.0 A (suspended) (bound by cable)" read as a cable
+            # fault to the people who saw it at every start-up.
+            log.info("connector %s offers nothing: no cable plugged", slot.connector.id)
+            return
+        log.info(
+            "connector %s may offer %.1f A%s (bound by %s)",
+            slot.connector.id,
+            allowance.amps,
+            " (suspended)" if allowance.suspended else "",
+            allowance.reason.value,
+        )
 
     @property
     def connector_ids(self) -> tuple[int, ...]:

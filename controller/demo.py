@@ -200,6 +200,8 @@ def describe(event: Event) -> str:
         case "phase":
             return f"session        {f.get('previous')} -> {f.get('phase')}"
         case "cable":
+            if f.get("cable_a") is None:
+                return "cable          none (PP reads no cable)"
             return f"cable          {f.get('cable_a')} A rating (PP)"
         case "fault":
             state = "raised" if f.get("active") else "cleared"

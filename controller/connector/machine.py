@@ -587,6 +587,9 @@ class Connector:
         elif state == PilotState.A:
             self._clear_by(Clear.UNPLUG)
             self._dispatch(EvUnplugged())
+            # PP is read only with an EV (the next one is read before the core hears of
+            # it): the rating of the cable that left is no longer known, not still 32 A.
+            self._set_cable(None)
         self._apply()
 
     @command()
@@ -640,6 +643,9 @@ class Connector:
             return
         if Fault.CABLE in self.faults:
             self._clear_fault(Fault.CABLE, Clear.RECOVERY)
+        self._set_cable(cable_a)
+
+    def _set_cable(self, cable_a: int | None) -> None:
         if cable_a != self.cable_a:
             self.cable_a = cable_a
             # The charger hears of it and hands the connector the new allowed current.

@@ -167,6 +167,34 @@ async def test_a_new_binding_limit_is_logged(rig: Rig, caplog: pytest.LogCapture
     assert lines == ["connector 1 may offer 8.0 A (bound by smart_charging)"]
 
 
+async def test_an_empty_socket_is_logged_as_such_not_as_a_cable_limit(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """With nothing plugged the PP reads no cable, which the limiter binds as 0 A "cable":
+    the log says the socket is empty, at start-up and after an unplug."""
+    clock = FakeClock()
+    with caplog.at_level("INFO", logger="evsed.controller.charger"):
+        stack = Stack(bench_config(), clock=clock, control=False, hooks=LocalHooks(tags=[CARD]))
+        await stack.start()
+        try:
+            rig = Rig(stack, clock)
+            charger = stack.charger
+            assert charger is not None
+            await rig.bench.plug(1)
+            await rig.until(lambda: charger.allowance(1).reason is not Reason.CABLE)
+            await rig.bench.unplug(1)
+            await rig.until(lambda: charger.allowance(1).reason is Reason.CABLE)
+        finally:
+            await stack.stop()
+    lines = [r.getMessage() for r in caplog.records if r.name == "evsed.controller.charger"]
+    lines = [line for line in lines if "offer" in line]
+    assert lines == [
+        "connector 1 offers nothing: no cable plugged",
+        "connector 1 may offer 32.0 A (bound by hardware)",
+        "connector 1 offers nothing: no cable plugged",
+    ]
+
+
 # ---------------------------------------------------------------- nothing but the port
 
 
