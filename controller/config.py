@@ -38,6 +38,7 @@ from pydantic import (
 )
 
 from evsed.controller import __version__
+from evsed.controller.masking import mask_url
 from evsed.controller.paths import anchor_paths, default_state_dir
 
 Gpio = Annotated[int, Field(ge=0, le=27, description="BCM GPIO number")]
@@ -731,42 +732,3 @@ OPTIONAL_PINS = (
     ("lock", "unlock_pin"),
     ("lock", "feedback_pin"),
 )
-
-
-def mask_url(url: str) -> str:
-    """``url`` with its password and its query's and fragment's values masked, for printing.
-
-    Works on the text, never parses the host or port: a URL urlsplit cannot take (port
-    99999, an unclosed [IPv6]) is masked all the same, and this never raises. The rules
-    are controller/firmware/urls.py redact_url's."""
-    scheme, sep, rest = url.partition("://")
-    if not sep:
-        return _mask_query(url)
-    # The authority ends at the first / ? # (where urlsplit ends it).
-    end = min((i for i in (rest.find(c) for c in "/?#") if i >= 0), default=len(rest))
-    authority, tail = rest[:end], rest[end:]
-    userinfo, at, hostport = authority.rpartition("@")
-    if at:
-        user, colon, _ = userinfo.partition(":")
-        if colon:
-            authority = f"{user}:***@{hostport}" if user else f"***@{hostport}"
-    return f"{scheme}://{authority}{_mask_query(tail)}"
-
-
-def _mask_query(tail: str) -> str:
-    """path?a=1&b=2#f -> path?a=***&b=***#***: tokens travel in query strings."""
-    rest, hash_, fragment = tail.partition("#")
-    path, mark, query = rest.partition("?")
-    out = path + (mark + _mask_values(query) if mark else "")
-    return out + (hash_ + _mask_values(fragment) if hash_ else "")
-
-
-def _mask_values(part: str) -> str:
-    out: list[str] = []
-    for item in re.split(r"([&;])", part):
-        if item in ("", "&", ";"):
-            out.append(item)
-            continue
-        name, eq, value = item.partition("=")
-        out.append(f"{name}=***" if eq and value else item if eq else "***")
-    return "".join(out)

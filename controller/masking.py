@@ -1,5 +1,6 @@
-"""Card ids as people may see them: in logs at INFO and above and in `evsed status`; and
-the registry of secrets in flight that the log redaction masks wherever they appear.
+"""Card ids and URLs as people may see them: in logs at INFO and above and in `evsed
+status`; and the registry of secrets in flight that the log redaction masks wherever they
+appear.
 
 A card number is a credential (cloned cards start charging sessions on someone else's
 account), so only its last four characters leave the process unless DEBUG is asked for.
@@ -7,6 +8,7 @@ account), so only its last four characters leave the process unless DEBUG is ask
 
 from __future__ import annotations
 
+import re
 import threading
 from collections import Counter
 from collections.abc import Iterable, Iterator
@@ -22,6 +24,59 @@ def mask_tag(id_tag: str | None) -> str:
     if len(id_tag) <= SHOWN:
         return "*" * len(id_tag)
     return "*" * (len(id_tag) - SHOWN) + id_tag[-SHOWN:]
+
+
+# ---------------------------------------------------------------- URLs
+
+URL_MASK = "***"
+
+
+def mask_userinfo(authority: str, *, lone_user_is_secret: bool) -> str:
+    """``user:pw@host`` -> ``user:***@host``: everything before the LAST "@" is userinfo, as
+    urlsplit (and so the transfer) reads it. A user name alone is a token in a file server's
+    URL (``https://TOKEN@host``), the charge point's id in the Central System's."""
+    userinfo, at, hostport = authority.rpartition("@")
+    if not at:
+        return authority
+    user, colon, _ = userinfo.partition(":")
+    if colon:
+        return f"{user}:{URL_MASK}@{hostport}" if user else f"{URL_MASK}@{hostport}"
+    return f"{URL_MASK}@{hostport}" if lone_user_is_secret else authority
+
+
+def _mask_values(part: str) -> str:
+    """``a=1&b=2`` -> ``a=***&b=***``; an item without "=" is all value."""
+    out: list[str] = []
+    for item in re.split(r"([&;])", part):
+        if item in ("", "&", ";"):
+            out.append(item)
+            continue
+        name, eq, value = item.partition("=")
+        out.append(f"{name}={URL_MASK}" if eq and value else item if eq else URL_MASK)
+    return "".join(out)
+
+
+def mask_url_tail(tail: str) -> str:
+    """path?query#fragment with every value of the query and the fragment blanked: tokens
+    and signatures travel there, under names that differ from one service to the next."""
+    rest, hash_, fragment = tail.partition("#")
+    path, mark, query = rest.partition("?")
+    masked = path + (mark + _mask_values(query) if mark else "")
+    return masked + (hash_ + _mask_values(fragment) if hash_ else "")
+
+
+def mask_url(url: str, *, lone_user_is_secret: bool = False) -> str:
+    """One URL with its password and its query's and fragment's values masked, for printing.
+
+    Works on the text, never parses the host or port: a URL urlsplit cannot take (port
+    99999, an unclosed [IPv6]) is masked all the same, and this never raises. The authority
+    ends at the first / ? # (where urlsplit ends it), whatever the password holds."""
+    scheme, sep, rest = url.partition("://")
+    if not sep:
+        return mask_url_tail(url)
+    end = min((i for i in (rest.find(c) for c in "/?#") if i >= 0), default=len(rest))
+    authority = mask_userinfo(rest[:end], lone_user_is_secret=lone_user_is_secret)
+    return f"{scheme}{sep}{authority}{mask_url_tail(rest[end:])}"
 
 
 # ---------------------------------------------------------------- secrets in flight

@@ -29,11 +29,12 @@ import re
 from dataclasses import dataclass
 from urllib.parse import SplitResult, unquote, urlsplit
 
+from evsed.controller.masking import mask_url, mask_url_tail, mask_userinfo
+
 #: Schemes evsed transfers over (SupportedFileTransferProtocols, lower case).
 ALLOWED_SCHEMES: frozenset[str] = frozenset({"http", "https", "ftp", "ftps"})
 #: CiString / anyURI: OCPP does not bound a location; 2 KiB is far above any real one.
 MAX_URL_LENGTH = 2048
-MASK = "***"
 
 # A URL inside any text (a log line, a JSON frame). Where it ends is a guess there: at white
 # space, at a bare '"' (the end of a JSON string; an escaped \" inside one is kept), and the
@@ -97,48 +98,17 @@ class TransferUrl:
         return tuple(dict.fromkeys(s for s in (*found, *decoded) if s))
 
 
-def _mask_userinfo(authority: str) -> str:
-    """Everything before the last "@" blanked; the user name kept when a password follows."""
-    userinfo, at, hostport = authority.rpartition("@")
-    if not at:
-        return authority
-    user, colon, _ = userinfo.partition(":")
-    return f"{user}:{MASK}@{hostport}" if colon else f"{MASK}@{hostport}"
-
-
-def _mask_values(part: str) -> str:
-    """``a=1&b=2`` -> ``a=***&b=***``; an item without "=" is all value."""
-    out: list[str] = []
-    for item in re.split(r"([&;])", part):
-        if item in ("", "&", ";"):
-            out.append(item)
-            continue
-        name, eq, value = item.partition("=")
-        out.append(f"{name}={MASK}" if eq and value else item if eq else MASK)
-    return "".join(out)
-
-
-def _mask_rest(rest: str) -> str:
-    """path?query#fragment with the query's and the fragment's values blanked."""
-    rest, hash_, fragment = rest.partition("#")
-    path, mark, query = rest.partition("?")
-    masked = path + (mark + _mask_values(query) if mark else "")
-    return masked + (hash_ + _mask_values(fragment) if hash_ else "")
-
-
 def _mask_match(m: re.Match[str]) -> str:
-    return m["prefix"] + _mask_userinfo(m["authority"]) + _mask_rest(m["rest"])
+    authority = mask_userinfo(m["authority"], lone_user_is_secret=True)
+    return m["prefix"] + authority + mask_url_tail(m["rest"])
 
 
 def redact_url(text: str) -> str:
     """``text`` with the userinfo, query values and fragment of every URL in it blanked."""
     whole = _WHOLE_URL.match(text)
     if whole is not None and re.search(r"\s", text) is None:
-        # One URL (a location, a redirect target): its authority ends at the first / ? #,
-        # exactly where urlsplit ends it, whatever characters the password holds.
-        after = text[whole.end() :]
-        end = min((i for i in (after.find(c) for c in "/?#") if i >= 0), default=len(after))
-        return whole[0] + _mask_userinfo(after[:end]) + _mask_rest(after[end:])
+        # One URL (a location, a redirect target): read exactly as urlsplit reads it.
+        return mask_url(text, lone_user_is_secret=True)
     return _URL_IN_TEXT.sub(_mask_match, text)
 
 
