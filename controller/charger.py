@@ -23,14 +23,17 @@ from evsed.controller.config import Connector as ConnectorConfig
 from evsed.controller.connector.core import SafetyCore
 from evsed.controller.connector.faults import Fault
 from evsed.controller.connector.hooks import ConnectorHooks, Transaction
-from evsed.controller.connector.machine import Connector, ConnectorView, Phase, Settings
+from evsed.controller.connector.machine import Connector
+from evsed.controller.connector.phases import Phase
 from evsed.controller.connector.sampler import Rates, Sampler
+from evsed.controller.connector.settings import Settings
 from evsed.controller.connector.status import (
     ChargePointStatus,
     ConnectorStatus,
     ErrorCode,
     StopReason,
 )
+from evsed.controller.connector.view import ConnectorView
 from evsed.controller.limiter import (
     Allowance,
     Budget,

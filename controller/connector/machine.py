@@ -25,7 +25,6 @@ from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, replace
 from datetime import datetime
-from enum import StrEnum
 from typing import TYPE_CHECKING, Any, ParamSpec, Protocol, TypeVar
 
 from evsed.controller.clock import Clock
@@ -36,6 +35,18 @@ from evsed.controller.connector.hooks import (
     Transaction,
     TransactionStop,
 )
+from evsed.controller.connector.phases import (
+    NO_EV_STATES,
+    PLUGGED_STATES,
+    Authorized,
+    AuthTimedOut,
+    Event,
+    EvPlugged,
+    EvUnplugged,
+    Phase,
+    StopRequested,
+)
+from evsed.controller.connector.settings import Settings
 from evsed.controller.connector.status import (
     RESERVED_FOR_ANOTHER,
     ChargePointStatus,
@@ -43,6 +54,7 @@ from evsed.controller.connector.status import (
     ErrorCode,
     StopReason,
 )
+from evsed.controller.connector.view import ConnectorView
 from evsed.controller.masking import mask_tag
 from evsed.hal.interfaces import Contactor, LockActuator, PilotOutput
 from evsed.hal.pilot.duty import MIN_CURRENT_A, NO_PWM, current_to_duty
@@ -86,75 +98,6 @@ DUTY_OFF = NO_PWM  # steady +12 V: no current offered (A1/B1/C1)
 DUTY_F = 0.0  # steady -12 V: state F
 
 
-class Phase(StrEnum):
-    IDLE = "idle"  # no EV, nobody authorised
-    AUTHORIZED = "authorized"  # a card was accepted, waiting for the EV (ConnectionTimeOut)
-    PLUGGED = "plugged"  # EV connected, waiting for authorisation
-    TRANSACTION = "transaction"  # a transaction is open
-    FINISHING = "finishing"  # the transaction ended, the EV is still connected
-
-
-@dataclass(frozen=True, slots=True)
-class Settings:
-    connector_id: int = 1
-    rated_current_a: float = 32.0
-    max_current_a: float | None = None
-    phases: int = 3
-    free_vend: bool = False
-    free_vend_id_tag: str = "FREEVEND"
-    ventilation_available: bool = False  # state D may charge only where the room is ventilated
-    connection_timeout_s: float = 60.0  # OCPP ConnectionTimeOut
-    stop_on_ev_disconnect: bool = True  # OCPP StopTransactionOnEVSideDisconnect
-    # An EV may briefly overshoot after a duty decrease; IEC gives it 5 s to follow. EVerest
-    # trips after 7 s beyond the limit; we use the same grace and a 2 A / 10 % tolerance.
-    overcurrent_grace_s: float = 7.0
-    overcurrent_tolerance_a: float = 2.0
-    overcurrent_tolerance_ratio: float = 0.10
-    # C2 -> C1 (PWM withdrawn): the EV should open S2; force the contactor off after 6 s.
-    power_off_under_load_s: float = 6.0
-    # After a fault stops charging, state F for >= 300 ms (IEC 61851-1 Table A.5).
-    fault_state_f_s: float = 0.3
-    pwm_resolution: float = 0.001
-    # State F (-12 V) read this long while evsed does not drive it: its pilot generator or
-    # ADC failed (Fault.PILOT_SENSE). Two readings at least, so one glitch is no fault.
-    pilot_f_fault_s: float = 0.1
-    # A motor lock's pulse is ~0.5 s; no confirmation within this is a ConnectorLockFailure
-    # (locking), or UnlockFailed (an unlock whose position switch still reads locked).
-    lock_timeout_s: float = 2.0
-    # UnlockConnector waits this long beyond the soft stop for the contactor to read open;
-    # then the unlock is withdrawn (UnlockFailed), never carried out later by surprise.
-    unlock_margin_s: float = 1.0
-    # With a meter fitted a start waits this long for a first reading after start-up: a card
-    # left on the reader across a restart must not start with meterStart 0 (issue 14 #11).
-    # No reading by then: the start is refused and the meter reported failed, never
-    # recorded with a number the meter did not give (see `_start_waiting_for_meter`).
-    # 10 s covers a slow first RTU poll (a timeout and a retry) without a user giving up.
-    has_meter: bool = False
-    meter_wait_s: float = 10.0
-    # A stop's meter reading is the first one taken after the contactor reads open: the EV
-    # draws until it reacts to the withdrawn PWM (up to `power_off_under_load_s`), and that
-    # energy is this session's. No reading within this after the contactor opened (a meter
-    # poll plus a slow answer; the charger sets it from the poll interval): the newest known.
-    stop_meter_wait_s: float = 3.0
-
-
-# Events (the "event" half of (phase, event) in `_transition`).
-@dataclass(frozen=True, slots=True)
-class EvPlugged:
-    pass
-
-
-@dataclass(frozen=True, slots=True)
-class EvUnplugged:
-    pass
-
-
-@dataclass(frozen=True, slots=True)
-class Authorized:
-    id_tag: str
-    parent_id_tag: str | None = None
-
-
 @dataclass(slots=True)
 class _PendingStop:
     """A transaction that ended whose meter reading is not taken yet: current may still
@@ -168,46 +111,9 @@ class _PendingStop:
     open_since: float | None = None  # monotonic: when the contactor was first read open
 
 
-@dataclass(frozen=True, slots=True)
-class StopRequested:
-    reason: StopReason
-    id_tag: str | None = None
-
-
-@dataclass(frozen=True, slots=True)
-class AuthTimedOut:
-    pass
-
-
-Event = EvPlugged | EvUnplugged | Authorized | StopRequested | AuthTimedOut
-
-PLUGGED_STATES = frozenset({PilotState.B, PilotState.C, PilotState.D})
-NO_EV_STATES = frozenset({PilotState.A, PilotState.E, PilotState.F})
-
-
 #: A core that has completed no tick for this long (real seconds) is stuck, not stepping:
 #: `Connector.view` then reads the fields itself rather than wait 2 s per read for it.
 STUCK_CORE_S = 1.0
-
-
-@dataclass(frozen=True, slots=True)
-class ConnectorView:
-    """What the safety core writes of one connector, read in one piece (`Connector.view`):
-    between two of the core's steps, so the fields agree with each other (a status with the
-    pilot state, the faults and the offer it was derived from; a transaction with the phase
-    it is in), where reading them one by one from the loop may see half a step."""
-
-    status: ConnectorStatus
-    pilot_state: PilotState
-    phase: Phase
-    transaction: Transaction | None
-    faults: tuple[tuple[Fault, str], ...]
-    offered_a: float
-    cable_a: int | None
-    temperature_c: float | None
-    last_sample: MeterSample | None
-    last_energy_wh: float | None
-    operative: bool
 
 
 class ChargerWideReservation(Protocol):

@@ -29,7 +29,8 @@ from dataclasses import dataclass
 
 from evsed.controller.clock import Clock
 from evsed.controller.connector.faults import Fault
-from evsed.controller.connector.machine import PLUGGED_STATES, Connector
+from evsed.controller.connector.machine import Connector
+from evsed.controller.connector.phases import PLUGGED_STATES
 from evsed.hal.interfaces import (
     PilotSensor,
     ProximitySensor,

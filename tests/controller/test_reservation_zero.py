@@ -15,7 +15,7 @@ from typing import Any
 import pytest
 from ocpp.v16 import call
 
-from evsed.controller.connector.machine import Phase
+from evsed.controller.connector.phases import Phase
 from evsed.hwmocks.central_system import CentralSystem, TagInfo
 from tests.support.clock import FakeClock
 from tests.support.ocpp_stack import CARD, OTHER, OcppRig, calls, ocpp_rig, payload_of

@@ -22,7 +22,7 @@ import pytest
 from ocpp.v16 import call
 
 from evsed.controller.connector.faults import Fault
-from evsed.controller.connector.machine import Phase
+from evsed.controller.connector.phases import Phase
 from evsed.hwmocks.central_system import CentralSystem, TagInfo
 from tests.support.ocpp_stack import CARD, OTHER, OcppRig, calls, cut_link, ocpp_rig, payload_of
 from tests.support.stopping import advancing
