@@ -203,7 +203,7 @@ class _TripRun:
         assert self._trip is not None
         try:
             self._trip()
-        except Exception as exc:
+        except BaseException as exc:  # a SystemExit from a driver did not drive it safe either
             self.error = exc
             if self._on_error is not None:
                 self._on_error(self.name, exc)
@@ -218,7 +218,10 @@ class _TripRun:
         if not self.done.wait(max(0.0, deadline - time.monotonic())):
             return f"{self.name}: did not return within {wait_s} s"
         if self.error is not None:
-            return f"{self.name}: {self.error}"
+            if isinstance(self.error, Exception):
+                return f"{self.name}: {self.error}"
+            # A SystemExit's text is its exit code alone ("1"): name what it was.
+            return f"{self.name}: {type(self.error).__name__} {self.error}".rstrip()
         return None
 
 
@@ -401,7 +404,7 @@ class SafetyCore:
         def cut() -> None:
             try:
                 result.append(self.cut_frozen(detail))
-            except Exception as exc:
+            except BaseException as exc:  # the stop reports it, not "did not return"
                 result.append([f"the cut raised {exc!r}"])
 
         worker = threading.Thread(target=cut, name="stop-cut", daemon=True)

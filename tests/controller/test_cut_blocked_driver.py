@@ -116,3 +116,36 @@ async def test_the_guard_gets_every_other_output_cut_while_one_driver_blocks() -
         assert guard.redrives == 1 and r1.opens == 1
     finally:
         stuck.set()
+
+
+class ExitingRelay(Relay):
+    """A driver whose write ends in SystemExit (a vendor library calling sys.exit on a bus
+    error): not an Exception, and the relay is still closed."""
+
+    def deenergize(self) -> None:
+        self.opens += 1
+        raise SystemExit(1)
+
+
+async def test_a_trip_that_raises_a_base_exception_is_reported_unsafe_not_safe() -> None:
+    """Safety review, round 2: the trip's thread caught only Exception, so a SystemExit set
+    `done` with no error recorded and the cut reported a closed relay as driven safe."""
+    relay, pilot = ExitingRelay(), Pilot()
+    core = SafetyCore(SystemClock(), threaded=True)
+    core.latch_outputs([OutputLatch.around(relay, pilot)])
+    failed = await asyncio.to_thread(core.cut_frozen, "safety core froze")
+    assert relay.opens == 1 and relay.energized
+    assert failed == ["connector 1 relay: SystemExit 1"]
+    assert pilot.duty == 0.0  # the other output of the connector is cut all the same
+
+
+async def test_a_base_exception_without_a_message_still_names_what_it_was() -> None:
+    class Interrupted(Relay):
+        def deenergize(self) -> None:
+            raise KeyboardInterrupt
+
+    core = SafetyCore(SystemClock(), threaded=True)
+    core.latch_outputs([OutputLatch.around(Interrupted(), Pilot())])
+    assert await asyncio.to_thread(core.cut_frozen, "froze") == [
+        "connector 1 relay: KeyboardInterrupt"
+    ]
