@@ -30,6 +30,13 @@ from typing import Any, TextIO
 
 from evsed.controller.config import Config, parse
 from evsed.controller.limiter import SmartChargingLimit
+from evsed.controller.readings import (
+    ENERGY_DIGITS,
+    POWER_DIGITS,
+    MeterSample,
+    drawn_a,
+    reading,
+)
 from evsed.controller.run import Stack
 
 log = logging.getLogger(__name__)
@@ -430,6 +437,18 @@ class FrameTap:
         )
 
 
+def meter_event(fields: dict[str, object], sample: MeterSample | None) -> dict[str, object]:
+    """A meter note as the timeline shows it: rounded as `evsed status --json` rounds
+    (the bench's phases summed to 22080.000000000004 W), None for what was not read."""
+    data = dict(fields)
+    for key, digits in (("energy_wh", ENERGY_DIGITS), ("power_w", POWER_DIGITS)):
+        value = data.get(key)
+        data[key] = reading(value, digits) if isinstance(value, int | float) else None
+    if sample is not None:
+        data["current_a"] = drawn_a(sample)
+    return data
+
+
 def _attach(stack: Stack, timeline: Timeline, session: Session) -> None:
     """Route the controller's own reports onto the timeline."""
     charger = stack.charger
@@ -439,10 +458,7 @@ def _attach(stack: Stack, timeline: Timeline, session: Session) -> None:
     def on_note(kind: str, fields: dict[str, object]) -> None:
         data = dict(fields)
         if kind == "meter":
-            sample = connector.last_sample
-            if sample is not None:
-                amps = [a for a in sample.current_a if a is not None]
-                data["current_a"] = round(max(amps), 2) if amps else None
+            data = meter_event(data, connector.last_sample)
         elif kind == "transaction_started" and connector.transaction is not None:
             session.tx_ids.append(connector.transaction.local_id)
             data["transaction"] = connector.transaction.local_id

@@ -16,7 +16,6 @@ import asyncio
 import contextlib
 import json
 import logging
-import math
 import os
 import socket
 from collections.abc import Mapping
@@ -27,6 +26,12 @@ from typing import Any
 from evsed.controller.config import Config, mask_url
 from evsed.controller.masking import mask_tag
 from evsed.controller.ocpp16.link import central_system_url
+from evsed.controller.readings import (
+    ENERGY_DIGITS,
+    POWER_DIGITS,
+    drawn_a,
+    reading,
+)
 
 log = logging.getLogger(__name__)
 
@@ -147,22 +152,6 @@ def _dialled_url(config: Config) -> str:
     return mask_url(central_system_url(cs.url, cs.charge_point_id, scheme))
 
 
-def _reading(value: float | None, digits: int) -> float | None:
-    """A measured value as the snapshot gives it: rounded to what the meter resolves (a sum
-    of float registers read 22080.000000000004 W), None for one it could not read (NaN is
-    not JSON: a script's parser stops at it)."""
-    if value is None or not math.isfinite(value):
-        return None
-    return round(value, digits)
-
-
-def _drawn_a(sample: Any) -> float | None:
-    if sample is None:
-        return None
-    currents = [a for a in sample.current_a if a is not None and math.isfinite(a)]
-    return _reading(max(currents), 2) if currents else None
-
-
 def _cs_transaction_id(ocpp: Any, local_id: int) -> int | None:
     """The transactionId the Central System gave this record (one indexed row read)."""
     store = getattr(ocpp, "store", None)
@@ -188,7 +177,7 @@ def snapshot(stack: Any, link: LinkTracker) -> dict[str, Any]:
             sample = view.last_sample
             transaction = None
             if tx is not None:
-                energy = _reading(view.last_energy_wh, 1)
+                energy = reading(view.last_energy_wh, ENERGY_DIGITS)
                 transaction = {
                     # The Central System's transactionId (what its web page and its bills
                     # show); None until StartTransaction.conf. local_id: evsed's record.
@@ -207,10 +196,10 @@ def snapshot(stack: Any, link: LinkTracker) -> dict[str, Any]:
                     "info": status.info,
                     "pilot": str(view.pilot_state),
                     "offered_a": round(view.offered_a, 1),
-                    "drawn_a": _drawn_a(sample),
-                    "power_w": None if sample is None else _reading(sample.power_total_w, 1),
-                    "energy_wh": _reading(view.last_energy_wh, 1),
-                    "temperature_c": _reading(view.temperature_c, 1),
+                    "drawn_a": drawn_a(sample),
+                    "power_w": reading(sample.power_total_w, POWER_DIGITS) if sample else None,
+                    "energy_wh": reading(view.last_energy_wh, ENERGY_DIGITS),
+                    "temperature_c": reading(view.temperature_c, 1),
                     "faults": sorted(str(f) for f, _ in view.faults),
                     "transaction": transaction,
                     "limit": {
