@@ -19,11 +19,12 @@ import logging
 import os
 import socket
 from collections.abc import Mapping
-from datetime import datetime
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 from evsed.controller.config import Config, mask_url
+from evsed.controller.connector.faults import RULES, Clear, Fault
 from evsed.controller.masking import mask_tag
 from evsed.controller.ocpp16.link import central_system_url
 from evsed.controller.readings import (
@@ -152,6 +153,10 @@ def _dialled_url(config: Config) -> str:
     return mask_url(central_system_url(cs.url, cs.charge_point_id, scheme))
 
 
+#: The fault of a meter that does not answer (evsed.controller.connector.faults.Fault.METER).
+METER_FAULT = str(Fault.METER)
+
+
 def _cs_transaction_id(ocpp: Any, local_id: int) -> int | None:
     """The transactionId the Central System gave this record (one indexed row read)."""
     store = getattr(ocpp, "store", None)
@@ -175,6 +180,10 @@ def snapshot(stack: Any, link: LinkTracker) -> dict[str, Any]:
             allowance = charger.allowance(cid)
             tx = view.transaction
             sample = view.last_sample
+            faults = sorted(str(f) for f, _ in view.faults)
+            # A meter that stopped answering leaves its last sample behind: what the EV
+            # draws now is unknown, not the amps and watts it drew before the fault.
+            drawn = None if METER_FAULT in faults else sample
             transaction = None
             if tx is not None:
                 energy = reading(view.last_energy_wh, ENERGY_DIGITS)
@@ -196,11 +205,11 @@ def snapshot(stack: Any, link: LinkTracker) -> dict[str, Any]:
                     "info": status.info,
                     "pilot": str(view.pilot_state),
                     "offered_a": round(view.offered_a, 1),
-                    "drawn_a": drawn_a(sample),
-                    "power_w": reading(sample.power_total_w, POWER_DIGITS) if sample else None,
+                    "drawn_a": drawn_a(drawn),
+                    "power_w": reading(drawn.power_total_w, POWER_DIGITS) if drawn else None,
                     "energy_wh": reading(view.last_energy_wh, ENERGY_DIGITS),
                     "temperature_c": reading(view.temperature_c, 1),
-                    "faults": sorted(str(f) for f, _ in view.faults),
+                    "faults": faults,
                     "transaction": transaction,
                     "limit": {
                         "amps": allowance.amps,
@@ -337,7 +346,7 @@ def format_table(snap: dict[str, Any]) -> str:
         lines.append("Central System: none configured (local authorisation only)")
     else:
         state = "online" if cs["online"] else ("connected" if cs["connected"] else "offline")
-        since = f" since {cs['since']}" if cs["since"] else ""
+        since = f" since {readable_since(cs['since'], snap.get('time'))}" if cs["since"] else ""
         error = ""
         if cs["last_error"] and not cs["online"]:
             error = f" (last error: {cs['last_error']})"
@@ -386,5 +395,77 @@ def format_table(snap: dict[str, Any]) -> str:
         lines.append("  ".join(v.ljust(w) for v, w in zip(r, widths, strict=True)).rstrip())
     for c in snap["connectors"]:
         if c["faults"]:
-            lines.append(f"connector {c['id']} faults: {', '.join(c['faults'])}")
+            lines.append(f"connector {c['id']} faults (each clears as it says):")
+            lines.extend(f"  {fault}: {how_it_clears(fault)}" for fault in c["faults"])
+        if METER_FAULT in c["faults"]:
+            lines.append("  (drawn and power: - while the meter does not answer: unknown)")
     return "\n".join(lines)
+
+
+#: How a fault that clears by itself (Clear.RECOVERY) does it, in the words of its part.
+_RECOVERS = {
+    "meter": "by itself when the meter answers again",
+    "over_temperature": "by itself when the socket has cooled down",
+    "temperature_sensor": "by itself when the temperature sensor reads again",
+    "pilot_short": "by itself when the pilot reads a real state again",
+    "pilot_sense": "by itself when the pilot reads a real state again",
+    "cable": "by itself when the proximity pilot reads a cable again",
+    "rcd_self_test": "by itself when an RCD self-test passes",
+    "crash_loop": "by itself after a quiet period without a crash (or evsed clear-hold)",
+}
+
+
+def how_it_clears(name: str) -> str:
+    """The clearing rule of a fault (evsed.controller.connector.faults.RULES), for people:
+    a user saw "faults: meter, rcd" and waited for them to go away by themselves."""
+    try:
+        rule = RULES[Fault(name)]
+    except (ValueError, KeyError):
+        return "no clearing rule known to this evsed"
+    ways = []
+    if Clear.RECOVERY in rule.clears_on:
+        ways.append(_RECOVERS.get(name, "by itself when its cause is gone"))
+    if Clear.UNPLUG in rule.clears_on:
+        ways.append("when the EV is unplugged")
+    if Clear.RESET in rule.clears_on:
+        ways.append("by a Reset from the Central System or a restart of evsed")
+    if not ways:
+        return "no clearing rule known to this evsed"
+    only = "only " if len(ways) == 1 and Clear.RECOVERY not in rule.clears_on else ""
+    return "clears " + only + ", or ".join(ways)
+
+
+def readable_since(since: str, now: str | None) -> str:
+    """An ISO time as people read it: "2026-12-04 19:24:45 UTC (3 min ago)" (a user read
+    "since 2026-12-04T19:24:45.758599+00:00" as noise)."""
+    try:
+        then = datetime.fromisoformat(since)
+    except ValueError:
+        return since
+    if then.tzinfo is None:
+        then = then.replace(tzinfo=UTC)
+    text = then.astimezone(UTC).strftime("%Y-%m-%d %H:%M:%S UTC")
+    try:
+        now_at = datetime.fromisoformat(now) if now else None
+    except ValueError:
+        now_at = None
+    if now_at is None:
+        return text
+    if now_at.tzinfo is None:
+        now_at = now_at.replace(tzinfo=UTC)
+    ago = int((now_at - then).total_seconds())
+    if ago < 0:
+        return text
+    return f"{text} ({_duration(ago)} ago)"
+
+
+def _duration(seconds: int) -> str:
+    if seconds < 60:
+        return f"{seconds} s"
+    minutes, seconds = divmod(seconds, 60)
+    if minutes < 60:
+        return f"{minutes} min {seconds} s" if seconds else f"{minutes} min"
+    hours, minutes = divmod(minutes, 60)
+    if hours < 48:
+        return f"{hours} h {minutes} min" if minutes else f"{hours} h"
+    return f"{hours // 24} days"
