@@ -24,8 +24,10 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import errno
 import logging
 import random
+import socket
 import ssl
 import uuid
 from collections.abc import Awaitable
@@ -402,9 +404,9 @@ async def open_connection(
         ctx.emit("connect_failed", url=where, error="subprotocol")
         return None
     except (OSError, TimeoutError, InvalidHandshake, InvalidURI, ssl.SSLError) as e:
-        detail = str(e) or type(e).__name__
-        log.warning("session: cannot connect to %s: %s: %s", where, type(e).__name__, detail)
-        ctx.emit("connect_failed", url=where, error=type(e).__name__)
+        reason, hint = connect_failure(e, settings.url, open_timeout)
+        log.warning("session: cannot connect to %s: %s%s", where, reason, hint)
+        ctx.emit("connect_failed", url=where, error=type(e).__name__, reason=reason)
         return None
     if ws.subprotocol != SUBPROTOCOL:
         log.warning("session: %s: %s, closing", where, SUBPROTOCOL_REFUSED)
@@ -413,6 +415,55 @@ async def open_connection(
         return None
     log.info("session: connected to %s (security profile %d)", where, settings.profile)
     return ws, settings
+
+
+def connect_failure(e: BaseException, url: str, open_timeout: float) -> tuple[str, str]:
+    """(what happened, what to check) for a connection that failed before any HTTP answer,
+    in words: a new user read "ConnectionRefusedError: [Errno 111] Connect call failed
+    ('127.0.0.1', 9000)" at every retry, and `evsed status` said "ConnectionRefusedError"."""
+    parts = urlsplit(url)
+    try:
+        port = parts.port or (443 if parts.scheme == "wss" else 80)
+    except ValueError:
+        port = None
+    host = parts.hostname or "?"
+    where = f"{host}:{port}" if port else host
+    if isinstance(e, ssl.SSLCertVerificationError):
+        return (
+            f"the server's TLS certificate is not trusted ({e.verify_message or e})",
+            ": ca_file must name the CA that signed it",
+        )
+    if isinstance(e, ssl.SSLError):
+        return (
+            f"the TLS handshake failed ({getattr(e, 'reason', None) or e})",
+            ": is this a wss:// server?",
+        )
+    if isinstance(e, ConnectionRefusedError):
+        return (
+            f"connection refused: nothing listens on {where}",
+            ": is the Central System running, and are the url's host and port right?",
+        )
+    if isinstance(e, socket.gaierror):
+        return (
+            f"the host name {host} is not known ({e.strerror or e})",
+            ": check the url's host (and this machine's DNS)",
+        )
+    if isinstance(e, TimeoutError):
+        return (
+            f"no answer from {where} within {open_timeout:g} s",
+            ": is the host up, the port right, a firewall dropping the connection?",
+        )
+    if isinstance(e, OSError) and e.errno in (errno.ENETUNREACH, errno.EHOSTUNREACH):
+        return f"{where} cannot be reached ({e.strerror})", ": is this machine's network up?"
+    if isinstance(e, InvalidURI):
+        return "the url is not a websocket URL", ': [central_system] url = "ws://host:port/path"'
+    if isinstance(e, ConnectionError):
+        return (
+            f"the connection to {where} was closed during the handshake ({e.strerror or e})",
+            ": a proxy or a server that is not OCPP 1.6J?",
+        )
+    detail = (e.strerror if isinstance(e, OSError) else None) or str(e) or type(e).__name__
+    return f"{type(e).__name__}: {detail}", ""
 
 
 SUBPROTOCOL_REFUSED = (
