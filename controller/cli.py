@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import os
+import shlex
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -378,7 +379,7 @@ def _install(args: argparse.Namespace) -> int:
     try:
         return install.install(args.root, package=args.package, user=args.user, dry=args.dry_run)
     except install.InstallError as exc:
-        print(f"evsed install: {exc}", file=sys.stderr)
+        print(f"evsed install: {exc}{_dry_run_hint('install', args)}", file=sys.stderr)
         return EXIT_CONFIG
 
 
@@ -388,8 +389,29 @@ def _uninstall(args: argparse.Namespace) -> int:
     try:
         return install.uninstall(args.root, user=args.user, purge=args.purge, dry=args.dry_run)
     except install.InstallError as exc:
-        print(f"evsed uninstall: {exc}", file=sys.stderr)
+        print(f"evsed uninstall: {exc}{_dry_run_hint('uninstall', args)}", file=sys.stderr)
         return EXIT_CONFIG
+
+
+def _dry_run_hint(command: str, args: argparse.Namespace) -> str:
+    """After a refused (un)install: the --dry-run a new user did not know of, as a command
+    line to copy (it changes nothing and needs no sudo); on the same line."""
+    from evsed.controller import install
+
+    if args.dry_run:
+        return ""
+    argv = ["evsed", command, "--dry-run"]
+    if args.root != Path("/"):
+        argv += ["--root", str(args.root)]
+    if args.user != "evsed":
+        argv += ["--user", args.user]
+    if getattr(args, "package", None) is not None:
+        argv += ["--package", str(args.package)]
+    elif command == "install" and not install.has_admin_copy(args.root):
+        argv += ["--package", "./evsed-<version>-py3-none-any.whl"]  # refused without one
+    if getattr(args, "purge", False):
+        argv.append("--purge")
+    return f" (to see what it would do, changing nothing, with no sudo: {shlex.join(argv)})"
 
 
 def _demo(args: argparse.Namespace) -> int:

@@ -659,10 +659,15 @@ def _admin_copy(
     )
 
 
+def has_admin_copy(root: Path) -> bool:
+    """Whether root's own copy is there (else `evsed install` needs --package)."""
+    return (root / ADMIN).is_symlink() or (root / ADMIN).exists()
+
+
 def _need_package(root: Path) -> None:
     """Without a package there must be root's copy already: nothing else is root's to run
     (the versions in /opt/evsed are the service user's)."""
-    if not ((root / ADMIN).is_symlink() or (root / ADMIN).exists()):
+    if not has_admin_copy(root):
         raise InstallError(
             f"no /{ADMIN} yet (root's own copy of evsed, which `sudo evsed` runs): give the "
             "wheel or source archive to build it from, e.g. sudo evsed install --package "
@@ -855,8 +860,9 @@ def uninstall(
     run(["udevadm", "control", "--reload-rules"])
     if not purge:
         out(
-            f"kept /{CONFIG.parent} (configuration), /{STATE} (transactions, queued "
-            f"messages) and the user {user}: `evsed uninstall --purge` removes them"
+            f"{'would keep' if dry else 'kept'} /{CONFIG.parent} (configuration), /{STATE} "
+            f"(transactions, queued messages) and the user {user}: `evsed uninstall --purge` "
+            f"{'would remove' if dry else 'removes'} them"
         )
     else:
         for directory in (CONFIG.parent, STATE):
