@@ -478,8 +478,36 @@ EXIT_START = 1
 EXIT_UNRUNNABLE = 2
 
 
-def first_run_message(exc: OSError) -> str:
-    """What a first run trips on, said in one line with what to do."""
+#: Which group opens a device (as `evsed install` gives them to the service user).
+_DEVICE_GROUPS = (
+    (("/dev/tty", "/dev/serial"), "dialout", "a serial port"),
+    (("/dev/gpiochip", "/dev/gpiomem", "/sys/class/pwm"), "gpio", "GPIO (and the kernel PWM)"),
+    (("/dev/spidev",), "spi", "SPI"),
+)
+
+
+def _permission_message(what: str, filename: str, euid: int) -> str:
+    """A device evsed may not open: the fix for who runs it (a new user read "the service
+    user needs the groups ..." while running it as themselves, and as root)."""
+    found = [(g, why) for prefixes, g, why in _DEVICE_GROUPS if filename.startswith(prefixes)]
+    group, why = found[0] if found else ("gpio, spi and dialout", "the charger's devices")
+    if euid == 0:
+        return (
+            f"{what}, to root as well: no group would help (another program holding the "
+            "device, a serial console on the port, a read-only file system?)"
+        )
+    groups = group.replace(" and ", ",").replace(", ", ",")
+    verb = "needs the group" if groups == group else "need the groups"
+    return (
+        f"{what} ({why} {verb} {group}): as the service, `sudo evsed install` does that "
+        f"for its user, then `sudo systemctl restart evsed`; as yourself, "
+        f"`sudo usermod -aG {groups} $USER`, then log out and in again"
+    )
+
+
+def first_run_message(exc: OSError, euid: int | None = None) -> str:
+    """What a first run trips on, said in one line with what to do; `euid`: whose run it is
+    (the process's own when None)."""
     what = exc.strerror or str(exc)
     if exc.filename:
         what = f"{exc.filename}: {what}"
@@ -490,10 +518,8 @@ def first_run_message(exc: OSError) -> str:
             "each [connectors.meter], another state_dir)"
         )
     if exc.errno in (errno.EACCES, errno.EPERM):
-        return (
-            f"{what}: permission denied (the service user needs the groups gpio, spi and "
-            "dialout: `evsed install` sets them; log in again after usermod -aG)"
-        )
+        euid = os.geteuid() if euid is None else euid
+        return _permission_message(what, str(exc.filename or ""), euid)
     if exc.errno == errno.ENOENT:
         return f"{what}: not found (a serial port or device named in the configuration?)"
     return what

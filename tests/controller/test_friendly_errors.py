@@ -91,3 +91,29 @@ def test_help_is_not_empty(command: tuple[str, ...], capsys: pytest.CaptureFixtu
         if line.strip() and not line.lstrip().startswith(("options:", "positional"))
     ]
     assert described, f"evsed {' '.join(command)} --help says nothing:\n{out}"
+
+
+@pytest.mark.parametrize(
+    ("device", "group"),
+    [("/dev/ttyUSB0", "dialout"), ("/dev/serial0", "dialout"), ("/dev/gpiochip0", "gpio")],
+)
+def test_permission_denied_names_the_fix_for_a_user(device: str, group: str) -> None:
+    """Fails without the change: "the service user needs the groups gpio, spi and dialout"
+    to someone running evsed as themselves, with no command for them."""
+    line = run.first_run_message(PermissionError(errno.EACCES, "Permission denied", device), 1000)
+    assert line.startswith(f"{device}: Permission denied (")
+    assert f"needs the group {group})" in line
+    assert f"`sudo usermod -aG {group} $USER`, then log out and in again" in line
+    assert "sudo evsed install" in line and "sudo systemctl restart evsed" in line
+
+
+def test_permission_denied_to_root_is_no_group_matter() -> None:
+    line = run.first_run_message(
+        PermissionError(errno.EACCES, "Permission denied", "/dev/ttyUSB0"), 0
+    )
+    assert "to root as well: no group would help" in line and "usermod" not in line
+
+
+def test_permission_denied_on_an_unknown_path_names_every_group() -> None:
+    line = run.first_run_message(PermissionError(errno.EACCES, "Permission denied", "/x"), 1000)
+    assert "need the groups gpio, spi and dialout" in line and "-aG gpio,spi,dialout" in line
