@@ -538,7 +538,10 @@ class Problem:
     def __str__(self) -> str:
         # No "(given: …)" for a problem no single value of the file caused (no GPIO here).
         given = f" (given: {self.given})" if self.given else ""
-        return f"{self.path}: {self.expected}{given}"
+        # No key for the file as a whole (it cannot be read, it is not TOML): the line is
+        # "FILE: what is wrong", not "FILE: (file): a readable file (...) (given: FILE)".
+        where = f"{self.path}: " if self.path else ""
+        return f"{where}{self.expected}{given}"
 
 
 class ConfigError(Exception):
@@ -561,14 +564,13 @@ def load(path: Path | None) -> Config:
     try:
         data = tomllib.loads(path.read_text(encoding="utf-8"))
     except OSError as exc:
-        raise ConfigError(
-            source, [Problem("(file)", source, f"a readable file ({exc.strerror})")]
-        ) from None
-    except UnicodeDecodeError:
-        raise ConfigError(source, [Problem("(file)", "binary data", "UTF-8 TOML text")]) from None
-    except tomllib.TOMLDecodeError as exc:
-        problem = Problem("(file)", "invalid TOML", f"valid TOML: {exc}")
+        problem = Problem("", "", f"cannot read the file: {exc.strerror or exc}")
         raise ConfigError(source, [problem]) from None
+    except UnicodeDecodeError as exc:
+        problem = Problem("", "", f"not UTF-8 text (a binary file?): byte {exc.start}")
+        raise ConfigError(source, [problem]) from None
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(source, [Problem("", "", f"not valid TOML: {exc}")]) from None
     # A relative path in the file is relative to the file, not to the working directory.
     return parse(anchor_paths(data, path.parent), source)
 

@@ -71,8 +71,8 @@ def check(tmp_path: Path, text: str | bytes, capsys: pytest.CaptureFixture[str])
             "(GPIO 18 is already used by connectors[0].pilot.pin)",
         ),
         # non-TOML and binary
-        ("x = [\n", "(file): valid TOML"),
-        (b"\x00\xff\xfe", "(file): UTF-8 TOML text (given: binary data)"),
+        ("x = [\n", "evsed.toml: not valid TOML: "),
+        (b"\x00\xff\xfe", "evsed.toml: not UTF-8 text (a binary file?): byte 1"),
     ],
 )
 def test_each_problem_gets_one_clear_line_and_exit_2(tmp_path, capsys, text, needle) -> None:
@@ -160,14 +160,17 @@ def test_unreadable_file(tmp_path, capsys) -> None:
     with pytest.raises(SystemExit) as exc:
         cli.main(["config", "check", str(tmp_path / "nope.toml")])
     assert exc.value.code == 2
-    assert "(file): a readable file (No such file or directory)" in capsys.readouterr().err
+    # Fails without the change: "nope.toml: (file): a readable file (No such file or
+    # directory) (given: .../nope.toml)".
+    err = capsys.readouterr().err
+    assert err == f"{tmp_path / 'nope.toml'}: cannot read the file: No such file or directory\n"
 
 
 def test_directory_is_unreadable(tmp_path, capsys) -> None:
     with pytest.raises(SystemExit) as exc:
         cli.main(["config", "check", str(tmp_path)])
     assert exc.value.code == 2
-    assert "(file): a readable file" in capsys.readouterr().err
+    assert capsys.readouterr().err == f"{tmp_path}: cannot read the file: Is a directory\n"
 
 
 def test_secrets_never_printed(tmp_path, capsys) -> None:
