@@ -706,6 +706,14 @@ class BenchClient:
         if self._sock is None:
             try:
                 sock = socket.create_connection((self.host, self.port), timeout=self.timeout)
+            except ConnectionRefusedError as exc:
+                # A new user got "[Errno 111] Connection refused" and no idea what to start.
+                raise BenchError(
+                    f"bench control channel {self.host}:{self.port}: nothing listens there: "
+                    "is the bench running? `evsed run` (no configuration file, or one with "
+                    "[bench]) or `evsed bench` starts it and prints its control port; give "
+                    "that port with --port"
+                ) from exc
             except OSError as exc:
                 raise BenchError(f"bench control channel {self.host}:{self.port}: {exc}") from exc
             self._sock = sock

@@ -320,8 +320,14 @@ async def test_sync_client_reports_a_closed_port() -> None:
     def script() -> None:
         BenchClient("127.0.0.1", port, timeout=TIMEOUT).request("ping")
 
-    with pytest.raises(BenchError, match="bench control channel"):
+    with pytest.raises(BenchError, match="bench control channel") as raised:
         await asyncio.to_thread(script)
+    # Fails without the change: "[Errno 111] Connection refused", nothing about the bench.
+    assert str(raised.value) == (
+        f"bench control channel 127.0.0.1:{port}: nothing listens there: is the bench "
+        "running? `evsed run` (no configuration file, or one with [bench]) or `evsed bench` "
+        "starts it and prints its control port; give that port with --port"
+    )
 
 
 async def test_cli_prints_reply_and_sets_exit_status(
