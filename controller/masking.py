@@ -52,8 +52,18 @@ def _mask_values(part: str) -> str:
             out.append(item)
             continue
         name, eq, value = item.partition("=")
+        if eq and value.startswith(URL_MASK) and not value[len(URL_MASK) :].strip(_AFTER_URL):
+            # Masked already (a log line names the masked URL, then the filter reads it
+            # again): what follows is the line's own punctuation, "token=***: refused", not
+            # the value; it was eaten ("token=*** refused").
+            out.append(item)
+            continue
         out.append(f"{name}={URL_MASK}" if eq and value else item if eq else URL_MASK)
     return "".join(out)
+
+
+#: What a line puts right after a URL it names (", refused", ": HTTP 404", "(...)").
+_AFTER_URL = ":,.;)"
 
 
 def mask_url_tail(tail: str) -> str:
