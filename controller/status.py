@@ -395,7 +395,7 @@ def format_table(snap: dict[str, Any]) -> str:
         lines.append("  ".join(v.ljust(w) for v, w in zip(r, widths, strict=True)).rstrip())
     for c in snap["connectors"]:
         if c["faults"]:
-            lines.append(f"connector {c['id']} faults (each clears as it says):")
+            lines.append(f"connector {c['id']} faults:")
             lines.extend(f"  {fault}: {how_it_clears(fault)}" for fault in c["faults"])
         if METER_FAULT in c["faults"]:
             lines.append("  (drawn and power: - while the meter does not answer: unknown)")
