@@ -624,7 +624,10 @@ def _problem(err: Any, data: dict[str, Any]) -> Problem:
 def _table_keys(table: dict[Any, Any]) -> str:
     """A table for a problem line by its key names only: its values may be secrets."""
     names = ", ".join(str(k) for k in table)
-    return f"a table of {names}" if names else "an empty table"
+    if not names:
+        return "an empty table"
+    # "a table of url" read as a table of URLs: it is the key names the table holds.
+    return f"a table with the key{'s' if len(table) > 1 else ''} {names}"
 
 
 def _spelling_hint(loc: tuple[Any, ...]) -> str:

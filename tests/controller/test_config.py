@@ -523,3 +523,15 @@ def test_ds18b20_needs_its_device_id(tmp_path, capsys) -> None:
     ]
     code, err, _ = check(tmp_path, text + 'device_id = "../../etc"\n', capsys)
     assert code == 2 and "(given: '../../etc')" in err[0]
+
+
+def test_a_table_given_is_named_by_its_keys(tmp_path, capsys) -> None:
+    """Fails without the change: "(given: a table of url)", read as a table of URLs."""
+    code, err, _ = check(tmp_path, '[central_system]\nurl = "wss://cs.example/ocpp"\n', capsys)
+    assert code == 2
+    assert err[0].endswith("(given: a table with the key url)"), err
+    code, err, _ = check(tmp_path, '[identiti]\nvendor = "x"\nmodel = "y"\n', capsys)
+    assert err[0].endswith(
+        "identiti: unknown key; did you mean 'identity'? "
+        "(given: a table with the keys vendor, model)"
+    ), err
