@@ -131,11 +131,35 @@ def json_printer(out: TextIO = sys.stdout) -> Printer:
 
 
 def text_printer(out: TextIO = sys.stdout) -> Printer:
+    contactor_open_at: float | None = None
+
     def emit(event: Event) -> None:
-        out.write(f"{event.t:7.2f}s  {describe(event)}\n")
+        nonlocal contactor_open_at
+        line = describe(event)
+        if event.kind == "contactor":
+            contactor_open_at = None if event.fields.get("closed") else event.t
+        elif event.kind == "meter" and _stale(event, contactor_open_at):
+            # A new user read "6.87 kW" after "contactor open" as current still flowing.
+            line += "  (read as the contactor opened)"
+        out.write(f"{event.t:7.2f}s  {line}\n")
         out.flush()
 
     return emit
+
+
+#: How long after the contactor opened a meter reading may still show the load: the poll
+#: began before, or the meter had not refreshed its registers (0.5-1 s).
+STALE_READING_S = 0.5
+
+
+def _stale(event: Event, contactor_open_at: float | None) -> bool:
+    power = event.fields.get("power_w")
+    return (
+        contactor_open_at is not None
+        and event.t - contactor_open_at <= STALE_READING_S
+        and isinstance(power, int | float)
+        and power > 0
+    )
 
 
 class StopWhenGone:

@@ -5,6 +5,7 @@ demo's lines while `evsed status --json` showed 22066.2 and 0.1: one rule, share
 
 from __future__ import annotations
 
+import io
 import json
 import math
 
@@ -28,3 +29,18 @@ def test_a_reading_the_meter_could_not_make_is_null_not_nan() -> None:
         "power_w": None,
         "current_a": None,
     }
+
+
+def test_a_reading_with_load_just_after_the_contactor_opened_says_so() -> None:
+    """Fails without the change: "contactor open", then "meter 6.87 kW" with no word, read
+    as current still flowing after the unplug."""
+    out = io.StringIO()
+    emit = demo.text_printer(out)
+    emit(demo.Event(10.15, "contactor", {"connector": 1, "closed": False}))
+    emit(demo.Event(10.16, "meter", {"energy_wh": 23.7, "power_w": 6870.0, "current_a": 10.0}))
+    emit(demo.Event(11.16, "meter", {"energy_wh": 23.8, "power_w": 6870.0, "current_a": 10.0}))
+    emit(demo.Event(12.0, "contactor", {"connector": 1, "closed": True}))
+    emit(demo.Event(12.1, "meter", {"energy_wh": 23.8, "power_w": 6870.0, "current_a": 10.0}))
+    lines = out.getvalue().splitlines()
+    assert lines[1].endswith("23.7 Wh  (read as the contactor opened)")
+    assert not any(line.endswith("opened)") for line in lines[2:])
