@@ -535,3 +535,17 @@ def test_a_table_given_is_named_by_its_keys(tmp_path, capsys) -> None:
         "identiti: unknown key; did you mean 'identity'? "
         "(given: a table with the keys vendor, model)"
     ), err
+
+
+def test_a_file_evsed_may_not_read_is_one_line(tmp_path, capsys, monkeypatch) -> None:
+    path = tmp_path / "evsed.toml"
+    path.write_text("")
+
+    def denied(self, *args, **kwargs):
+        raise PermissionError(13, "Permission denied", str(self))
+
+    monkeypatch.setattr(Path, "read_text", denied)  # as root, chmod 000 would not stop it
+    with pytest.raises(SystemExit) as exc:
+        cli.main(["config", "check", str(path)])
+    assert exc.value.code == 2
+    assert capsys.readouterr().err == f"{path}: cannot read the file: Permission denied\n"
