@@ -611,6 +611,7 @@ def _problem(err: Any, data: dict[str, Any]) -> Problem:
     if kind == "missing":
         return Problem(path, "nothing", "a value (required)")
     msg = err["msg"].removeprefix("Value error, ")
+    msg = _plain_type_message(kind, loc, given) or msg
     if path.rsplit(".", 1)[-1] == "url" and kind not in ("value_error", "assertion_error"):
         # pydantic's own messages may quote the input; ours (the validator's) never do.
         msg = "a ws:// or wss:// URL (text)"
@@ -619,6 +620,51 @@ def _problem(err: Any, data: dict[str, Any]) -> Problem:
     else:
         given_text = _mask(path, given)
     return Problem(path, given_text, msg[:1].lower() + msg[1:])
+
+
+#: A quoted value of the right kind: what to write instead (TOML types are strict here).
+_UNQUOTED = {"int_type": ("an integer", int), "float_type": ("a number", float)}
+
+
+def _plain_type_message(kind: str, loc: tuple[Any, ...], given: Any) -> str | None:
+    """pydantic's "Input should be a valid dictionary or instance of Logging" in TOML's
+    words, and the fix for a number or boolean written in quotes (a new user's "30")."""
+    key = str(loc[-1]) if loc else ""
+    section = key_path(loc)
+    if kind == "model_type":
+        return f"a table: [{section}] on a line of its own, its keys under it"
+    field = _field(loc) if kind == "list_type" else None
+    if field is not None and any(_models_in(field.annotation)):
+        return f"tables: [[{section}]] on a line of its own for each, its keys under it"
+    if key in SECRET_KEYS:
+        return None  # its value is never written back, not even in a hint
+    if isinstance(given, str) and kind in _UNQUOTED:
+        what, convert = _UNQUOTED[kind]
+        try:
+            convert(given.strip())
+        except ValueError:
+            return None
+        return f"{what}, written without quotes: {key} = {given.strip()}"
+    if kind == "bool_type":
+        if isinstance(given, str) and given.strip() in ("true", "false"):
+            return f"true or false, written without quotes: {key} = {given.strip()}"
+        return "true or false (TOML's booleans, without quotes)"
+    return None
+
+
+def _field(loc: tuple[Any, ...]) -> Any:
+    """The pydantic field `loc` names, None when it names none (an index, a typo)."""
+    models: set[type[BaseModel]] = {Config}
+    found = None
+    for part in loc:
+        if isinstance(part, int):
+            continue
+        fields = [m.model_fields[part] for m in models if part in m.model_fields]
+        if not fields:
+            return None
+        found = fields[0]
+        models = set(_models_in(found.annotation))
+    return found
 
 
 def _table_keys(table: dict[Any, Any]) -> str:

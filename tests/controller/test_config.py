@@ -335,15 +335,18 @@ def test_two_connector_example_is_valid(capsys) -> None:
     [
         (
             '[[connectors]]\nrated_current_a = "32"\n',
-            "connectors[0].rated_current_a: input should be a valid number (given: '32')",
+            "connectors[0].rated_current_a: a number, written without quotes: "
+            "rated_current_a = 32 (given: '32')",
         ),
         (
             '[central_system]\nenabled = "off"\n',
-            "central_system.enabled: input should be a valid boolean (given: 'off')",
+            "central_system.enabled: true or false (TOML's booleans, without quotes) "
+            "(given: 'off')",
         ),
         (
             '[central_system]\nsecurity_profile = "2"\n',
-            "central_system.security_profile: input should be a valid integer (given: '2')",
+            "central_system.security_profile: an integer, written without quotes: "
+            "security_profile = 2 (given: '2')",
         ),
         (
             "[[connectors]]\n[connectors.meter]\nport = 502.0\n",
@@ -549,3 +552,45 @@ def test_a_file_evsed_may_not_read_is_one_line(tmp_path, capsys, monkeypatch) ->
         cli.main(["config", "check", str(path)])
     assert exc.value.code == 2
     assert capsys.readouterr().err == f"{path}: cannot read the file: Permission denied\n"
+
+
+@pytest.mark.parametrize(
+    ("text", "line"),
+    [
+        (
+            '[central_system]\nsecurity_profile = "1"\n',
+            "central_system.security_profile: an integer, written without quotes: "
+            "security_profile = 1 (given: '1')",
+        ),
+        (
+            '[central_system]\nreconnect_backoff_max_s = "30"\n',
+            "central_system.reconnect_backoff_max_s: a number, written without quotes: "
+            "reconnect_backoff_max_s = 30 (given: '30')",
+        ),
+        (
+            '[central_system]\nenabled = "false"\n',
+            "central_system.enabled: true or false, written without quotes: enabled = false "
+            "(given: 'false')",
+        ),
+        (
+            'logging = "DEBUG"\n',
+            "logging: a table: [logging] on a line of its own, its keys under it (given: 'DEBUG')",
+        ),
+        (
+            "connectors = 1\n",
+            "connectors: tables: [[connectors]] on a line of its own for each, its keys under "
+            "it (given: 1)",
+        ),
+    ],
+)
+def test_type_problems_are_said_in_tomls_words(tmp_path, capsys, text, line) -> None:
+    """Fails without the change: "input should be a valid dictionary or instance of
+    Logging", "input should be a valid integer (given: '1')" with no word of the quotes."""
+    code, err, _ = check(tmp_path, text, capsys)
+    assert code == 2
+    assert err == [f"{tmp_path / 'evsed.toml'}: {line}"]
+
+
+def test_a_quoted_word_is_not_suggested_as_a_number(tmp_path, capsys) -> None:
+    _, err, _ = check(tmp_path, '[central_system]\nsecurity_profile = "one"\n', capsys)
+    assert err[0].endswith("security_profile: input should be a valid integer (given: 'one')")
