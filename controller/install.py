@@ -752,9 +752,12 @@ def install(
 
     system = System.read(root)
     groups = [g for g in DEVICE_GROUPS if g in system.groups]
+    # Under --root the groups are DIR/etc/group's (none in an empty trial root), not this
+    # machine's: a new user read "no `gpio` group on this system" on a Pi that has one.
+    where = "on this system" if real else f"in {root / 'etc/group'}"
     for missing in (g for g in DEVICE_GROUPS if g not in system.groups):
         out(
-            f"warning: no `{missing}` group on this system: the service gets no access to "
+            f"warning: no `{missing}` group {where}: the service gets no access to "
             f"{WHY[missing]} from it"
             + (
                 f"; the udev rule gives the PWM files to the `{user}` group instead"

@@ -55,3 +55,19 @@ def test_a_dry_uninstall_would_keep_rather_than_kept(tmp_path: Path) -> None:
     install.uninstall(tmp_path, out=lines.append, run=lambda argv: None)
     (keep,) = [line for line in lines if "/etc/evsed" in line]
     assert keep.startswith("kept /etc/evsed") and keep.endswith("--purge` removes them")
+
+
+def test_under_a_root_the_missing_groups_are_that_roots(tmp_path: Path) -> None:
+    """Fails without the change: "no `gpio` group on this system" for an empty --root."""
+    root = tmp_path / "root"
+    (root / "etc").mkdir(parents=True)
+    (root / "etc/group").write_text("root:x:0:\ngpio:x:997:\n")
+    package = tmp_path / "evsed-1.2.3-py3-none-any.whl"
+    package.write_bytes(b"PK")
+    lines: list[str] = []
+    install.install(root, package=package, dry=True, out=lines.append)
+    warnings = [line for line in lines if line.startswith("warning: no `")]
+    assert [w.split(":")[1] for w in warnings] == [
+        f" no `spi` group in {root}/etc/group",
+        f" no `dialout` group in {root}/etc/group",
+    ]
