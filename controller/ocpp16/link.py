@@ -462,6 +462,11 @@ def connect_failure(e: BaseException, url: str, open_timeout: float) -> tuple[st
             f"the connection to {where} was closed during the handshake ({e.strerror or e})",
             ": a proxy or a server that is not OCPP 1.6J?",
         )
+    if isinstance(e, InvalidHandshake):  # an answer that is no websocket handshake at all
+        return (
+            f"{where} did not answer as a websocket server ({e})",
+            ": is the url's port the Central System's (not a web page or another service)?",
+        )
     detail = (e.strerror if isinstance(e, OSError) else None) or str(e) or type(e).__name__
     return f"{type(e).__name__}: {detail}", ""
 

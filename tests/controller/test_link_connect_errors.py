@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from websockets.exceptions import InvalidMessage
 
 from evsed.controller import status
 from evsed.controller.config import CentralSystem as CentralSystemConfig
@@ -66,6 +67,7 @@ async def test_nothing_listening_is_said_in_words(
             "the connection to cs.example:9000",
         ),
         (ssl.SSLError(1, "wrong version number"), "the TLS handshake failed"),
+        (InvalidMessage("did not receive a valid HTTP response"), "cs.example:9000 did not"),
     ],
 )
 def test_each_connect_error_has_words_and_a_hint(error: BaseException, says: str) -> None:
