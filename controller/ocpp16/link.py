@@ -434,8 +434,12 @@ def connect_failure(e: BaseException, url: str, open_timeout: float) -> tuple[st
             ": ca_file must name the CA that signed it",
         )
     if isinstance(e, ssl.SSLError):
+        try:
+            reason = e.reason
+        except AttributeError:  # set by the ssl module's C code, not by SSLError(...)
+            reason = None
         return (
-            f"the TLS handshake failed ({getattr(e, 'reason', None) or e})",
+            f"the TLS handshake failed ({reason or e})",
             ": is this a wss:// server?",
         )
     if isinstance(e, ConnectionRefusedError):
