@@ -21,7 +21,7 @@ from evsed.controller.clock import Clock, SystemClock
 from evsed.controller.config import Config
 from evsed.controller.config import Connector as ConnectorConfig
 from evsed.controller.connector.core import SafetyCore
-from evsed.controller.connector.faults import Fault
+from evsed.controller.connector.faults import Fault, most_serious
 from evsed.controller.connector.hooks import ConnectorHooks, Transaction
 from evsed.controller.connector.machine import Connector
 from evsed.controller.connector.phases import Phase
@@ -201,6 +201,7 @@ class _Slot:
     phase_pause: bool = False
     contactor_open: asyncio.Event = field(default_factory=asyncio.Event)
     allowance: Allowance | None = None  # the last one the limiter gave
+    noted: tuple[Allowance, Fault | None] | None = None  # what the log last said
 
 
 @dataclass
@@ -769,8 +770,23 @@ class Charger:
 
     def _note_allowance(self, slot: _Slot, allowance: Allowance, no_cable: bool = False) -> None:
         # After the pilot took the new current: the log line never delays it.
-        previous, slot.allowance = slot.allowance, allowance
-        if previous is not None and previous == allowance:
+        slot.allowance = allowance
+        # Any active fault blocks the outputs whatever the limits allow: "may offer 32.0 A"
+        # beside a Faulted status read as the fault being ignored.
+        fault = most_serious([f for f, _ in slot.connector.view().faults])
+        note = (allowance, fault)
+        if note == slot.noted:
+            return
+        slot.noted = note
+        if fault is not None:
+            log.info(
+                "connector %s offers nothing while faulted (%s); the limits allow %.1f A "
+                "(bound by %s)",
+                slot.connector.id,
+                fault.value,
+                allowance.amps,
+                allowance.reason.value,
+            )
             return
         if no_cable and allowance.suspended and allowance.reason is Reason.CABLE:
             # Nothing in the socket: "0.0 A (suspended) (bound by cable)" read as a cable

@@ -167,6 +167,27 @@ async def test_a_new_binding_limit_is_logged(rig: Rig, caplog: pytest.LogCapture
     assert lines == ["connector 1 may offer 8.0 A (bound by smart_charging)"]
 
 
+async def test_a_faulted_connector_is_logged_as_offering_nothing(
+    rig: Rig, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A new user read "may offer 8.0 A (bound by smart_charging)" beside a Faulted status
+    as the fault being ignored: while any fault is active the line says it offers nothing,
+    and which limit would bind once the fault clears."""
+    charger = rig.stack.charger
+    assert charger is not None
+    await rig.bench.plug(1)
+    await rig.until(lambda: charger.allowance(1).reason is not Reason.CABLE)
+    await rig.bench.inject_fault("rcd_trip", 1, True)
+    await rig.until(lambda: charger.connectors[1].status.status is ChargePointStatus.FAULTED)
+    with caplog.at_level("INFO", logger="evsed.controller.charger"):
+        charger.set_smart_charging_limit(1, SmartChargingLimit(8.0))
+    lines = [r.getMessage() for r in caplog.records if "offer" in r.getMessage()]
+    assert lines == [
+        "connector 1 offers nothing while faulted (rcd); the limits allow 8.0 A "
+        "(bound by smart_charging)"
+    ]
+
+
 async def test_an_empty_socket_is_logged_as_such_not_as_a_cable_limit(
     caplog: pytest.LogCaptureFixture,
 ) -> None:
