@@ -40,6 +40,7 @@ from evsed.controller.connector.hooks import AuthResult, Transaction, Transactio
 from evsed.controller.connector.status import ChargePointStatus, ConnectorStatus, StopReason
 from evsed.controller.limiter import SmartChargingLimit
 from evsed.controller.masking import mask_tag
+from evsed.controller.ocpp16.auth import ID_TOKEN_MAX_LEN, AuthSource
 from evsed.controller.ocpp16.context import OcppContext
 from evsed.controller.ocpp16.metering import (
     ClockAlignedSchedule,
@@ -51,6 +52,17 @@ from evsed.controller.ocpp16.profiles.reservation import reservation_used
 from evsed.controller.ocpp16.supervise import keep_running
 
 log = logging.getLogger(__name__)
+
+#: Where a refusal came from, as the card's log line says it.
+_REFUSED_BY: dict[AuthSource, str] = {
+    AuthSource.CENTRAL_SYSTEM: "by the Central System",
+    AuthSource.LOCAL_LIST: "by the local list",
+    AuthSource.CACHE: "by the authorisation cache",
+    AuthSource.NONE: (
+        "no answer from the Central System, and the card is in neither the local list nor "
+        "the authorisation cache (AllowOfflineTxForUnknownId is false)"
+    ),
+}
 
 #: How often the last meter register of a running transaction is stored when no MeterValues
 #: stored it since (sampling off or slower): what a stop after a kill -9 is billed with, so
@@ -124,22 +136,33 @@ class OcppHooks:
     # ------------------------------------------------------------ ConnectorHooks
 
     async def authorize(self, connector_id: int, id_tag: str) -> AuthResult:
-        result = await self._authorize(id_tag)
+        result, why = await self._authorize(id_tag)
         self.ctx.emit("authorize", connector_id=connector_id, id_tag=id_tag, status=result.status)
         if result.status != "Accepted":
             # The card's one line: otherwise a refused tap leaves only "card ... on reader".
-            log.info("connector %d: %s refused (%s)", connector_id, mask_tag(id_tag), result.status)
+            # Who refused it too: an "Invalid" offline read as the Central System's verdict.
+            log.info(
+                "connector %d: %s refused (%s)%s",
+                connector_id,
+                mask_tag(id_tag),
+                result.status,
+                f": {why}" if why else "",
+            )
         return result
 
-    async def _authorize(self, id_tag: str) -> AuthResult:
+    async def _authorize(self, id_tag: str) -> tuple[AuthResult, str]:
+        """The answer, and for a refusal where it came from (for the log)."""
         if self.ctx.session is None:
             # No Central System configured: the operator's local tags first.
             tags = {t.casefold() for t in self.ctx.config.authorization.local_tags}
             if id_tag.casefold() in tags:
-                return AuthResult("Accepted")
+                return AuthResult("Accepted"), ""
         if self.ctx.authorizer is None:
-            return AuthResult("Invalid")
-        return await self.ctx.authorizer.authorize(id_tag)
+            return AuthResult("Invalid"), "not in [authorization] local_tags"
+        decision = await self.ctx.authorizer.decide(id_tag)
+        if not 0 < len(id_tag) <= ID_TOKEN_MAX_LEN:
+            return decision.result, f"not an idTag of 1 to {ID_TOKEN_MAX_LEN} characters"
+        return decision.result, _REFUSED_BY.get(decision.source, "")
 
     def transaction_started(self, tx: Transaction) -> Transaction:
         q = self.ctx.txqueue

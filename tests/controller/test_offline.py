@@ -293,18 +293,47 @@ async def test_local_pre_authorize_starts_without_an_authorize(
         assert calls(cs, "Authorize", mark) == []
 
 
+def _refusals(caplog: pytest.LogCaptureFixture) -> list[str]:
+    return [r.getMessage() for r in caplog.records if " refused (" in r.getMessage()]
+
+
 async def test_unknown_tag_offline_is_refused_without_allow_offline_tx(
-    cs: CentralSystem, tmp_path: Path
+    cs: CentralSystem, tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
     keys = {**KEYS, "AllowOfflineTxForUnknownId": "false"}
     async with ocpp_rig(cs, tmp_path, keys=keys) as rig:
         await cut_link(rig)
         await rig.plug()
-        assert (await _present(rig, STRANGER))["status"] == "Invalid"
+        with caplog.at_level("INFO", logger="evsed.controller.ocpp16.bridge"):
+            assert (await _present(rig, STRANGER))["status"] == "Invalid"
         await rig.run(3)
         assert rig.connector.transaction is None
         assert rig.status == "Preparing"
         assert len(rig.ocpp.txqueue) == 0
+    # A new user read a bare "refused (Invalid)" offline as the Central System's verdict.
+    (line,) = _refusals(caplog)
+    assert line.endswith(
+        "refused (Invalid): no answer from the Central System, and the card is in neither "
+        "the local list nor the authorisation cache (AllowOfflineTxForUnknownId is false)"
+    )
+
+
+async def test_a_card_the_central_system_blocks_is_logged_as_its_refusal(
+    cs: CentralSystem, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    async with ocpp_rig(cs, tmp_path, keys=KEYS) as rig:
+        await rig.plug()
+        with caplog.at_level("INFO", logger="evsed.controller.ocpp16.bridge"):
+            assert (await _present(rig, BLOCKED))["status"] == "Blocked"
+        (line,) = _refusals(caplog)
+        assert line.endswith("refused (Blocked): by the Central System")
+        # Asked again offline, the answer now comes from the cache, and the line says so.
+        await cut_link(rig)
+        caplog.clear()
+        with caplog.at_level("INFO", logger="evsed.controller.ocpp16.bridge"):
+            assert (await _present(rig, BLOCKED))["status"] == "Blocked"
+        (line,) = _refusals(caplog)
+        assert line.endswith("refused (Blocked): by the authorisation cache")
 
 
 async def test_sampled_meter_values_carry_the_socket_temperature(
