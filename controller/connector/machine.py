@@ -200,6 +200,10 @@ class Connector:
         self._unlocking_since: float | None = None  # unlock driven, position not yet read
         self._start_waits_since: float | None = None  # a start waits for a meter reading
         self._f_read_since: float | None = None  # the pilot reads F that evsed does not drive
+        # Whether `pilot_state` was read since evsed last drove state F: during the F the CP
+        # shows evsed's own -12 V (`on_pilot` ignores it), so the EV may have opened S2 or
+        # left unseen. The relay closes only on a state read with the F over.
+        self._pilot_seen = False
         #: Callbacks (listeners, hooks) that raised, and internal errors the core survived.
         self.callback_errors = 0
         self.internal_errors = 0
@@ -349,6 +353,7 @@ class Connector:
             # The outputs first, each driver call on its own: one failing must not keep
             # the others from their safe state.
             self._safely(self._contactor.deenergize)
+            self._pilot_seen = False
             self._safely(lambda: self._pilot.set_duty(DUTY_F))
             self._soft_off_since = None
             if first:
@@ -464,12 +469,20 @@ class Connector:
     @command()
     def on_pilot(self, reading: PilotReading) -> None:
         if self._pilot.duty == DUTY_F:
+            self._pilot_seen = False  # (also when the loop's freeze cut drove it)
             return  # the CP shows our own -12 V, not the EV
         if reading.diode_fault and self._pilot.duty < DUTY_OFF:
             self.raise_fault(Fault.DIODE_MISSING, f"CP low level {reading.low_v:.1f} V")
             return
         state = reading.state
-        if state is None or state == self.pilot_state:
+        if state is None:
+            return
+        if not self._pilot_seen:
+            self._pilot_seen = True
+            if state == self.pilot_state:
+                self._apply()  # the state it had before the F, read again: it may close now
+                return
+        if state == self.pilot_state:
             return
         previous, self.pilot_state = self.pilot_state, state
         self._f_read_since = self._clock.monotonic() if state == PilotState.F else None
@@ -901,6 +914,8 @@ class Connector:
         if self._contactor.energized and (duty is not None or not self._may_draw(self.pilot_state)):
             opened = self._drive(self._contactor.deenergize)
         if duty is not None and self._pilot.duty != duty:
+            if duty == DUTY_F:
+                self._pilot_seen = False
             self._drive(lambda: self._pilot.set_duty(duty))
         return opened
 
@@ -1318,11 +1333,13 @@ class Connector:
         # The limiter already took the minimum of rating, cable, configuration, schedule
         # and budget, and rounded it to what a duty can say.
         limit = self.allowed_a if offering else 0.0
-        if limit < MIN_CURRENT_A:
-            limit = 0.0
         in_f = self._f_until is not None and now < self._f_until
         if not in_f:
             self._f_until = None
+        if limit < MIN_CURRENT_A or in_f:
+            # Nothing is offered in state F: a fault that cleared within it (a meter that
+            # answered again) must not close the relay under evsed's own -12 V.
+            limit = 0.0
         duty = (
             DUTY_F
             if in_f
@@ -1330,6 +1347,8 @@ class Connector:
         )
         duty_ok = True
         if duty != self._pilot.duty:
+            if duty == DUTY_F:
+                self._pilot_seen = False
             duty_ok = self._drive(lambda: self._pilot.set_duty(duty))
             if duty_ok:
                 self._note("duty", duty=duty, amps=limit)
@@ -1337,7 +1356,8 @@ class Connector:
 
         # A duty that could not be written is no offer: never close on it (the guard then
         # cuts for the driver error; closing first would click the contactor on the EV).
-        want = duty_ok and limit > 0 and self._may_draw(self.pilot_state)
+        # And never on a pilot state read before the last state F (`_pilot_seen`).
+        want = duty_ok and limit > 0 and self._pilot_seen and self._may_draw(self.pilot_state)
         if want:
             self._soft_off_since = None
             if not self._contactor.energized and self._drive(self._contactor.energize):
