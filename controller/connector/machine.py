@@ -338,6 +338,9 @@ class Connector:
         if self._driver_errors:
             errors, self._driver_errors = self._driver_errors, []
             self._internal_error(errors[0])
+            for error in errors:
+                if not isinstance(error, Exception):
+                    raise error  # a driver's SystemExit goes on up too, after the cut
         return result
 
     def _internal_error(self, exc: BaseException) -> None:
@@ -377,9 +380,11 @@ class Connector:
 
     @staticmethod
     def _safely(fn: Callable[[], object]) -> None:
+        # BaseException too: a relay driver's SystemExit must not keep the pilot from its
+        # safe level (the guard that called this raises what it caught once it is done).
         try:
             fn()
-        except Exception:
+        except BaseException:
             log.debug("ignored while cutting after an internal error", exc_info=True)
 
     def _drive(self, fn: Callable[[], object]) -> bool:
@@ -388,7 +393,7 @@ class Connector:
         try:
             fn()
             return True
-        except Exception as exc:
+        except BaseException as exc:  # a SystemExit too: the pilot after a relay that raised
             self._driver_errors.append(exc)
             return False
 
