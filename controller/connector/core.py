@@ -316,7 +316,17 @@ class _Unit:
     last_tick_at: float | None = None  # time.monotonic() (real) of the last completed tick
 
     def tick(self, clock: Clock) -> float:
-        interval = self.connector.run_guarded(self.sampler.tick)
+        try:
+            interval = self.connector.run_guarded(self.sampler.tick)
+        except KeyboardInterrupt:  # only ever inline, on the main thread: a person's ^C
+            raise
+        except BaseException:
+            # A SystemExit from a driver: the connector's guard has cut its outputs and
+            # recorded the fault (logged once) before it went on up. It ends here, as an
+            # Exception does: this connector's tick is planned, the others run on. Passed
+            # up, the thread's last resort cut every connector without a fault and began
+            # again at once, and a healthy one's relay cycled under load at every step.
+            interval = None
         if not isinstance(interval, float | int):  # the tick raised: outputs cut, go on fast
             interval = self.sampler.rates.charging_interval_s
         self.last_tick_at = time.monotonic()
