@@ -93,6 +93,8 @@ WELDED_DETAIL = "auxiliary contact closed while commanded open"
 #: A meter reading at or below this shows the contactor open (what remains is the charger's
 #: own electronics where the meter sits upstream of the contactor).
 STOPPED_POWER_W = 100.0
+#: A phase current at or below this shows the contactor open (a meter with no total power).
+STOPPED_CURRENT_A = 1.0
 
 DUTY_OFF = NO_PWM  # steady +12 V: no current offered (A1/B1/C1)
 DUTY_F = 0.0  # steady -12 V: state F
@@ -883,9 +885,28 @@ class Connector:
             return
         if self._contactor.energized or self._contactor.feedback() is True:
             return
+        if self._current_measured():
+            return  # the meter still sees current: a contact without feedback may be welded
         self._withdraw_unlock()
         if self._drive(self._lock.unlock):
             self._unlocking_since = self._clock.monotonic()
+
+    def _current_measured(self) -> bool:
+        """Whether the meter (where one is fitted and answers) says current may flow: a
+        stop still waits for the reading taken after the contactor opened, or the newest
+        reading shows load. A contactor without an auxiliary contact reads open when
+        welded; the meter is then the only witness that it is not."""
+        if not self.settings.has_meter or Fault.METER in self.faults:
+            return False
+        if self._pending_stop is not None:
+            return True
+        sample = self.last_sample
+        if sample is None:
+            return False
+        power = sample.power_total_w
+        if power is not None and abs(power) > STOPPED_POWER_W:
+            return True
+        return any(a is not None and abs(a) > STOPPED_CURRENT_A for a in sample.current_a)
 
     def _supervise_unlock(self, now: float) -> None:
         """An UnlockConnector past its bound is withdrawn (it was answered UnlockFailed, so it

@@ -1,0 +1,109 @@
+"""The socket lock never opens while the meter measures current through the contactor.
+
+`_release_lock_when_safe` looked at the contactor alone: commanded open and its auxiliary
+contact not reading closed. Many contactors have no auxiliary contact (feedback None), and
+then a welded one reads as open: the stop's unlock released the plug the moment the relay
+was commanded off, with the meter still measuring 11 kW through the welded contacts, and
+the person pulling the plug drew an arc under load. Where a meter is fitted it is a witness
+too: no unlock while a stop still waits for the reading taken after the contactor opened
+(current may still flow), nor while the newest reading shows load.
+
+The real relay and lock drivers (hold solenoid) on gpiozero's mock pins.
+"""
+
+from __future__ import annotations
+
+from gpiozero.pins.mock import MockFactory
+
+from evsed.controller.connector.hooks import LocalHooks
+from evsed.controller.connector.machine import Connector
+from evsed.controller.connector.settings import Settings
+from evsed.controller.connector.status import StopReason
+from evsed.hal.contactor import RelayContactor
+from evsed.hal.lock import GpioLock
+from evsed.hal.types import MeterSample, PilotReading, PilotState
+from tests.support.clock import FakeClock
+
+RELAY, LOCK = 17, 24
+C = PilotReading(state=PilotState.C, high_v=6.0, low_v=-12.0)
+B = PilotReading(state=PilotState.B, high_v=9.0, low_v=-12.0)
+
+
+class Pilot:
+    def __init__(self) -> None:
+        self.duty = 1.0
+
+    def set_duty(self, duty: float) -> None:
+        self.duty = duty
+
+    def shutdown(self) -> None:
+        pass
+
+
+def load(wh: float, amps: float) -> MeterSample:
+    return MeterSample(
+        current_a=(amps, amps, amps),
+        power_total_w=3 * 230.0 * amps,
+        energy_import_wh=wh,
+    )
+
+
+def charging(factory: MockFactory) -> tuple[Connector, RelayContactor, FakeClock]:
+    clock = FakeClock()
+    contactor = RelayContactor(RELAY, pin_factory=factory, monotonic=clock.monotonic)  # no aux
+    lock = GpioLock(LOCK, pin_factory=factory)  # hold solenoid: energised = locked
+    connector = Connector(
+        Settings(free_vend=True, has_meter=True),
+        pilot=Pilot(),
+        contactor=contactor,
+        hooks=LocalHooks(),
+        clock=clock,
+        lock=lock,
+    )
+    connector.on_rcd_self_test(True)
+    connector.on_meter_sample(load(1000.0, 0.0), clock.monotonic())
+    connector.on_pilot(C)
+    connector.on_meter_sample(load(1010.0, 16.0), clock.monotonic())
+    assert contactor.energized and factory.pin(LOCK).state
+    return connector, contactor, clock
+
+
+async def test_a_welded_contactor_without_feedback_keeps_the_lock_while_current_flows(
+    mock_factory: MockFactory,
+) -> None:
+    connector, contactor, clock = charging(mock_factory)
+    assert connector.request_stop(StopReason.REMOTE)
+    # The EV keeps drawing: after the soft stop the relay is commanded open, the contacts
+    # stay welded (nothing reads them), and the meter goes on measuring 16 A.
+    await clock.advance(connector.settings.power_off_under_load_s)
+    connector.supervise()
+    assert not contactor.energized
+    assert mock_factory.pin(LOCK).state, "unlocked before any reading after the relay opened"
+    for wh in (1020.0, 1030.0, 1040.0, 1050.0, 1060.0):
+        await clock.advance(1.0)
+        connector.on_meter_sample(load(wh, 16.0), clock.monotonic())
+        connector.supervise()
+        assert mock_factory.pin(LOCK).state, "unlocked while the meter measures 16 A"
+    assert not connector.stop_pending  # the stop was recorded by its bound all the same
+    # The current stops (someone opened the breaker): now the plug may go.
+    await clock.advance(1.0)
+    connector.on_meter_sample(load(1060.0, 0.0), clock.monotonic())
+    connector.supervise()
+    assert not mock_factory.pin(LOCK).state
+
+
+async def test_a_contactor_that_opens_unlocks_at_the_first_reading_without_load(
+    mock_factory: MockFactory,
+) -> None:
+    connector, contactor, clock = charging(mock_factory)
+    assert connector.request_stop(StopReason.REMOTE)
+    await clock.advance(0.5)
+    connector.on_pilot(B)  # the EV stops drawing and opens S2: the relay opens at once
+    connector.supervise()  # (the same sampler tick)
+    assert not contactor.energized
+    assert mock_factory.pin(LOCK).state  # the stop's reading is not taken yet
+    await clock.advance(0.2)
+    connector.on_meter_sample(load(1012.0, 0.0), clock.monotonic())
+    connector.supervise()
+    assert not connector.stop_pending
+    assert not mock_factory.pin(LOCK).state
