@@ -95,6 +95,11 @@ WELDED_DETAIL = "auxiliary contact closed while commanded open"
 STOPPED_POWER_W = 100.0
 #: A phase current at or below this shows the contactor open (a meter with no total power).
 STOPPED_CURRENT_A = 1.0
+#: A reading polled this long after the contactor was commanded open is no longer the
+#: registers of before (meters refresh every 0.5-1 s): load in it means welded contacts.
+WELD_BY_METER_S = 3.0
+#: That many such readings in a row raise Fault.WELDED (one glitch clears only by a reset).
+WELD_BY_METER_READINGS = 2
 
 DUTY_OFF = NO_PWM  # steady +12 V: no current offered (A1/B1/C1)
 DUTY_F = 0.0  # steady -12 V: state F
@@ -116,6 +121,14 @@ class _PendingStop:
 #: A core that has completed no tick for this long (real seconds) is stuck, not stepping:
 #: `Connector.view` then reads the fields itself rather than wait 2 s per read for it.
 STUCK_CORE_S = 1.0
+
+
+def _shows_load(sample: MeterSample) -> bool:
+    """Whether a meter reading shows current through the contactor."""
+    power = sample.power_total_w
+    if power is not None and abs(power) > STOPPED_POWER_W:
+        return True
+    return any(a is not None and abs(a) > STOPPED_CURRENT_A for a in sample.current_a)
 
 
 class ChargerWideReservation(Protocol):
@@ -202,6 +215,8 @@ class Connector:
         self._unlocking_since: float | None = None  # unlock driven, position not yet read
         self._start_waits_since: float | None = None  # a start waits for a meter reading
         self._f_read_since: float | None = None  # the pilot reads F that evsed does not drive
+        self._open_seen_at: float | None = None  # the contactor first seen commanded open
+        self._load_after_open = 0  # readings in a row with load well after it opened
         # Whether `pilot_state` was read since evsed last drove state F: during the F the CP
         # shows evsed's own -12 V (`on_pilot` ignores it), so the EV may have opened S2 or
         # left unseen. The relay closes only on a state read with the F over.
@@ -610,7 +625,38 @@ class Connector:
                 self._start_waiting_for_meter()
                 self._apply()
         self._check_overcurrent(sample)
+        self._check_weld_by_meter(sample, polled_at)
         self._note("meter", energy_wh=sample.energy_import_wh, power_w=sample.power_total_w)
+
+    def _note_open(self, now: float) -> None:
+        """When the contactor was first seen commanded open (None while commanded closed)."""
+        if self._contactor.energized:
+            self._open_seen_at = None
+            self._load_after_open = 0
+        elif self._open_seen_at is None:
+            self._open_seen_at = now
+
+    def _check_weld_by_meter(self, sample: MeterSample, polled_at: float | None) -> None:
+        """The meter as the weld detector of a contactor that cannot say (no auxiliary
+        contact, or one that reads open all the same): load measured in readings polled
+        well after the relay was commanded open."""
+        now = self._clock.monotonic()
+        self._note_open(now)
+        since = self._open_seen_at
+        if since is None or Fault.WELDED in self.faults:
+            return
+        at = polled_at if polled_at is not None else now
+        if at - since < WELD_BY_METER_S or not _shows_load(sample):
+            self._load_after_open = 0
+            return
+        self._load_after_open += 1
+        if self._load_after_open >= WELD_BY_METER_READINGS:
+            drawn = max((abs(a) for a in sample.current_a if a is not None), default=0.0)
+            self.raise_fault(
+                Fault.WELDED,
+                f"meter measures {drawn:.1f} A, {sample.power_total_w or 0.0:.0f} W "
+                "with the contactor open",
+            )
 
     def _check_overcurrent(self, sample: MeterSample) -> None:
         if not self._contactor.energized:
@@ -900,13 +946,7 @@ class Connector:
             return False
         if self._pending_stop is not None:
             return True
-        sample = self.last_sample
-        if sample is None:
-            return False
-        power = sample.power_total_w
-        if power is not None and abs(power) > STOPPED_POWER_W:
-            return True
-        return any(a is not None and abs(a) > STOPPED_CURRENT_A for a in sample.current_a)
+        return self.last_sample is not None and _shows_load(self.last_sample)
 
     def _supervise_unlock(self, now: float) -> None:
         """An UnlockConnector past its bound is withdrawn (it was answered UnlockFailed, so it
@@ -985,6 +1025,7 @@ class Connector:
         now = self._clock.monotonic()
         # A limit whose command the core dropped (stuck): taken now, applied below.
         self._take_wish()
+        self._note_open(now)
         self.on_contactor_fault(self._contactor.fault())
         self._supervise_unlock(now)
         self._release_lock_when_safe()

@@ -85,10 +85,14 @@ async def test_a_welded_contactor_without_feedback_keeps_the_lock_while_current_
         connector.supervise()
         assert mock_factory.pin(LOCK).state, "unlocked while the meter measures 16 A"
     assert not connector.stop_pending  # the stop was recorded by its bound all the same
-    # The current stops (someone opened the breaker): now the plug may go.
+    # The current stops (someone opened the breaker): judged welded, the lock waits for
+    # someone to look (a reset), then an UnlockConnector releases it.
     await clock.advance(1.0)
     connector.on_meter_sample(load(1060.0, 0.0), clock.monotonic())
     connector.supervise()
+    assert mock_factory.pin(LOCK).state
+    connector.reset_faults()
+    assert connector.unlock() == "Unlocked"
     assert not mock_factory.pin(LOCK).state
 
 
@@ -107,3 +111,43 @@ async def test_a_contactor_that_opens_unlocks_at_the_first_reading_without_load(
     connector.supervise()
     assert not connector.stop_pending
     assert not mock_factory.pin(LOCK).state
+
+
+# A welded contactor without an auxiliary contact was never judged at all: nothing but the
+# feedback input could raise Fault.WELDED, and the over-current check ignores the meter with
+# the relay commanded open. The connector went Available with the socket's contacts live.
+
+
+async def test_current_measured_well_after_the_relay_opened_is_a_weld(
+    mock_factory: MockFactory,
+) -> None:
+    connector, contactor, clock = charging(mock_factory)
+    assert connector.request_stop(StopReason.REMOTE)
+    await clock.advance(connector.settings.power_off_under_load_s)
+    connector.supervise()
+    assert not contactor.energized
+    for wh in (1020.0, 1030.0, 1040.0, 1050.0, 1060.0):
+        await clock.advance(1.0)
+        connector.on_meter_sample(load(wh, 16.0), clock.monotonic())
+        connector.supervise()
+    assert connector.status.status == "Faulted"
+    assert connector.status.error_code == "PowerSwitchFailure"
+    connector.reset_faults()  # someone has looked: the probe (no feedback) lets it clear
+    connector.on_meter_sample(load(1060.0, 0.0), clock.monotonic())
+    connector.supervise()
+    assert connector.status.status != "Faulted"
+
+
+async def test_a_meter_slow_to_refresh_after_the_open_is_no_weld(
+    mock_factory: MockFactory,
+) -> None:
+    connector, contactor, clock = charging(mock_factory)
+    connector.on_pilot(B)  # the EV stops: the relay opens at once
+    connector.supervise()
+    assert not contactor.energized
+    for wh, amps in ((1011.0, 16.0), (1011.0, 16.0), (1011.0, 0.0), (1011.0, 0.0)):
+        await clock.advance(1.0)  # the first two polls still show the old registers
+        connector.on_meter_sample(load(wh, amps), clock.monotonic())
+        connector.supervise()
+    assert connector.status.status != "Faulted"
+    assert not connector.faults
