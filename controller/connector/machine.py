@@ -469,7 +469,7 @@ class Connector:
     def _record_start(self, tx: Transaction) -> None:
         try:
             recorded = self._hooks.transaction_started(tx)
-        except Exception as exc:
+        except (Exception, SystemExit) as exc:  # as `_isolated`: sys.exit stops no loop
             self.callback_errors += 1
             log.exception("connector %s: the start of a transaction was not recorded", self.id)
             self._recorded = (tx, None)
@@ -721,7 +721,7 @@ class Connector:
         """On the loop: ask the hooks, then tell the core."""
         try:
             result = await self._hooks.authorize(self.id, id_tag)
-        except Exception:  # the hooks' failure must not kill the connector
+        except (Exception, SystemExit):  # the hooks' failure must not kill the connector
             self.callback_errors += 1
             log.exception("authorisation of a tag failed")
             result = AuthResult("Invalid")
