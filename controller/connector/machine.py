@@ -1342,6 +1342,9 @@ class Connector:
         it has just read the meter once more after cutting the outputs)."""
         if self._pending_stop is not None:
             self._take_stop()
+        # No tick may come before the core stops: the unlock the stop waits for is judged
+        # now, on that newest reading (load in it keeps the lock shut).
+        self._release_lock_when_safe()
 
     @property
     def stop_pending(self) -> bool:

@@ -151,3 +151,34 @@ async def test_a_meter_slow_to_refresh_after_the_open_is_no_weld(
         connector.supervise()
     assert connector.status.status != "Faulted"
     assert not connector.faults
+
+
+# The charger's stop (systemctl stop, a Reset): outputs cut, the transaction stopped, one
+# more meter reading, then `take_pending_stop`, and the core stops. The unlock waited for a
+# stop that no tick would look at again: a motor lock stayed locked across the restart.
+
+
+async def test_the_chargers_stop_unlocks_once_its_last_reading_shows_no_load(
+    mock_factory: MockFactory,
+) -> None:
+    connector, contactor, clock = charging(mock_factory)
+    connector.cut_outputs()
+    connector.shutdown(StopReason.REBOOT)
+    assert not contactor.energized
+    assert mock_factory.pin(LOCK).state  # the stop's reading is not taken yet
+    await clock.advance(0.3)
+    connector.on_meter_sample(load(1011.0, 0.0), clock.monotonic())  # the final reading
+    connector.take_pending_stop()
+    assert not mock_factory.pin(LOCK).state
+
+
+async def test_the_chargers_stop_keeps_the_lock_when_the_last_reading_shows_load(
+    mock_factory: MockFactory,
+) -> None:
+    connector, _contactor, clock = charging(mock_factory)
+    connector.cut_outputs()
+    connector.shutdown(StopReason.REBOOT)
+    await clock.advance(0.3)
+    connector.on_meter_sample(load(1011.0, 16.0), clock.monotonic())  # still flowing
+    connector.take_pending_stop()
+    assert mock_factory.pin(LOCK).state
