@@ -9,7 +9,9 @@ Why these rates:
   50 ms is prompt for the driver and costs a fifth of the fast rate.
 - No PWM (A, B1, C1): the CP is a DC level, so two reads (a glitch shows as disagreement)
   are enough, and nothing needs a reaction faster than the 3 s allowed to close or the
-  ConnectionTimeOut: 200 ms keeps an idle charger under 1 % of a core.
+  ConnectionTimeOut: 200 ms keeps an idle charger under 1 % of a core. Except with the
+  contactor still closed (C1 during the soft stop, the EV still drawing): the charging
+  rate then, since C -> B must open it within 100 ms there too.
 Proximity only matters with a plug in the socket; temperature changes slowly.
 
 The sampler is run by the safety core (`core.py`), on its thread: `tick()` is one round and
@@ -126,6 +128,10 @@ class Sampler:
             if self.connector.energized:
                 return self.rates.charging_interval_s, burst
             return self.rates.pwm_interval_s, burst
+        if self.connector.energized:
+            # No PWM but the relay closed: the soft stop (C2 -> C1), the EV still drawing.
+            # Its C -> B must open the relay within 100 ms as much as while charging.
+            return self.rates.charging_interval_s, self.rates.idle_reads
         return self.rates.idle_interval_s, self.rates.idle_reads
 
     def tick(self) -> float:
