@@ -948,6 +948,12 @@ class Connector:
             return True
         return self.last_sample is not None and _shows_load(self.last_sample)
 
+    def _lock_travelling(self) -> bool:
+        """A lock with no position switch whose motor pulse still runs: it is not known to
+        hold the plug before the pulse is over (with a switch, the switch says)."""
+        lock = self._lock
+        return lock is not None and lock.locked() is None and bool(getattr(lock, "busy", False))
+
     def _supervise_unlock(self, now: float) -> None:
         """An UnlockConnector past its bound is withdrawn (it was answered UnlockFailed, so it
         must not open the lock later, when the contactor at last reads open); an unlock
@@ -1399,6 +1405,7 @@ class Connector:
             and self._blocking_fault() is None
             and self.rcd_tested
             and (self._lock is None or self._lock.locked() is not False)
+            and not self._lock_travelling()
         )
         # The limiter already took the minimum of rating, cable, configuration, schedule
         # and budget, and rounded it to what a duty can say.

@@ -1,0 +1,84 @@
+"""The relay does not close while a motor lock is still travelling to locked.
+
+With a position switch, `_apply` offers nothing until the lock reads locked. Without one
+(`feedback_pin = false`, `locked()` None) it offered at once: the lock's 0.5 s motor pulse
+had only begun when the PWM went on, and an EV that answers the PWM quickly got its
+contactor closed with the plug not yet held (IEC 61851-1: the latch engages before the
+contactor closes). The driver says while its pulse runs (`GpioLock.busy`); until it ends
+nothing is offered.
+
+The real lock driver on gpiozero's mock pins; its pulse ends on the FakeClock.
+"""
+
+from __future__ import annotations
+
+from gpiozero.pins.mock import MockFactory
+
+from evsed.controller.connector.hooks import LocalHooks
+from evsed.controller.connector.machine import Connector
+from evsed.controller.connector.settings import Settings
+from evsed.hal.lock import GpioLock
+from evsed.hal.types import PilotReading, PilotState
+from tests.support.clock import FakeClock
+
+LOCK, UNLOCK = 24, 25
+C = PilotReading(state=PilotState.C, high_v=6.0, low_v=-12.0)
+
+
+class Pilot:
+    def __init__(self) -> None:
+        self.duty = 1.0
+
+    def set_duty(self, duty: float) -> None:
+        self.duty = duty
+
+    def shutdown(self) -> None:
+        pass
+
+
+class Relay:
+    energized = False
+
+    def energize(self) -> None:
+        self.energized = True
+
+    def deenergize(self) -> None:
+        self.energized = False
+
+    def feedback(self) -> bool | None:
+        return None
+
+    def fault(self) -> None:
+        return None
+
+    def shutdown(self) -> None:
+        pass
+
+
+async def test_no_offer_until_a_motor_lock_without_feedback_has_had_its_pulse(
+    mock_factory: MockFactory,
+) -> None:
+    clock = FakeClock()
+    lock = GpioLock(LOCK, UNLOCK, pulse_s=0.5, clock=clock, pin_factory=mock_factory)
+    relay, pilot = Relay(), Pilot()
+    connector = Connector(
+        Settings(free_vend=True),
+        pilot=pilot,
+        contactor=relay,
+        hooks=LocalHooks(),
+        clock=clock,
+        lock=lock,
+    )
+    connector.on_rcd_self_test(True)
+    connector.on_pilot(C)  # the EV is in C at once (it closed S2 before the PWM came)
+    assert connector.transaction is not None
+    assert mock_factory.pin(LOCK).state  # the lock's motor runs
+    assert not relay.energized, "relay closed with the lock still travelling"
+    assert pilot.duty == 1.0
+    await clock.advance(0.3)
+    connector.supervise()
+    assert not relay.energized
+    await clock.advance(0.25)  # the pulse has ended: the lock is where it goes
+    assert not mock_factory.pin(LOCK).state
+    connector.supervise()
+    assert relay.energized and 0.0 < pilot.duty < 1.0
