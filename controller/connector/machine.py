@@ -93,13 +93,16 @@ WELDED_DETAIL = "auxiliary contact closed while commanded open"
 #: A meter reading at or below this shows the contactor open (what remains is the charger's
 #: own electronics where the meter sits upstream of the contactor).
 STOPPED_POWER_W = 100.0
-#: A phase current at or below this shows the contactor open (a meter with no total power).
-STOPPED_CURRENT_A = 1.0
 #: A reading polled this long after the contactor was commanded open is no longer the
 #: registers of before (meters refresh every 0.5-1 s): load in it means welded contacts.
 WELD_BY_METER_S = 3.0
 #: That many such readings in a row raise Fault.WELDED (one glitch clears only by a reset).
 WELD_BY_METER_READINGS = 2
+#: Current that flows through the plug (a lock stays shut on it; with the relay commanded
+#: open, a weld): well above anything the charger's own electronics draw through a meter
+#: upstream of the contactor, which must never trap a cable or need a reset (2 A, 460 W).
+FLOWING_A = 2.0
+FLOWING_W = 460.0
 
 DUTY_OFF = NO_PWM  # steady +12 V: no current offered (A1/B1/C1)
 DUTY_F = 0.0  # steady -12 V: state F
@@ -123,12 +126,12 @@ class _PendingStop:
 STUCK_CORE_S = 1.0
 
 
-def _shows_load(sample: MeterSample) -> bool:
-    """Whether a meter reading shows current through the contactor."""
+def _flowing(sample: MeterSample) -> bool:
+    """Whether a meter reading shows current through the plug (FLOWING_A, FLOWING_W)."""
     power = sample.power_total_w
-    if power is not None and abs(power) > STOPPED_POWER_W:
+    if power is not None and abs(power) > FLOWING_W:
         return True
-    return any(a is not None and abs(a) > STOPPED_CURRENT_A for a in sample.current_a)
+    return any(a is not None and abs(a) > FLOWING_A for a in sample.current_a)
 
 
 class ChargerWideReservation(Protocol):
@@ -646,7 +649,7 @@ class Connector:
         if since is None or Fault.WELDED in self.faults:
             return
         at = polled_at if polled_at is not None else now
-        if at - since < WELD_BY_METER_S or not _shows_load(sample):
+        if at - since < WELD_BY_METER_S or not _flowing(sample):
             self._load_after_open = 0
             return
         self._load_after_open += 1
@@ -940,13 +943,14 @@ class Connector:
     def _current_measured(self) -> bool:
         """Whether the meter (where one is fitted and answers) says current may flow: a
         stop still waits for the reading taken after the contactor opened, or the newest
-        reading shows load. A contactor without an auxiliary contact reads open when
+        reading shows current flowing. A contactor without an auxiliary contact reads open when
         welded; the meter is then the only witness that it is not."""
         if not self.settings.has_meter or Fault.METER in self.faults:
             return False
         if self._pending_stop is not None:
             return True
-        return self.last_sample is not None and _shows_load(self.last_sample)
+        sample = self.last_sample
+        return sample is not None and _flowing(sample)
 
     def _lock_travelling(self) -> bool:
         """A lock with no position switch whose motor pulse still runs: it is not known to

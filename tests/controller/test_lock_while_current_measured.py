@@ -6,7 +6,8 @@ then a welded one reads as open: the stop's unlock released the plug the moment 
 was commanded off, with the meter still measuring 11 kW through the welded contacts, and
 the person pulling the plug drew an arc under load. Where a meter is fitted it is a witness
 too: no unlock while a stop still waits for the reading taken after the contactor opened
-(current may still flow), nor while the newest reading shows load.
+(current may still flow), nor while the newest reading shows current flowing (> 2 A on a
+phase, or > 460 W: more than the charger's own electronics draw through the meter).
 
 The real relay and lock drivers (hold solenoid) on gpiozero's mock pins.
 """
@@ -182,3 +183,22 @@ async def test_the_chargers_stop_keeps_the_lock_when_the_last_reading_shows_load
     connector.on_meter_sample(load(1011.0, 16.0), clock.monotonic())  # still flowing
     connector.take_pending_stop()
     assert mock_factory.pin(LOCK).state
+
+
+async def test_the_chargers_own_standby_through_the_meter_is_no_weld(
+    mock_factory: MockFactory,
+) -> None:
+    """A meter upstream of the contactor sees the charger's electronics: 150 W (a fan, a
+    display) never traps the cable, nor is it judged a weld (a reset to clear)."""
+    connector, contactor, clock = charging(mock_factory)
+    assert connector.request_stop(StopReason.REMOTE)
+    connector.on_pilot(B)
+    connector.supervise()
+    assert not contactor.energized
+    standby = MeterSample(current_a=(0.65, 0.0, 0.0), power_total_w=150.0, energy_import_wh=1011)
+    for _ in range(6):
+        await clock.advance(1.0)
+        connector.on_meter_sample(standby, clock.monotonic())
+        connector.supervise()
+    assert not connector.faults
+    assert not mock_factory.pin(LOCK).state  # released once the stop's reading was taken
