@@ -53,6 +53,10 @@ SENSOR_FAILURES_TO_F = 3
 #: (a dead ADC reads 0 V, i.e. -12 V): read as state F, so the contactor opens. Long
 #: enough that unlucky sampling of a short plateau never trips it.
 INCONCLUSIVE_TO_F_S = 0.3
+#: A blocking temperature read (a DS18B20 conversion takes ~750 ms) with no answer after
+#: this is a sensor that cannot be read: the socket must not go unsupervised behind a read
+#: that hangs (a 1-Wire bus held low). A late answer is still judged, and clears it.
+TEMPERATURE_ANSWER_S = 5.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -99,6 +103,7 @@ class Sampler:
         self._inconclusive_since: float | None = None
         self._temperature_reader: concurrent.futures.ThreadPoolExecutor | None = None
         self._temperature_read: concurrent.futures.Future[float | Exception] | None = None
+        self._temperature_read_at = 0.0  # clock.monotonic() when that read was handed over
 
     def calibrate(self, reads: int = 8) -> float:
         """Time one ADC read, so a burst can be sized to span one PWM period."""
@@ -173,6 +178,12 @@ class Sampler:
         if pending is not None and pending.done():  # a blocking sensor answered
             self._temperature_read = None
             self._judge_temperature(pending.result())
+        elif pending is not None and now - self._temperature_read_at >= TEMPERATURE_ANSWER_S:
+            self.connector.temperature_c = None
+            self.connector.raise_fault(  # once: a no-op while the fault is active
+                Fault.TEMPERATURE_SENSOR,
+                f"temperature sensor: no answer within {TEMPERATURE_ANSWER_S:.0f} s",
+            )
         if self.temperature is not None and now >= self._next_temp:
             self._next_temp = now + self.rates.temperature_interval_s
             self._check_temperature()
@@ -241,6 +252,7 @@ class Sampler:
         self._temperature_read = self._temperature_reader.submit(
             _read, self.temperature.read_celsius
         )
+        self._temperature_read_at = self.clock.monotonic()
 
     def _judge_temperature(self, reading: float | Exception) -> None:
         if isinstance(reading, Exception):  # unreadable: as fail-safe as too hot, told apart
