@@ -104,7 +104,11 @@ class SysfsPwmPilot:
             raise RuntimeError("pilot PWM is shut down")
         nan = math.isnan(duty)
         duty = 1.0 if nan else min(max(duty, 0.0), 1.0)
-        duty_ns = math.floor(duty * self.period_ns)  # floor: never offer more than asked
+        # Floor: never offer more than asked. The product is not exact in floating point
+        # (0.253333 * 1e6 = 253332.99999999997): a duty that is a whole number of ns must
+        # give that number, or it reads back 1 ns short and the controller writes it again
+        # at every step. 1e-6 ns is far below any real step and far above the float error.
+        duty_ns = math.floor(duty * self.period_ns + 1e-6)
         self._write("duty_cycle", duty_ns)
         self._duty = duty_ns / self.period_ns
         if nan:  # logged after the safe level is written, never before
