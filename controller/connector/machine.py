@@ -952,6 +952,16 @@ class Connector:
         sample = self.last_sample
         return sample is not None and _flowing(sample)
 
+    def _lock_lost(self) -> bool:
+        """A running session's lock, confirmed locked since its start, that reads open."""
+        return (
+            self._lock is not None
+            and self.transaction is not None
+            and self._tx_recorded
+            and self._lock_since is None
+            and self._lock.locked() is False
+        )
+
     def _lock_travelling(self) -> bool:
         """A lock with no position switch whose motor pulse still runs: it is not known to
         hold the plug before the pulse is over (with a switch, the switch says)."""
@@ -1058,6 +1068,10 @@ class Connector:
             elif now - self._lock_since >= self.settings.lock_timeout_s:
                 self._lock_since = None
                 self.raise_fault(Fault.LOCK, "lock did not engage")
+        elif self._lock_lost():
+            # Confirmed locked, now read open: the plug is not held, maybe under load.
+            # Not a withdrawn offer (the soft stop would keep the relay closed for seconds).
+            self.raise_fault(Fault.LOCK, "lock reads open during the session")
         if self._auth_deadline is not None and now >= self._auth_deadline:
             self._dispatch(AuthTimedOut())
         if self.reservation is not None:
