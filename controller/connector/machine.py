@@ -21,6 +21,7 @@ from __future__ import annotations
 import asyncio
 import functools
 import logging
+import math
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, replace
@@ -220,6 +221,7 @@ class Connector:
         self._f_read_since: float | None = None  # the pilot reads F that evsed does not drive
         self._open_seen_at: float | None = None  # the contactor first seen commanded open
         self._load_after_open = 0  # readings in a row with load well after it opened
+        self._sample_polled_at = -math.inf  # when the poll of `last_sample` began
         # Whether `pilot_state` was read since evsed last drove state F: during the F the CP
         # shows evsed's own -12 V (`on_pilot` ignores it), so the EV may have opened S2 or
         # left unseen. The relay closes only on a state read with the F over.
@@ -601,6 +603,7 @@ class Connector:
         """A meter reading; `polled_at` (monotonic) is when its poll began, if known: a
         reading whose poll began before the contactor read open does not close a stop."""
         self.last_sample = sample
+        self._sample_polled_at = self._clock.monotonic() if polled_at is None else polled_at
         if sample.energy_import_wh is not None:
             self.last_energy_wh = sample.energy_import_wh
             self._energy_at = self._clock.now()
@@ -941,15 +944,26 @@ class Connector:
             self._unlocking_since = self._clock.monotonic()
 
     def _current_measured(self) -> bool:
-        """Whether the meter (where one is fitted and answers) says current may flow: a
-        stop still waits for the reading taken after the contactor opened, or the newest
-        reading shows current flowing. A contactor without an auxiliary contact reads open when
-        welded; the meter is then the only witness that it is not."""
+        """Whether the meter (where one is fitted and answers) says current may flow.
+
+        A contactor without an auxiliary contact reads open when welded: the meter is then
+        the only witness, and until it has spoken since the relay opened (the stop still
+        waits for that reading) current may flow; after that, the newest reading says. One
+        whose auxiliary contact reads open has opened: only a reading polled since then
+        that shows current flowing (the two disagree: the safe side) keeps the lock."""
         if not self.settings.has_meter or Fault.METER in self.faults:
             return False
+        sample = self.last_sample
+        if self._contactor.feedback() is not None:
+            opened = self._open_seen_at
+            return (
+                sample is not None
+                and opened is not None
+                and self._sample_polled_at >= opened
+                and _flowing(sample)
+            )
         if self._pending_stop is not None:
             return True
-        sample = self.last_sample
         return sample is not None and _flowing(sample)
 
     def _lock_lost(self) -> bool:

@@ -202,3 +202,64 @@ async def test_the_chargers_own_standby_through_the_meter_is_no_weld(
         connector.supervise()
     assert not connector.faults
     assert not mock_factory.pin(LOCK).state  # released once the stop's reading was taken
+
+
+# A contactor with an auxiliary contact that reads open has opened: the unlock does not
+# wait for the meter (a Reset with the meter just gone must not trap the cable); only a
+# reading taken since the open that still shows current (the two disagree) keeps the lock.
+
+AUX = 27
+
+
+def charging_with_aux(factory: MockFactory) -> tuple[Connector, RelayContactor, FakeClock]:
+    clock = FakeClock()
+    contactor = RelayContactor(RELAY, AUX, pin_factory=factory, monotonic=clock.monotonic)
+    lock = GpioLock(LOCK, pin_factory=factory)
+    connector = Connector(
+        Settings(free_vend=True, has_meter=True),
+        pilot=Pilot(),
+        contactor=contactor,
+        hooks=LocalHooks(),
+        clock=clock,
+        lock=lock,
+    )
+    connector.on_rcd_self_test(True)
+    connector.on_meter_sample(load(1000.0, 0.0), clock.monotonic())
+    connector.on_pilot(C)
+    factory.pin(AUX).drive_high()  # the contacts follow the relay
+    connector.on_meter_sample(load(1010.0, 16.0), clock.monotonic())
+    connector.supervise()
+    assert contactor.energized and factory.pin(LOCK).state
+    return connector, contactor, clock
+
+
+async def test_an_auxiliary_contact_that_reads_open_unlocks_without_waiting_for_the_meter(
+    mock_factory: MockFactory,
+) -> None:
+    connector, contactor, clock = charging_with_aux(mock_factory)
+    assert connector.request_stop(StopReason.REMOTE)
+    connector.on_pilot(B)
+    assert not contactor.energized
+    await clock.advance(0.05)
+    mock_factory.pin(AUX).drive_low()  # the contacts have opened
+    connector.supervise()
+    assert connector.stop_pending  # its reading is still to come: no matter for the lock
+    assert not mock_factory.pin(LOCK).state
+
+
+async def test_an_auxiliary_contact_open_with_current_measured_after_it_keeps_the_lock(
+    mock_factory: MockFactory,
+) -> None:
+    connector, contactor, clock = charging_with_aux(mock_factory)
+    assert connector.request_stop(StopReason.LOCAL)  # a card: the lock stays for now
+    connector.on_pilot(B)
+    await clock.advance(0.05)
+    mock_factory.pin(AUX).drive_low()  # reads open ...
+    connector.supervise()
+    assert not contactor.energized and mock_factory.pin(LOCK).state
+    await clock.advance(0.5)  # ... yet the meter, polled since, measures 16 A
+    connector.on_meter_sample(load(1011.0, 16.0), clock.monotonic())
+    connector.supervise()
+    assert connector.unlock() == "Pending"  # UnlockConnector: not while current flows
+    connector.supervise()
+    assert mock_factory.pin(LOCK).state
