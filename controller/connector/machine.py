@@ -104,6 +104,9 @@ WELD_BY_METER_READINGS = 2
 #: upstream of the contactor, which must never trap a cable or need a reset (2 A, 460 W).
 FLOWING_A = 2.0
 FLOWING_W = 460.0
+#: A session's lock that reads open this long (a position switch's bounce is shorter; a
+#: plug pulled out takes longer) is a lock failure: the relay is cut.
+LOCK_LOST_S = 0.05
 
 DUTY_OFF = NO_PWM  # steady +12 V: no current offered (A1/B1/C1)
 DUTY_F = 0.0  # steady -12 V: state F
@@ -200,6 +203,7 @@ class Connector:
         self._f_until: float | None = None
         self._soft_off_since: float | None = None
         self._lock_since: float | None = None  # lock commanded, not yet confirmed
+        self._lock_open_since: float | None = None  # a confirmed lock first read open
         self._overcurrent_since: float | None = None
         self._status: ConnectorStatus | None = None
         self._listeners: list[Callable[[str, dict[str, object]], None]] = []
@@ -1041,6 +1045,8 @@ class Connector:
             deadlines.append(self._lock_since + self.settings.lock_timeout_s)
         if self._unlocking_since is not None:
             deadlines.append(self._unlocking_since + self.settings.lock_timeout_s)
+        if self._lock_open_since is not None:
+            deadlines.append(self._lock_open_since + LOCK_LOST_S)
         if self._unlock_pending and self._unlock_deadline is not None:
             deadlines.append(self._unlock_deadline)
         if self._soft_off_since is not None:
@@ -1082,9 +1088,14 @@ class Connector:
             elif now - self._lock_since >= self.settings.lock_timeout_s:
                 self._lock_since = None
                 self.raise_fault(Fault.LOCK, "lock did not engage")
-        elif self._lock_lost():
+        if not self._lock_lost():
+            self._lock_open_since = None
+        elif self._lock_open_since is None:
+            self._lock_open_since = now  # one reading may be a switch's bounce
+        elif now - self._lock_open_since >= LOCK_LOST_S:
             # Confirmed locked, now read open: the plug is not held, maybe under load.
             # Not a withdrawn offer (the soft stop would keep the relay closed for seconds).
+            self._lock_open_since = None
             self.raise_fault(Fault.LOCK, "lock reads open during the session")
         if self._auth_deadline is not None and now >= self._auth_deadline:
             self._dispatch(AuthTimedOut())

@@ -5,7 +5,8 @@ later read open (the latch forced, a motor that moved back, a broken position sw
 merely withdrew the offer: the PWM went, and the contactor stayed closed through the soft
 stop, up to `power_off_under_load_s` (6 s) with the plug no longer held, under load, while
 the connector showed SuspendedEVSE and resumed by itself if the switch came back. Now it
-is Fault.LOCK (ConnectorLockFailure): the relay opens in the same step, the session ends.
+is Fault.LOCK (ConnectorLockFailure) once it has read open for `LOCK_LOST_S` (a switch's
+bounce is shorter): the relay opens in that step, the session ends.
 
 The real lock (motor with position switch) and relay drivers on gpiozero's mock pins.
 """
@@ -62,8 +63,18 @@ async def test_a_lock_that_reads_open_while_charging_opens_the_relay_at_once(
     connector.supervise()
     assert contactor.energized and connector.status.status == "Charging"
     await clock.advance(60)
+    switch.drive_low()  # a bounce of the position switch: not a lock failure
+    connector.supervise()
+    await clock.advance(0.02)
+    switch.drive_high()
+    connector.supervise()
+    await clock.advance(1)
+    connector.supervise()
+    assert contactor.energized and not connector.faults
     switch.drive_low()  # the plug is no longer held
-    connector.supervise()  # the next sampler tick
+    connector.supervise()  # the next sampler ticks
+    await clock.advance(0.06)
+    connector.supervise()
     assert not contactor.energized, "relay closed under load with the lock open"
     assert Fault.LOCK in connector.faults
     assert connector.status.error_code == "ConnectorLockFailure"
