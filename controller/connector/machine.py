@@ -204,6 +204,7 @@ class Connector:
         self._soft_off_since: float | None = None
         self._lock_since: float | None = None  # lock commanded, not yet confirmed
         self._lock_open_since: float | None = None  # a confirmed lock first read open
+        self._lock_kept = False  # a Local stop kept the lock: it goes when the EV leaves
         self._overcurrent_since: float | None = None
         self._status: ConnectorStatus | None = None
         self._listeners: list[Callable[[str, dict[str, object]], None]] = []
@@ -537,6 +538,16 @@ class Connector:
         elif state == PilotState.A:
             self._clear_by(Clear.UNPLUG)
             self._dispatch(EvUnplugged())
+            if (
+                self._lock is not None
+                and self.transaction is None
+                and self.settings.unlock_on_ev_disconnect
+                and (self._lock_kept or self._lock.locked() is True)
+            ):
+                # A Local stop kept the lock while the car held the plug: it goes now (once
+                # the contactor reads open, as every unlock).
+                self._unlock_pending = True
+                self._release_lock_when_safe()
             # PP is read only with an EV (the next one is read before the core hears of
             # it): the rating of the cable that left is no longer known, not still 32 A.
             self._set_cable(None)
@@ -944,6 +955,7 @@ class Connector:
         if self._current_measured():
             return  # the meter still sees current: a contact without feedback may be welded
         self._withdraw_unlock()
+        self._lock_kept = False
         if self._drive(self._lock.unlock):
             self._unlocking_since = self._clock.monotonic()
 
@@ -1287,6 +1299,7 @@ class Connector:
             # and until it reports locked `_apply` offers nothing.
             self._withdraw_unlock()
             self._unlocking_since = None
+            self._lock_kept = False
             self._drive(self._lock.lock)
             self._lock_since = self._clock.monotonic()
         log.info(
@@ -1338,6 +1351,8 @@ class Connector:
         if self._lock is not None and reason != StopReason.LOCAL:
             self._unlock_pending = True
             self._release_lock_when_safe()
+        elif self._lock is not None:
+            self._lock_kept = True  # until the EV side is unplugged (or an UnlockConnector)
         if self._pending_operative is not None:
             self.operative, self._pending_operative = self._pending_operative, None
 

@@ -17,6 +17,9 @@ class Settings:
     ventilation_available: bool = False  # state D may charge only where the room is ventilated
     connection_timeout_s: float = 60.0  # OCPP ConnectionTimeOut
     stop_on_ev_disconnect: bool = True  # OCPP StopTransactionOnEVSideDisconnect
+    # OCPP UnlockConnectorOnEVSideDisconnect: the EV unplugged, no session left, the lock
+    # (kept by a card's Local stop) lets the cable go.
+    unlock_on_ev_disconnect: bool = True
     # An EV may briefly overshoot after a duty decrease; IEC gives it 5 s to follow. EVerest
     # trips after 7 s beyond the limit; we use the same grace and a 2 A / 10 % tolerance.
     overcurrent_grace_s: float = 7.0
