@@ -929,11 +929,16 @@ class Charger:
         return self._slots[connector_id].connector.adopt_parent_id_tag(local_id, parent_id_tag)
 
     def apply_session_settings(
-        self, *, connection_timeout_s: float, stop_on_ev_disconnect: bool
+        self,
+        *,
+        connection_timeout_s: float,
+        stop_on_ev_disconnect: bool,
+        unlock_on_ev_disconnect: bool,
     ) -> None:
         for slot in self._slots.values():
             slot.connector.settings = replace(
                 slot.connector.settings,
                 connection_timeout_s=connection_timeout_s,
                 stop_on_ev_disconnect=stop_on_ev_disconnect,
+                unlock_on_ev_disconnect=unlock_on_ev_disconnect,
             )

@@ -150,6 +150,7 @@ class OcppApp:
         self.session: RunnableSession | None = None
         self.keys.on_change("ConnectionTimeOut", lambda _k, _v: self._apply_keys())
         self.keys.on_change("StopTransactionOnEVSideDisconnect", lambda _k, _v: self._apply_keys())
+        self.keys.on_change("UnlockConnectorOnEVSideDisconnect", lambda _k, _v: self._apply_keys())
 
     # ------------------------------------------------------------ wiring
 
@@ -179,6 +180,7 @@ class OcppApp:
         self.ctx.charger.apply_session_settings(
             connection_timeout_s=float(self.keys.int("ConnectionTimeOut")),
             stop_on_ev_disconnect=self.keys.bool("StopTransactionOnEVSideDisconnect"),
+            unlock_on_ev_disconnect=self.keys.bool("UnlockConnectorOnEVSideDisconnect"),
         )
 
     # ------------------------------------------------------------ life cycle

@@ -138,8 +138,13 @@ class ChargePointPort(Protocol):
         ...
 
     def apply_session_settings(
-        self, *, connection_timeout_s: float, stop_on_ev_disconnect: bool
+        self,
+        *,
+        connection_timeout_s: float,
+        stop_on_ev_disconnect: bool,
+        unlock_on_ev_disconnect: bool,
     ) -> None:
         """The configuration keys the connectors honour themselves (ConnectionTimeOut,
-        StopTransactionOnEVSideDisconnect), for every connector."""
+        StopTransactionOnEVSideDisconnect, UnlockConnectorOnEVSideDisconnect), for every
+        connector."""
         ...

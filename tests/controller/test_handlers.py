@@ -169,6 +169,13 @@ async def test_change_configuration_reaches_the_connector(rig: OcppRig) -> None:
     )
     assert result.status == "Accepted"
     assert rig.connector.settings.stop_on_ev_disconnect is False
+    # The lock's release when the EV leaves after a card's stop (advertised true).
+    assert rig.connector.settings.unlock_on_ev_disconnect is True
+    result = await rig.command(
+        call.ChangeConfiguration(key="UnlockConnectorOnEVSideDisconnect", value="false")
+    )
+    assert result.status == "Accepted"
+    assert rig.connector.settings.unlock_on_ev_disconnect is False
 
 
 # ---------------------------------------------------------------- GetConfiguration

@@ -101,9 +101,12 @@ async def test_the_bench_charger_is_a_port_and_every_member_works(rig: Rig) -> N
     assert port.start_remote(1, CARD, None) is False  # unavailable: refused
     assert port.change_availability(1, True) == "Accepted"
     port.set_smart_charging_limit(1, SmartChargingLimit(10.0))
-    port.apply_session_settings(connection_timeout_s=33.0, stop_on_ev_disconnect=False)
+    port.apply_session_settings(
+        connection_timeout_s=33.0, stop_on_ev_disconnect=False, unlock_on_ev_disconnect=False
+    )
     assert rig.connector.settings.connection_timeout_s == 33.0
     assert rig.connector.settings.stop_on_ev_disconnect is False
+    assert rig.connector.settings.unlock_on_ev_disconnect is False
     assert await port.unlock(1) == "NotSupported"  # the bench connector has a tethered cable
 
     # a reservation (Reserved while idle) and its cancellation

@@ -125,3 +125,20 @@ async def test_an_unplug_without_a_session_moves_no_lock(mock_factory: MockFacto
     connector.on_pilot(A)
     connector.supervise()
     assert unlocks == []
+
+
+async def test_with_unlock_on_ev_side_disconnect_false_the_lock_stays(
+    mock_factory: MockFactory,
+) -> None:
+    """UnlockConnectorOnEVSideDisconnect = false (the Central System's ChangeConfiguration,
+    applied through `Charger.apply_session_settings`): the cable stays locked after the EV
+    leaves, until an UnlockConnector."""
+    settings = Settings(free_vend=True, unlock_on_ev_disconnect=False)
+    connector, relay, _clock = charging(mock_factory, settings)
+    assert connector.request_stop(StopReason.LOCAL, "FREEVEND")
+    connector.on_pilot(B)
+    connector.supervise()
+    connector.on_pilot(A)
+    connector.supervise()
+    assert not relay.energized
+    assert mock_factory.pin(LOCK).state, "the lock let go although the key says to keep it"
