@@ -47,20 +47,29 @@ def parse_time(value: Any) -> datetime | None:
     return parsed if parsed.tzinfo is not None else None
 
 
-def learn_time(ctx: OcppContext, current_time: Any) -> None:
-    """CS time minus local time, into the clock (SystemClock/FakeClock have offset_s)."""
+def learn_time(ctx: OcppContext, current_time: Any, sent_at: float | None = None) -> None:
+    """CS time minus local time, into the clock (SystemClock/FakeClock have offset_s).
+
+    ``sent_at``: our wall time (``clock.now().timestamp()``) when the request went out. The
+    CS read its clock at some instant between then and now: a time it gives inside that
+    round trip agrees with ours, and ours is kept (taken as of the answer's arrival, every
+    late answer stepped the clock back by its latency and moved the schedules' boundaries);
+    one outside it is taken as of the middle of the round trip."""
     cs_time = parse_time(current_time)
     clock = ctx.clock
     if cs_time is None or not hasattr(clock, "offset_s"):
         return
     shown = clock.now().timestamp()
+    sent = shown if sent_at is None else min(sent_at, shown)
     local = shown - float(clock.offset_s)
     cs_s = cs_time.timestamp()
-    if cs_time.microsecond == 0:
-        # Whole seconds: the CS's clock read somewhere in [cs_s, cs_s + 1). Our time inside
-        # that second agrees with it (kept); otherwise the middle is the best guess
-        # (taking cs_s itself put every timestamp half a second behind on average).
-        cs_s = shown if cs_s <= shown < cs_s + 1.0 else cs_s + 0.5
+    # Whole seconds: the CS's clock read somewhere in [cs_s, cs_s + 1); taking cs_s itself
+    # put every timestamp half a second behind on average.
+    resolution = 1.0 if cs_time.microsecond == 0 else 0.0
+    if cs_s <= shown and sent <= cs_s + resolution:
+        cs_s = shown  # the two clocks agree within what the answer can tell
+    else:
+        cs_s += resolution / 2 + (shown - sent) / 2
     offset = cs_s - local
     moved = abs(offset - float(clock.offset_s)) >= 1.0
     clock.offset_s = offset
@@ -126,8 +135,11 @@ class BootReporter:
 
     async def _send(self, link: Link) -> tuple[str | None, int]:
         result = None
+        sent: list[float] = []
         try:
-            result = await self._channel.exchange(link, self.payload())
+            result = await self._channel.exchange(
+                link, self.payload(), on_sent=lambda: sent.append(self._ctx.clock.now().timestamp())
+            )
         except OCPPError as e:
             log.warning("session: BootNotification answered with CALLERROR %s", e.code)
         except TimeoutError:
@@ -137,7 +149,7 @@ class BootReporter:
         interval = int(getattr(result, "interval", 0) or 0)
         if status is not None:
             self._status = str(status)
-            learn_time(self._ctx, getattr(result, "current_time", None))
+            learn_time(self._ctx, getattr(result, "current_time", None), *sent)
         self._ctx.emit("boot", status=status, interval=interval)
         if status == "Accepted":
             log.info("session: boot accepted (heartbeat interval %ss)", interval or "default")
@@ -195,8 +207,11 @@ class HeartbeatReporter:
         return await self._send(link)
 
     async def _send(self, link: Link) -> bool:
-        result = await self._channel.send_quietly(link, call.Heartbeat())
+        sent: list[float] = []
+        result = await self._channel.send_quietly(
+            link, call.Heartbeat(), on_sent=lambda: sent.append(self._ctx.clock.now().timestamp())
+        )
         if result is None:
             return False
-        learn_time(self._ctx, getattr(result, "current_time", None))
+        learn_time(self._ctx, getattr(result, "current_time", None), *sent)
         return True

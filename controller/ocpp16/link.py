@@ -30,7 +30,7 @@ import random
 import socket
 import ssl
 import uuid
-from collections.abc import Awaitable
+from collections.abc import Awaitable, Callable
 from contextlib import suppress
 from dataclasses import dataclass, field
 from typing import Any
@@ -255,17 +255,30 @@ class Channel:
         self.link: Link | None = None
         self.response_timeout = response_timeout
 
-    async def exchange(self, link: Link, payload: Any, *, validated: bool = False) -> Any:
-        """A CALL on ``link`` under the lock; raises as `Link.exchange` does."""
+    async def exchange(
+        self,
+        link: Link,
+        payload: Any,
+        *,
+        validated: bool = False,
+        on_sent: Callable[[], object] | None = None,
+    ) -> Any:
+        """A CALL on ``link`` under the lock; raises as `Link.exchange` does. ``on_sent``
+        is called with the lock held, just before the CALL goes out (a round trip's start:
+        the wait for the lock is not part of it)."""
         async with self.lock:
+            if on_sent is not None:
+                on_sent()
             return await link.exchange(payload, self.response_timeout, validated=validated)
 
-    async def send_quietly(self, link: Link | None, payload: Any) -> Any | None:
+    async def send_quietly(
+        self, link: Link | None, payload: Any, *, on_sent: Callable[[], object] | None = None
+    ) -> Any | None:
         """A non-transaction message: the answer, or None (logged) when there is none."""
         if link is None:
             return None
         try:
-            return await self.exchange(link, payload)
+            return await self.exchange(link, payload, on_sent=on_sent)
         except OCPPError as e:
             log.warning("session: %s got CALLERROR %s", type(payload).__name__, e.code)
         except TimeoutError:
