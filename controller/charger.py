@@ -268,6 +268,7 @@ class Charger:
                     rated_current_a=cfg.rated_current_a,
                     max_current_a=cfg.max_current_a,
                     phases=cfg.phases,
+                    nominal_voltage_v=cfg.nominal_voltage_v,
                     free_vend=config.authorization.free_vend,
                     free_vend_id_tag=config.authorization.free_vend_id_tag,
                     pwm_resolution=getattr(hw.pilot, "resolution", 0.001),

@@ -206,6 +206,7 @@ class Connector:
         self._lock_open_since: float | None = None  # a confirmed lock first read open
         self._lock_kept = False  # a Local stop kept the lock: it goes when the EV leaves
         self._overcurrent_since: float | None = None
+        self._power_only_said = False  # the over-current check's warning for such a meter
         self._status: ConnectorStatus | None = None
         self._listeners: list[Callable[[str, dict[str, object]], None]] = []
         # What the charger must act on (cable rating, phase): explicit, not a timeline note.
@@ -687,7 +688,9 @@ class Connector:
             self.settings.overcurrent_tolerance_a,
             self.offered_a * self.settings.overcurrent_tolerance_ratio,
         )
-        drawn = max((a for a in sample.current_a if a is not None), default=0.0)
+        drawn = max((a for a in sample.current_a if a is not None), default=None)
+        if drawn is None:
+            drawn = self._current_from_power(sample)
         now = self._clock.monotonic()
         if drawn <= limit:
             self._overcurrent_since = None
@@ -697,6 +700,27 @@ class Connector:
             self.raise_fault(
                 Fault.OVER_CURRENT, f"EV drew {drawn:.1f} A with {self.offered_a:.1f} A offered"
             )
+
+    def _current_from_power(self, sample: MeterSample) -> float:
+        """A meter with no per-phase current (SDM72D-M v1 gives totals only): the current
+        of the total power spread evenly over the connector's phases. An EV drawing on all
+        of them is supervised; one that overdraws on one phase of three is not seen below
+        three times its offer, never a false trip. Said once, not silently skipped."""
+        if not self._power_only_said:
+            self._power_only_said = True
+            log.warning(
+                "connector %s: the meter gives no per-phase current; over-current is judged "
+                "on its total power spread over %d phase(s) (an overdraw on one phase of "
+                "several goes unseen)",
+                self.id,
+                self.settings.phases,
+            )
+        power = sample.power_total_w
+        if power is None or not math.isfinite(power):
+            return 0.0
+        volts = [v for v in sample.voltage_v if v is not None and v > 0]
+        voltage = sum(volts) / len(volts) if volts else self.settings.nominal_voltage_v
+        return abs(power) / (voltage * max(1, self.settings.phases))
 
     # ------------------------------------------------------------------ limits
 

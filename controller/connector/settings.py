@@ -12,6 +12,8 @@ class Settings:
     rated_current_a: float = 32.0
     max_current_a: float | None = None
     phases: int = 3
+    # For a meter that gives only the total power (SDM72D-M v1): its current, per phase.
+    nominal_voltage_v: float = 230.0
     free_vend: bool = False
     free_vend_id_tag: str = "FREEVEND"
     ventilation_available: bool = False  # state D may charge only where the room is ventilated
