@@ -471,8 +471,14 @@ class SafetyCore:
         if self._thread is not None:
             # Joined on the loop, not in a worker: while the core finishes its last step
             # (a tick at most) nothing on the loop may queue a command behind the stop.
-            self._queue.put(_STOP)
-            self._thread.join(STOP_JOIN_S)
+            deadline = time.monotonic() + STOP_JOIN_S
+            try:
+                # Bounded: a frozen core with its queue full must not hang the stop here,
+                # before the cut below.
+                self._queue.put(_STOP, timeout=STOP_JOIN_S)
+            except queue.Full:
+                pass  # the core takes nothing: the join runs out and the stop cuts
+            self._thread.join(max(0.0, deadline - time.monotonic()))
             if self._thread.is_alive():
                 # Frozen during the stop: the freeze guard cannot look while the loop waits
                 # here, so the stop cuts the outputs itself before it goes on.

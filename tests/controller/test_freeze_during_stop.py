@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import threading
+from concurrent.futures import Future
 from pathlib import Path
 
 import pytest
@@ -115,6 +116,49 @@ async def test_a_core_that_will_not_stop_has_its_outputs_cut_by_the_stop(
             assert not release.is_set()  # still frozen: the stop itself opened it
             release.set()
             await hang
+            watch.close()
+    finally:
+        release.set()
+
+
+async def test_a_frozen_core_with_its_queue_full_does_not_hang_the_stop(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The stop put its stop command with no bound: a frozen core whose command queue was
+    full hung the stop (and the loop with it) before the cut, the relay closed (safety
+    review, round 2)."""
+    monkeypatch.setattr(core_module, "STOP_JOIN_S", 0.5)
+    release, frozen = threading.Event(), threading.Event()
+
+    def freeze() -> None:
+        frozen.set()
+        release.wait(30)
+
+    try:
+        async with realtime_stack(tmp_path) as stack:
+            charger = stack.charger
+            assert charger is not None and charger.core.threaded
+            sim = stack.bench.sim(1)
+            watch = RelayWatch(sim.pins.relay, lambda: bool(sim.pins.relay_energized))
+            await stack.bench.plug(1)
+            await watch.wait(True)
+            hang = asyncio.create_task(asyncio.to_thread(charger.core.call, freeze))
+            assert await asyncio.to_thread(frozen.wait, 5)
+            commands, thread = charger.core._queue, charger.core._thread
+            assert thread is not None
+            while not commands.full():  # harmless commands, run once the core wakes
+                commands.put_nowait(core_module._Command(lambda: None, Future()))
+            stopping = asyncio.create_task(asyncio.to_thread(asyncio.run, charger.core.stop()))
+            done, _ = await asyncio.wait({stopping}, timeout=5.0)
+            assert done, "the stop hung on the full queue"
+            assert not sim.pins.relay_energized, "the relay stayed closed after the stop"
+            release.set()
+            await hang
+            # The core the stop gave up on, awake again: its stop command now, so that it
+            # does not tick on after the test.
+            await asyncio.to_thread(commands.put, core_module._STOP, True, 5.0)
+            await asyncio.to_thread(thread.join, 5.0)
+            assert not thread.is_alive()
             watch.close()
     finally:
         release.set()
