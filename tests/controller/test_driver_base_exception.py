@@ -19,20 +19,10 @@ from evsed.controller.connector.machine import DUTY_F, Connector
 from evsed.controller.connector.settings import Settings
 from evsed.hal.types import PilotReading, PilotState
 from tests.support.clock import FakeClock
+from tests.support.outputs import Pilot
 
 C = PilotReading(state=PilotState.C, high_v=6.0, low_v=-12.0)
 B = PilotReading(state=PilotState.B, high_v=9.0, low_v=-12.0)
-
-
-class Pilot:
-    def __init__(self) -> None:
-        self.duty = 1.0
-
-    def set_duty(self, duty: float) -> None:
-        self.duty = duty
-
-    def shutdown(self) -> None:
-        pass
 
 
 class ExitingRelay:

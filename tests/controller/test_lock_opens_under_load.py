@@ -23,20 +23,10 @@ from evsed.hal.contactor import RelayContactor
 from evsed.hal.lock import GpioLock
 from evsed.hal.types import PilotReading, PilotState
 from tests.support.clock import FakeClock
+from tests.support.outputs import Pilot
 
 RELAY, LOCK, UNLOCK, LOCK_SWITCH = 17, 24, 25, 5
 C = PilotReading(state=PilotState.C, high_v=6.0, low_v=-12.0)
-
-
-class Pilot:
-    def __init__(self) -> None:
-        self.duty = 1.0
-
-    def set_duty(self, duty: float) -> None:
-        self.duty = duty
-
-    def shutdown(self) -> None:
-        pass
 
 
 async def test_a_lock_that_reads_open_while_charging_opens_the_relay_at_once(

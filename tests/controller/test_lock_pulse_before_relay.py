@@ -20,39 +20,10 @@ from evsed.controller.connector.settings import Settings
 from evsed.hal.lock import GpioLock
 from evsed.hal.types import PilotReading, PilotState
 from tests.support.clock import FakeClock
+from tests.support.outputs import Pilot, Relay
 
 LOCK, UNLOCK = 24, 25
 C = PilotReading(state=PilotState.C, high_v=6.0, low_v=-12.0)
-
-
-class Pilot:
-    def __init__(self) -> None:
-        self.duty = 1.0
-
-    def set_duty(self, duty: float) -> None:
-        self.duty = duty
-
-    def shutdown(self) -> None:
-        pass
-
-
-class Relay:
-    energized = False
-
-    def energize(self) -> None:
-        self.energized = True
-
-    def deenergize(self) -> None:
-        self.energized = False
-
-    def feedback(self) -> bool | None:
-        return None
-
-    def fault(self) -> None:
-        return None
-
-    def shutdown(self) -> None:
-        pass
 
 
 async def test_no_offer_until_a_motor_lock_without_feedback_has_had_its_pulse(

@@ -24,21 +24,11 @@ from evsed.hal.contactor import RelayContactor
 from evsed.hal.lock import GpioLock
 from evsed.hal.types import MeterSample, PilotReading, PilotState
 from tests.support.clock import FakeClock
+from tests.support.outputs import Pilot
 
 RELAY, LOCK = 17, 24
 C = PilotReading(state=PilotState.C, high_v=6.0, low_v=-12.0)
 B = PilotReading(state=PilotState.B, high_v=9.0, low_v=-12.0)
-
-
-class Pilot:
-    def __init__(self) -> None:
-        self.duty = 1.0
-
-    def set_duty(self, duty: float) -> None:
-        self.duty = duty
-
-    def shutdown(self) -> None:
-        pass
 
 
 def load(wh: float, amps: float) -> MeterSample:

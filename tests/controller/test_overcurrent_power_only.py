@@ -15,38 +15,9 @@ from evsed.controller.connector.machine import Connector
 from evsed.controller.connector.settings import Settings
 from evsed.hal.types import MeterSample, PilotReading, PilotState
 from tests.support.clock import FakeClock
+from tests.support.outputs import Pilot, Relay
 
 C = PilotReading(state=PilotState.C, high_v=6.0, low_v=-12.0)
-
-
-class Pilot:
-    def __init__(self) -> None:
-        self.duty = 1.0
-
-    def set_duty(self, duty: float) -> None:
-        self.duty = duty
-
-    def shutdown(self) -> None:
-        pass
-
-
-class Relay:
-    energized = False
-
-    def energize(self) -> None:
-        self.energized = True
-
-    def deenergize(self) -> None:
-        self.energized = False
-
-    def feedback(self) -> bool | None:
-        return None
-
-    def fault(self) -> None:
-        return None
-
-    def shutdown(self) -> None:
-        pass
 
 
 def totals_only(watts: float) -> MeterSample:

@@ -21,23 +21,13 @@ from evsed.controller.connector.settings import Settings
 from evsed.hal.contactor import RelayContactor
 from evsed.hal.types import PilotReading, PilotState
 from tests.support.clock import FakeClock
+from tests.support.outputs import Pilot
 
 RELAY = 17
 
 C = PilotReading(state=PilotState.C, high_v=6.0, low_v=-12.0)
 B = PilotReading(state=PilotState.B, high_v=9.0, low_v=-12.0)
 OWN_F = PilotReading(state=PilotState.F, high_v=-12.0, low_v=-12.0)  # our own -12 V
-
-
-class Pilot:
-    def __init__(self) -> None:
-        self.duty = 1.0
-
-    def set_duty(self, duty: float) -> None:
-        self.duty = duty
-
-    def shutdown(self) -> None:
-        pass
 
 
 def charging(factory: MockFactory) -> tuple[Connector, RelayContactor, Pilot, FakeClock]:

@@ -28,20 +28,10 @@ from evsed.controller.connector.machine import Connector
 from evsed.controller.connector.sampler import Sampler
 from evsed.controller.connector.settings import Settings
 from evsed.hal.types import PilotReading, PilotState
+from tests.support.outputs import Pilot
 
 C = PilotReading(state=PilotState.C, high_v=6.0, low_v=-12.0)
 READS = 40  # connector 2's failed ticks before the test looks
-
-
-class Pilot:
-    def __init__(self) -> None:
-        self.duty = 1.0
-
-    def set_duty(self, duty: float) -> None:
-        self.duty = duty
-
-    def shutdown(self) -> None:
-        pass
 
 
 class Relay:
