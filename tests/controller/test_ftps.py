@@ -26,7 +26,7 @@ from ocpp.v16 import call
 from evsed.controller.firmware.transfer import TransferFailed, download, upload
 from evsed.controller.firmware.urls import check_url
 from evsed.hwmocks.central_system import CentralSystem
-from tests.support.file_servers import FtpRoot
+from tests.support.file_servers import FtpRoot, serving_ftp
 from tests.support.ftps_server import Certificates, ftps_server, make_certificates
 from tests.support.ocpp_stack import CARD, ocpp_rig
 from tests.support.status_frames import statuses, wait_status
@@ -98,7 +98,6 @@ def test_a_host_name_the_certificate_does_not_name_fails(
 @pytest.fixture
 def plain_server(root: Path) -> Iterator[tuple[FtpRoot, list[str]]]:
     """A plain-FTP server (no TLS at all) that records every command it receives."""
-    import threading
 
     from pyftpdlib.authorizers import DummyAuthorizer
     from pyftpdlib.handlers import FTPHandler
@@ -116,15 +115,8 @@ def plain_server(root: Path) -> Iterator[tuple[FtpRoot, list[str]]]:
     handler = type("Handler", (Recording,), {"authorizer": authorizer, "passive_ports": None})
     server = FTPServer(("127.0.0.1", 0), handler)
     port = server.socket.getsockname()[1]
-    thread = threading.Thread(
-        target=server.serve_forever, kwargs={"timeout": 0.05, "blocking": True}, daemon=True
-    )
-    thread.start()
-    try:
+    with serving_ftp(server):
         yield FtpRoot(root, port, "cs", "plain-secret"), seen
-    finally:
-        server.close_all()
-        thread.join(5)
 
 
 def test_no_fall_back_to_plain_ftp(

@@ -10,14 +10,13 @@ from __future__ import annotations
 
 import datetime
 import ipaddress
-import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from tests.support.file_servers import FtpRoot
+from tests.support.file_servers import FtpRoot, serving_ftp
 
 
 @dataclass(frozen=True)
@@ -144,12 +143,5 @@ def ftps_server(
     )
     server = FTPServer(("127.0.0.1", 0), handler)
     port = server.socket.getsockname()[1]
-    thread = threading.Thread(
-        target=server.serve_forever, kwargs={"timeout": 0.05, "blocking": True}, daemon=True
-    )
-    thread.start()
-    try:
+    with serving_ftp(server):
         yield FtpsRoot(root, port, user, password, certificates)
-    finally:
-        server.close_all()
-        thread.join(5)
