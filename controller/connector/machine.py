@@ -222,6 +222,7 @@ class Connector:
         self._status_held = False  # a change waits for the contactor to have opened
         self._unlock_pending = False  # an unlock waits for the contactor to have opened
         self._unlock_deadline: float | None = None  # UnlockConnector's bound on that wait
+        self._unlock_given_up = False  # that unlock was withdrawn, never driven: UnlockFailed
         self._unlocking_since: float | None = None  # unlock driven, position not yet read
         self._start_waits_since: float | None = None  # a start waits for a meter reading
         self._f_read_since: float | None = None  # the pilot reads F that evsed does not drive
@@ -921,19 +922,24 @@ class Connector:
         if self.transaction is not None:
             self.request_stop(StopReason.UNLOCK_COMMAND)
         self._unlock_pending = True
-        self._unlock_deadline = (
-            self._clock.monotonic()
-            + self.settings.power_off_under_load_s
-            + self.settings.unlock_margin_s
-        )
+        self._unlock_given_up = False
+        self._unlock_deadline = self._clock.monotonic() + self._unlock_wait_s()
         self._release_lock_when_safe()
         return self.unlock_result()
 
-    def unlock_bound_s(self) -> float:
-        """The longest an UnlockConnector can stay "Pending": the soft stop, the margin for
-        the contactor to read open, and the lock's travel."""
+    def _unlock_wait_s(self) -> float:
+        """How long an UnlockConnector waits for the unlock to be safe: the soft stop, the
+        margin for the contactor to read open, and with a meter (a witness of the open, see
+        `_current_measured`) the stop's reading: the one polled at the open may still show
+        the load in registers not yet refreshed, and the next poll is the one that counts."""
         s = self.settings
-        return s.power_off_under_load_s + s.unlock_margin_s + s.lock_timeout_s
+        meter = s.stop_meter_wait_s if s.has_meter else 0.0
+        return s.power_off_under_load_s + s.unlock_margin_s + meter
+
+    def unlock_bound_s(self) -> float:
+        """The longest an UnlockConnector can stay "Pending": the wait for the unlock to be
+        safe (`_unlock_wait_s`), and the lock's travel."""
+        return self._unlock_wait_s() + self.settings.lock_timeout_s
 
     @command("UnlockFailed")
     def unlock_result(self) -> str:
@@ -945,6 +951,10 @@ class Connector:
         if self._unlock_pending:
             return "Pending"
         locked = self._lock.locked()
+        if self._unlock_given_up and locked is not False:
+            # Withdrawn, never driven (a weld, the contactor or meter past the bound): a lock
+            # with no position switch (None) must not read "Unlocked" while it holds the plug.
+            return "UnlockFailed"
         if locked is True and self._unlock_travelling():
             return "Pending"  # a motor lock takes its pulse to move: not failed yet
         return "Unlocked" if locked is not True else "UnlockFailed"
@@ -958,6 +968,8 @@ class Connector:
     @command()
     def withdraw_unlock(self) -> None:
         """The caller gave up on the unlock (answered UnlockFailed): it must not happen later."""
+        if self._unlock_pending:
+            self._unlock_given_up = True
         self._withdraw_unlock()
 
     def _withdraw_unlock(self) -> None:
@@ -972,6 +984,7 @@ class Connector:
         if Fault.WELDED in self.faults:
             # A welded contactor keeps its lock until someone has looked (a reset): the
             # unlock is withdrawn, not carried out if the contact ever reads open.
+            self._unlock_given_up = True
             self._withdraw_unlock()
             return
         if self._contactor.energized or self._contactor.feedback() is True:
@@ -1029,10 +1042,11 @@ class Connector:
         deadline = self._unlock_deadline
         if self._unlock_pending and deadline is not None and now >= deadline:
             log.warning(
-                "connector %s: the contactor still reads closed; the unlock is withdrawn, "
-                "the lock stays shut",
+                "connector %s: the unlock is withdrawn, the lock stays shut (the contactor "
+                "still reads closed, or the meter measures current)",
                 self.id,
             )
+            self._unlock_given_up = True
             self._withdraw_unlock()
         if self._unlocking_since is not None and self._lock is not None:
             if self._lock.locked() is not True:
