@@ -1026,14 +1026,16 @@ class Connector:
             and self.transaction is not None
             and self._tx_recorded
             and self._lock_since is None
+            and not self._lock_travelling()  # what its switch reads mid-travel is no loss
             and self._lock.locked() is False
         )
 
     def _lock_travelling(self) -> bool:
-        """A lock with no position switch whose motor pulse still runs: it is not known to
-        hold the plug before the pulse is over (with a switch, the switch says)."""
+        """A motor lock whose pulse still runs: it is not known to hold the plug before the
+        pulse is over. Without a position switch nothing says; a switch may make early in
+        the travel and open again (overtravel, bounce) before the latch has settled."""
         lock = self._lock
-        return lock is not None and lock.locked() is None and bool(getattr(lock, "busy", False))
+        return lock is not None and bool(getattr(lock, "busy", False))
 
     def _supervise_unlock(self, now: float) -> None:
         """An UnlockConnector past its bound is withdrawn (it was answered UnlockFailed, so it

@@ -53,3 +53,47 @@ async def test_no_offer_until_a_motor_lock_without_feedback_has_had_its_pulse(
     assert not mock_factory.pin(LOCK).state
     connector.supervise()
     assert relay.energized and 0.0 < pilot.duty < 1.0
+
+
+# With a position switch the first reading of "locked" was taken as the lock holding the
+# plug, while the motor's pulse still ran: a switch that makes early in the travel offered
+# current (the relay closed on an EV in C) before the latch had settled, and one that then
+# opened again for more than LOCK_LOST_S in the rest of the travel (overtravel, bounce)
+# ended the session with ConnectorLockFailure. The pulse has to be over first, switch or not.
+
+FEEDBACK = 26
+
+
+async def test_a_switch_that_makes_early_in_the_travel_is_no_lock_yet(
+    mock_factory: MockFactory,
+) -> None:
+    clock = FakeClock()
+    lock = GpioLock(LOCK, UNLOCK, FEEDBACK, pulse_s=0.5, clock=clock, pin_factory=mock_factory)
+    relay, pilot = Relay(), Pilot()
+    connector = Connector(
+        Settings(free_vend=True),
+        pilot=pilot,
+        contactor=relay,
+        hooks=LocalHooks(),
+        clock=clock,
+        lock=lock,
+    )
+    connector.on_rcd_self_test(True)
+    connector.on_pilot(C)
+    assert connector.transaction is not None and mock_factory.pin(LOCK).state
+    switch = mock_factory.pin(FEEDBACK)
+    await clock.advance(0.1)
+    switch.drive_high()  # made early in the travel ...
+    connector.supervise()
+    assert not relay.energized, "relay closed with the lock's motor still running"
+    await clock.advance(0.1)
+    switch.drive_low()  # ... open again for 150 ms while the latch travels on
+    for _ in range(5):
+        await clock.advance(0.03)
+        connector.supervise()
+    switch.drive_high()
+    await clock.advance(0.2)  # the pulse has ended, the switch reads locked
+    assert not mock_factory.pin(LOCK).state
+    connector.supervise()
+    assert not connector.faults
+    assert relay.energized and 0.0 < pilot.duty < 1.0
