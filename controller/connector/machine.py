@@ -99,6 +99,10 @@ STOPPED_POWER_W = 100.0
 WELD_BY_METER_S = 3.0
 #: That many such readings in a row raise Fault.WELDED (one glitch clears only by a reset).
 WELD_BY_METER_READINGS = 2
+#: ... and where the meter counts energy, the import register must have grown by more than
+#: this between them: a Modbus-TCP gateway that serves a cached copy of the registers for
+#: seconds shows the old load, but its energy stands still (a weld that lasts makes it grow).
+WELD_ENERGY_WH = 0.5
 #: Current that flows through the plug (a lock stays shut on it; with the relay commanded
 #: open, a weld): well above anything the charger's own electronics draw through a meter
 #: upstream of the contactor, which must never trap a cable or need a reset (2 A, 460 W).
@@ -130,12 +134,20 @@ class _PendingStop:
 STUCK_CORE_S = 1.0
 
 
-def _flowing(sample: MeterSample) -> bool:
-    """Whether a meter reading shows current through the plug (FLOWING_A, FLOWING_W)."""
+def _flowing(sample: MeterSample, phases: int = 3) -> bool:
+    """Whether a meter reading shows current through the plug (FLOWING_A, FLOWING_W) on the
+    connector's own phases (L1 first): a one-phase connector on a three-phase meter whose L2
+    and L3 carry other loads must not read as welded. The total power only where the meter
+    gives nothing per phase."""
+    own = range(max(1, min(phases, 3)))
+    currents = [a for a in (sample.current_a[i] for i in own) if a is not None]
+    if currents:
+        return any(abs(a) > FLOWING_A for a in currents)
+    powers = [w for w in (sample.power_w[i] for i in own) if w is not None]
+    if powers:
+        return sum(abs(w) for w in powers) > FLOWING_W
     power = sample.power_total_w
-    if power is not None and abs(power) > FLOWING_W:
-        return True
-    return any(a is not None and abs(a) > FLOWING_A for a in sample.current_a)
+    return power is not None and abs(power) > FLOWING_W
 
 
 class ChargerWideReservation(Protocol):
@@ -228,6 +240,7 @@ class Connector:
         self._f_read_since: float | None = None  # the pilot reads F that evsed does not drive
         self._open_seen_at: float | None = None  # the contactor first seen commanded open
         self._load_after_open = 0  # readings in a row with load well after it opened
+        self._weld_energy_from: float | None = None  # the import register at the first one
         self._sample_polled_at = -math.inf  # when the poll of `last_sample` began
         # Whether `pilot_state` was read since evsed last drove state F: during the F the CP
         # shows evsed's own -12 V (`on_pilot` ignores it), so the EV may have opened S2 or
@@ -581,6 +594,9 @@ class Connector:
     @command()
     def reset_faults(self) -> None:
         self._clear_by(Clear.RESET)
+        # A weld judged afresh after the reset: not one loaded reading away from the fault.
+        self._load_after_open = 0
+        self._weld_energy_from = None
         self._apply()
 
     @command()
@@ -656,6 +672,7 @@ class Connector:
         if self._contactor.energized:
             self._open_seen_at = None
             self._load_after_open = 0
+            self._weld_energy_from = None
         elif self._open_seen_at is None:
             self._open_seen_at = now
 
@@ -669,10 +686,17 @@ class Connector:
         if since is None or Fault.WELDED in self.faults:
             return
         at = polled_at if polled_at is not None else now
-        if at - since < WELD_BY_METER_S or not _flowing(sample):
+        if at - since < WELD_BY_METER_S or not _flowing(sample, self.settings.phases):
             self._load_after_open = 0
+            self._weld_energy_from = None
             return
         self._load_after_open += 1
+        energy = sample.energy_import_wh
+        if energy is not None and math.isfinite(energy):
+            if self._weld_energy_from is None:
+                self._weld_energy_from = energy  # the first loaded reading: counting from it
+            if energy - self._weld_energy_from <= WELD_ENERGY_WH:
+                return  # load shown, no energy counted: registers served from a cache
         if self._load_after_open >= WELD_BY_METER_READINGS:
             drawn = max((abs(a) for a in sample.current_a if a is not None), default=0.0)
             self.raise_fault(
@@ -1013,11 +1037,11 @@ class Connector:
                 sample is not None
                 and opened is not None
                 and self._sample_polled_at >= opened
-                and _flowing(sample)
+                and _flowing(sample, self.settings.phases)
             )
         if self._pending_stop is not None:
             return True
-        return sample is not None and _flowing(sample)
+        return sample is not None and _flowing(sample, self.settings.phases)
 
     def _lock_lost(self) -> bool:
         """A running session's lock, confirmed locked since its start, that reads open."""

@@ -14,8 +14,11 @@ The real relay and lock drivers (hold solenoid) on gpiozero's mock pins.
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 from gpiozero.pins.mock import MockFactory
 
+from evsed.controller.connector.faults import Fault
 from evsed.controller.connector.hooks import LocalHooks
 from evsed.controller.connector.machine import Connector
 from evsed.controller.connector.settings import Settings
@@ -253,3 +256,64 @@ async def test_an_auxiliary_contact_open_with_current_measured_after_it_keeps_th
     assert connector.unlock() == "Pending"  # UnlockConnector: not while current flows
     connector.supervise()
     assert mock_factory.pin(LOCK).state
+
+
+# --- no weld where the meter cannot show one (review of the weld-by-meter judgement) ---------
+
+
+async def test_a_gateway_serving_cached_registers_is_no_weld(mock_factory: MockFactory) -> None:
+    """A Modbus-TCP gateway that polls the meter itself served the registers of before the
+    open for seconds: six readings of 16 A at 1 s raised WELDED (cleared only by a reset)
+    after an ordinary stop. Its energy register stands still: no energy, no weld."""
+    connector, contactor, clock = charging(mock_factory)
+    connector.on_pilot(B)
+    connector.supervise()
+    assert not contactor.energized
+    for _ in range(6):
+        await clock.advance(1.0)
+        connector.on_meter_sample(load(1010.0, 16.0), clock.monotonic())
+        connector.supervise()
+    assert Fault.WELDED not in connector.faults
+    connector.on_meter_sample(load(1010.0, 0.0), clock.monotonic())  # the cache refreshed
+    connector.supervise()
+    assert not connector.faults
+
+
+async def test_other_loads_on_the_phases_a_one_phase_connector_does_not_use_are_no_weld(
+    mock_factory: MockFactory,
+) -> None:
+    clock = FakeClock()
+    contactor = RelayContactor(RELAY, pin_factory=mock_factory, monotonic=clock.monotonic)
+    connector = Connector(
+        Settings(free_vend=True, has_meter=True, phases=1),
+        pilot=Pilot(),
+        contactor=contactor,
+        hooks=LocalHooks(),
+        clock=clock,
+    )
+    connector.on_rcd_self_test(True)
+    others = MeterSample(
+        current_a=(0.0, 5.0, 5.0),
+        power_w=(0.0, 1150.0, 1150.0),
+        power_total_w=2300.0,
+        energy_import_wh=1000.0,
+    )
+    for i in range(8):  # idle, the relay open: the house's loads on L2 and L3
+        await clock.advance(1.0)
+        connector.on_meter_sample(replace(others, energy_import_wh=1000.0 + 5 * i))
+        connector.supervise()
+    assert not contactor.energized
+    assert Fault.WELDED not in connector.faults
+
+
+async def test_a_weld_still_shows_with_the_energy_counting(mock_factory: MockFactory) -> None:
+    """The energy condition leaves a real weld judged: load and energy growing."""
+    connector, _contactor, clock = charging(mock_factory)
+    connector.on_pilot(B)
+    connector.supervise()
+    for wh in (1011.0, 1012.0, 1020.0, 1030.0, 1040.0):
+        await clock.advance(1.0)
+        connector.on_meter_sample(load(wh, 16.0), clock.monotonic())
+        connector.supervise()
+    assert Fault.WELDED in connector.faults
+    assert mock_factory.pin(LOCK).state  # the plug stays held
