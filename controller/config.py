@@ -474,6 +474,29 @@ class Config(Strict):
             owners[channel] = where
         return self
 
+    @model_validator(mode="after")
+    def _tcp_meters_unique(self) -> Config:
+        # Two connectors reading one meter (the defaults are the same for every connector)
+        # each see the other's EV: the idle one's load "with the contactor open" is a weld.
+        # Port 0: the bench picks a free port for each.
+        meters = [(f"connectors[{i}].meter", c.meter) for i, c in enumerate(self.connectors)]
+        if self.grid.enabled:
+            meters.append(("grid.meter", self.grid.meter))
+        owners: dict[tuple[str, int, int], str] = {}
+        for where, m in meters:
+            # Only the meters a file names: a connector given none keeps the default one
+            # (as every connector does; the bench serves the simulated configuration's).
+            if m.transport != "tcp" or m.port == 0 or not m.model_fields_set:
+                continue
+            key = (m.host.strip().lower(), m.port, m.device_id)
+            if key in owners:
+                raise ValueError(
+                    f"{where}: the meter at {m.host}:{m.port} (device_id {m.device_id}) is "
+                    f"already {owners[key]}: every connector needs a meter of its own"
+                )
+            owners[key] = where
+        return self
+
     def adc_claims(self) -> Iterator[tuple[str, int]]:
         """Every channel of the one `[adc]` chip a connector reads, with its key path."""
         for i, c in enumerate(self.connectors):

@@ -208,6 +208,18 @@ def test_security_profile_rules() -> None:
         config.parse({"central_system": {"security_profile": 3, "url": "wss://h/ocpp"}})
 
 
+def test_two_connectors_on_one_tcp_meter_are_refused() -> None:
+    """Each would read the other's EV: the idle one's load with its contactor open is taken
+    for a weld (review of the weld-by-meter judgement)."""
+    data = tomllib.loads((REPO / "config" / "sim-two-connectors.toml").read_text())
+    first, second = data["connectors"][0]["meter"], data["connectors"][1]["meter"]
+    second.update(host=first["host"].upper() + " ", port=first["port"])
+    with pytest.raises(config.ConfigError, match=r"connectors\[1\]\.meter: the meter at"):
+        config.parse(data)
+    second["device_id"] = 2  # another device behind the same gateway is another meter
+    config.parse(data)
+
+
 @pytest.mark.parametrize("name", ["sim.toml", "raspberry-pi.toml", "sim-two-connectors.toml"])
 def test_shipped_examples_are_valid(name: str, capsys) -> None:
     assert cli.main(["config", "check", "--file-only", str(REPO / "config" / name)]) == 0
