@@ -484,9 +484,10 @@ class Config(Strict):
             meters.append(("grid.meter", self.grid.meter))
         owners: dict[tuple[str, int, int], str] = {}
         for where, m in meters:
-            # Only the meters a file names: a connector given none keeps the default one
-            # (as every connector does; the bench serves the simulated configuration's).
-            if m.transport != "tcp" or m.port == 0 or not m.model_fields_set:
+            # Only the meters whose address a file gives: one that keeps the default
+            # address (every connector's; the bench serves the simulated configuration's)
+            # is not claimed by anyone.
+            if m.transport != "tcp" or m.port == 0 or not {"host", "port"} & m.model_fields_set:
                 continue
             key = (m.host.strip().lower(), m.port, m.device_id)
             if key in owners:
