@@ -123,7 +123,12 @@ async def test_a_failed_installation_lets_drivers_charge_again(
             cs, tmp_path, keys=KEYS, app_options={"firmware_installer": installer}
         ) as rig:
             mark = await _installing(rig, cs, srv, installer)
-            await wait_status(cs, "StatusNotification", "Unavailable", mark)
+            # Both out of service for the CS before the failure: the reporter may still be
+            # on connector 0's Unavailable, and connector 1's, back to Available before it
+            # is sent, would be no change to report.
+            await rig.until(
+                lambda: all("Unavailable" in _connector_statuses(cs, c, mark) for c in (0, 1))
+            )
             installer.gate.set()
             await wait_status(cs, FW, "InstallationFailed", mark)
             await rig.until(lambda: rig.status == "Available")
