@@ -773,8 +773,10 @@ class Charger:
         # After the pilot took the new current: the log line never delays it.
         slot.allowance = allowance
         # Any active fault blocks the outputs whatever the limits allow: "may offer 32.0 A"
-        # beside a Faulted status read as the fault being ignored.
-        fault = most_serious([f for f, _ in slot.connector.view().faults])
+        # beside a Faulted status read as the fault being ignored. Read as it stands, not
+        # through view(): a log line is no reason for the loop to wait on the core at every
+        # recompute (each meter sample), and a step's lag shows at the next one.
+        fault = most_serious(slot.connector.faults)
         note = (allowance, fault)
         if note == slot.noted:
             return

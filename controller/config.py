@@ -446,13 +446,17 @@ class Config(Strict):
             owners[port] = where
         return self
 
+    def _meters(self) -> Iterator[tuple[str, MeterConfig]]:
+        """Every meter the configuration reads (each connector's, the grid's), with its key."""
+        for i, c in enumerate(self.connectors):
+            yield f"connectors[{i}].meter", c.meter
+        if self.grid.enabled:
+            yield "grid.meter", self.grid.meter
+
     def serial_claims(self) -> Iterator[tuple[str, str]]:
         if self.reader.model != "none":
             yield "reader.port", self.reader.port
-        meters = [(f"connectors[{i}].meter", c.meter) for i, c in enumerate(self.connectors)]
-        if self.grid.enabled:
-            meters.append(("grid.meter", self.grid.meter))
-        for where, m in meters:
+        for where, m in self._meters():
             if m.transport == "rtu":
                 yield f"{where}.serial_port", m.serial_port
 
@@ -479,11 +483,8 @@ class Config(Strict):
         # Two connectors reading one meter (the defaults are the same for every connector)
         # each see the other's EV: the idle one's load "with the contactor open" is a weld.
         # Port 0: the bench picks a free port for each.
-        meters = [(f"connectors[{i}].meter", c.meter) for i, c in enumerate(self.connectors)]
-        if self.grid.enabled:
-            meters.append(("grid.meter", self.grid.meter))
         owners: dict[tuple[str, int, int], str] = {}
-        for where, m in meters:
+        for where, m in self._meters():
             # Only the meters whose address a file gives: one that keeps the default
             # address (every connector's; the bench serves the simulated configuration's)
             # is not claimed by anyone.
